@@ -1,0 +1,1 @@
+"""The HTTP edge: parse, authorize, call one service or query, return."""

@@ -1,0 +1,63 @@
+"""Shared dependencies: the container, the authenticated actor and role guards."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from domain.staff import Actor, Role
+from inbox.auth import InvalidToken, verify_token
+from inbox.container import Container
+from projections.queries import InboxQueries
+
+
+def get_container(request: Request) -> Container:
+    return request.app.state.container  # type: ignore[no-any-return]
+
+
+ContainerDep = Annotated[Container, Depends(get_container)]
+
+_bearer = HTTPBearer(auto_error=False, description="JWT (HS256) with claims sub, org, role")
+
+
+def current_actor(
+    container: ContainerDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Actor:
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise HTTPException(401, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
+    assert container.settings.jwt_secret
+    try:
+        return verify_token(container.settings.jwt_secret, credentials.credentials)
+    except InvalidToken as e:
+        raise HTTPException(401, str(e), headers={"WWW-Authenticate": "Bearer"}) from None
+
+
+ActorDep = Annotated[Actor, Depends(current_actor)]
+
+
+def staff_actor(actor: ActorDep) -> Actor:
+    if not actor.role.is_staff:
+        raise HTTPException(403, f"role {actor.role.value!r} cannot use the staff inbox")
+    return actor
+
+
+StaffDep = Annotated[Actor, Depends(staff_actor)]
+
+
+def ingesting_actor(actor: ActorDep) -> Actor:
+    if actor.role not in (Role.INTEGRATION, Role.ADMIN):
+        raise HTTPException(403, "only integrations and admins record inbound messages")
+    return actor
+
+
+IngestDep = Annotated[Actor, Depends(ingesting_actor)]
+
+
+def get_queries(container: ContainerDep) -> InboxQueries:
+    return InboxQueries(container.read_pool)
+
+
+QueriesDep = Annotated[InboxQueries, Depends(get_queries)]

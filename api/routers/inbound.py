@@ -1,0 +1,32 @@
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from api.deps import ContainerDep, IngestDep
+from api.schemas import InboundAccepted, RecordInboundMessage
+from domain.channels import Channel
+from domain.errors import InvalidCommand
+from inbox.services import InboundMessage
+
+router = APIRouter(prefix="/v1/inbound-messages", tags=["ingestion"])
+
+
+@router.post("", status_code=202, response_model=InboundAccepted)
+def record_inbound_message(body: RecordInboundMessage, actor: IngestDep, container: ContainerDep) -> InboundAccepted:
+    """Record one customer message; the same channel message id twice is recorded once."""
+    channel = Channel(body.channel)
+    account = container.accounts.find(channel, body.channel_account)
+    if account is None or account.org_id != actor.org_id:
+        container.metrics.inbound_messages.labels("unknown_account").inc()
+        raise InvalidCommand(f"unknown {body.channel} channel account {body.channel_account!r}")
+    result = container.inbound.submit(
+        account,
+        InboundMessage(
+            channel=channel, channel_account=body.channel_account, contact_id=body.contact.id,
+            channel_message_id=body.message.id, text=body.message.text, sent_at=body.message.sent_at,
+            contact_name=body.contact.name, contact_phone=body.contact.phone, contact_handle=body.contact.handle,
+            post_id=body.post_id,
+        ),
+    )
+    container.metrics.inbound_messages.labels("duplicate" if result.duplicate else "recorded").inc()
+    return InboundAccepted(**vars(result))

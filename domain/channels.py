@@ -1,0 +1,41 @@
+"""Channels, the tab they belong to and their customer-service window."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from enum import StrEnum
+
+from domain.errors import InvalidCommand
+
+
+class Channel(StrEnum):
+    WHATSAPP_CLOUD = "whatsapp_cloud"
+    INSTAGRAM = "instagram"
+    FACEBOOK_MESSENGER = "facebook_messenger"
+    INSTAGRAM_COMMENT = "instagram_comment"
+    FACEBOOK_COMMENT = "facebook_comment"
+
+    @classmethod
+    def parse(cls, value: str) -> Channel:
+        try:
+            return cls(value)
+        except ValueError:
+            allowed = ", ".join(c.value for c in cls)
+            raise InvalidCommand(f"unknown channel {value!r}; expected one of: {allowed}") from None
+
+    @property
+    def tab(self) -> str:
+        return "comments" if self in COMMENT_CHANNELS else "messages"
+
+    @property
+    def is_comment(self) -> bool:
+        return self in COMMENT_CHANNELS
+
+    @property
+    def reply_window(self) -> timedelta | None:
+        """How long after the customer's last message staff may answer freely; None: never expires."""
+        return None if self.is_comment else timedelta(hours=24)
+
+
+COMMENT_CHANNELS = frozenset({Channel.INSTAGRAM_COMMENT, Channel.FACEBOOK_COMMENT})
+TABS = ("messages", "comments")

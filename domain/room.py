@@ -1,0 +1,302 @@
+"""The Room aggregate: one conversation between a channel account and a contact.
+
+Public methods are commands: they check the rules of SPEC §2 and then trigger private
+`@event` methods whose bodies only apply state, so replaying history never re-runs a guard.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from uuid import NAMESPACE_URL, UUID, uuid5
+
+from eventsourcing.domain import Aggregate, event
+
+from domain.channels import Channel
+from domain.errors import Conflict, InvalidCommand, NotAllowed
+from domain.staff import Actor, Role
+
+ROOM_NAMESPACE = uuid5(NAMESPACE_URL, "https://inbox.example/rooms")
+
+UNASSIGNED = "unassigned"
+ASSIGNED = "assigned"
+RESOLVED = "resolved"
+STATUSES = (UNASSIGNED, ASSIGNED, RESOLVED)
+
+RESOLVE_REASONS = ("manual", "expired")
+
+
+class RoomIsResolved(Conflict):
+    """Staff cannot act on a resolved room until the customer writes again."""
+
+
+class Room(Aggregate):
+    # ---- identity -------------------------------------------------------------------------
+    @staticmethod
+    def create_id(
+        org_id: str, channel_account_id: str, contact_id: str, post_id: str | None = None
+    ) -> UUID:
+        """The same (org, account, contact[, post]) always finds the same room."""
+        return room_id_for(org_id, channel_account_id, contact_id, post_id)
+
+    # ---- events ---------------------------------------------------------------------------
+    class RoomOpened(Aggregate.Created):
+        org_id: str
+        channel: str
+        channel_account_id: str
+        channel_account: str
+        contact_id: str
+        contact_name: str | None
+        contact_phone: str | None
+        contact_handle: str | None
+        post_id: str | None
+
+    class MessageReceived(Aggregate.Event):
+        message_id: str
+        channel_message_id: str
+        text: str
+        sent_at: datetime
+        contact_name: str | None
+
+    class MessageSent(Aggregate.Event):
+        message_id: str
+        text: str
+        sent_at: datetime
+        sender_id: str
+        sender_role: str
+        sender_name: str | None
+        channel_message_id: str | None
+
+    class RoomAssigned(Aggregate.Event):
+        assignee: str
+        previous_assignee: str | None
+        assigned_by: str
+        by_role: str
+        reason: str  # "assigned" | "taken" | "replied"
+
+    class RoomResolved(Aggregate.Event):
+        reason: str  # "manual" | "expired"
+        resolved_by: str
+        by_role: str
+
+    class RoomReopened(Aggregate.Event):
+        reason: str  # "inbound_message"
+
+    # ---- creation -------------------------------------------------------------------------
+    @event(RoomOpened)
+    def __init__(
+        self,
+        org_id: str,
+        channel: str,
+        channel_account_id: str,
+        channel_account: str,
+        contact_id: str,
+        contact_name: str | None = None,
+        contact_phone: str | None = None,
+        contact_handle: str | None = None,
+        post_id: str | None = None,
+    ) -> None:
+        self.org_id = org_id
+        self.channel = channel
+        self.channel_account_id = channel_account_id
+        self.channel_account = channel_account
+        self.contact_id = contact_id
+        self.contact_name = contact_name
+        self.contact_phone = contact_phone
+        self.contact_handle = contact_handle
+        self.post_id = post_id
+        self.status = UNASSIGNED
+        self.assignee: str | None = None
+        self.last_direction: str | None = None
+        self.last_inbound_at: datetime | None = None
+        self.message_count = 0
+
+    @classmethod
+    def open(
+        cls,
+        *,
+        org_id: str,
+        channel: Channel,
+        channel_account_id: str,
+        channel_account: str,
+        contact_id: str,
+        contact_name: str | None = None,
+        contact_phone: str | None = None,
+        contact_handle: str | None = None,
+        post_id: str | None = None,
+    ) -> Room:
+        if not contact_id:
+            raise InvalidCommand("contact id is required")
+        if channel.is_comment and not post_id:
+            raise InvalidCommand(f"{channel.value} messages need a post_id")
+        if not channel.is_comment and post_id:
+            raise InvalidCommand(f"{channel.value} is a direct-message channel; post_id is not allowed")
+        return cls(
+            org_id=org_id,
+            channel=channel.value,
+            channel_account_id=channel_account_id,
+            channel_account=channel_account,
+            contact_id=contact_id,
+            contact_name=contact_name,
+            contact_phone=contact_phone,
+            contact_handle=contact_handle,
+            post_id=post_id,
+        )
+
+    # ---- commands -------------------------------------------------------------------------
+    def receive(
+        self, *, channel_message_id: str, text: str, sent_at: datetime, contact_name: str | None = None
+    ) -> str:
+        """Record an inbound message; a resolved room reopens as unassigned first."""
+        if not channel_message_id:
+            raise InvalidCommand("message id is required")
+        if sent_at.tzinfo is None:
+            raise InvalidCommand("message sent_at must carry a timezone")
+        if self.status == RESOLVED:
+            self._reopen(reason="inbound_message")
+        message_id = str(inbound_message_id(self.id, channel_message_id))
+        self._receive(
+            message_id=message_id,
+            channel_message_id=channel_message_id,
+            text=text,
+            sent_at=sent_at,
+            contact_name=contact_name,
+        )
+        return message_id
+
+    def reply(self, actor: Actor, *, message_id: str, text: str, sent_at: datetime) -> None:
+        """A staff reply; replying to an unassigned room assigns it to the replier."""
+        if not actor.role.is_staff:
+            raise NotAllowed(f"role {actor.role.value!r} cannot reply to customers")
+        if not text.strip():
+            raise InvalidCommand("reply text must not be empty")
+        self._check_not_resolved()
+        if self.status == ASSIGNED and self.assignee != actor.user_id and not actor.role.manages_rooms:
+            raise NotAllowed("this room is assigned to another agent")
+        if self.status == UNASSIGNED:
+            self._assign(
+                assignee=actor.user_id,
+                previous_assignee=None,
+                assigned_by=actor.user_id,
+                by_role=actor.role.value,
+                reason="replied",
+            )
+        self._send(
+            message_id=message_id,
+            text=text,
+            sent_at=sent_at,
+            sender_id=actor.user_id,
+            sender_role=actor.role.value,
+            sender_name=actor.name,
+            channel_message_id=None,
+        )
+
+    def assign(self, actor: Actor, *, agent_id: str) -> bool:
+        """Admin/SPV assign anyone; an agent may only take an unassigned room for itself.
+
+        Returns False (and records nothing) when the room is already with that agent.
+        """
+        if not agent_id:
+            raise InvalidCommand("agent_id is required")
+        if not actor.role.is_staff:
+            raise NotAllowed(f"role {actor.role.value!r} cannot assign rooms")
+        self._check_not_resolved()
+        if actor.role == Role.AGENT:
+            if agent_id != actor.user_id:
+                raise NotAllowed("an agent may only take a room for itself")
+            if self.status == ASSIGNED and self.assignee != actor.user_id:
+                raise NotAllowed("this room is assigned to another agent")
+        if self.status == ASSIGNED and self.assignee == agent_id:
+            return False
+        self._assign(
+            assignee=agent_id,
+            previous_assignee=self.assignee,
+            assigned_by=actor.user_id,
+            by_role=actor.role.value,
+            reason="taken" if agent_id == actor.user_id else "assigned",
+        )
+        return True
+
+    def resolve(self, actor: Actor, *, reason: str = "manual") -> None:
+        """Closed by the assignee, a supervisor or an admin."""
+        if reason not in RESOLVE_REASONS:
+            raise InvalidCommand(f"unknown resolve reason {reason!r}")
+        if not actor.role.is_staff:
+            raise NotAllowed(f"role {actor.role.value!r} cannot resolve rooms")
+        if not actor.role.manages_rooms and self.assignee != actor.user_id:
+            raise NotAllowed("only the assignee, a supervisor or an admin can resolve this room")
+        if reason == "expired" and not actor.role.manages_rooms:
+            raise NotAllowed("only supervisors and admins resolve expired rooms")
+        self._check_not_resolved()
+        self._resolve(reason=reason, resolved_by=actor.user_id, by_role=actor.role.value)
+
+    # ---- queries on state -----------------------------------------------------------------
+    @property
+    def awaiting_reply(self) -> bool:
+        return self.status != RESOLVED and self.last_direction == "inbound"
+
+    def is_visible_to(self, actor: Actor) -> bool:
+        if actor.org_id != self.org_id:
+            return False
+        if actor.role.manages_rooms or actor.role == Role.INTEGRATION:
+            return True
+        return self.assignee is None or self.assignee == actor.user_id
+
+    def _check_not_resolved(self) -> None:
+        if self.status == RESOLVED:
+            raise RoomIsResolved("the room is resolved; it reopens when the customer writes again")
+
+    # ---- state changes (applied on command and on replay) ----------------------------------
+    @event(MessageReceived)
+    def _receive(
+        self,
+        message_id: str,
+        channel_message_id: str,
+        text: str,
+        sent_at: datetime,
+        contact_name: str | None,
+    ) -> None:
+        if contact_name:
+            self.contact_name = contact_name
+        self.last_direction = "inbound"
+        if self.last_inbound_at is None or sent_at > self.last_inbound_at:
+            self.last_inbound_at = sent_at
+        self.message_count += 1
+
+    @event(MessageSent)
+    def _send(
+        self,
+        message_id: str,
+        text: str,
+        sent_at: datetime,
+        sender_id: str,
+        sender_role: str,
+        sender_name: str | None,
+        channel_message_id: str | None,
+    ) -> None:
+        self.last_direction = "outbound"
+        self.message_count += 1
+
+    @event(RoomAssigned)
+    def _assign(
+        self, assignee: str, previous_assignee: str | None, assigned_by: str, by_role: str, reason: str
+    ) -> None:
+        self.status = ASSIGNED
+        self.assignee = assignee
+
+    @event(RoomResolved)
+    def _resolve(self, reason: str, resolved_by: str, by_role: str) -> None:
+        self.status = RESOLVED
+
+    @event(RoomReopened)
+    def _reopen(self, reason: str) -> None:
+        self.status = UNASSIGNED
+        self.assignee = None
+
+
+def room_id_for(org_id: str, channel_account_id: str, contact_id: str, post_id: str | None = None) -> UUID:
+    return uuid5(ROOM_NAMESPACE, "|".join((org_id, channel_account_id, contact_id, post_id or "")))
+
+
+def inbound_message_id(room_id: UUID, channel_message_id: str) -> UUID:
+    """Stable id of an inbound message: the same channel message always gets the same id."""
+    return uuid5(room_id, f"in:{channel_message_id}")

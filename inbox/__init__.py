@@ -1,0 +1,1 @@
+"""Inbox runtime: configuration, composition root, write-side services and the `inbox` CLI."""

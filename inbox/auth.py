@@ -1,0 +1,41 @@
+"""Bearer tokens (JWT, HS256) with the claims of SPEC §3: sub, org, role."""
+
+from __future__ import annotations
+
+import time
+
+import jwt
+
+from domain.staff import Actor, Role
+
+ALGORITHM = "HS256"
+
+
+class InvalidToken(Exception):
+    """The token is missing, malformed, expired or signed with another secret."""
+
+
+def mint_token(secret: str, *, org: str, user: str, role: str, name: str | None = None, ttl_s: int = 7 * 24 * 3600) -> str:
+    Role(role)  # refuse unknown roles early
+    now = int(time.time())
+    claims = {"sub": user, "org": org, "role": role, "iat": now, "exp": now + ttl_s}
+    if name:
+        claims["name"] = name
+    return jwt.encode(claims, secret, algorithm=ALGORITHM)
+
+
+def verify_token(secret: str, token: str) -> Actor:
+    try:
+        claims = jwt.decode(token, secret, algorithms=[ALGORITHM], options={"require": ["sub", "exp"]})
+    except jwt.ExpiredSignatureError:
+        raise InvalidToken("token expired") from None
+    except jwt.PyJWTError as e:
+        raise InvalidToken(f"invalid token: {e}") from None
+    try:
+        role = Role(claims.get("role"))
+    except ValueError:
+        raise InvalidToken(f"invalid token: unknown role {claims.get('role')!r}") from None
+    org, sub = claims.get("org"), claims.get("sub")
+    if not isinstance(org, str) or not org or not isinstance(sub, str) or not sub:
+        raise InvalidToken("invalid token: claims 'sub' and 'org' must be non-empty strings")
+    return Actor(user_id=sub, org_id=org, role=role, name=claims.get("name"))

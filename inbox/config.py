@@ -1,0 +1,113 @@
+"""Settings, read once from the environment (and an optional `.env` file) by the composition root."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+DEV_JWT_SECRET = "inbox-dev-secret-change-me"
+DEV_META_APP_SECRET = "inbox-dev-meta-app-secret"
+DEV_META_VERIFY_TOKEN = "inbox-dev-verify-token"
+
+
+class ConfigError(RuntimeError):
+    """Configuration is missing or invalid; the process must not start."""
+
+
+def _load_dotenv(path: Path) -> dict[str, str]:
+    values: dict[str, str] = {}
+    if not path.is_file():
+        return values
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, _, value = line.partition("=")
+        values[key.strip()] = value.strip().strip('"').strip("'")
+    return values
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str | None = None
+    db_schema: str = "public"
+    kafka_bootstrap: str | None = None
+    topic_prefix: str = ""
+    topic_partitions: int = 4
+    http_host: str = "127.0.0.1"
+    http_port: int = 8000
+    jwt_secret: str | None = None
+    meta_app_secret: str | None = None
+    meta_verify_token: str | None = None
+    data_dir: Path = field(default_factory=lambda: Path(".inbox"))
+    max_body_bytes: int = 1_048_576
+    db_pool_size: int = 16
+    worker_batch_size: int = 500
+    worker_group: str = "inbox-projections"
+
+    @property
+    def events_topic(self) -> str:
+        return f"{self.topic_prefix}inbox.events"
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
+        env = dict(_load_dotenv(Path(".env")))
+        env.update(os.environ if environ is None else environ)
+
+        def get(name: str) -> str | None:
+            value = env.get(name)
+            return value if value not in (None, "") else None
+
+        def get_int(name: str, default: int) -> int:
+            raw = get(name)
+            if raw is None:
+                return default
+            try:
+                return int(raw)
+            except ValueError as e:
+                raise ConfigError(f"{name} must be an integer, got {raw!r}") from e
+
+        return cls(
+            database_url=get("INBOX_DATABASE_URL"),
+            db_schema=get("INBOX_DB_SCHEMA") or "public",
+            kafka_bootstrap=get("INBOX_KAFKA_BOOTSTRAP"),
+            topic_prefix=get("INBOX_TOPIC_PREFIX") or "",
+            topic_partitions=get_int("INBOX_TOPIC_PARTITIONS", 4),
+            http_host=get("INBOX_HTTP_HOST") or "127.0.0.1",
+            http_port=get_int("INBOX_HTTP_PORT", 8000),
+            jwt_secret=get("INBOX_JWT_SECRET"),
+            meta_app_secret=get("INBOX_META_APP_SECRET"),
+            meta_verify_token=get("INBOX_META_VERIFY_TOKEN"),
+            data_dir=Path(get("INBOX_DATA_DIR") or ".inbox"),
+            max_body_bytes=get_int("INBOX_MAX_BODY_BYTES", 1_048_576),
+            db_pool_size=get_int("INBOX_DB_POOL_SIZE", 16),
+            worker_batch_size=get_int("INBOX_WORKER_BATCH_SIZE", 500),
+            worker_group=get("INBOX_WORKER_GROUP") or "inbox-projections",
+        )
+
+    def with_dev_defaults(self) -> Settings:
+        """Fill unset secrets with well-known development values (only `inbox dev` calls this)."""
+        return replace(
+            self,
+            jwt_secret=self.jwt_secret or DEV_JWT_SECRET,
+            meta_app_secret=self.meta_app_secret or DEV_META_APP_SECRET,
+            meta_verify_token=self.meta_verify_token or DEV_META_VERIFY_TOKEN,
+        )
+
+    def require(self, *names: str) -> Settings:
+        """Refuse to run a production process without the settings it needs."""
+        env_names = {
+            "database_url": "INBOX_DATABASE_URL",
+            "kafka_bootstrap": "INBOX_KAFKA_BOOTSTRAP",
+            "jwt_secret": "INBOX_JWT_SECRET",
+            "meta_app_secret": "INBOX_META_APP_SECRET",
+            "meta_verify_token": "INBOX_META_VERIFY_TOKEN",
+        }
+        missing = [env_names[n] for n in names if not getattr(self, n)]
+        if missing:
+            raise ConfigError(
+                "missing required configuration: " + ", ".join(missing)
+                + " (only `inbox dev` fills in development defaults)"
+            )
+        return self

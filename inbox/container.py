@@ -1,0 +1,41 @@
+"""The composition root: builds settings, connections and services once per process."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from psycopg_pool import ConnectionPool
+
+from inbox.config import Settings
+from inbox.db import sync_pool
+from inbox.eventstore import InboxApplication
+from inbox.metrics import Metrics
+from inbox.services import ChannelAccounts, InboundCommitter, RoomCommands
+
+
+@dataclass
+class Container:
+    settings: Settings
+    app: InboxApplication
+    read_pool: ConnectionPool
+    accounts: ChannelAccounts
+    inbound: InboundCommitter
+    rooms: RoomCommands
+    metrics: Metrics = field(default_factory=Metrics)
+
+    @classmethod
+    def build(cls, settings: Settings) -> Container:
+        app = InboxApplication.from_settings(settings)
+        return cls(
+            settings=settings,
+            app=app,
+            read_pool=sync_pool(settings),
+            accounts=ChannelAccounts(app),
+            inbound=InboundCommitter(app),
+            rooms=RoomCommands(app),
+        )
+
+    def close(self) -> None:
+        self.inbound.close()
+        self.read_pool.close()
+        self.app.close()

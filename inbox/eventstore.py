@@ -1,0 +1,92 @@
+"""The write side's storage: an `eventsourcing` Application on PostgreSQL.
+
+The recorder is the library's PostgreSQL application recorder (table lock, so notification ids
+follow commit order, and NOTIFY on insert) plus one addition: inbound channel message ids are
+inserted into `inbound_dedup` in the same transaction as the events, so a redelivered message is
+never recorded twice, even across API processes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from typing import Any
+
+from eventsourcing.application import Application
+from eventsourcing.persistence import StoredEvent
+from eventsourcing.postgres import PostgresApplicationRecorder
+from psycopg import Connection, Cursor
+from psycopg.rows import DictRow
+from psycopg.sql import SQL, Identifier
+
+from domain.channel_account import ChannelAccount
+from domain.room import Room
+from inbox.config import Settings
+from inbox.db import eventsourcing_env
+
+EVENTS_TABLE = "inbox_events"
+SNAPSHOT_INTERVAL = 50
+
+
+class InboxRecorder(PostgresApplicationRecorder):
+    def __init__(self, datastore: Any, *, events_table_name: str = "stored_events") -> None:
+        super().__init__(datastore, events_table_name=events_table_name)
+        schema = Identifier(self.datastore.schema)
+        self.sql_create_statements.append(
+            SQL(
+                "CREATE TABLE IF NOT EXISTS {schema}.inbound_dedup ("
+                " channel_account_id uuid NOT NULL,"
+                " channel_message_id text NOT NULL,"
+                " room_id uuid NOT NULL,"
+                " message_id uuid NOT NULL,"
+                " room_version bigint NOT NULL,"
+                " recorded_at timestamptz NOT NULL DEFAULT now(),"
+                " PRIMARY KEY (channel_account_id, channel_message_id))"
+            ).format(schema=schema)
+        )
+        self._insert_dedup = SQL(
+            "INSERT INTO {schema}.inbound_dedup (channel_account_id, channel_message_id, room_id, message_id, room_version)"
+            " VALUES (%s, %s, %s, %s, %s)"
+        ).format(schema=schema)
+
+    def _insert_events(
+        self,
+        curs: Cursor[DictRow],
+        stored_events: Sequence[StoredEvent],
+        *,
+        dedup_keys: Sequence[tuple[str, str, str, str, int]] = (),
+        **kwargs: Any,
+    ) -> None:
+        if dedup_keys:
+            curs.executemany(self._insert_dedup, list(dedup_keys))
+        super()._insert_events(curs, stored_events, **kwargs)
+
+
+class InboxApplication(Application):
+    """Rooms and channel accounts, stored as events; snapshots keep command cost flat."""
+
+    name = "Inbox"
+    snapshotting_intervals = {Room: SNAPSHOT_INTERVAL}
+    env = {
+        "APPLICATION_RECORDER_TOPIC": f"{__name__}:InboxRecorder",
+        "AGGREGATE_CACHE_MAXSIZE": "50000",
+        "AGGREGATE_CACHE_FASTFORWARD": "y",
+    }
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, create_tables: bool = False) -> InboxApplication:
+        env = eventsourcing_env(settings)
+        env["CREATE_TABLE"] = "y" if create_tables else "n"
+        return cls(env=env)
+
+    def decode(self, stored: StoredEvent) -> Any:
+        return self.mapper.to_domain_event(stored)
+
+    def table(self, name: str) -> str:
+        """Schema-qualified, quoted name of one of the write side's tables, for raw SQL."""
+        schema = self.recorder.datastore.schema  # type: ignore[attr-defined]
+        return f'"{schema}"."{name}"'
+
+    def connection(self) -> AbstractContextManager[Connection[DictRow]]:
+        """A pooled connection of the event store (rows as dicts; errors mapped to the library's)."""
+        return self.recorder.datastore.get_connection()  # type: ignore[attr-defined,no-any-return]

@@ -1,0 +1,66 @@
+"""Drop and rebuild every projection from the event store.
+
+Runs in one transaction holding the projection lock exclusively: live workers wait, then
+carry on idempotently (their events are either already in the rebuilt state or next in line),
+and readers see the old projections until the new ones commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import psycopg
+
+from inbox.config import Settings
+from inbox.db import conninfo
+from inbox.event_log import WireEventLog
+from inbox.eventstore import InboxApplication
+from projections.writer import PROJECTION_LOCK, apply_in_transaction
+
+PROJECTION_TABLES = ("rooms", "messages", "counters", "projection_gaps", "projection_dead_letters")
+
+Progress = Callable[[int, int, float], None]
+
+
+@dataclass
+class ReplayStats:
+    events: int
+    rooms: int
+    seconds: float
+
+    @property
+    def events_per_s(self) -> float:
+        return self.events / self.seconds if self.seconds else 0.0
+
+
+async def replay(settings: Settings, *, page_size: int = 5000, progress: Progress | None = None) -> ReplayStats:
+    app = InboxApplication.from_settings(settings)
+    reader = WireEventLog(app)
+    started = time.perf_counter()
+    events = 0
+    try:
+        total = await asyncio.to_thread(reader.max_notification_id)
+        async with await psycopg.AsyncConnection.connect(conninfo(settings)) as conn:
+            async with conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock(%s)", (PROJECTION_LOCK,))
+                await conn.execute(f"TRUNCATE {', '.join(PROJECTION_TABLES)}")
+                position = 0
+                while True:
+                    page, rows = await asyncio.to_thread(reader.read, position, page_size)
+                    if rows == 0:
+                        break
+                    if page.events:
+                        await apply_in_transaction(conn, [e for _, e in page.events], fill_gap=None)
+                    events += len(page.events)
+                    position = page.last_id
+                    if progress:
+                        elapsed = time.perf_counter() - started
+                        progress(position, max(total, position), events / elapsed if elapsed else 0.0)
+                row = await (await conn.execute("SELECT count(*) FROM rooms")).fetchone()
+                rooms = row[0] if row else 0
+    finally:
+        app.close()
+    return ReplayStats(events=events, rooms=rooms, seconds=time.perf_counter() - started)

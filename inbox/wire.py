@@ -1,0 +1,103 @@
+"""The one place where domain events become the downstream contract of SPEC §4 (and back).
+
+Wire event: {"id", "type", "schema_version", "org_id", "room_id", "version", "occurred_at", "data"}.
+`id` is derived from (room id, version), so a re-published event always carries the same id.
+Old schema versions are upcast on read (`upcast`), so consumers only ever see the newest shape.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from uuid import NAMESPACE_URL, UUID, uuid5
+
+import orjson
+
+from domain.room import Room
+
+SCHEMA_VERSION = 1
+EVENT_ID_NAMESPACE = uuid5(NAMESPACE_URL, "https://inbox.example/events")
+
+ROOM_EVENT_TYPES: dict[type, str] = {
+    Room.RoomOpened: "RoomOpened",
+    Room.MessageReceived: "MessageReceived",
+    Room.MessageSent: "MessageSent",
+    Room.RoomAssigned: "RoomAssigned",
+    Room.RoomResolved: "RoomResolved",
+    Room.RoomReopened: "RoomReopened",
+}
+EVENT_TYPE_NAMES = frozenset(ROOM_EVENT_TYPES.values())
+
+# Fields of the library's own bookkeeping that are not part of the contract.
+_ENVELOPE_FIELDS = {"originator_id", "originator_version", "timestamp", "originator_topic"}
+
+
+def event_id(room_id: UUID | str, version: int) -> str:
+    return str(uuid5(EVENT_ID_NAMESPACE, f"{room_id}:{version}"))
+
+
+def is_room_event(domain_event: Any) -> bool:
+    return type(domain_event) in ROOM_EVENT_TYPES
+
+
+def to_wire(domain_event: Any, org_id: str) -> dict[str, Any]:
+    """Domain event → SPEC §4 dict. `org_id` comes from the room's RoomOpened event."""
+    data = {
+        k: _plain(v) for k, v in vars(domain_event).items() if k not in _ENVELOPE_FIELDS
+    }
+    return {
+        "id": event_id(domain_event.originator_id, domain_event.originator_version),
+        "type": ROOM_EVENT_TYPES[type(domain_event)],
+        "schema_version": SCHEMA_VERSION,
+        "org_id": org_id,
+        "room_id": str(domain_event.originator_id),
+        "version": domain_event.originator_version,
+        "occurred_at": domain_event.timestamp.isoformat(),
+        "data": data,
+    }
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, UUID):
+        return str(value)
+    return value
+
+
+def encode(wire_event: dict[str, Any]) -> bytes:
+    return orjson.dumps(wire_event)
+
+
+class InvalidWireEvent(ValueError):
+    """A message on the topic is not an Inbox event we can read."""
+
+
+def decode(raw: bytes | str | dict[str, Any]) -> dict[str, Any]:
+    """Parse and upcast one wire event; raises InvalidWireEvent with a reason."""
+    try:
+        event = raw if isinstance(raw, dict) else orjson.loads(raw)
+    except orjson.JSONDecodeError as e:
+        raise InvalidWireEvent(f"not JSON: {e}") from e
+    if not isinstance(event, dict):
+        raise InvalidWireEvent("event is not a JSON object")
+    missing = [k for k in ("id", "type", "org_id", "room_id", "version", "occurred_at", "data") if k not in event]
+    if missing:
+        raise InvalidWireEvent(f"missing fields: {', '.join(missing)}")
+    return upcast(event)
+
+
+def upcast(event: dict[str, Any]) -> dict[str, Any]:
+    """Bring an event of any past schema version to SCHEMA_VERSION.
+
+    Version 0 (pre-release drafts) had no `schema_version` and called the resolve reason `cause`.
+    """
+    version = event.get("schema_version", 0)
+    if version > SCHEMA_VERSION:
+        raise InvalidWireEvent(f"schema_version {version} is newer than this reader ({SCHEMA_VERSION})")
+    if version == 0:
+        event = dict(event, data=dict(event["data"]))
+        if event["type"] == "RoomResolved" and "cause" in event["data"]:
+            event["data"]["reason"] = event["data"].pop("cause")
+        event["schema_version"] = 1
+    return event

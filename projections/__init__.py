@@ -1,0 +1,1 @@
+"""Read models built from wire events: pure apply functions plus a thin PostgreSQL writer."""

@@ -1,0 +1,76 @@
+-- Read models (projections). Rebuilt from the event store by `inbox replay`.
+CREATE TABLE IF NOT EXISTS rooms (
+    id uuid PRIMARY KEY,
+    org_id text NOT NULL,
+    tab text NOT NULL,
+    channel text NOT NULL,
+    channel_account_id uuid NOT NULL,
+    channel_account text NOT NULL,
+    contact_id text NOT NULL,
+    contact_name text,
+    contact_phone text,
+    contact_handle text,
+    post_id text,
+    status text NOT NULL,
+    assignee text,
+    awaiting_reply boolean NOT NULL,
+    last_inbound_at timestamptz,
+    expires_at timestamptz,
+    last_message_id uuid,
+    last_message_direction text,
+    last_message_text text,
+    last_message_at timestamptz,
+    opened_at timestamptz NOT NULL,
+    updated_at timestamptz NOT NULL,
+    version bigint NOT NULL
+);
+CREATE INDEX IF NOT EXISTS rooms_by_tab_activity ON rooms (org_id, tab, updated_at DESC, id DESC);
+CREATE INDEX IF NOT EXISTS rooms_by_status_activity ON rooms (org_id, tab, status, updated_at DESC, id DESC);
+CREATE INDEX IF NOT EXISTS rooms_by_assignee_activity ON rooms (org_id, assignee, updated_at DESC, id DESC);
+CREATE INDEX IF NOT EXISTS rooms_by_expiry ON rooms (org_id, expires_at) WHERE status <> 'resolved';
+
+CREATE TABLE IF NOT EXISTS messages (
+    id uuid PRIMARY KEY,
+    room_id uuid NOT NULL,
+    org_id text NOT NULL,
+    seq bigint NOT NULL,             -- the room version of the event that recorded it
+    direction text NOT NULL,
+    text text NOT NULL,
+    sent_at timestamptz NOT NULL,
+    sender_id text,
+    sender_name text,
+    sender_role text,
+    channel_message_id text
+);
+CREATE UNIQUE INDEX IF NOT EXISTS messages_history ON messages (room_id, seq DESC);
+
+-- Maintained counts. assignee: '*' = every room of (org, tab, status); '-' = no assignee;
+-- otherwise the staff user id. A viewer's badge is a lookup of a few of these rows.
+CREATE TABLE IF NOT EXISTS counters (
+    org_id text NOT NULL,
+    tab text NOT NULL,
+    status text NOT NULL,
+    assignee text NOT NULL,
+    rooms bigint NOT NULL DEFAULT 0,
+    awaiting bigint NOT NULL DEFAULT 0,
+    PRIMARY KEY (org_id, tab, status, assignee)
+);
+
+-- Version gaps seen by the projection (an event arrived before its predecessors).
+CREATE TABLE IF NOT EXISTS projection_gaps (
+    room_id uuid NOT NULL,
+    expected_version bigint NOT NULL,
+    got_version bigint NOT NULL,
+    filled boolean NOT NULL,
+    detected_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (room_id, expected_version, got_version)
+);
+
+-- Events the projection could not read, kept with the reason (never silently dropped).
+CREATE TABLE IF NOT EXISTS projection_dead_letters (
+    id bigserial PRIMARY KEY,
+    event_id text,
+    reason text NOT NULL,
+    event bytea NOT NULL,
+    recorded_at timestamptz NOT NULL DEFAULT now()
+);

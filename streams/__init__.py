@@ -1,0 +1,1 @@
+"""Kafka edges: the relay (event store → topic) and Faust projection workers."""

@@ -45,6 +45,8 @@ class Settings:
     db_pool_size: int = 16
     worker_batch_size: int = 500
     worker_group: str = "inbox-projections"
+    # A dead worker's partitions move to the others after this long (Kafka session timeout).
+    worker_session_timeout_s: float = 10.0
 
     @property
     def events_topic(self) -> str:
@@ -84,6 +86,7 @@ class Settings:
             db_pool_size=get_int("INBOX_DB_POOL_SIZE", 16),
             worker_batch_size=get_int("INBOX_WORKER_BATCH_SIZE", 500),
             worker_group=get("INBOX_WORKER_GROUP") or "inbox-projections",
+            worker_session_timeout_s=float(get_int("INBOX_WORKER_SESSION_TIMEOUT_S", 10)),
         )
 
     def with_dev_defaults(self) -> Settings:

@@ -93,8 +93,12 @@ def upcast(event: dict[str, Any]) -> dict[str, Any]:
     Version 0 (pre-release drafts) had no `schema_version` and called the resolve reason `cause`.
     """
     version = event.get("schema_version", 0)
+    if not isinstance(version, int) or isinstance(version, bool) or version < 0:
+        raise InvalidWireEvent(f"schema_version must be a non-negative integer, got {version!r}")
     if version > SCHEMA_VERSION:
         raise InvalidWireEvent(f"schema_version {version} is newer than this reader ({SCHEMA_VERSION})")
+    if not isinstance(event.get("data"), dict):
+        raise InvalidWireEvent("data must be a JSON object")
     if version == 0:
         event = dict(event, data=dict(event["data"]))
         if event["type"] == "RoomResolved" and "cause" in event["data"]:

@@ -116,6 +116,9 @@ def create_app(settings: Settings, worker_id: str | None = None) -> faust.App:
         consumer_auto_offset_reset="earliest",
         web_enabled=False,
         producer_acks=-1,
+        broker_session_timeout=settings.worker_session_timeout_s,
+        broker_rebalance_timeout=settings.worker_session_timeout_s,
+        broker_heartbeat_interval=max(0.5, settings.worker_session_timeout_s / 10),
     )
     runtime = ProjectorRuntime(settings, worker_id)
     topic = app.topic(

@@ -1,0 +1,81 @@
+"""Session-wide real parts: one PostgreSQL and one broker; each test gets its own schema and topic prefix.
+
+PostgreSQL: INBOX_TEST_DATABASE_URL or INBOX_DATABASE_URL when set (CI: the machine's server),
+otherwise an embedded PostgreSQL in a temporary directory. Broker: INBOX_KAFKA_BOOTSTRAP when
+set, otherwise a Tansu broker started for the session.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from inbox.config import DEV_JWT_SECRET, DEV_META_APP_SECRET, DEV_META_VERIFY_TOKEN, Settings
+from inbox.db import migrate
+
+
+@pytest.fixture(scope="session")
+def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    url = os.environ.get("INBOX_TEST_DATABASE_URL") or os.environ.get("INBOX_DATABASE_URL")
+    if url:
+        yield url
+        return
+    from inbox.embedded import EmbeddedPostgres
+
+    pg = EmbeddedPostgres(Path(tmp_path_factory.mktemp("pg")) / "data").start()
+    try:
+        yield pg.url
+    finally:
+        pg.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    given = os.environ.get("INBOX_TEST_KAFKA_BOOTSTRAP")
+    if given:
+        yield given
+        return
+    from inbox.embedded import EmbeddedBroker
+
+    broker = EmbeddedBroker(log_path=Path(tmp_path_factory.mktemp("broker")) / "tansu.log").start()
+    try:
+        yield broker.bootstrap
+    finally:
+        broker.stop()
+
+
+def _drop_schema(database_url: str, schema: str) -> None:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+
+
+@pytest.fixture
+def db_settings(database_url: str) -> Iterator[Settings]:
+    """Settings for a fresh, migrated schema of this test alone (no broker)."""
+    name = f"t_{uuid.uuid4().hex[:10]}"
+    settings = Settings(
+        database_url=database_url,
+        db_schema=name,
+        topic_prefix=f"{name}.",
+        jwt_secret=DEV_JWT_SECRET,
+        meta_app_secret=DEV_META_APP_SECRET,
+        meta_verify_token=DEV_META_VERIFY_TOKEN,
+        db_pool_size=8,
+        worker_group=f"{name}-projections",
+    )
+    migrate(settings)
+    yield settings
+    _drop_schema(database_url, name)
+
+
+@pytest.fixture
+def settings(db_settings: Settings, kafka_bootstrap: str) -> Settings:
+    """Settings with the session broker; topics are isolated by this test's prefix."""
+    return replace(db_settings, kafka_bootstrap=kafka_bootstrap)

@@ -1,0 +1,169 @@
+"""The relay against the real PostgreSQL and the real (Tansu) broker."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaConsumer
+from aiokafka.structs import TopicPartition
+
+from domain.channels import Channel
+from domain.staff import Actor, Role
+from inbox.config import Settings
+from inbox.container import Container
+from inbox.services import AccountInfo, InboundMessage
+from inbox.wire import event_id
+from streams.relay import Relay
+from tests.support import query
+
+pytestmark = pytest.mark.integration
+
+ADMIN = Actor("admin1", "org1", Role.ADMIN)
+ENVELOPE = {"id", "type", "schema_version", "org_id", "room_id", "version", "occurred_at", "data"}
+
+
+@asynccontextmanager
+async def running_relay(settings: Settings) -> AsyncIterator[Relay]:
+    relay = Relay(settings)
+    stop, ready = asyncio.Event(), asyncio.Event()
+    task = asyncio.create_task(relay.run(stop, ready))
+    await asyncio.wait_for(ready.wait(), 30)
+    try:
+        yield relay
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 15)
+
+
+async def caught_up(relay: Relay, settings: Settings, timeout: float = 20) -> None:
+    target = query(settings, "SELECT coalesce(max(notification_id), 0) FROM inbox_events")[0][0]
+    deadline = time.monotonic() + timeout
+    while relay.position < target:
+        assert time.monotonic() < deadline, f"relay stuck at {relay.position} < {target}"
+        await asyncio.sleep(0.02)
+
+
+async def consume_all(settings: Settings, expect_at_least: int, timeout: float = 20) -> list[tuple[bytes, dict[str, Any]]]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        tps = [TopicPartition(settings.events_topic, p) for p in range(settings.topic_partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        out: list[tuple[bytes, dict[str, Any]]] = []
+        deadline = time.monotonic() + timeout
+        while len(out) < expect_at_least and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=200)
+            for records in batch.values():
+                out.extend((r.key, orjson.loads(r.value)) for r in records)
+        return out
+    finally:
+        await consumer.stop()
+
+
+def inbound(account: AccountInfo, contact: str, mid: str) -> InboundMessage:
+    return InboundMessage(
+        channel=Channel.WHATSAPP_CLOUD, channel_account=account.external_id, contact_id=contact,
+        channel_message_id=mid, text=f"text {mid}", sent_at=datetime.now(UTC),
+    )
+
+
+@pytest.fixture
+def container(settings: Settings):  # type: ignore[no-untyped-def]
+    c = Container.build(settings)
+    yield c
+    c.close()
+
+
+def test_every_room_event_is_published_in_order_with_the_contract_fields(settings: Settings, container: Container) -> None:
+    account = container.accounts.register(ADMIN, channel="whatsapp_cloud", external_id="pn-1", name="WA")
+    for i in range(60):
+        result = container.inbound.submit(account, inbound(account, f"c{i % 6}", f"m{i}"))
+    container.rooms.resolve(Actor("spv", "org1", Role.SUPERVISOR), result.room_id)
+
+    async def scenario() -> list[tuple[bytes, dict[str, Any]]]:
+        async with running_relay(settings) as relay:
+            await caught_up(relay, settings)
+        return await consume_all(settings, 60 + 6 + 1)
+
+    records = asyncio.run(scenario())
+
+    assert len(records) == 67  # channel-account events are not room events and stay off the topic
+    per_room: dict[str, list[int]] = defaultdict(list)
+    for key, event in records:
+        assert set(event) == ENVELOPE
+        assert key.decode() == event["room_id"]
+        assert event["id"] == event_id(event["room_id"], event["version"])
+        assert event["org_id"] == "org1" and event["schema_version"] == 1
+        per_room[event["room_id"]].append(event["version"])
+    assert all(versions == list(range(1, len(versions) + 1)) for versions in per_room.values())
+    assert {e["type"] for _, e in records} == {"RoomOpened", "MessageReceived", "RoomResolved"}
+
+
+def test_events_are_published_within_milliseconds_of_commit(settings: Settings, container: Container) -> None:
+    account = container.accounts.register(ADMIN, channel="whatsapp_cloud", external_id="pn-1", name="WA")
+
+    async def scenario() -> list[float]:
+        async with running_relay(settings) as relay:
+            delays = []
+            for i in range(5):
+                before = relay.published
+                started = time.perf_counter()
+                await asyncio.to_thread(container.inbound.submit, account, inbound(account, "c1", f"m{i}"))
+                while relay.published == before:
+                    await asyncio.sleep(0.001)
+                delays.append(time.perf_counter() - started)
+            return delays
+
+    delays = asyncio.run(scenario())
+    # The relay wakes on NOTIFY; its fallback poll is 1 s, so the median must be far below that.
+    assert sorted(delays)[2] < 0.25, delays
+
+
+def test_a_restarted_relay_resumes_from_its_recorded_position(settings: Settings, container: Container) -> None:
+    account = container.accounts.register(ADMIN, channel="whatsapp_cloud", external_id="pn-1", name="WA")
+    for i in range(10):
+        container.inbound.submit(account, inbound(account, "c1", f"first-{i}"))
+
+    async def scenario() -> tuple[int, int]:
+        async with running_relay(settings) as relay:
+            await caught_up(relay, settings)
+        first_position = relay.position
+        for i in range(10):
+            await asyncio.to_thread(container.inbound.submit, account, inbound(account, "c1", f"second-{i}"))
+        async with running_relay(settings) as again:
+            await caught_up(again, settings)
+        return first_position, again.published
+
+    first_position, republished = asyncio.run(scenario())
+    assert query(settings, "SELECT notification_id FROM relay_position")[0][0] > first_position
+    assert republished == 10  # only what came after the recorded position
+    records = asyncio.run(consume_all(settings, 21))
+    assert sorted(e["version"] for _, e in records) == list(range(1, 22))
+
+
+def test_a_fresh_broker_gets_every_event_again(settings: Settings, container: Container) -> None:
+    """The embedded broker is memory-only: a restarted one has no topic, so the relay starts over."""
+    account = container.accounts.register(ADMIN, channel="whatsapp_cloud", external_id="pn-1", name="WA")
+    for i in range(8):
+        container.inbound.submit(account, inbound(account, f"c{i % 2}", f"m{i}"))
+
+    async def publish(s: Settings) -> int:
+        async with running_relay(s) as relay:
+            await caught_up(relay, s)
+        return relay.published
+
+    assert asyncio.run(publish(settings)) == 10
+    # Same database, but the topic the relay finds is brand new (as after a broker restart).
+    fresh = replace(settings, topic_prefix=settings.topic_prefix + "restarted.")
+    assert asyncio.run(publish(fresh)) == 10
+    assert len(asyncio.run(consume_all(fresh, 10))) == 10

@@ -1,0 +1,226 @@
+"""The write side against the real PostgreSQL: group commit, dedup, optimistic concurrency, snapshots."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+
+import pytest
+
+from domain.channels import Channel
+from domain.errors import AlreadyExists, Conflict, NotAllowed, NotFound
+from domain.room import Room
+from domain.staff import Actor, Role
+from inbox.config import Settings
+from inbox.container import Container
+from inbox.services import AccountInfo, InboundMessage
+from tests.support import query
+
+pytestmark = pytest.mark.integration
+
+ADMIN = Actor("admin1", "org1", Role.ADMIN)
+SPV = Actor("spv1", "org1", Role.SUPERVISOR)
+AGENT_A = Actor("agent-a", "org1", Role.AGENT)
+AGENT_B = Actor("agent-b", "org1", Role.AGENT)
+
+
+@pytest.fixture
+def container(db_settings: Settings) -> Iterator[Container]:
+    c = Container.build(db_settings)
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def account(container: Container) -> AccountInfo:
+    return container.accounts.register(ADMIN, channel="whatsapp_cloud", external_id="pn-1", name="Sales WA")
+
+
+def message(contact: str, mid: str, text: str = "halo") -> InboundMessage:
+    return InboundMessage(
+        channel=Channel.WHATSAPP_CLOUD, channel_account="pn-1", contact_id=contact, channel_message_id=mid,
+        text=text, sent_at=datetime.now(UTC), contact_name=f"Contact {contact}",
+    )
+
+
+def test_registering_the_same_channel_account_twice_is_a_conflict(container: Container, account: AccountInfo) -> None:
+    with pytest.raises(AlreadyExists):
+        container.accounts.register(
+            Actor("x", "org2", Role.ADMIN), channel="whatsapp_cloud", external_id="pn-1", name="again"
+        )
+
+
+def test_only_admins_register_channel_accounts(container: Container) -> None:
+    with pytest.raises(NotAllowed):
+        container.accounts.register(SPV, channel="instagram", external_id="ig-1", name="IG")
+
+
+def test_concurrent_inbound_messages_share_transactions_and_keep_per_room_order(
+    container: Container, account: AccountInfo
+) -> None:
+    contacts = [f"62812{i:04d}" for i in range(20)]
+    with ThreadPoolExecutor(48) as pool:
+        results = list(pool.map(lambda i: container.inbound.submit(account, message(contacts[i % 20], f"wamid.{i}", f"m{i}")), range(400)))
+
+    assert len({r.message_id for r in results}) == 400
+    assert not any(r.duplicate for r in results)
+    # Group commit: fewer transactions than messages.
+    assert container.inbound.batches < 400
+    # Every room's versions are 1..n with no holes, and notification ids follow versions.
+    rows = query(
+        container.settings,
+        "SELECT originator_id, array_agg(originator_version ORDER BY notification_id) FROM inbox_events"
+        " WHERE topic LIKE 'domain.room:%%' GROUP BY originator_id",
+    )
+    assert len(rows) == 20
+    for _, versions in rows:
+        assert versions == list(range(1, len(versions) + 1))
+    assert sum(len(v) for _, v in rows) == 400 + 20  # messages + one RoomOpened per room
+
+
+def test_the_same_channel_message_is_recorded_once(container: Container, account: AccountInfo) -> None:
+    first = container.inbound.submit(account, message("628111", "wamid.same"))
+    again = container.inbound.submit(account, message("628111", "wamid.same", text="redelivered"))
+
+    assert not first.duplicate and again.duplicate
+    assert (again.room_id, again.message_id, again.version) == (first.room_id, first.message_id, first.version)
+    assert query(container.settings, "SELECT count(*) FROM inbox_events WHERE topic LIKE '%%MessageReceived'")[0][0] == 1
+
+
+def test_duplicates_racing_in_two_processes_are_recorded_once(db_settings: Settings, account: AccountInfo) -> None:
+    other = Container.build(db_settings)  # a second API process: its own pools, cache and committer
+    try:
+        mine = Container.build(db_settings)
+        try:
+            barrier = threading.Barrier(2)
+
+            def send(c: Container) -> bool:
+                barrier.wait()
+                return c.inbound.submit(account, message("628222", "wamid.race")).duplicate
+
+            with ThreadPoolExecutor(2) as pool:
+                outcomes = sorted(pool.map(send, [mine, other]))
+        finally:
+            mine.close()
+    finally:
+        other.close()
+    assert outcomes == [False, True]
+    assert query(db_settings, "SELECT count(*) FROM inbound_dedup")[0][0] == 1
+
+
+def test_inbound_messages_from_two_processes_to_one_room_never_fail(db_settings: Settings, account: AccountInfo) -> None:
+    a, b = Container.build(db_settings), Container.build(db_settings)
+    try:
+        with ThreadPoolExecutor(16) as pool:
+            results = list(pool.map(
+                lambda i: (a if i % 2 else b).inbound.submit(account, message("628333", f"wamid.p{i}")), range(60)
+            ))
+    finally:
+        a.close()
+        b.close()
+    assert sorted(r.version for r in results) == list(range(2, 62))
+
+
+def test_two_concurrent_assigns_one_wins_the_other_conflicts(db_settings: Settings, account: AccountInfo) -> None:
+    a, b = Container.build(db_settings), Container.build(db_settings)
+    try:
+        room_id = a.inbound.submit(account, message("628444", "wamid.1")).room_id
+        # Both processes have loaded the room at the same version before either decides.
+        room_a, room_b = a.app.repository.get(room_id), b.app.repository.get(room_id)
+        room_a.assign(SPV, agent_id="agent-a")
+        room_b.assign(SPV, agent_id="agent-b")
+        a.app.save(room_a)
+        with pytest.raises(Exception) as lost:
+            b.app.save(room_b)
+        assert "IntegrityError" in type(lost.value).__name__
+        # Through the service the loser gets Conflict (HTTP 409), never a silent overwrite.
+        with pytest.raises(Conflict):
+            b.rooms.assign(SPV, room_id, agent_id="agent-b", expected_version=room_b.version - 1)
+        assert b.app.repository.get(room_id).assignee == "agent-a"
+    finally:
+        a.close()
+        b.close()
+
+
+def test_racing_staff_commands_through_the_service_yield_one_conflict(container: Container, account: AccountInfo) -> None:
+    room_id = container.inbound.submit(account, message("628555", "wamid.1")).room_id
+    barrier = threading.Barrier(2)
+    original_save = container.app.save
+
+    def save_after_both_decided(*objs: object, **kw: object) -> object:
+        barrier.wait(timeout=5)  # both commands decided on the same version
+        return original_save(*objs, **kw)
+
+    container.app.save = save_after_both_decided  # type: ignore[method-assign]
+
+    def attempt(agent: str) -> str:
+        try:
+            container.rooms.assign(SPV, room_id, agent_id=agent)
+            return "ok"
+        except Conflict:
+            return "409"
+
+    with ThreadPoolExecutor(2) as pool:
+        outcomes = sorted(pool.map(attempt, ["agent-a", "agent-b"]))
+    assert outcomes == ["409", "ok"]
+
+
+def test_staff_command_that_only_raced_a_customer_message_is_redecided(container: Container, account: AccountInfo) -> None:
+    room_id = container.inbound.submit(account, message("628666", "wamid.1")).room_id
+    original_save = container.app.save
+    raced = {"done": False}
+
+    def customer_writes_first(*objs: object, **kw: object) -> object:
+        if not raced["done"] and any(isinstance(o, Room) for o in objs):
+            raced["done"] = True
+            container.inbound.submit(account, message("628666", "wamid.2"))
+        return original_save(*objs, **kw)
+
+    container.app.save = customer_writes_first  # type: ignore[method-assign]
+    result = container.rooms.reply(AGENT_A, room_id, text="Halo, ada yang bisa dibantu?")
+
+    room = container.app.repository.get(room_id)
+    assert raced["done"] and room.version == result.version == 5  # opened, msg1, msg2, assigned, sent
+    assert room.assignee == "agent-a"
+
+
+def test_expected_version_mismatch_is_a_conflict(container: Container, account: AccountInfo) -> None:
+    result = container.inbound.submit(account, message("628777", "wamid.1"))
+    with pytest.raises(Conflict):
+        container.rooms.resolve(SPV, result.room_id, expected_version=result.version - 1)
+    assert container.rooms.resolve(SPV, result.room_id, expected_version=result.version).version == result.version + 1
+
+
+def test_rooms_of_another_organization_are_not_found(container: Container, account: AccountInfo) -> None:
+    room_id = container.inbound.submit(account, message("628888", "wamid.1")).room_id
+    outsider = Actor("spv9", "org9", Role.SUPERVISOR)
+    with pytest.raises(NotFound):
+        container.rooms.assign(outsider, room_id, agent_id="x")
+    with pytest.raises(NotFound):
+        container.rooms.resolve(outsider, "not-a-uuid")
+
+
+def test_agent_cannot_act_on_a_room_assigned_to_another_agent(container: Container, account: AccountInfo) -> None:
+    room_id = container.inbound.submit(account, message("628999", "wamid.1")).room_id
+    container.rooms.assign(AGENT_A, room_id, agent_id="agent-a")
+    with pytest.raises(NotFound):  # invisible to agent B, so no existence leak
+        container.rooms.reply(AGENT_B, room_id, text="hi")
+
+
+def test_long_room_history_is_loaded_from_a_snapshot(db_settings: Settings, container: Container, account: AccountInfo) -> None:
+    for i in range(120):
+        container.inbound.submit(account, message("62800", f"wamid.s{i}"))
+    room_id = container.inbound.submit(account, message("62800", "wamid.last")).room_id
+
+    snapshots = query(db_settings, "SELECT max(originator_version) FROM inbox_snapshots WHERE originator_id = %s", (room_id,))
+    assert snapshots[0][0] == 100  # taken every 50 events
+
+    cold = Container.build(db_settings)  # no aggregate cache
+    try:
+        room = cold.app.repository.get(room_id)
+        assert room.version == 122 and room.message_count == 121
+        assert room == container.app.repository.get(room_id)
+    finally:
+        cold.close()

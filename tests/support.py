@@ -1,0 +1,193 @@
+"""Test helpers: tokens, waiting on conditions, recounts, and real processes of the pipeline."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import psycopg
+
+from inbox.auth import mint_token
+from inbox.config import Settings
+from inbox.db import conninfo
+from inbox.embedded import free_port
+from inbox.event_log import WireEventLog
+from inbox.eventstore import InboxApplication
+from projections.writer import ProjectionWriter
+
+T = TypeVar("T")
+
+
+def token(settings: Settings, *, org: str = "org1", user: str = "admin1", role: str = "admin") -> str:
+    assert settings.jwt_secret
+    return mint_token(settings.jwt_secret, org=org, user=user, role=role)
+
+
+def auth(settings: Settings, **claims: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token(settings, **claims)}"}
+
+
+def wait_until(check: Callable[[], T], *, timeout: float = 60.0, interval: float = 0.1, what: str = "condition") -> T:
+    """Poll `check` until it returns a truthy value; fail with the last value after `timeout`."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
+
+
+def query(settings: Settings, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    with psycopg.connect(conninfo(settings)) as conn:
+        return conn.execute(sql, params).fetchall()
+
+
+def execute(settings: Settings, sql: str, params: tuple[Any, ...] = ()) -> None:
+    with psycopg.connect(conninfo(settings), autocommit=True) as conn:
+        conn.execute(sql, params)
+
+
+def counters_table(settings: Settings) -> dict[tuple[str, str, str, str], tuple[int, int]]:
+    rows = query(settings, "SELECT org_id, tab, status, assignee, rooms, awaiting FROM counters")
+    return {(o, t, s, a): (r, w) for o, t, s, a, r, w in rows if r or w}
+
+
+def recount(settings: Settings) -> dict[tuple[str, str, str, str], tuple[int, int]]:
+    """What the counters must say, counted from the room projection itself."""
+    rows = query(
+        settings,
+        "SELECT org_id, tab, status, coalesce(assignee, '-'), count(*), count(*) FILTER (WHERE awaiting_reply)"
+        " FROM rooms GROUP BY 1, 2, 3, 4"
+        " UNION ALL"
+        " SELECT org_id, tab, status, '*', count(*), count(*) FILTER (WHERE awaiting_reply)"
+        " FROM rooms GROUP BY 1, 2, 3",
+    )
+    return {(o, t, s, a): (r, w) for o, t, s, a, r, w in rows}
+
+
+def store_totals(settings: Settings) -> tuple[int, int]:
+    """(rooms, sum of room versions) according to the event store: what projections must reach."""
+    rows = query(
+        settings,
+        "SELECT count(*), coalesce(sum(v), 0) FROM (SELECT max(originator_version) AS v FROM inbox_events"
+        " WHERE topic LIKE 'domain.room:Room.%%' GROUP BY originator_id) t",
+    )
+    return int(rows[0][0]), int(rows[0][1])
+
+
+def projection_totals(settings: Settings) -> tuple[int, int]:
+    rows = query(settings, "SELECT count(*), coalesce(sum(version), 0) FROM rooms")
+    return int(rows[0][0]), int(rows[0][1])
+
+
+def project_all(settings: Settings) -> None:
+    """Apply everything in the event store to the projections directly (tests without Kafka)."""
+
+    async def run() -> None:
+        app = InboxApplication.from_settings(settings)
+        log = WireEventLog(app)
+        pool = None
+        try:
+            from inbox.db import async_pool
+
+            pool = await async_pool(settings)
+            writer = ProjectionWriter(pool)
+            position = 0
+            while True:
+                page, rows = log.read(position, 1000)
+                if rows == 0:
+                    break
+                await writer.apply_batch([e for _, e in page.events])
+                position = page.last_id
+        finally:
+            if pool is not None:
+                await pool.close()
+            app.close()
+
+    asyncio.run(run())
+
+
+def env_for(settings: Settings) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({
+        "INBOX_DATABASE_URL": settings.database_url or "",
+        "INBOX_DB_SCHEMA": settings.db_schema,
+        "INBOX_KAFKA_BOOTSTRAP": settings.kafka_bootstrap or "",
+        "INBOX_TOPIC_PREFIX": settings.topic_prefix,
+        "INBOX_TOPIC_PARTITIONS": str(settings.topic_partitions),
+        "INBOX_JWT_SECRET": settings.jwt_secret or "",
+        "INBOX_META_APP_SECRET": settings.meta_app_secret or "",
+        "INBOX_META_VERIFY_TOKEN": settings.meta_verify_token or "",
+        "INBOX_WORKER_GROUP": settings.worker_group,
+        "INBOX_HTTP_HOST": "127.0.0.1",
+        "INBOX_HTTP_PORT": str(settings.http_port),
+        "INBOX_LOG_LEVEL": "WARNING",
+    })
+    return env
+
+
+class Pipeline:
+    """Real `inbox api|relay|worker` processes for end-to-end tests; each can be killed and restarted."""
+
+    def __init__(self, settings: Settings, log_dir: Path) -> None:
+        self.settings = settings
+        self.log_dir = log_dir
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.base_url = f"http://127.0.0.1:{settings.http_port}"
+
+    def start(self, name: str, role: str | None = None) -> subprocess.Popen[bytes]:
+        role = role or name
+        log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "inbox.cli", role], env=env_for(self.settings), stdout=log,
+            stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        self.procs[name] = proc
+        return proc
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        proc = self.procs.pop(name)
+        if proc.poll() is None:
+            os.killpg(proc.pid, sig)
+            proc.wait(20)
+
+    def stop_all(self) -> None:
+        for name in list(self.procs):
+            self.kill(name, signal.SIGTERM)
+
+    def wait_for_api(self, timeout: float = 60) -> None:
+        def up() -> bool:
+            try:
+                return httpx.get(f"{self.base_url}/healthz", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(up, timeout=timeout, what="API /healthz")
+
+    def wait_until_projected(self, timeout: float = 120) -> None:
+        """Projections caught up with everything in the event store."""
+        wait_until(
+            lambda: projection_totals(self.settings) == store_totals(self.settings),
+            timeout=timeout, interval=0.25,
+            what=f"projections to reach the event store (store {store_totals(self.settings)})",
+        )
+
+    def log_tail(self, name: str, lines: int = 40) -> str:
+        path = self.log_dir / f"{name}.log"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+
+
+def http_settings(settings: Settings) -> Settings:
+    from dataclasses import replace
+
+    return replace(settings, http_port=free_port())

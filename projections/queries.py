@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+from uuid import UUID
 
 import orjson
 from psycopg.rows import dict_row
@@ -41,6 +42,13 @@ def _visibility(actor: Actor, alias: str = "r") -> tuple[str, list[Any]]:
     if actor.role.manages_rooms:
         return f"{alias}.org_id = %s", [actor.org_id]
     return f"{alias}.org_id = %s AND ({alias}.assignee IS NULL OR {alias}.assignee = %s)", [actor.org_id, actor.user_id]
+
+
+def _room_uuid(room_id: str) -> str:
+    try:
+        return str(UUID(room_id))
+    except ValueError:
+        raise NotFound("room not found") from None
 
 
 def encode_cursor(values: dict[str, Any]) -> str:
@@ -150,6 +158,7 @@ class InboxQueries:
 
     # ---- rooms --------------------------------------------------------------------------------
     def room(self, actor: Actor, room_id: str) -> dict[str, Any]:
+        room_id = _room_uuid(room_id)
         where, params = _visibility(actor)
         rows = self._fetch(f"SELECT r.*, now() AS _now FROM rooms r WHERE r.id = %s::uuid AND {where}", [room_id, *params])
         if not rows:
@@ -206,7 +215,7 @@ class InboxQueries:
 
     # ---- history ------------------------------------------------------------------------------
     def messages(self, actor: Actor, room_id: str, *, limit: int, before: str | None) -> dict[str, Any]:
-        self.room(actor, room_id)  # 404 unless visible
+        room_id = self.room(actor, room_id)["id"]  # 404 unless visible
         params: list[Any] = [room_id]
         clause = ""
         if before:

@@ -27,7 +27,7 @@ from projections.writer import BatchStats, ProjectionWriter
 log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 2.0
-RETRY_BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)
+RETRY_BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)  # then every 5 s until the database is back
 
 
 class ProjectorRuntime:
@@ -65,14 +65,16 @@ class ProjectorRuntime:
         writer = await self.writer()
         if dead:
             await self._dead_letter(dead)
-        for attempt, backoff in enumerate((*RETRY_BACKOFF_S, None)):
+        attempt = 0
+        while True:
             try:
                 stats = await writer.apply_batch(events)
                 break
             except Exception:
-                if backoff is None:
-                    raise
-                log.exception("projection batch failed (attempt %s); retrying in %ss", attempt + 1, backoff)
+                # Never drop a batch: the offsets are not acked until it is applied.
+                backoff = RETRY_BACKOFF_S[min(attempt, len(RETRY_BACKOFF_S) - 1)]
+                attempt += 1
+                log.exception("projection batch failed (attempt %s); retrying in %ss", attempt, backoff)
                 await asyncio.sleep(backoff)
         self.batches += 1
         self.events += len(events)
@@ -93,9 +95,9 @@ class ProjectorRuntime:
         assert self._pool is not None
         async with self._pool.connection() as conn:
             await conn.execute(
-                "INSERT INTO worker_heartbeats (worker_id, kind, beat_at) VALUES (%s, 'projector', now())"
-                " ON CONFLICT (worker_id) DO UPDATE SET beat_at = now()",
-                (self.worker_id,),
+                "INSERT INTO worker_heartbeats (worker_id, kind, beat_at, events) VALUES (%s, 'projector', now(), %s)"
+                " ON CONFLICT (worker_id) DO UPDATE SET beat_at = now(), events = EXCLUDED.events",
+                (self.worker_id, self.events),
             )
 
     async def close(self) -> None:
@@ -115,6 +117,7 @@ def create_app(settings: Settings, worker_id: str | None = None) -> faust.App:
         topic_partitions=settings.topic_partitions,
         consumer_auto_offset_reset="earliest",
         web_enabled=False,
+        datadir=str(settings.data_dir / "faust"),
         producer_acks=-1,
         broker_session_timeout=settings.worker_session_timeout_s,
         broker_rebalance_timeout=settings.worker_session_timeout_s,

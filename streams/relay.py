@@ -69,9 +69,9 @@ async def topic_end_offsets(bootstrap: str, topic: str) -> int:
 
 
 class Relay:
-    def __init__(self, settings: Settings, *, name: str = "inbox.events", page_size: int = 2000) -> None:
+    def __init__(self, settings: Settings, *, page_size: int = 2000) -> None:
         self._settings = settings
-        self._name = name
+        self._name = settings.events_topic  # one position per topic the store is published to
         self._page_size = page_size
         self.published = 0
         self.position = 0
@@ -167,9 +167,9 @@ class Relay:
 
     async def _heartbeat(self, conn: psycopg.AsyncConnection[Any]) -> None:
         await conn.execute(
-            "INSERT INTO worker_heartbeats (worker_id, kind, beat_at) VALUES (%s, 'relay', now())"
-            " ON CONFLICT (worker_id) DO UPDATE SET beat_at = now()",
-            (f"relay:{self._name}",),
+            "INSERT INTO worker_heartbeats (worker_id, kind, beat_at, events) VALUES (%s, 'relay', now(), %s)"
+            " ON CONFLICT (worker_id) DO UPDATE SET beat_at = now(), events = EXCLUDED.events",
+            (f"relay:{self._name}", self.published),
         )
 
     @staticmethod

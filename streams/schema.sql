@@ -2,7 +2,6 @@
 CREATE TABLE IF NOT EXISTS relay_position (
     name text PRIMARY KEY,
     notification_id bigint NOT NULL,
-    broker_id text,
     updated_at timestamptz NOT NULL DEFAULT now()
 );
 
@@ -10,5 +9,7 @@ CREATE TABLE IF NOT EXISTS relay_position (
 CREATE TABLE IF NOT EXISTS worker_heartbeats (
     worker_id text PRIMARY KEY,
     kind text NOT NULL,
-    beat_at timestamptz NOT NULL DEFAULT now()
+    beat_at timestamptz NOT NULL DEFAULT now(),
+    events bigint NOT NULL DEFAULT 0  -- events this process has handled since it started
 );
+ALTER TABLE worker_heartbeats ADD COLUMN IF NOT EXISTS events bigint NOT NULL DEFAULT 0;

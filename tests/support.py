@@ -159,7 +159,11 @@ class Pipeline:
         proc = self.procs.pop(name)
         if proc.poll() is None:
             os.killpg(proc.pid, sig)
-            proc.wait(20)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:  # Faust can hang stopping mid-rebalance
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
 
     def stop_all(self) -> None:
         for name in list(self.procs):

@@ -1,0 +1,106 @@
+"""`inbox dev` on embedded defaults only (embedded PostgreSQL and Tansu), twice on one data dir."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from inbox.config import Settings
+from inbox.embedded import free_port
+from tests.e2e.test_pipeline import read_topic
+from tests.support import wait_until
+
+pytestmark = pytest.mark.e2e
+
+
+class DevRun:
+    def __init__(self, data_dir: Path, port: int, log: Path) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("INBOX_")}
+        env.update({"INBOX_DATA_DIR": str(data_dir), "INBOX_HTTP_PORT": str(port), "INBOX_LOG_LEVEL": "WARNING"})
+        self.log = log
+        self.base_url = f"http://127.0.0.1:{port}"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "inbox.cli", "dev"], env=env, stdout=open(log, "wb"),  # noqa: SIM115
+            stderr=subprocess.STDOUT, start_new_session=True,
+        )
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def token(self) -> str:
+        def printed() -> re.Match[str] | None:
+            assert self.proc.poll() is None, f"inbox dev exited:\n{self.output()[-3000:]}"
+            return re.search(r"dev admin token \(org dev-org\):\n(\S+)", self.output())
+
+        return wait_until(printed, timeout=120, what="the dev token").group(1)
+
+    def broker(self) -> str:
+        return re.search(r"embedded Tansu broker on (\S+)", self.output()).group(1)  # type: ignore[union-attr]
+
+    def wait_ready(self) -> None:
+        def ready() -> bool:
+            try:
+                return httpx.get(f"{self.base_url}/readyz", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(ready, timeout=120, interval=0.5, what=f"/readyz; output:\n{self.output()[-3000:]}")
+
+    def stop(self) -> int:
+        os.killpg(self.proc.pid, signal.SIGINT)  # what Ctrl-C sends to the terminal's process group
+        try:
+            return self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            raise
+
+
+def counters(run: DevRun, token: str) -> dict[str, Any]:
+    return httpx.get(f"{run.base_url}/v1/inbox/counters", headers={"Authorization": f"Bearer {token}"}).json()
+
+
+def test_inbox_dev_runs_everything_and_keeps_data_across_restarts(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    first = DevRun(data_dir, free_port(), tmp_path / "dev-1.log")
+    try:
+        token = first.token()
+        first.wait_ready()
+        headers = {"Authorization": f"Bearer {token}"}
+        assert httpx.post(f"{first.base_url}/v1/channel-accounts", headers=headers, json={
+            "channel": "instagram", "external_id": "17841400000000", "name": "Shop IG"}).status_code == 201
+        for i in range(3):
+            r = httpx.post(f"{first.base_url}/v1/inbound-messages", headers=headers, json={
+                "channel": "instagram", "channel_account": "17841400000000",
+                "contact": {"id": f"igsid-{i}", "handle": f"buyer{i}"},
+                "message": {"id": f"mid.{i}", "text": "ready stock?", "sent_at": datetime.now(UTC).isoformat()}})
+            assert r.status_code == 202
+        wait_until(lambda: counters(first, token)["messages"] == 3, timeout=60, what="3 rooms awaiting reply")
+    finally:
+        assert first.stop() == 0, first.output()[-3000:]
+    assert "Traceback" not in first.output(), first.output()[-3000:]
+
+    second = DevRun(data_dir, free_port(), tmp_path / "dev-2.log")
+    try:
+        token = second.token()
+        second.wait_ready()
+        assert counters(second, token)["messages"] == 3  # the data survived
+        # The new broker started empty: the relay re-published the whole history to it.
+        settings = replace(Settings(), kafka_bootstrap=second.broker())
+        events = read_topic(settings, 6, timeout=30)
+        assert sorted((e["room_id"], e["version"]) for _, e in events) == sorted(
+            {(e["room_id"], e["version"]) for _, e in events}) and len(events) == 6
+    finally:
+        started = time.monotonic()
+        assert second.stop() == 0, second.output()[-3000:]
+        assert time.monotonic() - started < 45

@@ -1,0 +1,14 @@
+"""Benchmark of the whole Inbox pipeline with raw baselines: `python -m bench [--quick] [--json PATH]`.
+
+It prints figures; it is not a test. Phases, in order:
+
+- baselines: single-row INSERT tx/s with PostgreSQL (1 and C connections) and raw aiokafka
+  produce/consume msg/s on the same broker;
+- (a) HTTP ingest: real `inbox api|relay|worker` processes, C concurrent keep-alive clients
+  POSTing /v1/inbound-messages across many contacts; projection throughput during the burst;
+- (b) accepted → counter-visible latency (a new contact per sample, polling the counters table);
+- (c) replay events/s, and the replayed projections compared with the live ones;
+- (d) in-process staff command latency on a 10-event and a 10,000-event room, and cold loads.
+
+Everything lives in a fresh schema `bench_<random>` and topic prefix, dropped at the end.
+"""

@@ -1,0 +1,200 @@
+"""Raw baselines on the same PostgreSQL and broker: what the hardware and clients do without Inbox."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import psycopg
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.structs import TopicPartition
+
+from bench.infra import Infra
+from bench.stats import rate, summary_ms
+from inbox.db import conninfo
+from streams.relay import ensure_topic
+
+
+# ---- PostgreSQL: single-row INSERT + COMMIT -------------------------------------------------
+@dataclass
+class InsertBaseline:
+    connections: int
+    transactions: int
+    seconds: float
+    latency: dict[str, float]
+    table: str
+
+    @property
+    def tx_per_s(self) -> float:
+        return rate(self.transactions, self.seconds)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"connections": self.connections, "transactions": self.transactions, "seconds": self.seconds,
+                "tx_per_s": self.tx_per_s, "latency": self.latency, "table": self.table}
+
+
+def insert_baseline(infra: Infra, *, transactions: int, connections: int, temp: bool = False) -> InsertBaseline:
+    """`connections` threads, each with its own connection, each running autocommit single-row INSERTs.
+
+    An autocommit INSERT is one round trip and one transaction (INSERT + COMMIT, one WAL flush).
+    `temp=True` uses a TEMP table instead: not WAL-logged, so its COMMIT does not wait for a flush
+    (informational only; the event store's writes are WAL-logged).
+    """
+    info = conninfo(infra.settings)
+    table = "pg_temp.bench_insert" if temp else "bench_insert_baseline"
+    if not temp:
+        with psycopg.connect(info, autocommit=True) as conn:
+            conn.execute(f"CREATE TABLE IF NOT EXISTS {table} (id bigserial PRIMARY KEY, payload text NOT NULL)")
+    per_conn = max(1, transactions // connections)
+    payload = "x" * 200
+    barrier = threading.Barrier(connections + 1)
+    latencies: list[list[float]] = [[] for _ in range(connections)]
+    errors: list[BaseException] = []
+
+    def work(slot: int) -> None:
+        try:
+            with psycopg.connect(info, autocommit=True) as conn:
+                if temp:
+                    conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS bench_insert (id bigserial PRIMARY KEY, payload text NOT NULL)")
+                stmt = f"INSERT INTO {table} (payload) VALUES (%s)"
+                conn.execute(stmt, (payload,), prepare=True)  # warm: prepared statement, catalog caches
+                barrier.wait()
+                out = latencies[slot]
+                for _ in range(per_conn):
+                    t0 = time.perf_counter()
+                    conn.execute(stmt, (payload,), prepare=True)
+                    out.append(time.perf_counter() - t0)
+        except BaseException as e:  # surfaced below
+            errors.append(e)
+            barrier.abort()
+
+    threads = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(connections)]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    started = time.perf_counter()
+    for t in threads:
+        t.join()
+    seconds = time.perf_counter() - started
+    if errors:
+        raise errors[0]
+    flat = [x for per in latencies for x in per]
+    return InsertBaseline(connections, len(flat), seconds, summary_ms(flat), "TEMP" if temp else "logged")
+
+
+# ---- Kafka: raw produce / consume -----------------------------------------------------------
+@dataclass
+class KafkaBaseline:
+    messages: int
+    value_bytes: int
+    partitions: int
+    produce_seconds: float
+    consume_seconds: float
+
+    @property
+    def produce_per_s(self) -> float:
+        return rate(self.messages, self.produce_seconds)
+
+    @property
+    def consume_per_s(self) -> float:
+        return rate(self.messages, self.consume_seconds)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"messages": self.messages, "value_bytes": self.value_bytes, "partitions": self.partitions,
+                "produce_seconds": self.produce_seconds, "produce_msg_per_s": self.produce_per_s,
+                "consume_seconds": self.consume_seconds, "consume_msg_per_s": self.consume_per_s}
+
+
+def sample_wire_value(i: int) -> bytes:
+    """A value shaped and sized like a MessageReceived wire event."""
+    room = uuid.uuid4()
+    now = datetime.now(UTC).isoformat()
+    return orjson.dumps({
+        "id": str(uuid.uuid4()), "type": "MessageReceived", "schema_version": 1, "org_id": "bench-org",
+        "room_id": str(room), "version": 7, "occurred_at": now,
+        "data": {"message_id": str(uuid.uuid4()), "channel_message_id": f"wamid.HBgLNjI4MTIzNDU2Nzg5FQIAEhgg{i:012d}",
+                 "text": f"Hello, I have a question about my order #{i}", "sent_at": now,
+                 "contact_name": f"Customer {i % 2000}"},
+    })
+
+
+async def kafka_baseline(infra: Infra, *, messages: int) -> KafkaBaseline:
+    settings = infra.settings
+    bootstrap = settings.kafka_bootstrap or ""
+    topic = f"{settings.topic_prefix}baseline"
+    partitions = settings.topic_partitions
+    await ensure_topic(bootstrap, topic, partitions)
+    keys = [str(uuid.uuid4()).encode() for _ in range(2000)]
+    values = [sample_wire_value(i) for i in range(min(messages, 5000))]
+
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", enable_idempotence=False, linger_ms=5,
+        max_batch_size=256 * 1024, request_timeout_ms=60000,
+    )
+    await producer.start()
+    try:
+        started = time.perf_counter()
+        futures = []
+        for i in range(messages):
+            futures.append(await producer.send(topic, value=values[i % len(values)], key=keys[i % len(keys)]))
+        await asyncio.gather(*futures)
+        produce_seconds = time.perf_counter() - started
+    finally:
+        await producer.stop()
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        seen = 0
+        nbytes = 0
+        started = time.perf_counter()
+        deadline = started + 300
+        while seen < messages:
+            batches = await consumer.getmany(timeout_ms=1000, max_records=10_000)
+            for records in batches.values():
+                seen += len(records)
+                for r in records:
+                    nbytes += len(r.value or b"")
+            if time.perf_counter() > deadline:
+                raise TimeoutError(f"consumed {seen} of {messages} baseline messages in 300 s")
+        consume_seconds = time.perf_counter() - started
+    finally:
+        await consumer.stop()
+    return KafkaBaseline(messages, nbytes // max(1, seen), partitions, produce_seconds, consume_seconds)
+
+
+async def kafka_latency(infra: Infra, *, samples: int, gap_s: float = 0.02) -> dict[str, float]:
+    """Produce one message at a time (acks=all) and time until an idle, long-polling consumer has it."""
+    settings = infra.settings
+    bootstrap = settings.kafka_bootstrap or ""
+    topic = f"{settings.topic_prefix}baseline-latency"
+    await ensure_topic(bootstrap, topic, settings.topic_partitions)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=False, linger_ms=1)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
+    await producer.start()
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(settings.topic_partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_end(*tps)
+        value = sample_wire_value(0)
+        latencies = []
+        for i in range(samples):
+            t0 = time.perf_counter()
+            await (await producer.send(topic, value=value, key=str(uuid.uuid4()).encode()))
+            await asyncio.wait_for(consumer.getone(), timeout=30)
+            latencies.append(time.perf_counter() - t0)
+            await asyncio.sleep(gap_s)
+    finally:
+        await consumer.stop()
+        await producer.stop()
+    return summary_ms(latencies)

@@ -1,0 +1,522 @@
+"""`python -m bench`: run every phase and print the figures (see bench/__init__.py)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import math
+import os
+import platform
+import sys
+import time
+import traceback
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.baselines import insert_baseline, kafka_baseline, kafka_latency
+from bench.commands import command_bench
+from bench.infra import Infra, infrastructure
+from bench.ingest import (
+    ORG,
+    ProgressMonitor,
+    event_store_transactions,
+    ingest_burst,
+    projected_total,
+    register_account,
+    room_event_total,
+    summarize_visibility,
+    visibility_latency,
+)
+from bench.procs import CpuMeter, Pipeline, standard_groups
+from bench.replaying import run_replay
+from bench.stats import fmt_ms, rate, summary_ms
+from inbox.auth import mint_token
+
+
+@dataclass
+class Sizes:
+    messages: int
+    clients: int
+    contacts: int
+    warmup: int
+    samples: int
+    small_room: int
+    large_room: int
+    commands: int
+    cold_loads: int
+    inserts_single: int
+    inserts_concurrent: int
+    kafka_messages: int
+
+    @classmethod
+    def resolve(cls, args: argparse.Namespace) -> Sizes:
+        quick = args.quick
+        messages = args.messages or (1000 if quick else 20_000)
+        return cls(
+            messages=messages,
+            clients=args.clients,
+            contacts=args.contacts or min(messages, 200 if quick else 2000),
+            warmup=64 if quick else 200,
+            samples=args.samples or (20 if quick else 200),
+            small_room=10,
+            large_room=args.large_room or (1000 if quick else 10_000),
+            commands=args.commands or (40 if quick else 200),
+            cold_loads=5 if quick else 20,
+            inserts_single=300 if quick else 3000,
+            inserts_concurrent=max(args.clients * 20, 640) if quick else max(args.clients * 200, 6400),
+            kafka_messages=args.kafka_messages or (10_000 if quick else 100_000),
+        )
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    p.add_argument("--messages", type=int, help="inbound messages in the ingest burst (default 20000; quick 1000)")
+    p.add_argument("--clients", type=int, default=32, help="concurrent HTTP clients / DB connections (default 32)")
+    p.add_argument("--contacts", type=int, help="distinct contacts (rooms) in the burst (default 2000; quick 200)")
+    p.add_argument("--samples", type=int, help="accepted→visible latency samples (default 200; quick 20)")
+    p.add_argument("--large-room", type=int, help="events in the large room (default 10000; quick 1000)")
+    p.add_argument("--commands", type=int, help="staff commands timed per room (default 200; quick 40)")
+    p.add_argument("--kafka-messages", type=int, help="messages for the raw Kafka baseline (default 100000; quick 10000)")
+    p.add_argument("--client", choices=("raw", "httpx"), default="raw",
+                   help="load generator: a minimal asyncio HTTP/1.1 keep-alive client (default; ~7x less CPU"
+                        " per request) or httpx.AsyncClient (one per connection)")
+    p.add_argument("--counter-read", choices=("sql", "http"), default="sql",
+                   help="how (b) reads the counter: the counters table (default) or GET /v1/inbox/counters")
+    p.add_argument("--quick", action="store_true", help="small sizes for a smoke run (< 60 s)")
+    p.add_argument("--json", type=Path, help="also write every figure as JSON to this path")
+    p.add_argument("--keep-logs", action="store_true", help="keep the work directory (process logs) at the end")
+    return p.parse_args(argv)
+
+
+def say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+DISTURBED: list[str] = []
+
+
+def warn_if_disturbed(usage: object, phase: str) -> None:
+    """Say so when processes that are not part of the benchmark used real CPU meanwhile."""
+    if usage is None:
+        return
+    d = usage.as_dict()  # type: ignore[attr-defined]
+    other = d["cores_by_group"].get("other", 0.0)
+    if other > 0.25:
+        say(f"  WARNING: unrelated processes used {other:.2f} cores meanwhile; these figures are disturbed")
+        DISTURBED.append(f"{phase}: {other:.2f} cores")
+
+
+def ratio(a: float, b: float) -> float:
+    return a / b if b and not math.isnan(b) else math.nan
+
+
+# ---- phases ---------------------------------------------------------------------------------
+def run_baselines(infra: Infra, sizes: Sizes, out: dict[str, Any]) -> None:
+    say("== baselines (raw PostgreSQL and Kafka clients, same servers) ==")
+    cpu = CpuMeter(standard_groups(infra, None))
+    cpu.start()
+    one = insert_baseline(infra, transactions=sizes.inserts_single, connections=1)
+    say(f"  PG single-row INSERT+COMMIT, 1 connection:  {one.tx_per_s:,.0f} tx/s  ({fmt_ms(one.latency)})")
+    many = insert_baseline(infra, transactions=sizes.inserts_concurrent, connections=sizes.clients)
+    say(f"  PG single-row INSERT+COMMIT, {sizes.clients} connections: {many.tx_per_s:,.0f} tx/s  ({fmt_ms(many.latency)})")
+    temp = insert_baseline(infra, transactions=sizes.inserts_single, connections=1, temp=True)
+    say(f"  (info) same into a TEMP table (no WAL flush at commit), 1 connection: {temp.tx_per_s:,.0f} tx/s")
+    kafka = asyncio.run(kafka_baseline(infra, messages=sizes.kafka_messages))
+    say(
+        f"  Kafka: produced {kafka.messages:,} x {kafka.value_bytes} B values in {kafka.produce_seconds:.2f}s"
+        f" ({kafka.produce_per_s:,.0f} msg/s, acks=all); consumed them (manual assignment, {kafka.partitions}"
+        f" partitions) in {kafka.consume_seconds:.2f}s = {kafka.consume_per_s:,.0f} msg/s"
+    )
+    latency = asyncio.run(kafka_latency(infra, samples=min(sizes.samples, 100)))
+    say(f"  Kafka produce (acks=all) → idle consumer has it: {fmt_ms(latency)}")
+    usage = cpu.stop()
+    if usage:
+        say(f"  CPU: {usage.describe()}")
+        warn_if_disturbed(usage, "baselines")
+    out["baselines"] = {
+        "pg_insert_1conn": one.as_dict(), "pg_insert_concurrent": many.as_dict(), "pg_insert_temp_1conn": temp.as_dict(),
+        "kafka": kafka.as_dict(), "kafka_produce_to_consume": latency,
+    }
+
+
+def start_pipeline(infra: Infra, pipeline: Pipeline, out: dict[str, Any]) -> None:
+    say("== starting the pipeline: worker, relay, api ==")
+    t0 = time.perf_counter()
+    pipeline.start("worker")
+    pipeline.wait_until(lambda: "projector" in pipeline.heartbeat_kinds(), timeout=90, what="worker heartbeat")
+    t_worker = time.perf_counter() - t0
+    pipeline.start("relay")
+    pipeline.wait_until(lambda: "relay" in pipeline.heartbeat_kinds(), timeout=60, what="relay heartbeat")
+    pipeline.start("api")
+    pipeline.wait_until(pipeline.api_up, timeout=60, what="API /healthz", interval=0.2)
+    say(f"  worker heartbeat after {t_worker:.1f}s; relay and API up after {time.perf_counter() - t0:.1f}s")
+    out["startup_s"] = time.perf_counter() - t0
+
+
+def wait_projected(infra: Infra, pipeline: Pipeline, *, timeout: float, what: str) -> None:
+    with infra.connect() as conn:
+        pipeline.wait_until(
+            lambda: projected_total(conn) == room_event_total(infra), timeout=timeout, interval=0.1, what=what
+        )
+
+
+def run_ingest(
+    infra: Infra, pipeline: Pipeline, sizes: Sizes, ingest_token: str, tag: str, client: str, out: dict[str, Any]
+) -> None:
+    say(
+        f"== (a) ingest: {sizes.messages:,} messages over {sizes.contacts:,} contacts,"
+        f" {sizes.clients} concurrent keep-alive connections ({client} client) =="
+    )
+    _, base_events = room_event_total(infra)
+    with infra.connect() as conn:
+        row = conn.execute("SELECT coalesce(max(notification_id), 0) FROM inbox_events").fetchone()
+    nid0 = int(row[0]) if row else 0
+    monitor = ProgressMonitor(infra, interval=0.05)
+    monitor.start()
+    cpu = CpuMeter(standard_groups(infra, pipeline))
+    cpu.start()
+    res = ingest_burst(
+        pipeline.base_url, ingest_token, messages=sizes.messages, clients=sizes.clients, contacts=sizes.contacts,
+        tag=tag, client=client,
+    )
+    cpu_burst = cpu.stop()
+    cpu.start()
+    burst_end = time.perf_counter()
+    _, target = room_event_total(infra)
+    with infra.connect() as conn:
+        row = conn.execute("SELECT coalesce(max(notification_id), 0) FROM inbox_events").fetchone()
+    nid_end = int(row[0]) if row else 0
+    try:
+        pipeline.wait_until(
+            lambda: bool(monitor.samples) and monitor.samples[-1][1] >= target, timeout=900, interval=0.05,
+            what=f"projections to reach {target} room events",
+        )
+    finally:
+        monitor.stop()
+    cpu_drain = cpu.stop()
+    if monitor.error:
+        raise monitor.error
+    t_caught = monitor.first_time(lambda s: s[1] >= target) or time.perf_counter()
+    t_relay = monitor.first_time(lambda s: s[2] >= nid_end) or t_caught
+    events = target - base_events
+    store_events, store_txs = event_store_transactions(infra, nid0)
+    http = summary_ms(res.latencies)
+    projection_s = t_caught - res.first_accepted
+    relay_s = t_relay - res.first_accepted
+    say(
+        f"  accepted {res.ok:,} of {res.messages:,} in {res.seconds:.2f}s = {res.msg_per_s:,.0f} msg/s"
+        + (f"; errors {res.errors}" if res.errors else "")
+    )
+    say(f"  HTTP latency: {fmt_ms(http)}")
+    say(
+        f"  event store: {store_events:,} events in {store_txs:,} transactions"
+        f" (group commit: {res.ok / store_txs if store_txs else math.nan:.1f} messages per transaction)"
+    )
+    say(
+        f"  relay: all {events:,} room events published {relay_s:.2f}s after the first 202"
+        f" ({rate(events, relay_s):,.0f} events/s)"
+    )
+    say(
+        f"  projections: caught up {projection_s:.2f}s after the first 202 = {rate(events, projection_s):,.0f} events/s"
+        f" ({t_caught - res.last_accepted:+.2f}s after the last 202; progress sampled every 50 ms)"
+    )
+    if t_caught - res.last_accepted < 1.0:
+        say("    (the worker kept up with ingest, so this rate is bounded by the ingest rate, not by the worker)")
+    per_message: dict[str, float] = {}
+    if cpu_burst:
+        say(f"  CPU during the burst: {cpu_burst.describe()}")
+        warn_if_disturbed(cpu_burst, "(a) ingest burst")
+        drain = cpu_drain.by_group if cpu_drain else {}
+        for group, count in (("api", res.ok), ("bench", res.ok), ("postgres", res.ok), ("relay", events),
+                             ("worker", events)):
+            seconds = cpu_burst.by_group.get(group, 0.0) + drain.get(group, 0.0)
+            per_message[group] = 1000 * seconds / count if count else math.nan
+        say(
+            f"  CPU per message: api {per_message['api']:.2f} ms, load generator {per_message['bench']:.2f} ms,"
+            f" postgres {per_message['postgres']:.2f} ms; per room event: relay {per_message['relay']:.2f} ms,"
+            f" worker {per_message['worker']:.2f} ms"
+        )
+    if cpu_drain and cpu_drain.wall_s > 0.5:
+        say(f"  CPU while draining after the burst ({cpu_drain.wall_s:.1f}s): {cpu_drain.describe()}")
+    out["ingest"] = {
+        "messages": res.messages, "accepted": res.ok, "errors": res.errors, "clients": res.clients,
+        "contacts": res.contacts, "client": client, "seconds": res.seconds, "msg_per_s": res.msg_per_s, "http_latency": http,
+        "event_store_events": store_events, "event_store_transactions": store_txs,
+        "messages_per_transaction": res.ok / store_txs if store_txs else None,
+        "room_events": events, "relay_seconds": relay_s, "relay_events_per_s": rate(events, relay_s),
+        "projection_seconds": projection_s, "projection_events_per_s": rate(events, projection_s),
+        "projection_lag_after_burst_s": t_caught - res.last_accepted,
+        "burst_end_to_caught_up_s": t_caught - burst_end,
+        "cpu_burst": cpu_burst.as_dict() if cpu_burst else None,
+        "cpu_ms_per_message": per_message,
+        "cpu_drain": cpu_drain.as_dict() if cpu_drain else None,
+    }
+
+
+def run_visibility(
+    infra: Infra, pipeline: Pipeline, sizes: Sizes, ingest_token: str, admin_token: str, tag: str, read: str,
+    out: dict[str, Any],
+) -> None:
+    how = "the counters table (SQL, one round trip)" if read == "sql" else "GET /v1/inbox/counters"
+    say(f"== (b) accepted → counter-visible: {sizes.samples} new contacts, one at a time, polling {how} ==")
+    cpu = CpuMeter(standard_groups(infra, pipeline))
+    cpu.start()
+    v = visibility_latency(
+        infra, pipeline.base_url, ingest_token, admin_token, samples=sizes.samples, tag=tag, read=read,
+    )
+    usage = cpu.stop()
+    s = summarize_visibility(v)
+    say(f"  202 → unassigned counter +1: {fmt_ms(s['visible'])}")
+    say(f"  202 → relay position covers the event: {fmt_ms(s['published'])}")
+    say(f"  single POST (idle system): {fmt_ms(s['accept'])}")
+    say(
+        f"  poll period: mean {s['poll_period']['mean_ms']:.2f} ms, p50 {s['poll_period']['p50_ms']:.2f} ms"
+        f" (sleep 2 ms + read){'; TIMEOUTS: ' + str(v.timeouts) if v.timeouts else ''}"
+    )
+    if usage:
+        say(f"  CPU: {usage.describe()}")
+        warn_if_disturbed(usage, "(b) visibility")
+    out["visibility"] = s
+
+
+def run_replay_phase(infra: Infra, pipeline: Pipeline, out: dict[str, Any]) -> None:
+    say("== (c) replay ==")
+    wait_projected(infra, pipeline, timeout=300, what="projections to catch up before replay")
+    cpu = CpuMeter(standard_groups(infra, pipeline))
+    cpu.start()
+    r = run_replay(infra)
+    usage = cpu.stop()
+    verdict = "OK" if r.ok else "MISMATCH"
+    say(
+        f"  replayed {r.stats.events:,} events into {r.stats.rooms:,} rooms in {r.stats.seconds:.2f}s"
+        f" = {r.stats.events_per_s:,.0f} events/s"
+    )
+    say(
+        f"  replayed projections vs live: {verdict} ({r.rooms:,} rooms rows, {r.counter_rows} non-zero counter rows,"
+        f" {r.messages:,} messages compared)"
+    )
+    for d in r.differences:
+        say(f"    {d}")
+    if usage:
+        say(f"  CPU: {usage.describe()}")
+        warn_if_disturbed(usage, "(c) replay")
+    out["replay"] = r.as_dict()
+
+
+def run_command_phase(infra: Infra, sizes: Sizes, out: dict[str, Any]) -> None:
+    say(
+        f"== (d) staff commands in-process (RoomCommands), rooms of {sizes.small_room} and {sizes.large_room:,} events;"
+        " pipeline processes stopped =="
+    )
+    cpu = CpuMeter(standard_groups(infra, None))
+    cpu.start()
+    figs = command_bench(
+        infra, small_events=sizes.small_room, large_events=sizes.large_room, commands_per_room=sizes.commands,
+        cold_repeats=sizes.cold_loads, progress=say,
+    )
+    usage = cpu.stop()
+    for label, f in figs.items():
+        say(
+            f"  {label} room ({f.build.events:,} events → {f.version_after:,} after the commands):"
+            f" {f.command_count} assign/reply: {fmt_ms(f.commands)}"
+        )
+        say(f"    cold load, new InboxApplication, at v{f.build.events:,}: {fmt_ms(f.cold_before)}")
+        say(f"    cold load, new InboxApplication, at v{f.version_after:,}: {fmt_ms(f.cold_after)}")
+        say(f"    cache-miss load on a warm application at v{f.build.events:,}: {fmt_ms(f.reconstruct_before)}")
+        say(f"    cache-miss load on a warm application at v{f.version_after:,}: {fmt_ms(f.reconstruct_after)}")
+        say(
+            f"    for comparison, reading + folding all {f.version_after:,} events without a snapshot:"
+            f" p50 {f.full_fold['p50_ms']:.1f} ms   (snapshots: {f.snapshots}, latest at v{f.latest_snapshot})"
+        )
+    if usage:
+        say(f"  CPU: {usage.describe()}")
+        warn_if_disturbed(usage, "(d) commands")
+    out["commands"] = {label: f.as_dict() for label, f in figs.items()}
+
+
+# ---- summary --------------------------------------------------------------------------------
+def summary_rows(out: dict[str, Any], sizes: Sizes) -> list[tuple[str, str, str]]:
+    rows: list[tuple[str, str, str]] = []
+
+    def add(label: str, value: float | str | None, unit: str, fmt: str = ",.0f") -> None:
+        if value is None:
+            text = "-"
+        elif isinstance(value, str):
+            text = value
+        elif math.isnan(value):
+            text = "n/a"
+        else:
+            text = format(value, fmt)
+        rows.append((label, text, unit))
+
+    b = out.get("baselines", {})
+    if b:
+        add("baseline: PG single-row INSERT+COMMIT, 1 conn", b["pg_insert_1conn"]["tx_per_s"], "tx/s")
+        add(f"baseline: PG single-row INSERT+COMMIT, {sizes.clients} conns", b["pg_insert_concurrent"]["tx_per_s"], "tx/s")
+        add("baseline: Kafka raw produce (acks=all)", b["kafka"]["produce_msg_per_s"], "msg/s")
+        add("baseline: Kafka raw consume (aiokafka)", b["kafka"]["consume_msg_per_s"], "msg/s")
+        add("baseline: Kafka produce → consume latency p50", b["kafka_produce_to_consume"]["p50_ms"], "ms", ".1f")
+    a = out.get("ingest")
+    if a:
+        add("(a) ingest through HTTP", a["msg_per_s"], "msg/s")
+        add("(a) ingest HTTP latency p50", a["http_latency"]["p50_ms"], "ms", ".1f")
+        add("(a) ingest HTTP latency p99", a["http_latency"]["p99_ms"], "ms", ".1f")
+        add("(a) group commit", a["messages_per_transaction"], "msg/tx", ".1f")
+        add("(a) projection throughput during the burst", a["projection_events_per_s"], "events/s")
+        add("(a) projection lag after the last 202", a["projection_lag_after_burst_s"], "s", ".2f")
+        cpu = (a.get("cpu_burst") or {}).get("cores_by_group", {})
+        if cpu:
+            add("(a) CPU during the burst: api process", cpu.get("api"), "cores", ".2f")
+            add("(a) CPU during the burst: load generator", cpu.get("bench"), "cores", ".2f")
+            add("(a) CPU during the burst: unrelated processes", cpu.get("other"), "cores", ".2f")
+        per = a.get("cpu_ms_per_message") or {}
+        if per:
+            add("(a) API CPU per ingested message", per.get("api"), "ms", ".2f")
+            add("(a) worker CPU per projected event", per.get("worker"), "ms", ".2f")
+    v = out.get("visibility")
+    if v:
+        add(f"(b) 202 → counter visible p50 ({v['read']} poll)", v["visible"]["p50_ms"], "ms", ".1f")
+        add(f"(b) 202 → counter visible p99 ({v['read']} poll)", v["visible"]["p99_ms"], "ms", ".1f")
+        add("(b) poll period (resolution)", v["poll_period"]["mean_ms"], "ms", ".1f")
+    r = out.get("replay")
+    if r:
+        add("(c) replay", r["events_per_s"], "events/s")
+        add("(c) replayed == live projections", "OK" if r["equal_to_live"] else "MISMATCH", "")
+    c = out.get("commands")
+    if c:
+        for label in ("small", "large"):
+            f = c[label]
+            n = f["build"]["events"]
+            add(f"(d) command p50, room of {n:,} events", f["commands"]["p50_ms"], "ms", ".2f")
+            add(f"(d) command p99, room of {n:,} events", f["commands"]["p99_ms"], "ms", ".2f")
+        for label in ("small", "large"):
+            f = c[label]
+            n = f["build"]["events"]
+            add(f"(d) cold load p50 (new app), room of {n:,} events", f["cold_load_before_commands"]["p50_ms"], "ms", ".2f")
+        for label in ("small", "large"):
+            f = c[label]
+            n = f["build"]["events"]
+            add(f"(d) cache-miss load p50 (warm app), {n:,} events", f["reconstruct_before_commands"]["p50_ms"], "ms", ".2f")
+    ratios = out.get("ratios", {})
+    for key, (label, _) in RATIO_LABELS.items():
+        if key in ratios:
+            add(label, ratios[key], "x", ".3f")
+    return rows
+
+
+RATIO_LABELS = {
+    "ingest_vs_insert_1conn": ("ratio: ingest msg/s ÷ PG insert tx/s (1 conn)", None),
+    "ingest_vs_insert_concurrent": ("ratio: ingest msg/s ÷ PG insert tx/s (C conns)", None),
+    "projection_vs_consume": ("ratio: projection events/s ÷ raw consume msg/s", None),
+    "replay_vs_consume": ("ratio: replay events/s ÷ raw consume msg/s", None),
+}
+
+
+def compute_ratios(out: dict[str, Any]) -> None:
+    b, a, r = out.get("baselines"), out.get("ingest"), out.get("replay")
+    ratios: dict[str, float] = {}
+    if b and a:
+        ratios["ingest_vs_insert_1conn"] = ratio(a["msg_per_s"], b["pg_insert_1conn"]["tx_per_s"])
+        ratios["ingest_vs_insert_concurrent"] = ratio(a["msg_per_s"], b["pg_insert_concurrent"]["tx_per_s"])
+        ratios["projection_vs_consume"] = ratio(a["projection_events_per_s"], b["kafka"]["consume_msg_per_s"])
+    if b and r:
+        ratios["replay_vs_consume"] = ratio(r["events_per_s"], b["kafka"]["consume_msg_per_s"])
+    out["ratios"] = ratios
+
+
+def print_summary(out: dict[str, Any], sizes: Sizes) -> None:
+    rows = summary_rows(out, sizes)
+    width = max(len(r[0]) for r in rows)
+    vwidth = max(len(r[1]) for r in rows)
+    say()
+    say("== summary ==")
+    say(out["environment"]["line"])
+    say(f"{'metric':<{width}}  {'value':>{vwidth}}  unit")
+    say(f"{'-' * width}  {'-' * vwidth}  --------")
+    for label, value, unit in rows:
+        say(f"{label:<{width}}  {value:>{vwidth}}  {unit}")
+    if out.get("disturbed"):
+        say("NOTE: processes outside the benchmark used CPU during " + "; ".join(out["disturbed"]))
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, float) and math.isnan(o):
+        return None
+    return str(o)
+
+
+def _clean_nans(o: Any) -> Any:
+    if isinstance(o, float) and (math.isnan(o) or math.isinf(o)):
+        return None
+    if isinstance(o, dict):
+        return {str(k): _clean_nans(v) for k, v in o.items()}
+    if isinstance(o, list | tuple):
+        return [_clean_nans(v) for v in o]
+    return o
+
+
+# ---- main -----------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    sizes = Sizes.resolve(args)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    started = time.perf_counter()
+    tag = uuid.uuid4().hex[:8]
+    out: dict[str, Any] = {"sizes": vars(sizes), "quick": args.quick, "client": args.client}
+    failed = False
+    with infrastructure(keep_workdir=args.keep_logs) as infra:
+        line = (
+            f"{os.cpu_count()} CPUs, Python {platform.python_version()}, PostgreSQL {infra.server_version}"
+            f" ({infra.database}), broker: {infra.broker}; schema {infra.name}"
+        )
+        out["environment"] = {
+            "line": line, "cpus": os.cpu_count(), "python": platform.python_version(),
+            "postgres": infra.server_version, "database": infra.database, "broker": infra.broker,
+            "schema": infra.name,
+        }
+        say(f"Inbox benchmark{' (quick)' if args.quick else ''}: {line}")
+        settings = infra.settings
+        assert settings.jwt_secret
+        admin_token = mint_token(settings.jwt_secret, org=ORG, user="bench-admin", role="admin")
+        ingest_token = mint_token(settings.jwt_secret, org=ORG, user="bench-integration", role="integration")
+        try:
+            run_baselines(infra, sizes, out)
+            pipeline = Pipeline(infra)
+            try:
+                start_pipeline(infra, pipeline, out)
+                register_account(pipeline.base_url, admin_token)
+                # Warm-up through the whole pipeline: proves the consumer group has its partitions.
+                t0 = time.perf_counter()
+                ingest_burst(pipeline.base_url, ingest_token, messages=sizes.warmup, clients=sizes.clients,
+                             contacts=sizes.warmup // 2, tag=f"{tag}w", client=args.client)
+                wait_projected(infra, pipeline, timeout=180, what="warm-up messages to be projected")
+                say(f"  warm-up: {sizes.warmup} messages through the whole pipeline in {time.perf_counter() - t0:.1f}s")
+                run_ingest(infra, pipeline, sizes, ingest_token, tag, args.client, out)
+                run_visibility(infra, pipeline, sizes, ingest_token, admin_token, tag, args.counter_read, out)
+                run_replay_phase(infra, pipeline, out)
+            except BaseException:
+                for role in list(pipeline.procs):
+                    sys.stderr.write(f"---- last lines of `inbox {role}` ----\n{pipeline.log_tail(role)}\n")
+                raise
+            finally:
+                t0 = time.perf_counter()
+                pipeline.stop_all()
+                say(f"  (pipeline processes stopped in {time.perf_counter() - t0:.1f}s)")
+            run_command_phase(infra, sizes, out)
+        except Exception:
+            failed = True
+            traceback.print_exc()
+    compute_ratios(out)
+    out["disturbed"] = DISTURBED
+    out["total_seconds"] = time.perf_counter() - started
+    if "environment" in out:
+        print_summary(out, sizes)
+    say(f"total {out['total_seconds']:.0f}s{' (FAILED: see above)' if failed else ''}")
+    if args.json:
+        args.json.write_text(json.dumps(_clean_nans(out), indent=2, default=_json_default))
+        say(f"figures written to {args.json}")
+    return 1 if failed else 0

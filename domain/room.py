@@ -6,7 +6,9 @@ Public methods are commands: they check the rules of SPEC §2 and then trigger p
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 from uuid import NAMESPACE_URL, UUID, uuid5
 
 from eventsourcing.domain import Aggregate, event
@@ -23,6 +25,9 @@ RESOLVED = "resolved"
 STATUSES = (UNASSIGNED, ASSIGNED, RESOLVED)
 
 RESOLVE_REASONS = ("manual", "expired")
+
+# sender_role of a MessageSent that echoes the business's own message sent from the channel's tools.
+CHANNEL_SENDER = "channel"
 
 
 class RoomIsResolved(Conflict):
@@ -51,20 +56,47 @@ class Room(Aggregate):
         post_id: str | None
 
     class MessageReceived(Aggregate.Event):
+        class_version = 2
         message_id: str
         channel_message_id: str
         text: str
         sent_at: datetime
         contact_name: str | None
+        kind: str  # "text", "image", "reaction", ... (v2)
+        attachments: list[dict[str, Any]]  # small metadata dicts about the content (v2)
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            state["kind"] = "text"
+            state["attachments"] = []
 
     class MessageSent(Aggregate.Event):
+        class_version = 2
         message_id: str
         text: str
         sent_at: datetime
         sender_id: str
-        sender_role: str
+        sender_role: str  # a staff role, or "channel" for an echo of the business's own message
         sender_name: str | None
         channel_message_id: str | None
+        kind: str  # (v2)
+        attachments: list[dict[str, Any]]  # (v2)
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            state["kind"] = "text"
+            state["attachments"] = []
+
+    class MessageEdited(Aggregate.Event):
+        message_id: str
+        channel_message_id: str
+        text: str
+        edited_at: datetime
+
+    class MessageRemoved(Aggregate.Event):
+        message_id: str
+        channel_message_id: str
+        removed_at: datetime
 
     class RoomAssigned(Aggregate.Event):
         assignee: str
@@ -144,13 +176,21 @@ class Room(Aggregate):
 
     # ---- commands -------------------------------------------------------------------------
     def receive(
-        self, *, channel_message_id: str, text: str, sent_at: datetime, contact_name: str | None = None
+        self,
+        *,
+        channel_message_id: str,
+        text: str,
+        sent_at: datetime,
+        contact_name: str | None = None,
+        kind: str = "text",
+        attachments: Sequence[dict[str, Any]] = (),
     ) -> str:
         """Record an inbound message; a resolved room reopens as unassigned first."""
         if not channel_message_id:
             raise InvalidCommand("message id is required")
         if sent_at.tzinfo is None:
             raise InvalidCommand("message sent_at must carry a timezone")
+        _check_content(kind, attachments)
         if self.status == RESOLVED:
             self._reopen(reason="inbound_message")
         message_id = str(inbound_message_id(self.id, channel_message_id))
@@ -160,8 +200,58 @@ class Room(Aggregate):
             text=text,
             sent_at=sent_at,
             contact_name=contact_name,
+            kind=kind,
+            attachments=[dict(a) for a in attachments],
         )
         return message_id
+
+    def record_echo(
+        self,
+        *,
+        channel_message_id: str,
+        text: str,
+        sent_at: datetime,
+        sender_id: str,
+        kind: str = "text",
+        attachments: Sequence[dict[str, Any]] = (),
+    ) -> str:
+        """The business's own message, sent from the channel's tools: never assigns the room or reopens it."""
+        if not channel_message_id:
+            raise InvalidCommand("message id is required")
+        if not sender_id:
+            raise InvalidCommand("sender id is required")
+        if sent_at.tzinfo is None:
+            raise InvalidCommand("message sent_at must carry a timezone")
+        _check_content(kind, attachments)
+        message_id = str(echo_message_id(self.id, channel_message_id))
+        self._send(
+            message_id=message_id,
+            text=text,
+            sent_at=sent_at,
+            sender_id=sender_id,
+            sender_role=CHANNEL_SENDER,
+            sender_name=None,
+            channel_message_id=channel_message_id,
+            kind=kind,
+            attachments=[dict(a) for a in attachments],
+        )
+        return message_id
+
+    def edit_message(self, *, message_id: str, channel_message_id: str, text: str, edited_at: datetime) -> None:
+        """The customer edited a message of this room (the caller knows the message was recorded)."""
+        if not message_id or not channel_message_id:
+            raise InvalidCommand("message id is required")
+        if edited_at.tzinfo is None:
+            raise InvalidCommand("edited_at must carry a timezone")
+        self._edit(message_id=message_id, channel_message_id=channel_message_id, text=text, edited_at=edited_at)
+
+    def remove_message(self, *, message_id: str, channel_message_id: str, removed_at: datetime) -> None:
+        """The customer removed a message of this room; its history keeps it, marked removed."""
+        if not message_id or not channel_message_id:
+            raise InvalidCommand("message id is required")
+        if removed_at.tzinfo is None:
+            raise InvalidCommand("removed_at must carry a timezone")
+        self._remove(message_id=message_id, channel_message_id=channel_message_id, removed_at=removed_at)
 
     def reply(self, actor: Actor, *, message_id: str, text: str, sent_at: datetime) -> None:
         """A staff reply; replying to an unassigned room assigns it to the replier."""
@@ -188,6 +278,8 @@ class Room(Aggregate):
             sender_role=actor.role.value,
             sender_name=actor.name,
             channel_message_id=None,
+            kind="text",
+            attachments=[],
         )
 
     def assign(self, actor: Actor, *, agent_id: str) -> bool:
@@ -234,6 +326,13 @@ class Room(Aggregate):
     def awaiting_reply(self) -> bool:
         return self.status != RESOLVED and self.last_direction == "inbound"
 
+    def is_expired(self, now: datetime) -> bool:
+        """SPEC §2: not resolved, a direct-message room, its last inbound message older than the window."""
+        window = Channel(self.channel).reply_window
+        if self.status == RESOLVED or window is None or self.last_inbound_at is None:
+            return False
+        return self.last_inbound_at + window <= now
+
     def is_visible_to(self, actor: Actor) -> bool:
         if actor.org_id != self.org_id:
             return False
@@ -254,6 +353,8 @@ class Room(Aggregate):
         text: str,
         sent_at: datetime,
         contact_name: str | None,
+        kind: str,
+        attachments: list[dict[str, Any]],
     ) -> None:
         if contact_name:
             self.contact_name = contact_name
@@ -272,9 +373,19 @@ class Room(Aggregate):
         sender_role: str,
         sender_name: str | None,
         channel_message_id: str | None,
+        kind: str,
+        attachments: list[dict[str, Any]],
     ) -> None:
         self.last_direction = "outbound"
         self.message_count += 1
+
+    @event(MessageEdited)
+    def _edit(self, message_id: str, channel_message_id: str, text: str, edited_at: datetime) -> None:
+        pass  # the read models keep message texts; the room's own state does not change
+
+    @event(MessageRemoved)
+    def _remove(self, message_id: str, channel_message_id: str, removed_at: datetime) -> None:
+        pass  # likewise: status, assignee and awaiting-reply are unchanged by a removal
 
     @event(RoomAssigned)
     def _assign(
@@ -300,3 +411,20 @@ def room_id_for(org_id: str, channel_account_id: str, contact_id: str, post_id: 
 def inbound_message_id(room_id: UUID, channel_message_id: str) -> UUID:
     """Stable id of an inbound message: the same channel message always gets the same id."""
     return uuid5(room_id, f"in:{channel_message_id}")
+
+
+def echo_message_id(room_id: UUID, channel_message_id: str) -> UUID:
+    """Stable id of an echoed outbound message (the business's own, sent from the channel's tools)."""
+    return uuid5(room_id, f"out:{channel_message_id}")
+
+
+MAX_ATTACHMENTS = 20
+
+
+def _check_content(kind: str, attachments: Sequence[dict[str, Any]]) -> None:
+    if not kind or not kind.strip():
+        raise InvalidCommand("message kind is required")
+    if len(attachments) > MAX_ATTACHMENTS:
+        raise InvalidCommand(f"a message carries at most {MAX_ATTACHMENTS} attachments")
+    if any(not isinstance(a, dict) for a in attachments):
+        raise InvalidCommand("attachments must be objects")

@@ -3,7 +3,8 @@
 The recorder is the library's PostgreSQL application recorder (table lock, so notification ids
 follow commit order, and NOTIFY on insert) plus one addition: inbound channel message ids are
 inserted into `inbound_dedup` in the same transaction as the events, so a redelivered message is
-never recorded twice, even across API processes.
+never recorded twice, even across API processes; channel delivery statuses go to
+`delivery_statuses` in that same transaction.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from eventsourcing.postgres import PostgresApplicationRecorder
 from psycopg import Connection, Cursor
 from psycopg.rows import DictRow
 from psycopg.sql import SQL, Identifier
+from psycopg.types.json import Jsonb
 
 from domain.channel_account import ChannelAccount
 from domain.room import Room
@@ -48,6 +50,35 @@ class InboxRecorder(PostgresApplicationRecorder):
             "INSERT INTO {schema}.inbound_dedup (channel_account_id, channel_message_id, room_id, message_id, room_version)"
             " VALUES (%s, %s, %s, %s, %s)"
         ).format(schema=schema)
+        # Delivery statuses of the business's messages (sent / delivered / read / failed, channel
+        # errors): durable facts of the write side, never events of a room. The key makes a
+        # redelivered webhook record nothing new.
+        self.sql_create_statements.append(
+            SQL(
+                "CREATE TABLE IF NOT EXISTS {schema}.delivery_statuses ("
+                " channel_account_id uuid NOT NULL,"
+                " status_key text NOT NULL,"
+                " channel text NOT NULL,"
+                " status text NOT NULL,"
+                " channel_message_id text,"
+                " recipient_id text,"
+                " occurred_at timestamptz NOT NULL,"
+                " errors jsonb NOT NULL DEFAULT '[]',"
+                " recorded_at timestamptz NOT NULL DEFAULT now(),"
+                " PRIMARY KEY (channel_account_id, status_key))"
+            ).format(schema=schema)
+        )
+        self.sql_create_statements.append(
+            SQL(
+                "CREATE INDEX IF NOT EXISTS delivery_statuses_by_message"
+                " ON {schema}.delivery_statuses (channel_account_id, channel_message_id)"
+            ).format(schema=schema)
+        )
+        self._insert_status = SQL(
+            "INSERT INTO {schema}.delivery_statuses (channel_account_id, status_key, channel, status,"
+            " channel_message_id, recipient_id, occurred_at, errors) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
+            " ON CONFLICT DO NOTHING"
+        ).format(schema=schema)
 
     def _insert_events(
         self,
@@ -55,10 +86,19 @@ class InboxRecorder(PostgresApplicationRecorder):
         stored_events: Sequence[StoredEvent],
         *,
         dedup_keys: Sequence[tuple[str, str, str, str, int]] = (),
+        delivery_statuses: Sequence[tuple[Any, ...]] = (),
         **kwargs: Any,
     ) -> None:
+        """Extra rows of the same transaction as the events.
+
+        dedup_keys: (channel_account_id, key, room_id, message_id, room_version);
+        delivery_statuses: (channel_account_id, status_key, channel, status, channel_message_id,
+        recipient_id, occurred_at, errors as a list of dicts).
+        """
         if dedup_keys:
             curs.executemany(self._insert_dedup, list(dedup_keys))
+        if delivery_statuses:
+            curs.executemany(self._insert_status, [(*row[:7], Jsonb(list(row[7]))) for row in delivery_statuses])
         super()._insert_events(curs, stored_events, **kwargs)
 
 

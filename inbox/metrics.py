@@ -15,6 +15,14 @@ class Metrics:
             "inbox_webhook_unknown_account_total", "Webhook messages for unregistered channel accounts",
             ["channel"], registry=self.registry,
         )
+        self.webhook_facts = Counter(
+            "inbox_webhook_facts_total", "Facts in Meta webhooks by kind and outcome", ["kind", "outcome"],
+            registry=self.registry,
+        )
+        self.webhook_rejected = Counter(
+            "inbox_webhook_rejected_total", "Meta webhook requests refused (bad signature, bad payload)", ["reason"],
+            registry=self.registry,
+        )
         self.requests = Histogram(
             "inbox_http_request_seconds", "HTTP request latency", ["method", "route", "status"],
             registry=self.registry,

@@ -7,6 +7,7 @@ command that raced with another staff command on the same room gets `Conflict` (
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import queue
 import threading
@@ -21,10 +22,18 @@ from uuid import UUID
 from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.persistence import IntegrityError
 
+from channels.facts import (
+    DeliveryStatus,
+    InboundMessage,
+    MessageEdit,
+    MessageRemoval,
+    OutboundEcho,
+    RecordableFact,
+)
 from domain.channel_account import ChannelAccount, channel_account_id_for
 from domain.channels import Channel
 from domain.errors import AlreadyExists, Conflict, DomainError, InvalidCommand, NotAllowed, NotFound
-from domain.room import Room, room_id_for
+from domain.room import CHANNEL_SENDER, Room, room_id_for
 from domain.staff import Actor, Role
 from inbox.eventstore import InboxApplication
 
@@ -33,22 +42,12 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 # Events a customer (not staff) causes: a staff command that raced only with these is re-decided.
-_CUSTOMER_EVENTS = (Room.MessageReceived, Room.RoomReopened)
+_CUSTOMER_EVENTS = (Room.MessageReceived, Room.RoomReopened, Room.MessageEdited, Room.MessageRemoved)
 
 
 # ---- commands and results -------------------------------------------------------------------
-@dataclass(frozen=True)
-class InboundMessage:
-    channel: Channel
-    channel_account: str  # the channel's external id: phone_number_id, page id, IG account id
-    contact_id: str
-    channel_message_id: str
-    text: str
-    sent_at: datetime
-    contact_name: str | None = None
-    contact_phone: str | None = None
-    contact_handle: str | None = None
-    post_id: str | None = None
+# InboundMessage, OutboundEcho, MessageEdit, MessageRemoval and DeliveryStatus are the
+# channel-neutral facts of `channels.facts` (InboundMessage is re-exported from here).
 
 
 @dataclass(frozen=True)
@@ -57,6 +56,17 @@ class InboundResult:
     version: int
     message_id: str
     duplicate: bool
+
+
+@dataclass(frozen=True)
+class FactResult:
+    """What recording one fact did: "recorded", "duplicate" (recorded before) or "ignored" (reason)."""
+
+    outcome: str
+    room_id: str | None = None
+    version: int | None = None
+    message_id: str | None = None
+    reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -102,6 +112,11 @@ class ChannelAccounts:
             ) from None
         return self._info(account)
 
+    def find_cached(self, channel: Channel, external_id: str) -> AccountInfo | None:
+        """The account if this process has seen it already (no I/O: safe on an event loop)."""
+        with self._lock:
+            return self._cache.get(channel_account_id_for(channel.value, external_id))
+
     def find(self, channel: Channel, external_id: str) -> AccountInfo | None:
         account_id = channel_account_id_for(channel.value, external_id)
         with self._lock:
@@ -128,23 +143,38 @@ class ChannelAccounts:
 # ---- inbound messages: group commit ---------------------------------------------------------
 @dataclass
 class _Pending:
-    account: AccountInfo
-    message: InboundMessage
-    future: Future[InboundResult]
+    """One caller's facts: a group that is recorded entirely or not at all."""
+
+    items: list[tuple[AccountInfo, RecordableFact]]
+    future: Future[list[FactResult]]
+
+
+class _GroupRejected(Exception):
+    """A fact of a group was refused by the domain: the whole group fails, the batch goes on."""
+
+    def __init__(self, pending: _Pending, error: DomainError) -> None:
+        super().__init__(str(error))
+        self.pending = pending
+        self.error = error
 
 
 _STOP = object()
 
+# A key of `inbound_dedup` per fact: the channel message id for messages, prefixed keys for the
+# other facts so an echo, an edit or a removal is recorded once however often it is delivered.
+_Seen = dict[tuple[str, str], tuple[str, str, int]]  # (account id, key) -> (room id, message id, version)
+
 
 class InboundCommitter:
-    """Records inbound messages; concurrent callers share one transaction.
+    """Records inbound channel facts; concurrent callers share one transaction.
 
     One thread drains the queue and commits everything waiting as one `app.save(...)`, so a
-    burst of N messages costs one transaction instead of N. Messages for the same room are
-    applied in arrival order to the same aggregate, so per-room ordering holds. A batch that
-    loses an optimistic-concurrency race (another process wrote one of its rooms, or recorded
-    one of its channel message ids) is re-decided from fresh state: inbound messages never
-    fail for concurrency.
+    burst of N messages costs one transaction instead of N. Each caller's submission is a group
+    (`submit` is a group of one; a webhook POST is a group of all its facts): a group is recorded
+    entirely or not at all. Messages for the same room are applied in arrival order to the same
+    aggregate, so per-room ordering holds. A batch that loses an optimistic-concurrency race
+    (another process wrote one of its rooms, or recorded one of its dedup keys) is re-decided from
+    fresh state: inbound messages never fail for concurrency.
     """
 
     def __init__(self, app: InboxApplication, *, max_batch: int = 256, max_attempts: int = 10) -> None:
@@ -158,10 +188,34 @@ class InboundCommitter:
         self.messages = 0
 
     def submit(self, account: AccountInfo, message: InboundMessage, timeout: float = 30.0) -> InboundResult:
-        _validate_inbound(account, message)
-        future: Future[InboundResult] = Future()
-        self._queue.put(_Pending(account, message, future))
-        return future.result(timeout=timeout)
+        [result] = self.submit_group([(account, message)], timeout=timeout)
+        assert result.room_id is not None and result.version is not None and result.message_id is not None
+        return InboundResult(result.room_id, result.version, result.message_id, duplicate=result.outcome == "duplicate")
+
+    def submit_group(
+        self, items: Sequence[tuple[AccountInfo, RecordableFact]], timeout: float = 30.0
+    ) -> list[FactResult]:
+        """Record every fact or none (one result per fact, in order); returns after the commit.
+
+        Every fact is validated first: if one is invalid, `InvalidCommand` is raised and nothing
+        is written.
+        """
+        if not items:
+            return []
+        return self._enqueue(items).result(timeout=timeout)
+
+    async def submit_async(self, account: AccountInfo, message: InboundMessage, timeout: float = 30.0) -> InboundResult:
+        """`submit` for an event loop: waits for the commit without holding a thread."""
+        [result] = await asyncio.wait_for(asyncio.wrap_future(self._enqueue([(account, message)])), timeout)
+        assert result.room_id is not None and result.version is not None and result.message_id is not None
+        return InboundResult(result.room_id, result.version, result.message_id, duplicate=result.outcome == "duplicate")
+
+    def _enqueue(self, items: Sequence[tuple[AccountInfo, RecordableFact]]) -> Future[list[FactResult]]:
+        for account, fact in items:
+            _validate_fact(account, fact)
+        future: Future[list[FactResult]] = Future()
+        self._queue.put(_Pending(list(items), future))
+        return future
 
     def close(self) -> None:
         self._queue.put(_STOP)
@@ -173,8 +227,9 @@ class InboundCommitter:
             if item is _STOP:
                 return
             batch = [item]
+            size = len(item.items)
             stop = False
-            while len(batch) < self._max_batch:
+            while size < self._max_batch:
                 try:
                     nxt = self._queue.get_nowait()
                 except queue.Empty:
@@ -183,66 +238,220 @@ class InboundCommitter:
                     stop = True
                     break
                 batch.append(nxt)
+                size += len(nxt.items)
             self._commit(batch)
             if stop:
                 return
 
     def _commit(self, batch: list[_Pending]) -> None:
-        for attempt in range(1, self._max_attempts + 1):
+        attempt = 0
+        while batch and attempt < self._max_attempts:
+            attempt += 1
             try:
                 results = self._record(batch)
+            except _GroupRejected as rejected:
+                rejected.pending.future.set_exception(rejected.error)
+                batch = [p for p in batch if p is not rejected.pending]
+                attempt -= 1  # a refused group is not a lost race
+                continue
             except IntegrityError as e:
                 log.info("inbound batch of %s lost a race (attempt %s): %s", len(batch), attempt, e)
                 continue
             except Exception as e:
                 if len(batch) > 1:
-                    # Isolate the culprit: every other message still gets recorded.
+                    # Isolate the culprit: every other group still gets recorded.
                     for pending in batch:
                         self._commit([pending])
                     return
-                log.exception("inbound message failed")
+                log.exception("inbound group failed")
                 batch[0].future.set_exception(e)
                 return
             self.batches += 1
-            self.messages += len(batch)
+            self.messages += sum(len(p.items) for p in batch)
             for pending, result in zip(batch, results, strict=True):
-                if isinstance(result, BaseException):
-                    pending.future.set_exception(result)
-                else:
-                    pending.future.set_result(result)
+                pending.future.set_result(result)
             return
         for pending in batch:
             pending.future.set_exception(Conflict("could not record the message after repeated conflicts"))
 
-    def _record(self, batch: Sequence[_Pending]) -> list[InboundResult | BaseException]:
-        seen = _recorded_already(self._app, batch)
-        rooms: dict[UUID, Room] = {}
-        dedup_keys: list[tuple[str, str, str, str, int]] = []
-        results: list[InboundResult | BaseException] = []
+    def _record(self, batch: Sequence[_Pending]) -> list[list[FactResult]]:
+        decision = _Decision(self._app, batch)
+        out: list[list[FactResult]] = []
         for pending in batch:
-            account, msg = pending.account, pending.message
-            key = (account.id, msg.channel_message_id)
-            if key in seen:
-                room_id, message_id, version = seen[key]
-                results.append(InboundResult(room_id, version, message_id, duplicate=True))
-                continue
-            room_id = room_id_for(account.org_id, account.id, msg.contact_id, msg.post_id)
             try:
-                room = rooms.get(room_id) or _load_or_open(self._app, room_id, account, msg)
-                message_id = room.receive(
-                    channel_message_id=msg.channel_message_id, text=msg.text, sent_at=msg.sent_at,
-                    contact_name=msg.contact_name,
-                )
+                out.append([decision.decide(account, fact) for account, fact in pending.items])
             except DomainError as e:
-                results.append(e)
-                continue
-            rooms[room_id] = room
-            seen[key] = (str(room_id), message_id, room.version)
-            dedup_keys.append((account.id, msg.channel_message_id, str(room_id), message_id, room.version))
-            results.append(InboundResult(str(room_id), room.version, message_id, duplicate=False))
-        if rooms:
-            self._app.save(*rooms.values(), dedup_keys=dedup_keys)
-        return results
+                raise _GroupRejected(pending, e) from e
+        if decision.rooms or decision.dedup_keys or decision.statuses:
+            self._app.save(*decision.rooms.values(), dedup_keys=decision.dedup_keys,
+                           delivery_statuses=decision.statuses)
+            # The library only caches on save when fast-forward is off; cache the rooms we just
+            # wrote so the next message for a new room is not a full reconstruction.
+            if self._app.repository.cache is not None:
+                for room_id, room in decision.rooms.items():
+                    self._app.repository.cache.put(room_id, room)
+        return out
+
+
+class _Decision:
+    """One attempt at a batch: decides every fact on fresh state and collects what to write."""
+
+    def __init__(self, app: InboxApplication, batch: Sequence[_Pending]) -> None:
+        self.app = app
+        facts = [(account, fact) for pending in batch for account, fact in pending.items]
+        self.seen: _Seen = _recorded_already(app, facts)
+        self.known_statuses = _statuses_recorded(app, facts)
+        self.rooms: dict[UUID, Room] = {}
+        self.dedup_keys: list[tuple[str, str, str, str, int]] = []
+        self.statuses: list[tuple[Any, ...]] = []
+
+    def decide(self, account: AccountInfo, fact: RecordableFact) -> FactResult:
+        if isinstance(fact, InboundMessage):
+            return self._message(account, fact, key=fact.channel_message_id)
+        if isinstance(fact, OutboundEcho):
+            return self._echo(account, fact)
+        if isinstance(fact, MessageEdit):
+            return self._edit(account, fact)
+        if isinstance(fact, MessageRemoval):
+            return self._removal(account, fact)
+        return self._status(account, fact)
+
+    def _message(self, account: AccountInfo, msg: InboundMessage, *, key: str, also: str | None = None) -> FactResult:
+        if (account.id, key) in self.seen:
+            return self._duplicate(account, key)
+        room = self._room(account, msg.channel, msg.contact_id, msg.post_id, contact_name=msg.contact_name,
+                          contact_phone=msg.contact_phone, contact_handle=msg.contact_handle)
+        message_id = room.receive(
+            channel_message_id=msg.channel_message_id, text=msg.text, sent_at=msg.sent_at,
+            contact_name=msg.contact_name, kind=msg.kind, attachments=msg.attachments,
+        )
+        for k in (key, also):
+            if k is not None:
+                self._remember(account, k, room, message_id)
+        return FactResult("recorded", str(room.id), room.version, message_id)
+
+    def _echo(self, account: AccountInfo, echo: OutboundEcho) -> FactResult:
+        key = f"echo:{echo.channel_message_id}"
+        if (account.id, key) in self.seen:
+            return self._duplicate(account, key)
+        room = self._room(account, echo.channel, echo.contact_id, None)
+        message_id = room.record_echo(
+            channel_message_id=echo.channel_message_id, text=echo.text, sent_at=echo.sent_at,
+            sender_id=echo.sender_id, kind=echo.kind, attachments=echo.attachments,
+        )
+        self._remember(account, key, room, message_id)
+        return FactResult("recorded", str(room.id), room.version, message_id)
+
+    def _edit(self, account: AccountInfo, edit: MessageEdit) -> FactResult:
+        key = f"edit:{edit.channel_message_id}:{edit.edit_key}"
+        if (account.id, key) in self.seen:
+            return self._duplicate(account, key)
+        original = self.seen.get((account.id, edit.channel_message_id))
+        if original is None:
+            # Never recorded (sent before the account was connected, or the "add" was lost):
+            # the edited text is the message as the customer left it.
+            msg = InboundMessage(
+                channel=edit.channel, channel_account=edit.channel_account, contact_id=edit.contact_id,
+                channel_message_id=edit.channel_message_id, text=edit.text, sent_at=edit.edited_at,
+                contact_name=edit.contact_name, contact_handle=edit.contact_handle, post_id=edit.post_id,
+            )
+            return self._message(account, msg, key=edit.channel_message_id, also=key)
+        room = self._existing_room(original[0])
+        room.edit_message(message_id=original[1], channel_message_id=edit.channel_message_id, text=edit.text,
+                          edited_at=edit.edited_at)
+        self._remember(account, key, room, original[1])
+        return FactResult("recorded", str(room.id), room.version, original[1])
+
+    def _removal(self, account: AccountInfo, removal: MessageRemoval) -> FactResult:
+        key = f"remove:{removal.channel_message_id}"
+        if (account.id, key) in self.seen:
+            return self._duplicate(account, key)
+        original = self.seen.get((account.id, removal.channel_message_id))
+        if original is None:
+            return FactResult("ignored", reason="the removed message was never recorded")
+        room = self._existing_room(original[0])
+        room.remove_message(message_id=original[1], channel_message_id=removal.channel_message_id,
+                            removed_at=removal.removed_at)
+        self._remember(account, key, room, original[1])
+        return FactResult("recorded", str(room.id), room.version, original[1])
+
+    def _status(self, account: AccountInfo, status: DeliveryStatus) -> FactResult:
+        key = (account.id, status.status_key)
+        if key in self.known_statuses:
+            return FactResult("duplicate")
+        self.known_statuses.add(key)
+        self.statuses.append((
+            account.id, status.status_key, status.channel.value, status.status, status.channel_message_id,
+            status.recipient_id, status.occurred_at, [dict(e) for e in status.errors],
+        ))
+        return FactResult("recorded")
+
+    # ---- helpers
+    def _duplicate(self, account: AccountInfo, key: str) -> FactResult:
+        room_id, message_id, version = self.seen[(account.id, key)]
+        return FactResult("duplicate", room_id, version, message_id)
+
+    def _remember(self, account: AccountInfo, key: str, room: Room, message_id: str) -> None:
+        self.seen[(account.id, key)] = (str(room.id), message_id, room.version)
+        self.dedup_keys.append((account.id, key, str(room.id), message_id, room.version))
+
+    def _room(
+        self, account: AccountInfo, channel: Channel, contact_id: str, post_id: str | None, **contact: str | None
+    ) -> Room:
+        room_id = room_id_for(account.org_id, account.id, contact_id, post_id)
+        room = self.rooms.get(room_id)
+        if room is None:
+            try:
+                room = self.app.repository.get(room_id)
+            except AggregateNotFoundError:
+                room = Room.open(
+                    org_id=account.org_id, channel=channel, channel_account_id=account.id,
+                    channel_account=account.external_id, contact_id=contact_id, post_id=post_id, **contact,
+                )
+            self.rooms[room_id] = room
+        return room
+
+    def _existing_room(self, room_id: str) -> Room:
+        rid = UUID(room_id)
+        room = self.rooms.get(rid)
+        if room is None:
+            room = self.rooms[rid] = self.app.repository.get(rid)
+        return room
+
+
+def _validate_fact(account: AccountInfo, fact: RecordableFact) -> None:
+    if account.channel != fact.channel:
+        raise InvalidCommand(
+            f"channel account {account.external_id!r} is a {account.channel.value} account, not {fact.channel.value}"
+        )
+    if isinstance(fact, InboundMessage):
+        _validate_inbound(account, fact)
+    elif isinstance(fact, DeliveryStatus):
+        if not fact.status or not fact.status_key:
+            raise InvalidCommand("a delivery status needs a status and a key")
+        _check_aware(fact.occurred_at, "occurred_at")
+    else:
+        if not fact.channel_message_id:
+            raise InvalidCommand("message id is required")
+        if isinstance(fact, OutboundEcho):
+            if not fact.contact_id or not fact.sender_id:
+                raise InvalidCommand("an echo needs the contact and the sender")
+            if fact.channel.is_comment:
+                raise InvalidCommand(f"{fact.channel.value} has no message echoes")
+            _check_aware(fact.sent_at, "sent_at")
+        elif isinstance(fact, MessageEdit):
+            _check_aware(fact.edited_at, "edited_at")
+            if not fact.contact_id or not fact.edit_key:
+                raise InvalidCommand("an edit needs the contact and an edit key")
+            if fact.channel.is_comment != bool(fact.post_id):
+                raise InvalidCommand(f"{fact.channel.value} edits {'need' if fact.channel.is_comment else 'take no'} post_id")
+        else:
+            _check_aware(fact.removed_at, "removed_at")
+
+
+def _check_aware(at: datetime, name: str) -> None:
+    if at.tzinfo is None:
+        raise InvalidCommand(f"{name} must carry a timezone")
 
 
 def _validate_inbound(account: AccountInfo, msg: InboundMessage) -> None:
@@ -262,10 +471,23 @@ def _validate_inbound(account: AccountInfo, msg: InboundMessage) -> None:
         raise InvalidCommand(f"{msg.channel.value} is a direct-message channel; post_id is not allowed")
 
 
-def _recorded_already(
-    app: InboxApplication, batch: Sequence[_Pending]
-) -> dict[tuple[str, str], tuple[str, str, int]]:
-    keys = list({(p.account.id, p.message.channel_message_id) for p in batch})
+def _dedup_lookups(fact: RecordableFact) -> list[str]:
+    """The `inbound_dedup` keys deciding this fact needs to know about."""
+    if isinstance(fact, InboundMessage):
+        return [fact.channel_message_id]
+    if isinstance(fact, OutboundEcho):
+        return [f"echo:{fact.channel_message_id}"]
+    if isinstance(fact, MessageEdit):
+        return [fact.channel_message_id, f"edit:{fact.channel_message_id}:{fact.edit_key}"]
+    if isinstance(fact, MessageRemoval):
+        return [fact.channel_message_id, f"remove:{fact.channel_message_id}"]
+    return []
+
+
+def _recorded_already(app: InboxApplication, facts: Sequence[tuple[AccountInfo, RecordableFact]]) -> _Seen:
+    keys = list({(account.id, key) for account, fact in facts for key in _dedup_lookups(fact)})
+    if not keys:
+        return {}
     with app.connection() as conn:
         rows = conn.execute(
             "SELECT d.channel_account_id::text AS a, d.channel_message_id AS m, d.room_id::text AS r,"
@@ -277,16 +499,18 @@ def _recorded_already(
     return {(r["a"], r["m"]): (r["r"], r["mid"], r["v"]) for r in rows}
 
 
-def _load_or_open(app: InboxApplication, room_id: UUID, account: AccountInfo, msg: InboundMessage) -> Room:
-    try:
-        return app.repository.get(room_id)
-    except AggregateNotFoundError:
-        return Room.open(
-            org_id=account.org_id, channel=msg.channel, channel_account_id=account.id,
-            channel_account=account.external_id, contact_id=msg.contact_id,
-            contact_name=msg.contact_name, contact_phone=msg.contact_phone,
-            contact_handle=msg.contact_handle, post_id=msg.post_id,
-        )
+def _statuses_recorded(app: InboxApplication, facts: Sequence[tuple[AccountInfo, RecordableFact]]) -> set[tuple[str, str]]:
+    keys = list({(account.id, fact.status_key) for account, fact in facts if isinstance(fact, DeliveryStatus)})
+    if not keys:
+        return set()
+    with app.connection() as conn:
+        rows = conn.execute(
+            "SELECT s.channel_account_id::text AS a, s.status_key AS k"
+            f" FROM {app.table('delivery_statuses')} s JOIN unnest(%s::uuid[], %s::text[]) AS q(a, k)"
+            " ON s.channel_account_id = q.a AND s.status_key = q.k",
+            ([k[0] for k in keys], [k[1] for k in keys]),
+        ).fetchall()
+    return {(r["a"], r["k"]) for r in rows}
 
 
 # ---- staff commands -------------------------------------------------------------------------
@@ -338,7 +562,11 @@ class RoomCommands:
 
     def _only_customer_events_since(self, room_id: UUID, version: int) -> bool:
         events = self._app.events.get(room_id, gt=version)
-        return all(isinstance(e, _CUSTOMER_EVENTS) for e in events)
+        return all(
+            isinstance(e, _CUSTOMER_EVENTS)
+            or (isinstance(e, Room.MessageSent) and e.sender_role == CHANNEL_SENDER)  # a channel echo
+            for e in events
+        )
 
     def _load_visible(self, actor: Actor, room_id: str) -> Room:
         try:

@@ -25,6 +25,8 @@ ROOM_EVENT_TYPES: dict[type, str] = {
     Room.RoomAssigned: "RoomAssigned",
     Room.RoomResolved: "RoomResolved",
     Room.RoomReopened: "RoomReopened",
+    Room.MessageEdited: "MessageEdited",
+    Room.MessageRemoved: "MessageRemoved",
 }
 EVENT_TYPE_NAMES = frozenset(ROOM_EVENT_TYPES.values())
 
@@ -104,4 +106,10 @@ def upcast(event: dict[str, Any]) -> dict[str, Any]:
         if event["type"] == "RoomResolved" and "cause" in event["data"]:
             event["data"]["reason"] = event["data"].pop("cause")
         event["schema_version"] = 1
+    if event["type"] in _CONTENT_TYPES and not {"kind", "attachments"} <= event["data"].keys():
+        # Published before messages carried their kind and attachments: plain text, no attachments.
+        event = dict(event, data={"kind": "text", "attachments": [], **event["data"]})
     return event
+
+
+_CONTENT_TYPES = frozenset({"MessageReceived", "MessageSent"})

@@ -23,7 +23,7 @@ from referencing import Registry, Resource
 
 from domain.channel_account import channel_account_id_for
 from domain.channels import Channel
-from domain.room import Room
+from domain.room import Room, inbound_message_id
 from domain.staff import Actor, Role
 from inbox.wire import EVENT_TYPE_NAMES, SCHEMA_VERSION, decode, encode, to_wire, upcast
 
@@ -65,6 +65,14 @@ def _direct_message_room() -> list[Any]:
     room.reply(agent, message_id=str(uuid.uuid4()), text="hi", sent_at=T0 + timedelta(minutes=1))  # assigned: replied
     room.resolve(agent)  # manual, by the assignee
     room.receive(channel_message_id="wamid.2", text="", sent_at=T0 + timedelta(days=1))  # reopened
+    room.receive(  # a media message with its metadata
+        channel_message_id="wamid.3", text="this one", sent_at=T0 + timedelta(days=1, minutes=1), kind="image",
+        attachments=[{"type": "image", "id": "1003383421387256", "mime_type": "image/jpeg", "sha256": "x"}],
+    )
+    room.record_echo(  # the business's own message, echoed by the channel
+        channel_message_id="m_echo.1", text="", sent_at=T0 + timedelta(days=1, minutes=2), sender_id="1065403",
+        kind="image", attachments=[{"type": "image", "url": "https://example.invalid/a.jpg"}],
+    )
     return room.collect_events()
 
 
@@ -85,6 +93,10 @@ def _comment_room() -> list[Any]:
     room.assign(supervisor, agent_id="agent-3")  # assigned, with a previous assignee
     room.reply(supervisor, message_id=str(uuid.uuid4()), text="Rp 50.000", sent_at=T0)
     room.resolve(Actor("admin-1", ORG, Role.ADMIN), reason="expired")
+    message_id = str(inbound_message_id(room.id, "c-1"))
+    room.edit_message(message_id=message_id, channel_message_id="c-1", text="berapa harga ukuran L?",
+                      edited_at=T0 + timedelta(hours=8))
+    room.remove_message(message_id=message_id, channel_message_id="c-1", removed_at=T0 + timedelta(hours=9))
     return room.collect_events()
 
 
@@ -215,3 +227,35 @@ def test_asyncapi_document_lists_every_event_type_on_the_channel() -> None:
     assert doc["asyncapi"] == "3.0.0"
     assert set(doc["channels"]["inboxEvents"]["messages"]) == EVENT_TYPE_NAMES
     assert set(doc["components"]["messages"]) == EVENT_TYPE_NAMES
+
+
+# ---- events recorded before messages had a kind and attachments -----------------------------
+def test_stored_v1_message_events_load_with_kind_text_and_no_attachments() -> None:
+    from eventsourcing.application import Application
+
+    app = Application()
+    try:
+        events = [e for e in _direct_message_room() if type(e).__name__ in ("MessageReceived", "MessageSent")]
+        for domain_event in events:
+            stored = app.mapper.to_stored_event(domain_event)
+            state = orjson.loads(stored.state)
+            for key in ("kind", "attachments", "class_version"):
+                state.pop(key, None)  # as written before `kind` and `attachments` existed
+            old = type(stored)(stored.originator_id, stored.originator_version, stored.topic, orjson.dumps(state))
+            restored = app.mapper.to_domain_event(old)
+            assert (restored.kind, restored.attachments) == ("text", [])
+            wire = to_wire(restored, ORG)
+            assert errors(wire["type"], wire) == []
+    finally:
+        app.close()
+
+
+def test_published_events_without_kind_are_upcast_to_the_current_schema() -> None:
+    for event in wire_events():
+        if event["type"] not in ("MessageReceived", "MessageSent"):
+            continue
+        old = dict(event, data={k: v for k, v in event["data"].items() if k not in ("kind", "attachments")})
+        assert errors(event["type"], old)
+        upcast_event = decode(encode(old))
+        assert errors(event["type"], upcast_event) == []
+        assert upcast_event["data"]["kind"] == "text" and upcast_event["data"]["attachments"] == []

@@ -1,0 +1,1 @@
+"""Channel adapters: pure translations of a channel's own payloads into channel-neutral facts."""

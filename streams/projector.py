@@ -23,6 +23,7 @@ from inbox.event_log import WireEventLog
 from inbox.eventstore import InboxApplication
 from inbox.wire import InvalidWireEvent, decode
 from projections.writer import BatchStats, ProjectionWriter
+from streams.faust_transport import LowLatencyApp
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +109,9 @@ class ProjectorRuntime:
 def create_app(settings: Settings, worker_id: str | None = None) -> faust.App:
     assert settings.kafka_bootstrap, "INBOX_KAFKA_BOOTSTRAP is required"
     worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
-    app = faust.App(
+    datadir = settings.data_dir / "faust"
+    datadir.mkdir(parents=True, exist_ok=True)
+    app = LowLatencyApp(
         settings.worker_group,
         broker=[f"kafka://{h.strip()}" for h in settings.kafka_bootstrap.split(",")],
         store="memory://",
@@ -117,7 +120,7 @@ def create_app(settings: Settings, worker_id: str | None = None) -> faust.App:
         topic_partitions=settings.topic_partitions,
         consumer_auto_offset_reset="earliest",
         web_enabled=False,
-        datadir=str(settings.data_dir / "faust"),
+        datadir=str(datadir),
         producer_acks=-1,
         broker_session_timeout=settings.worker_session_timeout_s,
         broker_rebalance_timeout=settings.worker_session_timeout_s,

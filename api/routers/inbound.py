@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import anyio.to_thread
 from fastapi import APIRouter
 
 from api.deps import ContainerDep, IngestDep
@@ -12,14 +13,19 @@ router = APIRouter(prefix="/v1/inbound-messages", tags=["ingestion"])
 
 
 @router.post("", status_code=202, response_model=InboundAccepted)
-def record_inbound_message(body: RecordInboundMessage, actor: IngestDep, container: ContainerDep) -> InboundAccepted:
-    """Record one customer message; the same channel message id twice is recorded once."""
+async def record_inbound_message(body: RecordInboundMessage, actor: IngestDep, container: ContainerDep) -> InboundAccepted:
+    """Record one customer message; the same channel message id twice is recorded once.
+
+    Async on purpose: the request waits for the group commit without holding a thread.
+    """
     channel = Channel(body.channel)
-    account = container.accounts.find(channel, body.channel_account)
+    account = container.accounts.find_cached(channel, body.channel_account) or await anyio.to_thread.run_sync(
+        container.accounts.find, channel, body.channel_account
+    )
     if account is None or account.org_id != actor.org_id:
         container.metrics.inbound_messages.labels("unknown_account").inc()
         raise InvalidCommand(f"unknown {body.channel} channel account {body.channel_account!r}")
-    result = container.inbound.submit(
+    result = await container.inbound.submit_async(
         account,
         InboundMessage(
             channel=channel, channel_account=body.channel_account, contact_id=body.contact.id,

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import anyio.to_thread
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
 
 from api import errors
 from api.limits import BodySizeLimit
-from api.routers import channel_accounts, health, inbound, inbox, rooms
+from api.observe import RequestMetrics
+from api.routers import channel_accounts, health, inbound, inbox, rooms, search, webhooks
 from inbox.container import Container
 
-# Sync endpoints wait on the group committer; give them room to queue up concurrently.
+# Sync endpoints (commands, queries) run in the thread pool; let many wait on PostgreSQL at once.
 THREAD_TOKENS = 200
 
 
@@ -32,18 +32,9 @@ def create_app(container: Container) -> FastAPI:
     )
     app.state.container = container
     errors.install(app)
-    for module in (channel_accounts, inbound, rooms, inbox, health):
+    for module in (channel_accounts, inbound, rooms, inbox, search, webhooks, health):
         app.include_router(module.router)
 
-    @app.middleware("http")
-    async def observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        started = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        container.metrics.requests.labels(
-            request.method, getattr(route, "path", "unmatched"), str(response.status_code)
-        ).observe(time.perf_counter() - started)
-        return response
-
+    app.add_middleware(RequestMetrics, metrics=container.metrics)
     app.add_middleware(BodySizeLimit, max_bytes=container.settings.max_body_bytes)
     return app

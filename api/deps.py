@@ -1,4 +1,8 @@
-"""Shared dependencies: the container, the authenticated actor and role guards."""
+"""Shared dependencies: the container, the authenticated actor and role guards.
+
+They are `async def` because none does I/O: FastAPI would otherwise run each one in the thread
+pool, a thread hop per dependency per request.
+"""
 
 from __future__ import annotations
 
@@ -11,9 +15,10 @@ from domain.staff import Actor, Role
 from inbox.auth import InvalidToken, verify_token
 from inbox.container import Container
 from projections.queries import InboxQueries
+from projections.search import RoomSearch
 
 
-def get_container(request: Request) -> Container:
+async def get_container(request: Request) -> Container:
     return request.app.state.container  # type: ignore[no-any-return]
 
 
@@ -22,7 +27,7 @@ ContainerDep = Annotated[Container, Depends(get_container)]
 _bearer = HTTPBearer(auto_error=False, description="JWT (HS256) with claims sub, org, role")
 
 
-def current_actor(
+async def current_actor(
     container: ContainerDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Actor:
@@ -38,7 +43,7 @@ def current_actor(
 ActorDep = Annotated[Actor, Depends(current_actor)]
 
 
-def staff_actor(actor: ActorDep) -> Actor:
+async def staff_actor(actor: ActorDep) -> Actor:
     if not actor.role.is_staff:
         raise HTTPException(403, f"role {actor.role.value!r} cannot use the staff inbox")
     return actor
@@ -47,7 +52,7 @@ def staff_actor(actor: ActorDep) -> Actor:
 StaffDep = Annotated[Actor, Depends(staff_actor)]
 
 
-def ingesting_actor(actor: ActorDep) -> Actor:
+async def ingesting_actor(actor: ActorDep) -> Actor:
     if actor.role not in (Role.INTEGRATION, Role.ADMIN):
         raise HTTPException(403, "only integrations and admins record inbound messages")
     return actor
@@ -56,8 +61,15 @@ def ingesting_actor(actor: ActorDep) -> Actor:
 IngestDep = Annotated[Actor, Depends(ingesting_actor)]
 
 
-def get_queries(container: ContainerDep) -> InboxQueries:
+async def get_queries(container: ContainerDep) -> InboxQueries:
     return InboxQueries(container.read_pool)
 
 
 QueriesDep = Annotated[InboxQueries, Depends(get_queries)]
+
+
+async def get_search(container: ContainerDep) -> RoomSearch:
+    return RoomSearch(container.read_pool)
+
+
+SearchDep = Annotated[RoomSearch, Depends(get_search)]

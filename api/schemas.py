@@ -57,6 +57,14 @@ class ResolveRoom(Body):
     expected_version: int | None = Field(default=None, ge=1)
 
 
+class ResolveExpired(Body):
+    channels: list[ChannelName] = Field(
+        default_factory=list, max_length=10,
+        description="channels whose expired rooms to resolve; empty = every direct-message channel",
+    )
+    include_unassigned: bool = False
+
+
 # ---- responses ------------------------------------------------------------------------------
 class ChannelAccountOut(BaseModel):
     id: str
@@ -116,6 +124,25 @@ class RoomPage(BaseModel):
     next_cursor: str | None
 
 
+class ExpiredResolved(BaseModel):
+    resolved: int
+    skipped: int = Field(description="expired rooms left alone because they changed after the query saw them")
+
+
+class SearchMatch(BaseModel):
+    message_id: str
+    snippet: str = Field(description="HTML-escaped message text around the match, matches in <mark>…</mark>")
+
+
+class SearchHit(RoomOut):
+    match: SearchMatch | None = None
+
+
+class SearchPage(BaseModel):
+    items: list[SearchHit]
+    next_cursor: str | None
+
+
 class Sender(BaseModel):
     id: str | None
     name: str | None
@@ -131,6 +158,11 @@ class MessageOut(BaseModel):
     sender: Sender
     channel_message_id: str | None
     seq: int
+    kind: str = "text"  # text, image, video, audio, document, sticker, location, contacts, reaction, ...
+    attachments: list[dict[str, Any]] = []  # metadata of the content (media ids, coordinates, ...)
+    edited_at: datetime | None = None
+    removed: bool = False  # the customer removed it; its text stays visible to staff
+    removed_at: datetime | None = None
 
 
 class MessagePage(BaseModel):

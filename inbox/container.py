@@ -9,8 +9,10 @@ from psycopg_pool import ConnectionPool
 from inbox.config import Settings
 from inbox.db import sync_pool
 from inbox.eventstore import InboxApplication
+from inbox.expiry import ExpiredRooms
 from inbox.metrics import Metrics
 from inbox.services import ChannelAccounts, InboundCommitter, RoomCommands
+from projections.queries import InboxQueries
 
 
 @dataclass
@@ -21,18 +23,21 @@ class Container:
     accounts: ChannelAccounts
     inbound: InboundCommitter
     rooms: RoomCommands
+    expired: ExpiredRooms
     metrics: Metrics = field(default_factory=Metrics)
 
     @classmethod
     def build(cls, settings: Settings) -> Container:
         app = InboxApplication.from_settings(settings)
+        read_pool = sync_pool(settings)
         return cls(
             settings=settings,
             app=app,
-            read_pool=sync_pool(settings),
+            read_pool=read_pool,
             accounts=ChannelAccounts(app),
             inbound=InboundCommitter(app),
             rooms=RoomCommands(app),
+            expired=ExpiredRooms(app, InboxQueries(read_pool).expired_rooms),
         )
 
     def close(self) -> None:

@@ -2,6 +2,19 @@
 
 Visibility (SPEC §2): admins and supervisors see every room of their organization; an agent
 sees unassigned rooms and rooms assigned to them.
+
+Room lists are ordered by activity (`updated_at` = recorded time of the room's latest message,
+then id), newest first, with a keyset cursor that also carries `as_of`: the newest activity on
+the first page. Later pages rank every room by its activity *as of* that moment, so rooms that
+receive messages while someone pages neither jump over the cursor (skipped) nor come back
+(repeated):
+
+- rooms with `updated_at <= as_of` have not moved since: their `updated_at` is their key
+  (read in index order);
+- rooms with `updated_at > as_of` moved since the first page: their key is the recorded time of
+  their latest message at or before `as_of` (one lookup on `messages_by_recorded` each; only
+  rooms changed since the first page, typically few); rooms with no message that old were
+  opened after the first page and are left to a fresh first page.
 """
 
 from __future__ import annotations
@@ -42,6 +55,144 @@ def _visibility(actor: Actor, alias: str = "r") -> tuple[str, list[Any]]:
     if actor.role.manages_rooms:
         return f"{alias}.org_id = %s", [actor.org_id]
     return f"{alias}.org_id = %s AND ({alias}.assignee IS NULL OR {alias}.assignee = %s)", [actor.org_id, actor.user_id]
+
+
+def _visible_partitions(actor: Actor, alias: str = "r") -> list[tuple[str, list[Any]]]:
+    """Visibility as disjoint parts that each read in activity order from one index.
+
+    An agent's rooms are the unassigned ones plus their own: two ordered index scans
+    (`rooms_by_assignee_activity`) merged, instead of one scan filtering out other agents' rooms.
+    """
+    if actor.role.manages_rooms:
+        return [(f"{alias}.org_id = %s", [actor.org_id])]
+    return [
+        (f"{alias}.org_id = %s AND {alias}.assignee IS NULL", [actor.org_id]),
+        (f"{alias}.org_id = %s AND {alias}.assignee = %s", [actor.org_id, actor.user_id]),
+    ]
+
+
+def filter_clauses(filt: RoomFilter, alias: str = "r") -> tuple[list[str], list[Any]]:
+    """SQL conditions of the list filters (tab, status, channel, assignee, awaiting, expired, dates)."""
+    clauses: list[str] = []
+    params: list[Any] = []
+    if filt.tab:
+        clauses.append(f"{alias}.tab = %s")
+        params.append(filt.tab)
+    if filt.status != "all":
+        clauses.append(f"{alias}.status = %s")
+        params.append(filt.status)
+    if filt.channels:
+        clauses.append(f"{alias}.channel = ANY(%s)")
+        params.append(list(filt.channels))
+    if filt.assignee is not None:
+        clauses.append(f"{alias}.assignee = %s")
+        params.append(filt.assignee)
+    if filt.awaiting_reply is not None:
+        clauses.append(f"{alias}.awaiting_reply = %s")
+        params.append(filt.awaiting_reply)
+    if filt.expired is True:
+        clauses.append(f"{alias}.status <> 'resolved' AND {alias}.expires_at <= now()")
+    elif filt.expired is False:
+        clauses.append(
+            f"NOT ({alias}.status <> 'resolved' AND {alias}.expires_at IS NOT NULL AND {alias}.expires_at <= now())"
+        )
+    if filt.updated_after is not None:
+        clauses.append(f"{alias}.updated_at > %s")
+        params.append(filt.updated_after)
+    if filt.updated_before is not None:
+        clauses.append(f"{alias}.updated_at < %s")
+        params.append(filt.updated_before)
+    return clauses, params
+
+
+@dataclass(frozen=True)
+class ListCursor:
+    as_of: datetime  # newest activity on the first page
+    key: datetime  # activity (as of `as_of`) of the last room returned
+    id: str
+
+    def encode(self) -> str:
+        return encode_cursor({"a": self.as_of.isoformat(), "k": self.key.isoformat(), "i": self.id})
+
+    @classmethod
+    def decode(cls, cursor: str) -> ListCursor:
+        c = decode_cursor(cursor)
+        try:
+            return cls(datetime.fromisoformat(c["a"]), datetime.fromisoformat(c["k"]), str(UUID(str(c["i"]))))
+        except (KeyError, TypeError, ValueError):
+            raise InvalidCommand("invalid cursor") from None
+
+
+def rooms_page_sql(
+    actor: Actor, filt: RoomFilter, *, limit: int, cursor: ListCursor | None
+) -> tuple[str, list[Any]]:
+    """One page of the room list (see the module docstring); rows carry `_key`, their activity key."""
+    base, base_params = filter_clauses(filt)
+    branches: list[str] = []
+    params: list[Any] = []
+    for part, part_params in _visible_partitions(actor):
+        where = " AND ".join([part, *base])
+        if cursor is None:
+            branches.append(
+                f"(SELECT r.*, r.updated_at AS _key FROM rooms r WHERE {where}"
+                " ORDER BY r.updated_at DESC, r.id DESC LIMIT %s)"
+            )
+            params += [*part_params, *base_params, limit]
+            continue
+        branches.append(
+            f"(SELECT r.*, r.updated_at AS _key FROM rooms r WHERE {where}"
+            " AND r.updated_at <= %s AND (r.updated_at, r.id) < (%s, %s::uuid)"
+            " ORDER BY r.updated_at DESC, r.id DESC LIMIT %s)"
+        )
+        params += [*part_params, *base_params, cursor.as_of, cursor.key, cursor.id, limit]
+        branches.append(
+            f"(SELECT r.*, m.recorded_at AS _key FROM rooms r CROSS JOIN LATERAL ("
+            " SELECT m.recorded_at FROM messages m WHERE m.room_id = r.id AND m.recorded_at <= %s"
+            " ORDER BY m.recorded_at DESC LIMIT 1) m"
+            f" WHERE {where} AND r.updated_at > %s AND (m.recorded_at, r.id) < (%s, %s::uuid))"
+        )
+        params += [cursor.as_of, *part_params, *base_params, cursor.as_of, cursor.key, cursor.id]
+    sql = (
+        "SELECT page.*, now() AS _now FROM (" + " UNION ALL ".join(branches) + ") page"
+        " ORDER BY page._key DESC, page.id DESC LIMIT %s"
+    )
+    return sql, [*params, limit]
+
+
+def counters_sql(actor: Actor) -> tuple[str, list[Any]]:
+    """The viewer's counter rows (plus the org-wide rows for the unassigned badge): a key lookup."""
+    mine = [ALL] if actor.role.manages_rooms else [NOBODY, actor.user_id]
+    return (
+        "SELECT tab, status, assignee, rooms, awaiting FROM counters WHERE org_id = %s AND assignee = ANY(%s)",
+        [actor.org_id, list({*mine, ALL})],
+    )
+
+
+def history_sql(room_id: str, before_seq: int | None, limit: int) -> tuple[str, list[Any]]:
+    """A room's messages newest first (`messages_history`); `before_seq` is the cursor: older than that."""
+    if before_seq is None:
+        return "SELECT * FROM messages WHERE room_id = %s::uuid ORDER BY seq DESC LIMIT %s", [room_id, limit]
+    return (
+        "SELECT * FROM messages WHERE room_id = %s::uuid AND seq < %s ORDER BY seq DESC LIMIT %s",
+        [room_id, before_seq, limit],
+    )
+
+
+def expired_rooms_sql(
+    org_id: str, *, channels: Sequence[str], statuses: Sequence[str], cutoff: datetime,
+    after: tuple[datetime, str] | None, limit: int,
+) -> tuple[str, list[Any]]:
+    """Expired, not resolved rooms in (expires_at, id) order, from `rooms_by_expiry`."""
+    sql = (
+        "SELECT r.id::text AS id, r.version, r.expires_at FROM rooms r"
+        " WHERE r.org_id = %s AND r.status <> 'resolved' AND r.expires_at <= %s"
+        " AND r.status = ANY(%s) AND r.channel = ANY(%s)"
+    )
+    params: list[Any] = [org_id, cutoff, list(statuses), list(channels)]
+    if after is not None:
+        sql += " AND (r.expires_at, r.id) > (%s, %s::uuid)"
+        params += list(after)
+    return sql + " ORDER BY r.expires_at, r.id LIMIT %s", [*params, limit]
 
 
 def _room_uuid(room_id: str) -> str:
@@ -110,6 +261,11 @@ def message_json(row: dict[str, Any]) -> dict[str, Any]:
         "sender": {"id": row["sender_id"], "name": row["sender_name"], "role": row["sender_role"]},
         "channel_message_id": row["channel_message_id"],
         "seq": row["seq"],
+        "kind": row.get("kind") or "text",
+        "attachments": row.get("attachments") or [],
+        "edited_at": row.get("edited_at"),
+        "removed": row.get("removed_at") is not None,
+        "removed_at": row.get("removed_at"),
     }
 
 
@@ -129,11 +285,7 @@ class InboxQueries:
     def counters(self, actor: Actor) -> dict[str, Any]:
         """Badge numbers for the viewer: a lookup of maintained counter rows, no COUNT over rooms."""
         mine = [ALL] if actor.role.manages_rooms else [NOBODY, actor.user_id]
-        rows = self._fetch(
-            "SELECT tab, status, assignee, rooms, awaiting FROM counters"
-            " WHERE org_id = %s AND assignee = ANY(%s)",
-            [actor.org_id, list({*mine, ALL})],
-        )
+        rows = self._fetch(*counters_sql(actor))
         per_tab = {tab: {"awaiting": 0, **{s: 0 for s in STATUSES}} for tab in TABS}
         org_unassigned = 0
         for r in rows:
@@ -166,68 +318,39 @@ class InboxQueries:
         return room_json(rows[0], rows[0]["_now"])
 
     def rooms(self, actor: Actor, filt: RoomFilter, *, limit: int, cursor: str | None) -> dict[str, Any]:
-        where, params = _visibility(actor)
-        clauses = [where]
-        if filt.tab:
-            clauses.append("r.tab = %s")
-            params.append(filt.tab)
-        if filt.status != "all":
-            clauses.append("r.status = %s")
-            params.append(filt.status)
-        if filt.channels:
-            clauses.append("r.channel = ANY(%s)")
-            params.append(list(filt.channels))
-        if filt.assignee is not None:
-            clauses.append("r.assignee = %s")
-            params.append(filt.assignee)
-        if filt.awaiting_reply is not None:
-            clauses.append("r.awaiting_reply = %s")
-            params.append(filt.awaiting_reply)
-        if filt.expired is True:
-            clauses.append("r.status <> 'resolved' AND r.expires_at <= now()")
-        elif filt.expired is False:
-            clauses.append("NOT (r.status <> 'resolved' AND r.expires_at IS NOT NULL AND r.expires_at <= now())")
-        if filt.updated_after is not None:
-            clauses.append("r.updated_at > %s")
-            params.append(filt.updated_after)
-        if filt.updated_before is not None:
-            clauses.append("r.updated_at < %s")
-            params.append(filt.updated_before)
-        if cursor:
-            c = decode_cursor(cursor)
-            try:
-                after_ts, after_id = datetime.fromisoformat(c["u"]), str(c["i"])
-            except (KeyError, TypeError, ValueError):
-                raise InvalidCommand("invalid cursor") from None
-            clauses.append("(r.updated_at, r.id) < (%s, %s::uuid)")
-            params.extend([after_ts, after_id])
-        sql = (
-            "SELECT r.*, now() AS _now FROM rooms r WHERE " + " AND ".join(clauses)
-            + " ORDER BY r.updated_at DESC, r.id DESC LIMIT %s"
-        )
-        rows = self._fetch(sql, [*params, limit + 1])
+        """Rooms visible to the viewer, newest activity first; pages neither skip nor repeat a room
+        while messages arrive (see the module docstring)."""
+        after = ListCursor.decode(cursor) if cursor else None
+        sql, params = rooms_page_sql(actor, filt, limit=limit + 1, cursor=after)
+        rows = self._fetch(sql, params)
         page = rows[:limit]
         next_cursor = None
         if len(rows) > limit:
+            as_of = after.as_of if after else page[0]["_key"]
             last = page[-1]
-            next_cursor = encode_cursor({"u": last["updated_at"].isoformat(), "i": str(last["id"])})
+            next_cursor = ListCursor(as_of, last["_key"], str(last["id"])).encode()
         return {"items": [room_json(r, r["_now"]) for r in page], "next_cursor": next_cursor}
+
+    def expired_rooms(
+        self, org_id: str, *, channels: Sequence[str], statuses: Sequence[str], cutoff: datetime,
+        after: tuple[datetime, str] | None, limit: int,
+    ) -> list[dict[str, Any]]:
+        """One chunk of the rooms `resolve-expired` works through: id, projected version, expires_at."""
+        sql, params = expired_rooms_sql(
+            org_id, channels=channels, statuses=statuses, cutoff=cutoff, after=after, limit=limit
+        )
+        return self._fetch(sql, params)
 
     # ---- history ------------------------------------------------------------------------------
     def messages(self, actor: Actor, room_id: str, *, limit: int, before: str | None) -> dict[str, Any]:
         room_id = self.room(actor, room_id)["id"]  # 404 unless visible
-        params: list[Any] = [room_id]
-        clause = ""
+        before_seq = None
         if before:
             c = decode_cursor(before)
-            if not isinstance(c.get("s"), int):
+            if not isinstance(c.get("s"), int) or isinstance(c.get("s"), bool):
                 raise InvalidCommand("invalid cursor")
-            clause = " AND seq < %s"
-            params.append(c["s"])
-        rows = self._fetch(
-            f"SELECT * FROM messages WHERE room_id = %s::uuid{clause} ORDER BY seq DESC LIMIT %s",
-            [*params, limit + 1],
-        )
+            before_seq = c["s"]
+        rows = self._fetch(*history_sql(room_id, before_seq, limit + 1))
         page = rows[:limit]
         next_before = encode_cursor({"s": page[-1]["seq"]}) if len(rows) > limit else None
         return {"items": [message_json(r) for r in page], "next_before": next_before}

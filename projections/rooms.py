@@ -10,6 +10,8 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
+from projections.text import phone_digits, search_name
+
 COMMENT_CHANNELS = frozenset({"instagram_comment", "facebook_comment"})
 REPLY_WINDOW = timedelta(hours=24)
 
@@ -37,8 +39,11 @@ class RoomView:
     last_message_text: str | None
     last_message_at: datetime | None
     opened_at: datetime
-    updated_at: datetime
+    updated_at: datetime  # recorded time of the latest message: the list order ("newest activity")
     version: int
+    # Search columns (projections.text): folded name + handle, national phone digits.
+    search_name: str | None = None
+    phone_digits: str | None = None
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,19 @@ class MessageRow:
     sender_name: str | None
     sender_role: str | None
     channel_message_id: str | None
+    recorded_at: datetime | None = None  # when the event was recorded (occurred_at): orders activity
+    kind: str = "text"  # text, image, reaction, ... (events before kinds existed: text)
+    attachments: tuple[dict[str, Any], ...] = ()  # small metadata dicts about the content
+
+
+@dataclass(frozen=True)
+class MessageChange:
+    """An edit or removal of a message already in the history (applied after the batch's inserts)."""
+
+    message_id: str
+    text: str | None = None  # the new text of an edit
+    edited_at: datetime | None = None
+    removed_at: datetime | None = None
 
 
 class UnknownEvent(ValueError):
@@ -68,7 +86,7 @@ def apply(view: RoomView | None, event: dict[str, Any]) -> tuple[RoomView, Messa
         return _opened(event, data, at), None
     if view is None:
         raise ValueError(f"{kind} v{event['version']} for room {event['room_id']} before RoomOpened")
-    view = replace(view, version=event["version"], updated_at=max(view.updated_at, at))
+    view = replace(view, version=event["version"])
     if kind == "MessageReceived":
         sent_at = _ts(data["sent_at"])
         last_inbound = sent_at if view.last_inbound_at is None else max(view.last_inbound_at, sent_at)
@@ -76,14 +94,18 @@ def apply(view: RoomView | None, event: dict[str, Any]) -> tuple[RoomView, Messa
             id=data["message_id"], room_id=view.id, org_id=view.org_id, seq=event["version"],
             direction="inbound", text=data["text"], sent_at=sent_at, sender_id=view.contact_id,
             sender_name=data.get("contact_name") or view.contact_name, sender_role="contact",
-            channel_message_id=data["channel_message_id"],
+            channel_message_id=data["channel_message_id"], recorded_at=at,
+            kind=data.get("kind") or "text", attachments=tuple(data.get("attachments") or ()),
         )
+        renamed = bool(data.get("contact_name")) and data.get("contact_name") != view.contact_name
         view = replace(
             view,
             contact_name=data.get("contact_name") or view.contact_name,
             last_inbound_at=last_inbound,
             expires_at=None if view.channel in COMMENT_CHANNELS else last_inbound + REPLY_WINDOW,
         )
+        if renamed:
+            view = _with_search(view)
         return _with_last_message(view, message), message
     if kind == "MessageSent":
         message = MessageRow(
@@ -91,6 +113,7 @@ def apply(view: RoomView | None, event: dict[str, Any]) -> tuple[RoomView, Messa
             direction="outbound", text=data["text"], sent_at=_ts(data["sent_at"]),
             sender_id=data["sender_id"], sender_name=data.get("sender_name"),
             sender_role=data["sender_role"], channel_message_id=data.get("channel_message_id"),
+            recorded_at=at, kind=data.get("kind") or "text", attachments=tuple(data.get("attachments") or ()),
         )
         return _with_last_message(view, message), message
     if kind == "RoomAssigned":
@@ -99,12 +122,28 @@ def apply(view: RoomView | None, event: dict[str, Any]) -> tuple[RoomView, Messa
         return replace(view, status="resolved", awaiting_reply=False), None
     if kind == "RoomReopened":
         return replace(view, status="unassigned", assignee=None, awaiting_reply=_awaiting(view, "unassigned")), None
+    if kind in ("MessageEdited", "MessageRemoved"):
+        # The history row changes (message_change); the preview follows if it shows that message.
+        # Neither moves the room in the list nor changes its status or awaiting-reply.
+        if view.last_message_id == data["message_id"]:
+            view = replace(view, last_message_text=data["text"] if kind == "MessageEdited" else "")
+        return view, None
     raise UnknownEvent(f"unknown event type {kind!r}")
+
+
+def message_change(event: dict[str, Any]) -> MessageChange | None:
+    """The change an event makes to an existing history row (edits and removals), if any."""
+    data = event["data"]
+    if event["type"] == "MessageEdited":
+        return MessageChange(data["message_id"], text=data["text"], edited_at=_ts(data["edited_at"]))
+    if event["type"] == "MessageRemoved":
+        return MessageChange(data["message_id"], removed_at=_ts(data["removed_at"]))
+    return None
 
 
 def _opened(event: dict[str, Any], data: dict[str, Any], at: datetime) -> RoomView:
     channel = data["channel"]
-    return RoomView(
+    return _with_search(RoomView(
         id=event["room_id"], org_id=event["org_id"],
         tab="comments" if channel in COMMENT_CHANNELS else "messages", channel=channel,
         channel_account_id=data["channel_account_id"], channel_account=data["channel_account"],
@@ -114,14 +153,24 @@ def _opened(event: dict[str, Any], data: dict[str, Any], at: datetime) -> RoomVi
         last_inbound_at=None, expires_at=None, last_message_id=None, last_message_direction=None,
         last_message_text=None, last_message_at=None, opened_at=at, updated_at=at,
         version=event["version"],
+    ))
+
+
+def _with_search(view: RoomView) -> RoomView:
+    return replace(
+        view,
+        search_name=search_name(view.contact_name, view.contact_handle),
+        phone_digits=phone_digits(view.channel, view.contact_id, view.contact_phone),
     )
 
 
 def _with_last_message(view: RoomView, message: MessageRow) -> RoomView:
+    """Only messages move a room in the list: assignments and resolutions keep its place."""
     view = replace(
         view,
         last_message_id=message.id, last_message_direction=message.direction,
         last_message_text=message.text, last_message_at=message.sent_at,
+        updated_at=max(view.updated_at, message.recorded_at or view.updated_at),
     )
     return replace(view, awaiting_reply=_awaiting(view, view.status))
 

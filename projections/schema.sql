@@ -74,3 +74,30 @@ CREATE TABLE IF NOT EXISTS projection_dead_letters (
     event bytea NOT NULL,
     recorded_at timestamptz NOT NULL DEFAULT now()
 );
+
+-- Inbox features (tabs, filters, search, history): added in place so existing databases migrate.
+-- Rooms are ordered by updated_at = recorded time of their latest message (assignments and
+-- resolutions do not reorder); a list cursor re-derives a changed room's position as of its
+-- first page from messages.recorded_at (projections/queries.py).
+ALTER TABLE rooms ADD COLUMN IF NOT EXISTS search_name text;   -- folded contact name + handle
+ALTER TABLE rooms ADD COLUMN IF NOT EXISTS phone_digits text;  -- national significant number
+ALTER TABLE messages ADD COLUMN IF NOT EXISTS recorded_at timestamptz;
+ALTER TABLE messages ADD COLUMN IF NOT EXISTS text_tsv tsvector
+    GENERATED ALWAYS AS (to_tsvector('simple'::regconfig, text)) STORED;
+CREATE INDEX IF NOT EXISTS rooms_by_activity ON rooms (org_id, updated_at DESC, id DESC);
+-- Rows arrive (and room rows are rewritten) on every event: a small GIN pending list keeps the
+-- searches — and the planner's estimate of them — index-backed and fast between autovacuum runs.
+CREATE INDEX IF NOT EXISTS rooms_search_name_trgm ON rooms USING gin (search_name gin_trgm_ops)
+    WITH (gin_pending_list_limit = 256);
+CREATE INDEX IF NOT EXISTS rooms_phone_digits_trgm ON rooms USING gin (phone_digits gin_trgm_ops)
+    WITH (gin_pending_list_limit = 256);
+CREATE INDEX IF NOT EXISTS messages_by_recorded ON messages (room_id, recorded_at DESC);
+CREATE INDEX IF NOT EXISTS messages_by_org_recorded ON messages (org_id, recorded_at DESC, id DESC);
+CREATE INDEX IF NOT EXISTS messages_text_search ON messages USING gin (text_tsv)
+    WITH (gin_pending_list_limit = 256);
+
+-- Channel ingestion (Meta webhooks): what a message is, its attachments' metadata, edits and removals.
+ALTER TABLE messages ADD COLUMN IF NOT EXISTS kind text NOT NULL DEFAULT 'text';
+ALTER TABLE messages ADD COLUMN IF NOT EXISTS attachments jsonb NOT NULL DEFAULT '[]';
+ALTER TABLE messages ADD COLUMN IF NOT EXISTS edited_at timestamptz;
+ALTER TABLE messages ADD COLUMN IF NOT EXISTS removed_at timestamptz;

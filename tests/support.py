@@ -148,8 +148,11 @@ class Pipeline:
     def start(self, name: str, role: str | None = None) -> subprocess.Popen[bytes]:
         role = role or name
         log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115
+        data_dir = self.log_dir / "data"  # the worker's Faust directory goes in here; never the cwd's .inbox
+        data_dir.mkdir(exist_ok=True)
+        env = {**env_for(self.settings), "INBOX_DATA_DIR": str(data_dir)}
         proc = subprocess.Popen(
-            [sys.executable, "-m", "inbox.cli", role], env=env_for(self.settings), stdout=log,
+            [sys.executable, "-m", "inbox.cli", role], env=env, stdout=log,
             stderr=subprocess.STDOUT, start_new_session=True,
         )
         self.procs[name] = proc

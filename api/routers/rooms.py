@@ -6,7 +6,18 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query
 
 from api.deps import ContainerDep, QueriesDep, StaffDep
-from api.schemas import AssignRoom, ChannelName, CommandAccepted, MessagePage, ResolveRoom, RoomOut, RoomPage, SendReply
+from api.schemas import (
+    AssignRoom,
+    ChannelName,
+    CommandAccepted,
+    ExpiredResolved,
+    MessagePage,
+    ResolveExpired,
+    ResolveRoom,
+    RoomOut,
+    RoomPage,
+    SendReply,
+)
 from projections.queries import RoomFilter
 
 router = APIRouter(prefix="/v1/rooms", tags=["rooms"])
@@ -33,6 +44,16 @@ def list_rooms(
         expired=expired, updated_after=updated_after, updated_before=updated_before,
     )
     return queries.rooms(actor, filt, limit=limit, cursor=cursor)
+
+
+@router.post("/resolve-expired", response_model=ExpiredResolved)
+def resolve_expired_rooms(body: ResolveExpired, actor: StaffDep, container: ContainerDep) -> ExpiredResolved:
+    """Resolve (reason `expired`) every expired room of the channels that is assigned, and
+    unassigned too when asked; rooms that changed after the server's query saw them are skipped."""
+    result = container.expired.resolve_expired(
+        actor, channels=body.channels, include_unassigned=body.include_unassigned
+    )
+    return ExpiredResolved(resolved=result.resolved, skipped=result.skipped)
 
 
 @router.get("/{room_id}", response_model=RoomOut)

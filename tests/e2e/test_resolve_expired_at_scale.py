@@ -1,0 +1,139 @@
+"""Resolve all expired on 10,000 rooms through a real `inbox api` process, while it keeps serving.
+
+The rooms are written through the real write path (Room aggregates saved with app.save, many per
+transaction) and projected with project_all; then one supervisor resolves them all with one
+request while other clients read the inbox and customers keep writing. The bulk resolve works in
+short chunked transactions on a request thread, so the other requests stay fast.
+"""
+
+from __future__ import annotations
+
+import statistics
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+
+from domain.channels import Channel
+from domain.room import Room
+from domain.staff import Actor, Role
+from inbox.config import Settings
+from inbox.eventstore import InboxApplication
+from inbox.services import ChannelAccounts
+from tests.support import Pipeline, auth, http_settings, project_all, query
+
+pytestmark = pytest.mark.e2e
+
+ROOMS = 10_000
+ORG = "org1"
+
+
+def write_expired_rooms(settings: Settings, n: int) -> None:
+    """n assigned WhatsApp rooms whose last customer message is 30 h old, 500 rooms per transaction."""
+    app = InboxApplication.from_settings(settings)
+    try:
+        account = ChannelAccounts(app).register(
+            Actor("admin1", ORG, Role.ADMIN), channel="whatsapp_cloud", external_id="pn-scale", name="Scale"
+        )
+        spv = Actor("spv1", ORG, Role.SUPERVISOR)
+        old = datetime.now(UTC) - timedelta(hours=30)
+        batch: list[Room] = []
+        for i in range(n):
+            room = Room.open(org_id=ORG, channel=Channel.WHATSAPP_CLOUD, channel_account_id=account.id,
+                             channel_account=account.external_id, contact_id=f"62812{i:07d}",
+                             contact_name=f"Customer {i}")
+            room.receive(channel_message_id=f"wamid.{i}", text="halo, masih ada?", sent_at=old)
+            room.assign(spv, agent_id=f"agent{i % 20}")
+            batch.append(room)
+            if len(batch) == 500:
+                app.save(*batch)
+                batch = []
+        if batch:
+            app.save(*batch)
+    finally:
+        app.close()
+
+
+@pytest.fixture
+def api(settings: Settings, tmp_path: Path) -> Iterator[Pipeline]:
+    write_expired_rooms(settings, ROOMS)
+    project_all(settings)
+    p = Pipeline(http_settings(settings), tmp_path)
+    p.start("api")
+    try:
+        p.wait_for_api()
+        yield p
+    finally:
+        p.stop_all()
+
+
+def p99(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[max(0, round(0.99 * len(ordered)) - 1)]
+
+
+def test_ten_thousand_expired_rooms_resolve_while_the_api_keeps_answering(api: Pipeline) -> None:
+    spv = auth(api.settings, role="supervisor", user="spv1")
+    admin = auth(api.settings, role="admin", user="admin1")
+    bridge = auth(api.settings, role="integration", user="bridge")
+    assert query(api.settings, "SELECT count(*) FROM rooms WHERE expires_at < now() AND status = 'assigned'") == [(ROOMS,)]
+    result: dict[str, object] = {}
+
+    def bulk_resolve() -> None:
+        started = time.perf_counter()
+        with httpx.Client(base_url=api.base_url, timeout=600) as c:
+            r = c.post("/v1/rooms/resolve-expired", headers=spv, json={"channels": ["whatsapp_cloud"]})
+        result["seconds"] = time.perf_counter() - started
+        result["response"] = r
+
+    worker = threading.Thread(target=bulk_resolve)
+    reads: list[float] = []
+    writes: list[float] = []
+    with httpx.Client(base_url=api.base_url, timeout=30) as c:
+        worker.start()
+        i = 0
+        while worker.is_alive():
+            i += 1
+            started = time.perf_counter()
+            assert c.get("/v1/inbox/counters", headers=admin).status_code == 200
+            reads.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            assert c.get("/v1/rooms", headers=admin, params={"tab": "messages", "limit": 50}).status_code == 200
+            reads.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            r = c.post("/v1/inbound-messages", headers=bridge, json={
+                "channel": "whatsapp_cloud", "channel_account": "pn-scale", "contact": {"id": f"62899{i:07d}"},
+                "message": {"id": f"during.{i}", "text": "halo", "sent_at": datetime.now(UTC).isoformat()},
+            })
+            assert r.status_code == 202, r.text
+            writes.append(time.perf_counter() - started)
+            time.sleep(0.02)
+        worker.join()
+
+    response = result["response"]
+    assert isinstance(response, httpx.Response) and response.status_code == 200, response
+    assert response.json() == {"resolved": ROOMS, "skipped": 0}
+    seconds = float(result["seconds"])  # type: ignore[arg-type]
+    print(
+        f"\nresolve-expired: {ROOMS} rooms in {seconds:.1f}s ({ROOMS / seconds:.0f} rooms/s);"
+        f" concurrent reads n={len(reads)} p50 {statistics.median(reads) * 1000:.1f} ms"
+        f" p99 {p99(reads) * 1000:.1f} ms max {max(reads) * 1000:.1f} ms;"
+        f" concurrent inbound n={len(writes)} p50 {statistics.median(writes) * 1000:.1f} ms"
+        f" p99 {p99(writes) * 1000:.1f} ms max {max(writes) * 1000:.1f} ms"
+    )
+    assert len(reads) >= 20
+    assert p99(reads) < 1.0 and p99(writes) < 1.0
+    # Every room got its RoomResolved with reason "expired"; a repeat resolves nothing.
+    [(resolved_events,)] = query(
+        api.settings,
+        "SELECT count(*) FROM inbox_events WHERE topic LIKE 'domain.room:Room.RoomResolved%%'"
+        " AND convert_from(state, 'UTF8')::jsonb ->> 'reason' = 'expired'",
+    )
+    assert resolved_events == ROOMS
+    project_all(api.settings)
+    again = httpx.post(f"{api.base_url}/v1/rooms/resolve-expired", headers=spv, json={}, timeout=60)
+    assert again.json() == {"resolved": 0, "skipped": 0}

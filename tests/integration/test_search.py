@@ -1,0 +1,230 @@
+"""GET /v1/search: by contact (name, phone, handle) and by conversation (message words), index-backed."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from domain.staff import Actor, Role
+from inbox.config import Settings
+from inbox.db import conninfo, use_search_path
+from projections.queries import RoomFilter
+from projections.search import contact_search_sql, conversation_search_sql
+from tests.integration.inbox_helpers import Inbox, running_inbox
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def inbox(db_settings: Settings) -> Iterator[Inbox]:
+    with running_inbox(db_settings) as i:
+        yield i
+
+
+@pytest.fixture
+def people(inbox: Inbox) -> dict[str, str]:
+    rooms = {
+        "budi": inbox.inbound("whatsapp_cloud", "6281234567890", name="Budí Santoso",
+                              text="Halo, pesanan INV-2041 saya belum sampai")["room_id"],
+        "siti": inbox.inbound("whatsapp_cloud", "6285711112222", name="Siti Rahayu",
+                              text="Mau tanya ongkir ke Surabaya")["room_id"],
+        "agus": inbox.inbound("instagram", "igsid-77", name="Agustina Dewi", handle="@agustina.shop",
+                              text="kak, warna merah masih ready?")["room_id"],
+        "rina": inbox.inbound("facebook_messenger", "psid-9", name="Rina", phone="0813-9999-0000",
+                              text="refund saya kapan diproses")["room_id"],
+        "comment": inbox.inbound("instagram_comment", "igsid-77", name="Agustina Dewi", handle="@agustina.shop",
+                                 post="post-A", text="harga berapa kak? ready merah?")["room_id"],
+    }
+    inbox.project()
+    return rooms
+
+
+def ids(items: list[dict[str, Any]]) -> list[str]:
+    return [i["id"] for i in items]
+
+
+# ---- by contact -------------------------------------------------------------------------------
+@pytest.mark.parametrize("q", ["budi", "BUDI", "Budí", "santoso", "udi sant", "budi santoso"])
+def test_contact_name_is_case_and_accent_insensitive_and_partial(inbox: Inbox, people: dict[str, str], q: str) -> None:
+    assert ids(inbox.search(q)) == [people["budi"]]
+
+
+@pytest.mark.parametrize("q", ["santso", "budi santosa", "siti rahyu"])
+def test_contact_name_tolerates_typos(inbox: Inbox, people: dict[str, str], q: str) -> None:
+    found = ids(inbox.search(q))
+    assert found and found[0] == (people["siti"] if q.startswith("siti") else people["budi"])
+
+
+@pytest.mark.parametrize("q", ["+62 812-3456-7890", "081234567890", "6281234567890", "0812 3456", "4567890", "812-3456"])
+def test_phone_digits_match_in_any_common_format(inbox: Inbox, people: dict[str, str], q: str) -> None:
+    assert ids(inbox.search(q)) == [people["budi"]]
+
+
+def test_a_given_phone_number_is_searchable_on_other_channels(inbox: Inbox, people: dict[str, str]) -> None:
+    assert ids(inbox.search("+62 813 9999 0000")) == [people["rina"]]
+
+
+@pytest.mark.parametrize("q", ["@agustina.shop", "agustina.shop", "AGUSTINA.SH"])
+def test_handles_are_searchable_with_or_without_at_sign(inbox: Inbox, people: dict[str, str], q: str) -> None:
+    assert set(ids(inbox.search(q))) == {people["agus"], people["comment"]}
+
+
+def test_whole_words_rank_before_word_starts_before_substrings_before_typos(inbox: Inbox) -> None:
+    substring = inbox.inbound("whatsapp_cloud", "62801", name="Abudin Ahmad")["room_id"]
+    word_start = inbox.inbound("whatsapp_cloud", "62802", name="Andi Budiman")["room_id"]
+    whole_word = inbox.inbound("whatsapp_cloud", "62803", name="Budi Santoso")["room_id"]
+    typo = inbox.inbound("whatsapp_cloud", "62804", name="Budy Hartono")["room_id"]
+    newest_whole_word = inbox.inbound("whatsapp_cloud", "62805", name="Pak Budi")["room_id"]
+    inbox.project()
+
+    assert ids(inbox.search("budi")) == [newest_whole_word, whole_word, word_start, substring, typo]
+
+
+def test_contact_search_respects_tab_and_status(inbox: Inbox, people: dict[str, str]) -> None:
+    assert ids(inbox.search("agustina", tab="comments")) == [people["comment"]]
+    assert ids(inbox.search("agustina", tab="messages")) == [people["agus"]]
+    inbox.post(f"/v1/rooms/{people['agus']}/resolve", inbox.headers("supervisor", "spv1"))
+    inbox.project()
+    assert ids(inbox.search("agustina", status="resolved")) == [people["agus"]]
+    assert ids(inbox.search("agustina", status="unassigned")) == [people["comment"]]
+
+
+def test_unrelated_text_finds_nothing(inbox: Inbox, people: dict[str, str]) -> None:
+    assert inbox.search("zulkifli") == []
+    assert inbox.search("99999999") == []
+
+
+def test_search_text_must_have_letters_or_digits(inbox: Inbox) -> None:
+    r = inbox.client.get("/v1/search", headers=inbox.admin, params={"q": "!!!"})
+    assert r.status_code == 422
+    assert inbox.client.get("/v1/search", headers=inbox.admin, params={"q": ""}).status_code == 422
+
+
+def test_search_pages_with_a_cursor(inbox: Inbox) -> None:
+    made = {inbox.inbound("whatsapp_cloud", f"62811{i}", name=f"Dewi {i}")["room_id"] for i in range(5)}
+    inbox.project()
+    first = inbox.get("/v1/search", q="dewi", limit=3)
+    second = inbox.get("/v1/search", q="dewi", limit=3, cursor=first["next_cursor"])
+    assert second["next_cursor"] is None
+    assert set(ids(first["items"])) | set(ids(second["items"])) == made
+    assert len(first["items"]) + len(second["items"]) == 5
+
+
+# ---- by conversation ---------------------------------------------------------------------------
+def test_conversation_search_finds_words_with_snippet_and_message_id(inbox: Inbox, people: dict[str, str]) -> None:
+    [hit] = inbox.search("pesanan belum", by="conversation")
+
+    assert hit["id"] == people["budi"]
+    history = inbox.get(f"/v1/rooms/{people['budi']}/messages")["items"]
+    assert hit["match"]["message_id"] == history[0]["id"]
+    assert "<mark>pesanan</mark>" in hit["match"]["snippet"] and "<mark>belum</mark>" in hit["match"]["snippet"]
+
+
+def test_conversation_search_matches_word_prefixes_and_codes(inbox: Inbox, people: dict[str, str]) -> None:
+    assert ids(inbox.search("pesan", by="conversation")) == [people["budi"]]
+    assert ids(inbox.search("INV-2041", by="conversation")) == [people["budi"]]
+    assert ids(inbox.search("surabaya", by="conversation")) == [people["siti"]]
+
+
+def test_conversation_hit_is_the_rooms_latest_matching_message(inbox: Inbox, people: dict[str, str]) -> None:
+    inbox.post(f"/v1/rooms/{people['siti']}/messages", inbox.admin, {"text": "Ongkir ke Surabaya 15 ribu kak"})
+    inbox.inbound("whatsapp_cloud", "6285711112222", text="oke terima kasih")
+    inbox.project()
+    [hit] = inbox.search("surabaya", by="conversation")
+    history = inbox.get(f"/v1/rooms/{people['siti']}/messages")["items"]
+    assert hit["match"]["message_id"] == history[1]["id"]  # the reply, not the newer unrelated message
+    assert hit["match"]["snippet"].startswith("Ongkir ke <mark>Surabaya</mark>")
+
+
+def test_matches_older_than_the_recent_window_are_found(inbox: Inbox, people: dict[str, str],
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("projections.search.RECENT_WINDOW", 3)  # the first phase sees the newest 3 messages
+    for i in range(5):
+        inbox.inbound("whatsapp_cloud", f"62855{i}", text=f"unrelated {i}")
+    inbox.project()
+
+    # GIN bitmap; a walk that finds enough; a walk that does not (then the bitmap); the rooms one by one
+    for rooms_first, common, walk in ((0, 1000, 0), (0, 0, 1000), (0, 0, 5), (1000, 1000, 0)):
+        monkeypatch.setattr("projections.search.ROOMS_FIRST_LIMIT", rooms_first)
+        monkeypatch.setattr("projections.search.COMMON_MATCHES", common)
+        monkeypatch.setattr("projections.search.WALK_WINDOW", walk)
+        assert ids(inbox.search("surabaya", by="conversation")) == [people["siti"]]
+        assert ids(inbox.search("merah", by="conversation")) == [people["comment"], people["agus"]]
+        assert ids(inbox.search("merah", by="conversation", tab="comments")) == [people["comment"]]
+
+
+def test_a_chatty_room_does_not_hide_older_matches_in_other_rooms(inbox: Inbox, people: dict[str, str]) -> None:
+    quiet = inbox.inbound("whatsapp_cloud", "62866", text="ada promo hari ini?")["room_id"]
+    for i in range(260):  # more matches than the first round of candidates
+        chatty = inbox.inbound("whatsapp_cloud", "62867", text=f"promo {i}")["room_id"]
+    inbox.project()
+
+    hits = inbox.search("promo", by="conversation")
+
+    assert [h["id"] for h in hits] == [chatty, quiet]
+    assert hits[0]["match"]["snippet"] == "<mark>promo</mark> 259"
+
+
+def test_conversation_search_respects_tab_and_status(inbox: Inbox, people: dict[str, str]) -> None:
+    assert set(ids(inbox.search("merah", by="conversation"))) == {people["agus"], people["comment"]}
+    assert ids(inbox.search("merah", by="conversation", tab="comments")) == [people["comment"]]
+    assert ids(inbox.search("merah", by="conversation", status="assigned")) == []
+
+
+def test_snippets_are_html_escaped_around_the_marks(inbox: Inbox) -> None:
+    inbox.inbound("whatsapp_cloud", "62877", text="harga <100rb & promo hari ini")
+    inbox.project()
+    [hit] = inbox.search("promo", by="conversation")
+    assert hit["match"]["snippet"] == "harga &lt;100rb &amp; <mark>promo</mark> hari ini"
+
+
+# ---- index-backed --------------------------------------------------------------------------------
+def add_crowd(settings: Settings, rooms: int, messages: int) -> None:
+    """Many other rooms and messages of the same organization, so the planner's choices are realistic."""
+    with psycopg.connect(conninfo(settings), autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO rooms (id, org_id, tab, channel, channel_account_id, channel_account, contact_id,"
+            " contact_name, status, awaiting_reply, opened_at, updated_at, version, search_name, phone_digits)"
+            " SELECT gen_random_uuid(), 'org1', 'messages', 'whatsapp_cloud', gen_random_uuid(), 'x', 'c' || i,"
+            " md5(i::text), 'unassigned', true, now(), now() - i * interval '1 s', 2, md5(i::text),"
+            " (870000000 + i * 7919)::text FROM generate_series(1, %s) i",
+            (rooms,),
+        )
+        conn.execute(
+            "INSERT INTO messages (id, room_id, org_id, seq, direction, text, sent_at, recorded_at)"
+            " SELECT gen_random_uuid(), gen_random_uuid(), 'org1', 2, 'inbound', 'tanya ' || md5(i::text),"
+            " now(), now() FROM generate_series(1, %s) i",
+            (messages,),
+        )
+        conn.execute("ANALYZE rooms")
+        conn.execute("ANALYZE messages")
+
+
+def plan(settings: Settings, sql: str, params: list[Any]) -> str:
+    with psycopg.connect(conninfo(settings), autocommit=True) as conn:
+        use_search_path(conn, settings.db_schema)
+        rows = conn.execute("EXPLAIN " + sql, params).fetchall()
+    return "\n".join(r[0] for r in rows)
+
+
+def test_searches_are_answered_from_their_indexes(inbox: Inbox, people: dict[str, str]) -> None:
+    add_crowd(inbox.settings, rooms=20_000, messages=40_000)
+    admin = Actor("admin1", "org1", Role.ADMIN)
+    agent = Actor("agent1", "org1", Role.AGENT)
+
+    by_name = plan(inbox.settings, *contact_search_sql(admin, RoomFilter(), "budi", limit=20, offset=0))
+    by_phone = plan(inbox.settings, *contact_search_sql(agent, RoomFilter(), "0812 3456", limit=20, offset=0))
+    by_text = plan(inbox.settings, *conversation_search_sql(admin, RoomFilter(), "'surabaya':*", matches=200))
+    recent = plan(inbox.settings, *conversation_search_sql(admin, RoomFilter(), "'surabaya':*", matches=200,
+                                                            window=5000))
+
+    assert "rooms_search_name_trgm" in by_name and "Seq Scan" not in by_name
+    assert "rooms_phone_digits_trgm" in by_phone and "Seq Scan" not in by_phone
+    assert "messages_text_search" in by_text and "Seq Scan on messages" not in by_text
+    assert "messages_by_org_recorded" in recent and "Seq Scan on messages" not in recent
+    walk = plan(inbox.settings, *conversation_search_sql(admin, RoomFilter(status="resolved"), "'surabaya':*",
+                                                          matches=200, window=20_000))
+    assert "messages_by_org_recorded" in walk and "Seq Scan on messages" not in walk

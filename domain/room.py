@@ -186,10 +186,7 @@ class Room(Aggregate):
         attachments: Sequence[dict[str, Any]] = (),
     ) -> str:
         """Record an inbound message; a resolved room reopens as unassigned first."""
-        if not channel_message_id:
-            raise InvalidCommand("message id is required")
-        if sent_at.tzinfo is None:
-            raise InvalidCommand("message sent_at must carry a timezone")
+        _check_message(channel_message_id, sent_at, "sent_at")
         _check_content(kind, attachments)
         if self.status == RESOLVED:
             self._reopen(reason="inbound_message")
@@ -216,12 +213,9 @@ class Room(Aggregate):
         attachments: Sequence[dict[str, Any]] = (),
     ) -> str:
         """The business's own message, sent from the channel's tools: never assigns the room or reopens it."""
-        if not channel_message_id:
-            raise InvalidCommand("message id is required")
+        _check_message(channel_message_id, sent_at, "sent_at")
         if not sender_id:
             raise InvalidCommand("sender id is required")
-        if sent_at.tzinfo is None:
-            raise InvalidCommand("message sent_at must carry a timezone")
         _check_content(kind, attachments)
         message_id = str(echo_message_id(self.id, channel_message_id))
         self._send(
@@ -239,18 +233,12 @@ class Room(Aggregate):
 
     def edit_message(self, *, message_id: str, channel_message_id: str, text: str, edited_at: datetime) -> None:
         """The customer edited a message of this room (the caller knows the message was recorded)."""
-        if not message_id or not channel_message_id:
-            raise InvalidCommand("message id is required")
-        if edited_at.tzinfo is None:
-            raise InvalidCommand("edited_at must carry a timezone")
+        _check_message(message_id and channel_message_id, edited_at, "edited_at")
         self._edit(message_id=message_id, channel_message_id=channel_message_id, text=text, edited_at=edited_at)
 
     def remove_message(self, *, message_id: str, channel_message_id: str, removed_at: datetime) -> None:
         """The customer removed a message of this room; its history keeps it, marked removed."""
-        if not message_id or not channel_message_id:
-            raise InvalidCommand("message id is required")
-        if removed_at.tzinfo is None:
-            raise InvalidCommand("removed_at must carry a timezone")
+        _check_message(message_id and channel_message_id, removed_at, "removed_at")
         self._remove(message_id=message_id, channel_message_id=channel_message_id, removed_at=removed_at)
 
     def reply(self, actor: Actor, *, message_id: str, text: str, sent_at: datetime) -> None:
@@ -419,6 +407,13 @@ def echo_message_id(room_id: UUID, channel_message_id: str) -> UUID:
 
 
 MAX_ATTACHMENTS = 20
+
+
+def _check_message(message_id: str, moment: datetime, name: str) -> None:
+    if not message_id:
+        raise InvalidCommand("message id is required")
+    if moment.tzinfo is None:
+        raise InvalidCommand(f"{name} must carry a timezone")
 
 
 def _check_content(kind: str, attachments: Sequence[dict[str, Any]]) -> None:

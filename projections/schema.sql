@@ -26,6 +26,8 @@ CREATE TABLE IF NOT EXISTS rooms (
 );
 CREATE INDEX IF NOT EXISTS rooms_by_tab_activity ON rooms (org_id, tab, updated_at DESC, id DESC);
 CREATE INDEX IF NOT EXISTS rooms_by_status_activity ON rooms (org_id, tab, status, updated_at DESC, id DESC);
+-- Status filters without a tab (e.g. conversation search over resolved rooms of every tab).
+CREATE INDEX IF NOT EXISTS rooms_by_org_status_activity ON rooms (org_id, status, updated_at DESC, id DESC);
 CREATE INDEX IF NOT EXISTS rooms_by_assignee_activity ON rooms (org_id, assignee, updated_at DESC, id DESC);
 CREATE INDEX IF NOT EXISTS rooms_by_expiry ON rooms (org_id, expires_at) WHERE status <> 'resolved';
 

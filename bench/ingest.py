@@ -181,11 +181,14 @@ class RawHTTPConnection:
     async def connect(self) -> None:
         self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
 
-    async def request(self, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
+    async def request(
+        self, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None
+    ) -> tuple[int, bytes]:
         if self._writer is None or self._writer.is_closing():
             await self.connect()
         assert self._reader is not None and self._writer is not None
-        head = f"{method} {path} HTTP/1.1\r\n{self._fixed}Content-Length: {len(body)}\r\n\r\n".encode()
+        extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+        head = f"{method} {path} HTTP/1.1\r\n{self._fixed}{extra}Content-Length: {len(body)}\r\n\r\n".encode()
         self._writer.write(head + body)
         raw = await self._reader.readuntil(b"\r\n\r\n")
         lines = raw.split(b"\r\n")

@@ -21,6 +21,8 @@ import logging
 from collections import Counter as Tally
 from dataclasses import dataclass
 from datetime import datetime
+
+import anyio.to_thread
 import orjson
 
 from channels.facts import (
@@ -38,7 +40,7 @@ from domain.channels import Channel
 from domain.errors import InvalidCommand
 from inbox.config import Settings
 from inbox.metrics import Metrics
-from inbox.services import AccountInfo, ChannelAccounts, InboundCommitter
+from inbox.services import AccountInfo, ChannelAccounts, FactResult, InboundCommitter
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +66,15 @@ class WebhookOutcome:
 
     def as_dict(self) -> dict[str, int]:
         return dict(vars(self))
+
+
+@dataclass
+class PreparedWebhook:
+    """A verified, parsed POST: the facts it may record (`group`) and what was set aside (`tally`)."""
+
+    facts: list[Fact]
+    group: list[tuple[AccountInfo, RecordableFact]]
+    tally: Tally[str]
 
 
 def signature(secret: str, body: bytes) -> str:
@@ -97,6 +108,25 @@ class MetaWebhooks:
 
     # ---- POST: notifications
     def receive(self, body: bytes, header: str | None, *, received_at: datetime) -> WebhookOutcome:
+        """Verify, parse and record a POST; returns after the commit (blocking)."""
+        prepared = self.prepare(body, header, received_at=received_at)
+        try:
+            results = self._inbound.submit_group(prepared.group)
+        except InvalidCommand as e:
+            raise self._rejected_payload(str(e)) from None
+        return self.finish(prepared, results)
+
+    async def receive_async(self, body: bytes, header: str | None, *, received_at: datetime) -> WebhookOutcome:
+        """`receive` for an event loop: the CPU part runs in a thread, the commit is awaited."""
+        prepared = await anyio.to_thread.run_sync(lambda: self.prepare(body, header, received_at=received_at))
+        try:
+            results = await self._inbound.submit_group_async(prepared.group)
+        except InvalidCommand as e:
+            raise self._rejected_payload(str(e)) from None
+        return self.finish(prepared, results)
+
+    def prepare(self, body: bytes, header: str | None, *, received_at: datetime) -> PreparedWebhook:
+        """Verify the signature, parse, and pick the facts this POST may record (no writes)."""
         try:
             secret, facts = self._verify(body, header, received_at)
         except BadSignature:
@@ -105,10 +135,14 @@ class MetaWebhooks:
         try:
             if facts is None:
                 facts = self._parse(body, received_at)
-            return self._record(facts, secret)
         except BadPayload:
             self._metrics.webhook_rejected.labels("payload").inc()
             raise
+        return self._select(facts, secret)
+
+    def _rejected_payload(self, reason: str) -> BadPayload:
+        self._metrics.webhook_rejected.labels("payload").inc()
+        return BadPayload(reason)
 
     def _verify(self, body: bytes, header: str | None, received_at: datetime) -> tuple[str, list[Fact] | None]:
         if not header:
@@ -152,7 +186,7 @@ class MetaWebhooks:
                 found[key] = self._accounts.find(*key)
         return found
 
-    def _record(self, facts: list[Fact], secret: str) -> WebhookOutcome:
+    def _select(self, facts: list[Fact], secret: str) -> PreparedWebhook:
         accounts = self._accounts_of(facts)
         global_secret = self._settings.meta_app_secret
         group: list[tuple[AccountInfo, RecordableFact]] = []
@@ -184,10 +218,10 @@ class MetaWebhooks:
                 self._metrics.webhook_facts.labels(kind, "other_app").inc()
                 continue
             group.append((account, fact))
-        try:
-            results = self._inbound.submit_group(group)
-        except InvalidCommand as e:
-            raise BadPayload(str(e)) from None
+        return PreparedWebhook(facts, group, tally)
+
+    def finish(self, prepared: PreparedWebhook, results: list[FactResult]) -> WebhookOutcome:
+        facts, group, tally = prepared.facts, prepared.group, prepared.tally
         for (_, fact), result in zip(group, results, strict=True):
             tally[{"recorded": "recorded", "duplicate": "duplicates"}.get(result.outcome, "ignored")] += 1
             self._metrics.webhook_facts.labels(_kind(fact), result.outcome).inc()

@@ -204,9 +204,17 @@ class InboundCommitter:
             return []
         return self._enqueue(items).result(timeout=timeout)
 
+    async def submit_group_async(
+        self, items: Sequence[tuple[AccountInfo, RecordableFact]], timeout: float = 30.0
+    ) -> list[FactResult]:
+        """`submit_group` for an event loop: waits for the commit without holding a thread."""
+        if not items:
+            return []
+        return await asyncio.wait_for(asyncio.wrap_future(self._enqueue(items)), timeout)
+
     async def submit_async(self, account: AccountInfo, message: InboundMessage, timeout: float = 30.0) -> InboundResult:
         """`submit` for an event loop: waits for the commit without holding a thread."""
-        [result] = await asyncio.wait_for(asyncio.wrap_future(self._enqueue([(account, message)])), timeout)
+        [result] = await self.submit_group_async([(account, message)], timeout)
         assert result.room_id is not None and result.version is not None and result.message_id is not None
         return InboundResult(result.room_id, result.version, result.message_id, duplicate=result.outcome == "duplicate")
 

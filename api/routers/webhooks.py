@@ -9,7 +9,6 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated
 
-import anyio.to_thread
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import PlainTextResponse
 
@@ -45,9 +44,7 @@ async def receive_meta_webhook(request: Request, container: ContainerDep) -> dic
     header = request.headers.get("x-hub-signature-256")
     hooks = _webhooks(container)
     try:
-        outcome = await anyio.to_thread.run_sync(
-            lambda: hooks.receive(body, header, received_at=datetime.now(UTC))
-        )
+        outcome = await hooks.receive_async(body, header, received_at=datetime.now(UTC))
     except BadSignature as e:
         raise HTTPException(401, str(e)) from None
     except BadPayload as e:

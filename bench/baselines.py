@@ -61,7 +61,7 @@ def insert_baseline(infra: Infra, *, transactions: int, connections: int, temp: 
         try:
             with psycopg.connect(info, autocommit=True) as conn:
                 if temp:
-                    conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS bench_insert (id bigserial PRIMARY KEY, payload text NOT NULL)")
+                    conn.execute("CREATE TEMP TABLE IF NOT EXISTS bench_insert (id bigserial PRIMARY KEY, payload text NOT NULL)")
                 stmt = f"INSERT INTO {table} (payload) VALUES (%s)"
                 conn.execute(stmt, (payload,), prepare=True)  # warm: prepared statement, catalog caches
                 barrier.wait()

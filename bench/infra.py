@@ -146,21 +146,5 @@ async def _delete_topics(bootstrap: str, stem: str) -> None:
 
 
 def child_env(settings: Settings) -> dict[str, str]:
-    """Environment of the pipeline processes (as tests/support.env_for)."""
-    env = dict(os.environ)
-    env.update({
-        "INBOX_DATABASE_URL": settings.database_url or "",
-        "INBOX_DB_SCHEMA": settings.db_schema,
-        "INBOX_KAFKA_BOOTSTRAP": settings.kafka_bootstrap or "",
-        "INBOX_TOPIC_PREFIX": settings.topic_prefix,
-        "INBOX_TOPIC_PARTITIONS": str(settings.topic_partitions),
-        "INBOX_JWT_SECRET": settings.jwt_secret or "",
-        "INBOX_META_APP_SECRET": settings.meta_app_secret or "",
-        "INBOX_META_VERIFY_TOKEN": settings.meta_verify_token or "",
-        "INBOX_WORKER_GROUP": settings.worker_group,
-        "INBOX_HTTP_HOST": settings.http_host,
-        "INBOX_HTTP_PORT": str(settings.http_port),
-        "INBOX_DATA_DIR": str(settings.data_dir),
-        "INBOX_LOG_LEVEL": "WARNING",
-    })
-    return env
+    """Environment of the pipeline processes."""
+    return {**os.environ, **settings.to_env(), "INBOX_LOG_LEVEL": "WARNING"}

@@ -161,18 +161,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
                 settings = replace(settings, kafka_bootstrap=broker.bootstrap)
                 print(f"started embedded Tansu broker on {broker.bootstrap}", file=sys.stderr)
             migrate(settings)
-            env = dict(os.environ)
-            env.update({
-                "INBOX_DATABASE_URL": settings.database_url or "",
-                "INBOX_KAFKA_BOOTSTRAP": settings.kafka_bootstrap or "",
-                "INBOX_JWT_SECRET": settings.jwt_secret or "",
-                "INBOX_META_APP_SECRET": settings.meta_app_secret or "",
-                "INBOX_META_VERIFY_TOKEN": settings.meta_verify_token or "",
-                "INBOX_DB_SCHEMA": settings.db_schema,
-                "INBOX_TOPIC_PREFIX": settings.topic_prefix,
-                "INBOX_HTTP_HOST": settings.http_host,
-                "INBOX_HTTP_PORT": str(settings.http_port),
-            })
+            env = {**os.environ, **settings.to_env()}
             for role in ("relay", "worker", "api"):
                 children.append(subprocess.Popen([sys.executable, "-m", "inbox.cli", role], env=env))
             token = mint_token(settings.jwt_secret or "", org="dev-org", user="dev-admin", role="admin")

@@ -89,6 +89,28 @@ class Settings:
             worker_session_timeout_s=float(get_int("INBOX_WORKER_SESSION_TIMEOUT_S", 10)),
         )
 
+    def to_env(self) -> dict[str, str]:
+        """The INBOX_* variables that make `from_env` in a child process return these settings."""
+        values = {
+            "INBOX_DATABASE_URL": self.database_url,
+            "INBOX_DB_SCHEMA": self.db_schema,
+            "INBOX_KAFKA_BOOTSTRAP": self.kafka_bootstrap,
+            "INBOX_TOPIC_PREFIX": self.topic_prefix,
+            "INBOX_TOPIC_PARTITIONS": str(self.topic_partitions),
+            "INBOX_HTTP_HOST": self.http_host,
+            "INBOX_HTTP_PORT": str(self.http_port),
+            "INBOX_JWT_SECRET": self.jwt_secret,
+            "INBOX_META_APP_SECRET": self.meta_app_secret,
+            "INBOX_META_VERIFY_TOKEN": self.meta_verify_token,
+            "INBOX_DATA_DIR": str(self.data_dir),
+            "INBOX_MAX_BODY_BYTES": str(self.max_body_bytes),
+            "INBOX_DB_POOL_SIZE": str(self.db_pool_size),
+            "INBOX_WORKER_BATCH_SIZE": str(self.worker_batch_size),
+            "INBOX_WORKER_GROUP": self.worker_group,
+            "INBOX_WORKER_SESSION_TIMEOUT_S": str(int(self.worker_session_timeout_s)),
+        }
+        return {k: v or "" for k, v in values.items()}
+
     def with_dev_defaults(self) -> Settings:
         """Fill unset secrets with well-known development values (only `inbox dev` calls this)."""
         return replace(

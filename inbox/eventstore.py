@@ -21,7 +21,6 @@ from psycopg.rows import DictRow
 from psycopg.sql import SQL, Identifier
 from psycopg.types.json import Jsonb
 
-from domain.channel_account import ChannelAccount
 from domain.room import Room
 from inbox.config import Settings
 from inbox.db import eventsourcing_env

@@ -13,7 +13,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+import orjson
 import psycopg
+from aiokafka import AIOKafkaConsumer
+from aiokafka.structs import TopicPartition
 
 from inbox.auth import mint_token
 from inbox.config import Settings
@@ -117,23 +120,30 @@ def project_all(settings: Settings) -> None:
     asyncio.run(run())
 
 
+async def read_topic_async(settings: Settings, at_least: int, timeout: float = 30) -> list[tuple[bytes, dict[str, Any]]]:
+    """Everything on the events topic, read like a downstream consumer (manual assignment, from the start)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(settings.events_topic, p) for p in range(settings.topic_partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        out: list[tuple[bytes, dict[str, Any]]] = []
+        deadline = time.monotonic() + timeout
+        while len(out) < at_least and time.monotonic() < deadline:
+            for records in (await consumer.getmany(timeout_ms=200)).values():
+                out.extend((r.key, orjson.loads(r.value)) for r in records)
+        return out
+    finally:
+        await consumer.stop()
+
+
+def read_topic(settings: Settings, at_least: int, timeout: float = 30) -> list[tuple[bytes, dict[str, Any]]]:
+    return asyncio.run(read_topic_async(settings, at_least, timeout))
+
+
 def env_for(settings: Settings) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update({
-        "INBOX_DATABASE_URL": settings.database_url or "",
-        "INBOX_DB_SCHEMA": settings.db_schema,
-        "INBOX_KAFKA_BOOTSTRAP": settings.kafka_bootstrap or "",
-        "INBOX_TOPIC_PREFIX": settings.topic_prefix,
-        "INBOX_TOPIC_PARTITIONS": str(settings.topic_partitions),
-        "INBOX_JWT_SECRET": settings.jwt_secret or "",
-        "INBOX_META_APP_SECRET": settings.meta_app_secret or "",
-        "INBOX_META_VERIFY_TOKEN": settings.meta_verify_token or "",
-        "INBOX_WORKER_GROUP": settings.worker_group,
-        "INBOX_HTTP_HOST": "127.0.0.1",
-        "INBOX_HTTP_PORT": str(settings.http_port),
-        "INBOX_LOG_LEVEL": "WARNING",
-    })
-    return env
+    return {**os.environ, **settings.to_env(), "INBOX_HTTP_HOST": "127.0.0.1", "INBOX_LOG_LEVEL": "WARNING"}
 
 
 class Pipeline:

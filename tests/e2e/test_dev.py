@@ -18,8 +18,7 @@ import pytest
 
 from inbox.config import Settings
 from inbox.embedded import free_port
-from tests.e2e.test_pipeline import read_topic
-from tests.support import wait_until
+from tests.support import read_topic, wait_until
 
 pytestmark = pytest.mark.e2e
 

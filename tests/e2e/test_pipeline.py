@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import defaultdict
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -12,10 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer
-from aiokafka.structs import TopicPartition
 
 from inbox.config import Settings
 from tests.support import (
@@ -25,6 +21,7 @@ from tests.support import (
     http_settings,
     projection_totals,
     query,
+    read_topic,
     recount,
     store_totals,
     wait_until,
@@ -69,26 +66,6 @@ def send_burst(p: Pipeline, n: int, *, contacts: int = 40, tag: str = "m") -> li
 
     with ThreadPoolExecutor(16) as pool:
         return list(pool.map(one, range(n)))
-
-
-def read_topic(settings: Settings, at_least: int, timeout: float = 30) -> list[tuple[bytes, dict[str, Any]]]:
-    async def run() -> list[tuple[bytes, dict[str, Any]]]:
-        consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False)
-        await consumer.start()
-        try:
-            tps = [TopicPartition(settings.events_topic, i) for i in range(settings.topic_partitions)]
-            consumer.assign(tps)
-            await consumer.seek_to_beginning(*tps)
-            out: list[tuple[bytes, dict[str, Any]]] = []
-            deadline = time.monotonic() + timeout
-            while len(out) < at_least and time.monotonic() < deadline:
-                for records in (await consumer.getmany(timeout_ms=250)).values():
-                    out.extend((r.key, orjson.loads(r.value)) for r in records)
-            return out
-        finally:
-            await consumer.stop()
-
-    return asyncio.run(run())
 
 
 def assert_projections_exact(p: Pipeline) -> None:

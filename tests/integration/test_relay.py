@@ -11,10 +11,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer
-from aiokafka.structs import TopicPartition
 
 from domain.channels import Channel
 from domain.staff import Actor, Role
@@ -23,7 +20,7 @@ from inbox.container import Container
 from inbox.services import AccountInfo, InboundMessage
 from inbox.wire import event_id
 from streams.relay import Relay
-from tests.support import query
+from tests.support import query, read_topic_async
 
 pytestmark = pytest.mark.integration
 
@@ -52,24 +49,6 @@ async def caught_up(relay: Relay, settings: Settings, timeout: float = 20) -> No
         await asyncio.sleep(0.02)
 
 
-async def consume_all(settings: Settings, expect_at_least: int, timeout: float = 20) -> list[tuple[bytes, dict[str, Any]]]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
-    await consumer.start()
-    try:
-        tps = [TopicPartition(settings.events_topic, p) for p in range(settings.topic_partitions)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        out: list[tuple[bytes, dict[str, Any]]] = []
-        deadline = time.monotonic() + timeout
-        while len(out) < expect_at_least and time.monotonic() < deadline:
-            batch = await consumer.getmany(timeout_ms=200)
-            for records in batch.values():
-                out.extend((r.key, orjson.loads(r.value)) for r in records)
-        return out
-    finally:
-        await consumer.stop()
-
-
 def inbound(account: AccountInfo, contact: str, mid: str) -> InboundMessage:
     return InboundMessage(
         channel=Channel.WHATSAPP_CLOUD, channel_account=account.external_id, contact_id=contact,
@@ -93,7 +72,7 @@ def test_every_room_event_is_published_in_order_with_the_contract_fields(setting
     async def scenario() -> list[tuple[bytes, dict[str, Any]]]:
         async with running_relay(settings) as relay:
             await caught_up(relay, settings)
-        return await consume_all(settings, 60 + 6 + 1)
+        return await read_topic_async(settings, 60 + 6 + 1)
 
     records = asyncio.run(scenario())
 
@@ -147,7 +126,7 @@ def test_a_restarted_relay_resumes_from_its_recorded_position(settings: Settings
     first_position, republished = asyncio.run(scenario())
     assert query(settings, "SELECT notification_id FROM relay_position")[0][0] > first_position
     assert republished == 10  # only what came after the recorded position
-    records = asyncio.run(consume_all(settings, 21))
+    records = asyncio.run(read_topic_async(settings, 21))
     assert sorted(e["version"] for _, e in records) == list(range(1, 22))
 
 
@@ -166,4 +145,4 @@ def test_a_fresh_broker_gets_every_event_again(settings: Settings, container: Co
     # Same database, but the topic the relay finds is brand new (as after a broker restart).
     fresh = replace(settings, topic_prefix=settings.topic_prefix + "restarted.")
     assert asyncio.run(publish(fresh)) == 10
-    assert len(asyncio.run(consume_all(fresh, 10))) == 10
+    assert len(asyncio.run(read_topic_async(fresh, 10))) == 10

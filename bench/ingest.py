@@ -112,6 +112,16 @@ class IngestResult:
     last_accepted: float = 0.0
     latencies: list[float] = field(default_factory=list)
 
+    def note(self, status: str, sent: float, answered: float) -> None:
+        """One request's outcome: a 202 counts with its latency, anything else as an error."""
+        if status != "202":
+            self.errors[status] = self.errors.get(status, 0) + 1
+            return
+        self.ok += 1
+        self.latencies.append(answered - sent)
+        self.first_accepted = self.first_accepted or answered
+        self.last_accepted = max(self.last_accepted, answered)
+
     @property
     def seconds(self) -> float:
         return self.last_accepted - self.started
@@ -138,7 +148,6 @@ async def _burst(
         # Open the keep-alive connections before the clock starts.
         await asyncio.gather(*(c.get("/healthz") for c in http))
         next_index = iter(range(len(bodies)))
-        first: list[float] = []
 
         async def worker(client: httpx.AsyncClient) -> None:
             for i in next_index:
@@ -148,19 +157,11 @@ async def _burst(
                     status = str(r.status_code)
                 except httpx.HTTPError as e:
                     status = type(e).__name__
-                t1 = time.perf_counter()
-                if status == "202":
-                    result.ok += 1
-                    result.latencies.append(t1 - t0)
-                    if not first:
-                        first.append(t1)
-                    result.last_accepted = max(result.last_accepted, t1)
-                else:
-                    result.errors[status] = result.errors.get(status, 0) + 1
+                result.note(status, t0, time.perf_counter())
 
         result.started = time.perf_counter()
         await asyncio.gather(*(worker(c) for c in http))
-        result.first_accepted = first[0] if first else result.started
+        result.first_accepted = result.first_accepted or result.started
     finally:
         await asyncio.gather(*(c.aclose() for c in http))
 
@@ -226,7 +227,6 @@ async def _burst_raw(
     try:
         await asyncio.gather(*(c.request("GET", "/healthz") for c in conns))
         next_index = iter(range(len(bodies)))
-        first: list[float] = []
 
         async def worker(conn: RawHTTPConnection) -> None:
             for i in next_index:
@@ -237,19 +237,11 @@ async def _burst_raw(
                 except (OSError, asyncio.IncompleteReadError, ValueError) as e:
                     status = type(e).__name__
                     await conn.close()
-                t1 = time.perf_counter()
-                if status == "202":
-                    result.ok += 1
-                    result.latencies.append(t1 - t0)
-                    if not first:
-                        first.append(t1)
-                    result.last_accepted = max(result.last_accepted, t1)
-                else:
-                    result.errors[status] = result.errors.get(status, 0) + 1
+                result.note(status, t0, time.perf_counter())
 
         result.started = time.perf_counter()
         await asyncio.gather(*(worker(c) for c in conns))
-        result.first_accepted = first[0] if first else result.started
+        result.first_accepted = result.first_accepted or result.started
     finally:
         await asyncio.gather(*(c.close() for c in conns))
 

@@ -200,11 +200,16 @@ def _whatsapp_status(s: dict[str, Any], path: str, account: str) -> DeliveryStat
 
 
 # ---- Messenger and Instagram messaging --------------------------------------------------------
-def _page_entry(entry: dict[str, Any], path: str) -> Iterator[Fact]:
-    page_id = _str(entry.get("id"), f"{path}.id")
+def _messaging_events(entry: dict[str, Any], path: str, channel: Channel, account: str) -> Iterator[Fact]:
+    """An entry's `messaging[]` (and, for apps in standby under handover, `standby[]`) items."""
     for key in ("messaging", "standby"):
         for k, raw in enumerate(_list(entry.get(key), f"{path}.{key}")):
-            yield _messaging_event(_obj(raw, f"{path}.{key}[{k}]"), f"{path}.{key}[{k}]", Channel.FACEBOOK_MESSENGER, page_id)
+            yield _messaging_event(_obj(raw, f"{path}.{key}[{k}]"), f"{path}.{key}[{k}]", channel, account)
+
+
+def _page_entry(entry: dict[str, Any], path: str) -> Iterator[Fact]:
+    page_id = _str(entry.get("id"), f"{path}.id")
+    yield from _messaging_events(entry, path, Channel.FACEBOOK_MESSENGER, page_id)
     for j, raw in enumerate(_list(entry.get("changes"), f"{path}.changes")):
         cpath = f"{path}.changes[{j}]"
         change = _obj(raw, cpath)
@@ -216,9 +221,7 @@ def _page_entry(entry: dict[str, Any], path: str) -> Iterator[Fact]:
 
 def _instagram_entry(entry: dict[str, Any], path: str) -> Iterator[Fact]:
     account = _str(entry.get("id"), f"{path}.id")
-    for key in ("messaging", "standby"):
-        for k, raw in enumerate(_list(entry.get(key), f"{path}.{key}")):
-            yield _messaging_event(_obj(raw, f"{path}.{key}[{k}]"), f"{path}.{key}[{k}]", Channel.INSTAGRAM, account)
+    yield from _messaging_events(entry, path, Channel.INSTAGRAM, account)
     for j, raw in enumerate(_list(entry.get("changes"), f"{path}.changes")):
         cpath = f"{path}.changes[{j}]"
         change = _obj(raw, cpath)

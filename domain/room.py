@@ -16,6 +16,7 @@ from eventsourcing.domain import Aggregate, event
 from domain.channels import Channel
 from domain.errors import Conflict, InvalidCommand, NotAllowed
 from domain.staff import Actor, Role
+from domain.visibility import can_see
 
 ROOM_NAMESPACE = uuid5(NAMESPACE_URL, "https://inbox.example/rooms")
 
@@ -322,11 +323,7 @@ class Room(Aggregate):
         return self.last_inbound_at + window <= now
 
     def is_visible_to(self, actor: Actor) -> bool:
-        if actor.org_id != self.org_id:
-            return False
-        if actor.role.manages_rooms or actor.role == Role.INTEGRATION:
-            return True
-        return self.assignee is None or self.assignee == actor.user_id
+        return can_see(actor, self.org_id, self.assignee)
 
     def _check_not_resolved(self) -> None:
         if self.status == RESOLVED:

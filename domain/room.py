@@ -305,8 +305,8 @@ class Room(Aggregate):
             raise NotAllowed(f"role {actor.role.value!r} cannot resolve rooms")
         if not actor.role.manages_rooms and self.assignee != actor.user_id:
             raise NotAllowed("only the assignee, a supervisor or an admin can resolve this room")
-        if reason == "expired" and not actor.role.manages_rooms:
-            raise NotAllowed("only supervisors and admins resolve expired rooms")
+        if reason == "expired":
+            check_may_resolve_expired(actor)
         self._check_not_resolved()
         self._resolve(reason=reason, resolved_by=actor.user_id, by_role=actor.role.value)
 
@@ -387,6 +387,12 @@ class Room(Aggregate):
     def _reopen(self, reason: str) -> None:
         self.status = UNASSIGNED
         self.assignee = None
+
+
+def check_may_resolve_expired(actor: Actor) -> None:
+    """SPEC §3: only supervisors and admins resolve rooms as expired (one by one or all at once)."""
+    if not actor.role.manages_rooms:
+        raise NotAllowed("only supervisors and admins resolve expired rooms")
 
 
 def room_id_for(org_id: str, channel_account_id: str, contact_id: str, post_id: str | None = None) -> UUID:

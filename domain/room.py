@@ -317,10 +317,7 @@ class Room(Aggregate):
 
     def is_expired(self, now: datetime) -> bool:
         """SPEC §2: not resolved, a direct-message room, its last inbound message older than the window."""
-        window = Channel(self.channel).reply_window
-        if self.status == RESOLVED or window is None or self.last_inbound_at is None:
-            return False
-        return self.last_inbound_at + window <= now
+        return has_expired(self.status, Channel(self.channel).window_closes_at(self.last_inbound_at), now)
 
     def is_visible_to(self, actor: Actor) -> bool:
         return can_see(actor, self.org_id, self.assignee)
@@ -387,6 +384,16 @@ class Room(Aggregate):
     def _reopen(self, reason: str) -> None:
         self.status = UNASSIGNED
         self.assignee = None
+
+
+def has_expired(status: str, expires_at: datetime | None, now: datetime) -> bool:
+    """SPEC §2 "Expired": not resolved and its reply window (Channel.window_closes_at) has closed."""
+    return status != RESOLVED and expires_at is not None and expires_at <= now
+
+
+def has_expired_sql(alias: str = "r", now: str = "now()") -> str:
+    """`has_expired` as SQL over the room projection's `status` and `expires_at`; `now` is SQL text."""
+    return f"{alias}.status <> '{RESOLVED}' AND {alias}.expires_at IS NOT NULL AND {alias}.expires_at <= {now}"
 
 
 def check_may_resolve_expired(actor: Actor) -> None:

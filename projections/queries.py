@@ -30,12 +30,11 @@ import orjson
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
+from domain.channels import TABS
 from domain.errors import InvalidCommand, NotFound
+from domain.room import STATUSES, has_expired, has_expired_sql
 from domain.staff import Actor
 from domain.visibility import ALL, counter_keys, sql_partitions, sql_predicate
-
-STATUSES = ("unassigned", "assigned", "resolved")
-TABS = ("messages", "comments")
 
 
 @dataclass(frozen=True)
@@ -70,11 +69,9 @@ def filter_clauses(filt: RoomFilter, alias: str = "r") -> tuple[list[str], list[
         clauses.append(f"{alias}.awaiting_reply = %s")
         params.append(filt.awaiting_reply)
     if filt.expired is True:
-        clauses.append(f"{alias}.status <> 'resolved' AND {alias}.expires_at <= now()")
+        clauses.append(has_expired_sql(alias))
     elif filt.expired is False:
-        clauses.append(
-            f"NOT ({alias}.status <> 'resolved' AND {alias}.expires_at IS NOT NULL AND {alias}.expires_at <= now())"
-        )
+        clauses.append(f"NOT ({has_expired_sql(alias)})")
     if filt.updated_after is not None:
         clauses.append(f"{alias}.updated_at > %s")
         params.append(filt.updated_after)
@@ -164,7 +161,7 @@ def expired_rooms_sql(
     """Expired, not resolved rooms in (expires_at, id) order, from `rooms_by_expiry`."""
     sql = (
         "SELECT r.id::text AS id, r.version, r.expires_at FROM rooms r"
-        " WHERE r.org_id = %s AND r.status <> 'resolved' AND r.expires_at <= %s"
+        f" WHERE r.org_id = %s AND {has_expired_sql('r', '%s')}"
         " AND r.status = ANY(%s) AND r.channel = ANY(%s)"
     )
     params: list[Any] = [org_id, cutoff, list(statuses), list(channels)]
@@ -221,7 +218,7 @@ def room_json(row: dict[str, Any], now: datetime) -> dict[str, Any]:
         "status": row["status"],
         "assignee": row["assignee"],
         "awaiting_reply": row["awaiting_reply"],
-        "expired": row["status"] != "resolved" and expires_at is not None and expires_at <= now,
+        "expired": has_expired(row["status"], expires_at, now),
         "expires_at": expires_at,
         "last_message": last,
         "last_inbound_at": row["last_inbound_at"],

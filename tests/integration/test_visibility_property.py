@@ -3,6 +3,7 @@
 Random rooms go into a temporary table with the room projection's columns; for random viewers
 of every role, the SQL that domain.visibility renders must select exactly the rooms `can_see`
 allows, and its disjoint parts (what the room list reads) must cover the same rooms once each.
+Likewise the SQL rendering of "expired" must select exactly the rooms `has_expired` names.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from domain.room import STATUSES
+from domain.room import STATUSES, has_expired, has_expired_sql
 from domain.staff import Actor, Role
 from domain.visibility import ALL, NOBODY, can_see, sql_partitions, sql_predicate
 
@@ -90,3 +91,16 @@ def test_sql_visibility_parts_cover_the_visible_rooms_once_each(
         parts = [i for where, params in sql_partitions(viewer) for i in _ids(conn, where, params)]
 
         assert sorted(parts) == expected, viewer
+
+
+@settings(max_examples=100, deadline=None)
+@given(rows=rooms)
+def test_sql_expiry_selects_exactly_the_rooms_has_expired_names(
+    conn: psycopg.Connection, rows: list[tuple[str, str | None, str, datetime | None]]
+) -> None:
+    _load(conn, rows)
+    expected = [i for i, (_, _, status, expires_at) in enumerate(rows) if has_expired(status, expires_at, NOW)]
+    not_expected = [i for i in range(len(rows)) if i not in expected]
+
+    assert _ids(conn, has_expired_sql("r", "%s"), [NOW]) == expected
+    assert _ids(conn, f"NOT ({has_expired_sql('r', '%s')})", [NOW]) == not_expected

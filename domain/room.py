@@ -16,6 +16,7 @@ from eventsourcing.domain import Aggregate, event
 from domain.channels import Channel
 from domain.errors import Conflict, InvalidCommand, NotAllowed
 from domain.staff import Actor, Role
+from domain.visibility import can_see
 
 ROOM_NAMESPACE = uuid5(NAMESPACE_URL, "https://inbox.example/rooms")
 
@@ -304,8 +305,8 @@ class Room(Aggregate):
             raise NotAllowed(f"role {actor.role.value!r} cannot resolve rooms")
         if not actor.role.manages_rooms and self.assignee != actor.user_id:
             raise NotAllowed("only the assignee, a supervisor or an admin can resolve this room")
-        if reason == "expired" and not actor.role.manages_rooms:
-            raise NotAllowed("only supervisors and admins resolve expired rooms")
+        if reason == "expired":
+            check_may_resolve_expired(actor)
         self._check_not_resolved()
         self._resolve(reason=reason, resolved_by=actor.user_id, by_role=actor.role.value)
 
@@ -316,17 +317,10 @@ class Room(Aggregate):
 
     def is_expired(self, now: datetime) -> bool:
         """SPEC §2: not resolved, a direct-message room, its last inbound message older than the window."""
-        window = Channel(self.channel).reply_window
-        if self.status == RESOLVED or window is None or self.last_inbound_at is None:
-            return False
-        return self.last_inbound_at + window <= now
+        return has_expired(self.status, Channel(self.channel).window_closes_at(self.last_inbound_at), now)
 
     def is_visible_to(self, actor: Actor) -> bool:
-        if actor.org_id != self.org_id:
-            return False
-        if actor.role.manages_rooms or actor.role == Role.INTEGRATION:
-            return True
-        return self.assignee is None or self.assignee == actor.user_id
+        return can_see(actor, self.org_id, self.assignee)
 
     def _check_not_resolved(self) -> None:
         if self.status == RESOLVED:
@@ -390,6 +384,22 @@ class Room(Aggregate):
     def _reopen(self, reason: str) -> None:
         self.status = UNASSIGNED
         self.assignee = None
+
+
+def has_expired(status: str, expires_at: datetime | None, now: datetime) -> bool:
+    """SPEC §2 "Expired": not resolved and its reply window (Channel.window_closes_at) has closed."""
+    return status != RESOLVED and expires_at is not None and expires_at <= now
+
+
+def has_expired_sql(alias: str = "r", now: str = "now()") -> str:
+    """`has_expired` as SQL over the room projection's `status` and `expires_at`; `now` is SQL text."""
+    return f"{alias}.status <> '{RESOLVED}' AND {alias}.expires_at IS NOT NULL AND {alias}.expires_at <= {now}"
+
+
+def check_may_resolve_expired(actor: Actor) -> None:
+    """SPEC §3: only supervisors and admins resolve rooms as expired (one by one or all at once)."""
+    if not actor.role.manages_rooms:
+        raise NotAllowed("only supervisors and admins resolve expired rooms")
 
 
 def room_id_for(org_id: str, channel_account_id: str, contact_id: str, post_id: str | None = None) -> UUID:

@@ -63,7 +63,10 @@ def test_messenger_send_answers_like_the_documented_sample(standin: GraphStandin
     assert response.json()["recipient_id"] == "PSID"
 
 
-@pytest.mark.parametrize(("edge", "fixture"), [("comments", "fb_comment_response.json"), ("replies", "ig_comment_reply_response.json")])
+@pytest.mark.parametrize(
+    ("edge", "fixture"),
+    [("comments", "fb_comment_response.json"), ("replies", "ig_comment_reply_response.json")],
+)
 def test_comment_replies_answer_with_the_new_comment_id(standin: GraphStandin, edge: str, fixture: str) -> None:
     response = post(standin, f"/v21.0/17870913679156914/{edge}", {"message": "thanks"})
 
@@ -113,14 +116,16 @@ def test_injected_whatsapp_error_carries_error_data_details(standin: GraphStandi
 def test_fail_next_n_times_then_answers_normally(standin: GraphStandin) -> None:
     standin.fail_next(130429, times=2)
 
-    statuses = [httpx.get(standin.url + "/v21.0/106540352242922", params={"access_token": TOKEN}).status_code for _ in range(3)]
+    url = standin.url + "/v21.0/106540352242922"
+    statuses = [httpx.get(url, params={"access_token": TOKEN}).status_code for _ in range(3)]
 
     assert statuses == [400, 400, 200]
 
 
 def test_token_check_accepts_the_token_as_query_parameter_or_bearer_header(standin: GraphStandin) -> None:
-    by_query = httpx.get(standin.url + "/v21.0/106540352242922", params={"access_token": TOKEN, "fields": "id,verified_name"})
-    by_header = httpx.get(standin.url + "/v21.0/106540352242922", headers={"Authorization": f"Bearer {TOKEN}"})
+    url = standin.url + "/v21.0/106540352242922"
+    by_query = httpx.get(url, params={"access_token": TOKEN, "fields": "id,verified_name"})
+    by_header = httpx.get(url, headers={"Authorization": f"Bearer {TOKEN}"})
 
     assert by_query.json() == {"id": "106540352242922", "verified_name": "Acme"}
     assert by_header.json() == {"id": "106540352242922", "verified_name": "Acme"}

@@ -131,7 +131,9 @@ def test_messenger_and_instagram_reply_inside_24_hours_is_a_response(
 def test_messenger_and_instagram_reply_after_24_hours_is_tagged_human_agent(
     standin: GraphStandin, channel: Channel
 ) -> None:
-    reply = OutboundReply(channel, PAGE_ID, "PSID-42", text="Sorry for the wait", messaging_type=MessagingType.MESSAGE_TAG)
+    reply = OutboundReply(
+        channel, PAGE_ID, "PSID-42", text="Sorry for the wait", messaging_type=MessagingType.MESSAGE_TAG
+    )
 
     assert isinstance(run_send(standin, reply), Accepted)
     assert standin.requests[0].json == {

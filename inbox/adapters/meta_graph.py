@@ -59,6 +59,10 @@ class OutboundReply:
     reply_to_message_id: str | None = None  # WhatsApp: context.message_id (the wamid answered)
     messaging_type: MessagingType | None = None  # Messenger/Instagram, from domain.outbound.decide_send
     tag: str | None = None
+    # Our message id, echoed back by Meta so an `unknown` outcome can be reconciled: WhatsApp
+    # `biz_opaque_callback_data` (returned in status webhooks), Messenger `message.metadata`
+    # (returned in the message echo). Instagram and comments have no such field.
+    correlation_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -100,6 +104,8 @@ def _whatsapp_body(reply: OutboundReply) -> dict[str, Any]:
     }
     if reply.reply_to_message_id:
         body["context"] = {"message_id": reply.reply_to_message_id}
+    if reply.correlation_id:
+        body["biz_opaque_callback_data"] = reply.correlation_id
     if reply.template is not None:
         body["type"] = "template"
         body["template"] = _whatsapp_template(reply.template)
@@ -134,6 +140,8 @@ def _messenger_body(reply: OutboundReply) -> dict[str, Any]:
     }
     if reply.messaging_type is MessagingType.MESSAGE_TAG:
         body["tag"] = reply.tag or HUMAN_AGENT_TAG
+    if reply.correlation_id and reply.channel is Channel.FACEBOOK_MESSENGER:
+        body["message"]["metadata"] = reply.correlation_id
     return body
 
 
@@ -313,7 +321,8 @@ class MetaGraphClient:
         request = build_send_request(reply, self.version)
         try:
             response = await self._request(request, token)
-        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol) as exc:
+            # Nothing left this process: sending again cannot double-send.
             log.warning("graph %s %s: not sent (%s), will retry", request.method, request.path, type(exc).__name__)
             return RetryAfter(seconds=None, reason=f"connection failed: {type(exc).__name__}")
         except (httpx.TimeoutException, httpx.TransportError) as exc:

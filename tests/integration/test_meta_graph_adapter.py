@@ -109,6 +109,29 @@ def test_whatsapp_template_is_sent_with_name_language_code_and_components(standi
     }
 
 
+def test_our_message_id_rides_along_where_meta_echoes_it_back(standin: GraphStandin) -> None:
+    run_send(standin, whatsapp_text(correlation_id="msg-1"))
+    run_send(
+        standin,
+        OutboundReply(
+            Channel.FACEBOOK_MESSENGER, PAGE_ID, "PSID", text="hi",
+            messaging_type=MessagingType.RESPONSE, correlation_id="msg-2",
+        ),
+    )
+    run_send(
+        standin,
+        OutboundReply(
+            Channel.INSTAGRAM, PAGE_ID, "IGSID", text="hi",
+            messaging_type=MessagingType.RESPONSE, correlation_id="msg-3",
+        ),
+    )
+
+    whatsapp, messenger, instagram = (r.json for r in standin.requests)
+    assert whatsapp["biz_opaque_callback_data"] == "msg-1"
+    assert messenger["message"] == {"text": "hi", "metadata": "msg-2"}
+    assert instagram["message"] == {"text": "hi"}
+
+
 @pytest.mark.parametrize("channel", [Channel.FACEBOOK_MESSENGER, Channel.INSTAGRAM])
 def test_messenger_and_instagram_reply_inside_24_hours_is_a_response(
     standin: GraphStandin, channel: Channel
@@ -178,6 +201,20 @@ def test_instagram_comment_reply_is_posted_to_the_comment_replies_edge(standin: 
 def test_a_reply_the_channel_cannot_carry_is_refused_before_any_request(reply: OutboundReply) -> None:
     with pytest.raises(InvalidReply):
         build_send_request(reply, VERSION)
+
+
+def test_the_version_must_look_like_metas() -> None:
+    with pytest.raises(ValueError, match="v21.0"):
+        MetaGraphClient("http://127.0.0.1:1", "21")
+
+
+def test_base_url_and_version_come_from_arguments(standin: GraphStandin) -> None:
+    async def go() -> Any:
+        async with MetaGraphClient(standin.url + "/", "v99.9") as graph:
+            return await graph.send(whatsapp_text(), TOKEN)
+
+    assert isinstance(asyncio.run(go()), Accepted)
+    assert standin.requests[0].path == f"/v99.9/{PHONE_ID}/messages"
 
 
 # --- error classes -----------------------------------------------------------------------------------

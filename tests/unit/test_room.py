@@ -10,12 +10,15 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from functools import reduce
 
+import orjson
 import pytest
+from eventsourcing.application import Application
 from eventsourcing.domain import Snapshot
+from eventsourcing.persistence import StoredEvent
 
 from domain.channels import Channel
 from domain.errors import InvalidCommand, NotAllowed
-from domain.room import ASSIGNED, RESOLVED, UNASSIGNED, Room, RoomIsResolved, inbound_message_id
+from domain.room import ASSIGNED, RESOLVED, UNASSIGNED, EventWithoutOrg, Room, RoomIsResolved, inbound_message_id
 from domain.staff import Actor, Role
 
 ORG = "org-1"
@@ -452,3 +455,23 @@ def test_snapshot_restores_equal_state() -> None:
 
     assert restored == room
     assert restored.version == room.version
+
+
+def test_a_stored_event_without_org_id_is_refused_with_a_reason_not_read_without_an_org() -> None:
+    app = Application()
+    try:
+        room = Room.open(
+            org_id="org-1", channel=Channel.WHATSAPP_CLOUD, channel_account_id="acc", channel_account="1",
+            contact_id="c",
+        )
+        room.receive(channel_message_id="m1", text="hi", sent_at=datetime(2026, 1, 5, tzinfo=UTC))
+        stored = app.mapper.to_stored_event(room.collect_events()[-1])
+        state = orjson.loads(stored.state)
+        del state["org_id"]
+        state["class_version"] = 2  # as stored before message events carried org_id
+        unstamped = StoredEvent(stored.originator_id, stored.originator_version, stored.topic, orjson.dumps(state))
+
+        with pytest.raises(EventWithoutOrg, match="inbox migrate"):
+            app.mapper.to_domain_event(unstamped)
+    finally:
+        app.close()

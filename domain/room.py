@@ -45,6 +45,10 @@ class Room(Aggregate):
         return room_id_for(org_id, channel_account_id, contact_id, post_id)
 
     # ---- events ---------------------------------------------------------------------------
+    # Every event names its room's org (`org_id`), so a reader of one event (the relay, a
+    # downstream team) never looks it up. Events stored before that carried it only in
+    # RoomOpened; `inbox migrate` stamps those with their room's org (see
+    # inbox/eventstore.py `stamp_org_ids`) and the `upcast_*` below bring them to this shape.
     class RoomOpened(Aggregate.Created):
         org_id: str
         channel: str
@@ -57,7 +61,8 @@ class Room(Aggregate):
         post_id: str | None
 
     class MessageReceived(Aggregate.Event):
-        class_version = 2
+        class_version = 3
+        org_id: str  # (v3)
         message_id: str
         channel_message_id: str
         text: str
@@ -71,8 +76,13 @@ class Room(Aggregate):
             state["kind"] = "text"
             state["attachments"] = []
 
+        @staticmethod
+        def upcast_v2_v3(state: dict[str, Any]) -> None:
+            _require_org_id(state)
+
     class MessageSent(Aggregate.Event):
-        class_version = 2
+        class_version = 3
+        org_id: str  # (v3)
         message_id: str
         text: str
         sent_at: datetime
@@ -88,31 +98,65 @@ class Room(Aggregate):
             state["kind"] = "text"
             state["attachments"] = []
 
+        @staticmethod
+        def upcast_v2_v3(state: dict[str, Any]) -> None:
+            _require_org_id(state)
+
     class MessageEdited(Aggregate.Event):
+        class_version = 2
+        org_id: str  # (v2)
         message_id: str
         channel_message_id: str
         text: str
         edited_at: datetime
 
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            _require_org_id(state)
+
     class MessageRemoved(Aggregate.Event):
+        class_version = 2
+        org_id: str  # (v2)
         message_id: str
         channel_message_id: str
         removed_at: datetime
 
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            _require_org_id(state)
+
     class RoomAssigned(Aggregate.Event):
+        class_version = 2
+        org_id: str  # (v2)
         assignee: str
         previous_assignee: str | None
         assigned_by: str
         by_role: str
         reason: str  # "assigned" | "taken" | "replied"
 
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            _require_org_id(state)
+
     class RoomResolved(Aggregate.Event):
+        class_version = 2
+        org_id: str  # (v2)
         reason: str  # "manual" | "expired"
         resolved_by: str
         by_role: str
 
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            _require_org_id(state)
+
     class RoomReopened(Aggregate.Event):
+        class_version = 2
+        org_id: str  # (v2)
         reason: str  # "inbound_message"
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            _require_org_id(state)
 
     # ---- creation -------------------------------------------------------------------------
     @event(RoomOpened)
@@ -310,6 +354,10 @@ class Room(Aggregate):
         self._check_not_resolved()
         self._resolve(reason=reason, resolved_by=actor.user_id, by_role=actor.role.value)
 
+    def trigger_event(self, event_class: type[Any], **kwargs: Any) -> None:
+        """Every event after RoomOpened is stamped with the room's org."""
+        super().trigger_event(event_class, org_id=self.org_id, **kwargs)
+
     # ---- queries on state -----------------------------------------------------------------
     @property
     def awaiting_reply(self) -> bool:
@@ -417,6 +465,24 @@ def echo_message_id(room_id: UUID, channel_message_id: str) -> UUID:
 
 
 MAX_ATTACHMENTS = 20
+
+
+class EventWithoutOrg(ValueError):
+    """A room event stored before events carried `org_id`, not yet stamped by `inbox migrate`."""
+
+
+def _require_org_id(state: dict[str, Any]) -> None:
+    """Upcast of a room event stored before events carried `org_id`.
+
+    One event alone cannot know its room's org (only RoomOpened named it), so `inbox migrate`
+    stamps the stored state with it; an event it has not stamped is refused loudly rather than
+    published without an org.
+    """
+    if not state.get("org_id"):
+        raise EventWithoutOrg(
+            f"room event {state.get('originator_id')} v{state.get('originator_version')} has no org_id;"
+            " run `inbox migrate` to stamp events stored before events carried it"
+        )
 
 
 def _check_message(message_id: str, moment: datetime, name: str) -> None:

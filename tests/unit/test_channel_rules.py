@@ -32,7 +32,7 @@ def test_projection_files_and_expires_a_room_as_its_channel_says(channel: Channe
     room = room_of(channel)
     view = None
     for event in room.collect_events():
-        view, _ = apply(view, to_wire(event, ORG))
+        view, _ = apply(view, to_wire(event))
     assert view is not None
 
     assert view.tab == channel.tab
@@ -49,7 +49,7 @@ def test_comment_channels_never_expire_and_direct_channels_after_24_hours() -> N
 
 def test_projection_refuses_a_room_of_an_unknown_channel() -> None:
     """A ValueError, which the projection writer dead-letters with its reason (never a guessed tab)."""
-    event = to_wire(next(iter(room_of(Channel.WHATSAPP_CLOUD).collect_events())), ORG)
+    event = to_wire(next(iter(room_of(Channel.WHATSAPP_CLOUD).collect_events())))
     event["data"]["channel"] = "telegram"
 
     with pytest.raises(ValueError, match="telegram"):

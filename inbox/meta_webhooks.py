@@ -24,10 +24,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import logging
 from collections import Counter as Tally
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 import anyio.to_thread
 import orjson
@@ -99,6 +101,21 @@ def _kind(fact: Fact) -> str:
         InboundMessage: "message", OutboundEcho: "echo", MessageEdit: "edit", MessageRemoval: "removal",
         DeliveryStatus: "status", Ignored: "ignored",
     }[type(fact)]
+
+
+def _lenient_json(body: bytes, error: orjson.JSONDecodeError) -> Any:
+    """orjson refuses lone surrogate escapes ("\\ud800"), which JSON allows and a truncated emoji
+    produces: such a body is read by the standard library instead (and repaired later)."""
+    if "surrogate" not in str(error):
+        raise BadPayload(f"malformed JSON: {error}") from None
+    try:
+        return json.loads(body, parse_constant=_no_constant)
+    except (ValueError, RecursionError) as e:
+        raise BadPayload(f"malformed JSON: {e}") from None
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 class MetaWebhooks:
@@ -212,7 +229,7 @@ class MetaWebhooks:
         try:
             payload = orjson.loads(body)
         except orjson.JSONDecodeError as e:
-            raise BadPayload(f"malformed JSON: {e}") from None
+            payload = _lenient_json(body, e)
         try:
             return parse_webhook(payload, received_at=received_at)
         except WebhookShapeError as e:

@@ -262,6 +262,7 @@ class Room(Aggregate):
         if not actor.role.is_staff:
             raise NotAllowed(f"role {actor.role.value!r} cannot reply to customers")
         check_identifier(actor.user_id, "user id")
+        check_optional_text(actor.name, "user name", MAX_NAME)
         check_text(text, "text")
         if not text.strip():
             raise InvalidCommand("reply text must not be empty")

@@ -386,3 +386,18 @@ def test_a_forged_post_naming_many_accounts_looks_up_a_bounded_number_and_caches
     before = dict(missing)
     assert signed(client, {"object": "page", "entry": entries}, secret="forged").status_code == 401
     assert container.accounts._missing == before  # the second forgery was answered from the cache
+
+
+def test_an_account_registered_after_a_forged_post_named_it_is_found_at_once(
+    client: TestClient, admin: dict[str, str]
+) -> None:
+    now_ms = int(datetime.now(UTC).timestamp() * 1000)
+    payload = {"object": "page", "entry": [{"id": "777", "messaging": [{"sender": {"id": "1"}, "recipient": {"id": "777"},
+               "timestamp": now_ms, "message": {"mid": "m.777", "text": "t"}}]}]}
+    assert signed(client, payload, secret="own-secret-of-page-777-0123456789").status_code == 401  # a miss, cached
+    r = client.post("/v1/channel-accounts", headers=admin, json={
+        "channel": "facebook_messenger", "external_id": "777", "name": "Page 777",
+        "app_secret": "own-secret-of-page-777-0123456789"})
+    assert r.status_code == 201, r.text
+    r = signed(client, payload, secret="own-secret-of-page-777-0123456789")
+    assert r.status_code == 200 and r.json()["recorded"] == 1, r.text

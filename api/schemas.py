@@ -48,6 +48,8 @@ Phone = Annotated[str, Field(max_length=limits.MAX_PHONE), _rule(limits.check_te
 Handle = Annotated[str, Field(max_length=limits.MAX_HANDLE), _rule(limits.check_text, limits.MAX_HANDLE)]
 Secret = Annotated[str, Field(max_length=limits.MAX_SECRET), _rule(limits.check_text, limits.MAX_SECRET)]
 Moment = Annotated[AwareDatetime, AfterValidator(_moment)]
+# Query-string text (search words, filters): PostgreSQL cannot take NUL in a parameter either.
+QueryText = Annotated[str, _rule(limits.check_text, limits.MAX_TEXT)]
 
 
 class Body(BaseModel):

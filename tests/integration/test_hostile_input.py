@@ -401,3 +401,9 @@ def test_an_account_registered_after_a_forged_post_named_it_is_found_at_once(
     assert r.status_code == 201, r.text
     r = signed(client, payload, secret="own-secret-of-page-777-0123456789")
     assert r.status_code == 200 and r.json()["recorded"] == 1, r.text
+
+
+@pytest.mark.parametrize("url", ["/v1/search?q=a%00b", "/v1/rooms?assignee=a%00", "/v1/search?by=conversation&q=%00x"])
+def test_nul_in_a_query_string_is_422_not_a_database_error(client: TestClient, admin: dict[str, str], url: str) -> None:
+    r = client.get(url, headers=admin)
+    assert r.status_code == 422 and "NUL" in r.json()["detail"], r.text

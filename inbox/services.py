@@ -92,6 +92,7 @@ class CommandResult:
 MISSING_TTL = 5.0  # seconds a negative account look-up is remembered (`cache_missing`)
 MISSING_CACHE_SIZE = 10_000
 
+
 class ChannelAccounts:
     """Registers accounts and finds them by the channel's external id (cached: accounts are immutable)."""
 

@@ -197,7 +197,7 @@ class MetaWebhooks:
             self._metrics.webhook_repairs.labels(repair.field, repair.reason).inc()
         if repairs:
             log.warning(
-                "webhook %s %r recorded with repaired values: %s", _kind(clean),
+                "webhook %s %.80r: values repaired to be storable: %s", _kind(clean),
                 getattr(clean, "channel_message_id", None) or getattr(clean, "status_key", None),
                 ", ".join(f"{r.field} {r.reason}" + (f" (was {r.raw})" if r.raw else "") for r in repairs),
             )
@@ -294,7 +294,7 @@ class MetaWebhooks:
 
     def _refused(self, fact: Fact, reason: str, tally: Tally[str]) -> None:
         log.warning(
-            "webhook %s %r refused, the POST's other facts are recorded: %s",
+            "webhook %s %.80r refused, the POST's other facts are recorded: %s",
             _kind(fact), getattr(fact, "channel_message_id", None), reason,
         )
         tally["refused"] += 1

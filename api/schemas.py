@@ -2,12 +2,54 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any, Literal
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
+
+from domain import limits
+from domain.errors import InvalidCommand
 
 ChannelName = Literal["whatsapp_cloud", "instagram", "facebook_messenger", "instagram_comment", "facebook_comment"]
+
+
+def _rule(check: Callable[..., Any], *args: Any) -> AfterValidator:
+    """A domain check (domain/limits.py) as a pydantic validator: its refusal becomes a 422."""
+
+    def validate(value: Any) -> Any:
+        if value is None:
+            return value
+        try:
+            check(value, "value", *args)
+        except InvalidCommand as e:
+            raise ValueError(str(e).removeprefix("value ")) from None
+        return value
+
+    return AfterValidator(validate)
+
+
+def _moment(value: datetime) -> datetime:
+    try:
+        return limits.check_moment(value, "value", datetime.now(UTC))
+    except InvalidCommand as e:
+        raise ValueError(str(e).removeprefix("value ")) from None
+
+
+# Field types carrying the domain's limits: the error names the field, e.g. "message.text: ...".
+Text = Annotated[str, Field(max_length=limits.MAX_TEXT), _rule(limits.check_text, limits.MAX_TEXT)]
+Name = Annotated[str, Field(max_length=limits.MAX_NAME), _rule(limits.check_text, limits.MAX_NAME)]
+Id = Annotated[str, Field(min_length=1, max_length=limits.MAX_ID), _rule(limits.check_identifier, limits.MAX_ID)]
+MessageId = Annotated[
+    str, Field(min_length=1, max_length=limits.MAX_MESSAGE_ID),
+    _rule(limits.check_identifier, limits.MAX_MESSAGE_ID),
+]
+Phone = Annotated[str, Field(max_length=limits.MAX_PHONE), _rule(limits.check_text, limits.MAX_PHONE)]
+Handle = Annotated[str, Field(max_length=limits.MAX_HANDLE), _rule(limits.check_text, limits.MAX_HANDLE)]
+Secret = Annotated[str, Field(max_length=limits.MAX_SECRET), _rule(limits.check_text, limits.MAX_SECRET)]
+Moment = Annotated[AwareDatetime, AfterValidator(_moment)]
+# Query-string text (search words, filters): PostgreSQL cannot take NUL in a parameter either.
+QueryText = Annotated[str, _rule(limits.check_text, limits.MAX_TEXT)]
 
 
 class Body(BaseModel):
@@ -17,39 +59,39 @@ class Body(BaseModel):
 # ---- requests -------------------------------------------------------------------------------
 class RegisterChannelAccount(Body):
     channel: ChannelName
-    external_id: str = Field(min_length=1, max_length=128)
-    name: str = Field(min_length=1, max_length=200)
-    app_secret: str | None = Field(default=None, max_length=256)
+    external_id: Id
+    name: Annotated[Name, Field(min_length=1)]
+    app_secret: Secret | None = None
 
 
 class InboundContact(Body):
-    id: str = Field(min_length=1, max_length=256)
-    name: str | None = Field(default=None, max_length=256)
-    phone: str | None = Field(default=None, max_length=64)
-    handle: str | None = Field(default=None, max_length=256)
+    id: Id
+    name: Name | None = None
+    phone: Phone | None = None
+    handle: Handle | None = None
 
 
 class InboundMessageBody(Body):
-    id: str = Field(min_length=1, max_length=512)
-    text: str = Field(max_length=65_536)
-    sent_at: AwareDatetime
+    id: MessageId
+    text: Text
+    sent_at: Moment
 
 
 class RecordInboundMessage(Body):
     channel: ChannelName
-    channel_account: str = Field(min_length=1, max_length=128)
+    channel_account: Id
     contact: InboundContact
     message: InboundMessageBody
-    post_id: str | None = Field(default=None, min_length=1, max_length=256)
+    post_id: Id | None = None
 
 
 class AssignRoom(Body):
-    agent_id: str = Field(min_length=1, max_length=256)
+    agent_id: Id
     expected_version: int | None = Field(default=None, ge=1)
 
 
 class SendReply(Body):
-    text: str = Field(min_length=1, max_length=65_536)
+    text: Annotated[Text, Field(min_length=1)]
     expected_version: int | None = Field(default=None, ge=1)
 
 

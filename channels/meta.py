@@ -37,10 +37,13 @@ from channels.facts import (
     OutboundEcho,
 )
 from domain.channels import Channel
+from domain.limits import bounded_json
 
 WHATSAPP_MEDIA = ("image", "video", "audio", "document", "sticker")
 _MEDIA_FIELDS = ("id", "mime_type", "sha256", "filename", "animated", "voice", "url")
 _MS_THRESHOLD = 100_000_000_000  # unix seconds stay below this until the year 5138
+_EARLIEST = datetime.min.replace(tzinfo=UTC)
+_LATEST = datetime.max.replace(tzinfo=UTC)
 
 
 class WebhookShapeError(ValueError):
@@ -141,9 +144,9 @@ def _whatsapp_content(m: dict[str, Any], path: str, mtype: str) -> tuple[str, st
         for k, rc in enumerate(_list(m.get("contacts"), f"{path}.contacts", required=True)):
             card = _obj(rc, f"{path}.contacts[{k}]")
             name = card.get("name") if isinstance(card.get("name"), dict) else {}
-            phones = [p.get("phone") for p in card.get("phones") or [] if isinstance(p, dict) and p.get("phone")]
-            cards.append({"type": "contact", "name": name.get("formatted_name") or name.get("first_name") or "",
-                          "phones": phones})
+            phones = [p.get("phone") for p in _items(card.get("phones")) if isinstance(p, dict) and p.get("phone")]
+            shown = next((n for n in (name.get("formatted_name"), name.get("first_name")) if isinstance(n, str) and n), "")
+            cards.append({"type": "contact", "name": shown, "phones": phones})
         return ", ".join(c["name"] for c in cards if c["name"]), "contacts", tuple(cards)
     if mtype == "interactive":
         inter = _obj(m.get("interactive"), f"{path}.interactive")
@@ -181,7 +184,7 @@ def _whatsapp_content(m: dict[str, Any], path: str, mtype: str) -> tuple[str, st
         attachment.update({k: system[k] for k in ("wa_id", "new_wa_id", "customer", "identity") if k in system})
         return body, "system", (attachment,)
     # "unsupported", "unknown" and any type Meta adds later: a message we cannot show, kept visibly.
-    errors = tuple(_error(e) for e in m.get("errors") or [] if isinstance(e, dict))
+    errors = tuple(_error(e) for e in _items(m.get("errors")) if isinstance(e, dict))
     original = m.get("unsupported", {}).get("type") if isinstance(m.get("unsupported"), dict) else None
     return "", "unsupported", ({"type": "unsupported", "message_type": original or mtype, "errors": list(errors)},)
 
@@ -191,7 +194,7 @@ def _whatsapp_status(s: dict[str, Any], path: str, account: str) -> DeliveryStat
     status = _str(s.get("status"), f"{path}.status")
     raw_ts = s.get("timestamp")
     occurred_at = _when(raw_ts, f"{path}.timestamp")
-    errors = tuple(_error(e) for e in s.get("errors") or [] if isinstance(e, dict))
+    errors = tuple(_error(e) for e in _items(s.get("errors")) if isinstance(e, dict))
     return DeliveryStatus(
         channel=Channel.WHATSAPP_CLOUD, channel_account=account, status=status, occurred_at=occurred_at,
         status_key=f"{status}:{mid}:{raw_ts}", channel_message_id=mid,
@@ -435,6 +438,11 @@ def _str(value: Any, path: str, *, allow_empty: bool = False) -> str:
     return text
 
 
+def _items(value: Any) -> list[Any]:
+    """An optional list whose absence or wrong type means "none" (for parts we only pick from)."""
+    return value if isinstance(value, list) else []
+
+
 def _opt_str(value: Any, path: str) -> str | None:
     return None if value is None else _str(value, path, allow_empty=True) or None
 
@@ -446,16 +454,20 @@ def _number(value: Any, path: str) -> float:
 
 
 def _when(value: Any, path: str) -> datetime:
-    """Unix seconds or milliseconds (number or digit string) → aware UTC datetime."""
+    """Unix seconds or milliseconds (number or digit string) → aware UTC datetime.
+
+    A number beyond what a datetime can hold comes back clamped to year 1 or 9999: the fact is
+    kept, and the write side replaces the time by the arrival time (channels/sanitize.py).
+    """
     if isinstance(value, str) and value.strip().isdigit():
-        value = int(value.strip())
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        digits = value.strip()
+        value = int(digits) if len(digits) <= 30 else 10**30
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise WebhookShapeError(f"{path}: expected a unix timestamp, got {_type(value)}")
-    seconds = value / 1000 if value >= _MS_THRESHOLD else value
     try:
-        return datetime.fromtimestamp(seconds, UTC)
-    except (OverflowError, OSError, ValueError) as e:
-        raise WebhookShapeError(f"{path}: timestamp out of range") from e
+        return datetime.fromtimestamp(value / 1000 if value >= _MS_THRESHOLD else value, UTC)
+    except (OverflowError, OSError, ValueError):
+        return _LATEST if value > 0 else _EARLIEST
 
 
 def _error(error: dict[str, Any]) -> dict[str, Any]:
@@ -467,7 +479,8 @@ def _error(error: dict[str, Any]) -> dict[str, Any]:
 
 
 def _digest(value: Any) -> str:
-    return hashlib.sha256(orjson.dumps(value, option=orjson.OPT_SORT_KEYS)).hexdigest()[:32]
+    bounded, _ = bounded_json(value)  # any JSON value: orjson refuses deep nesting and huge integers
+    return hashlib.sha256(orjson.dumps(bounded, option=orjson.OPT_SORT_KEYS)).hexdigest()[:32]
 
 
 def _type(value: Any) -> str:

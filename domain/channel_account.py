@@ -8,6 +8,7 @@ from eventsourcing.domain import Aggregate, event
 
 from domain.channels import Channel
 from domain.errors import InvalidCommand
+from domain.limits import MAX_NAME, MAX_SECRET, check_identifier, check_optional_text, check_text
 
 ACCOUNT_NAMESPACE = uuid5(NAMESPACE_URL, "https://inbox.example/channel-accounts")
 
@@ -39,10 +40,11 @@ class ChannelAccount(Aggregate):
     def register(
         cls, *, org_id: str, channel: Channel, external_id: str, name: str, app_secret: str | None = None
     ) -> ChannelAccount:
-        if not external_id.strip():
-            raise InvalidCommand("external_id is required")
+        check_identifier(external_id.strip(), "external_id")
+        check_text(name, "name", MAX_NAME)
         if not name.strip():
             raise InvalidCommand("name is required")
+        check_optional_text(app_secret, "app_secret", MAX_SECRET)
         return cls(
             org_id=org_id,
             channel=channel.value,

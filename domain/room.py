@@ -15,6 +15,18 @@ from eventsourcing.domain import Aggregate, event
 
 from domain.channels import Channel
 from domain.errors import Conflict, InvalidCommand, NotAllowed
+from domain.limits import (
+    MAX_ATTACHMENTS,
+    MAX_HANDLE,
+    MAX_KIND,
+    MAX_MESSAGE_ID,
+    MAX_NAME,
+    MAX_PHONE,
+    check_identifier,
+    check_json,
+    check_optional_text,
+    check_text,
+)
 from domain.staff import Actor, Role
 from domain.visibility import can_see
 
@@ -201,8 +213,9 @@ class Room(Aggregate):
         contact_handle: str | None = None,
         post_id: str | None = None,
     ) -> Room:
-        if not contact_id:
-            raise InvalidCommand("contact id is required")
+        check_contact(contact_id, contact_name, contact_phone, contact_handle)
+        if post_id is not None:
+            check_identifier(post_id, "post_id")
         if channel.is_comment and not post_id:
             raise InvalidCommand(f"{channel.value} messages need a post_id")
         if not channel.is_comment and post_id:
@@ -232,7 +245,9 @@ class Room(Aggregate):
     ) -> str:
         """Record an inbound message; a resolved room reopens as unassigned first."""
         _check_message(channel_message_id, sent_at, "sent_at")
-        _check_content(kind, attachments)
+        check_text(text, "text")
+        check_optional_text(contact_name, "contact name", MAX_NAME)
+        check_content(kind, attachments)
         if self.status == RESOLVED:
             self._reopen(reason="inbound_message")
         message_id = str(inbound_message_id(self.id, channel_message_id))
@@ -259,9 +274,9 @@ class Room(Aggregate):
     ) -> str:
         """The business's own message, sent from the channel's tools: never assigns the room or reopens it."""
         _check_message(channel_message_id, sent_at, "sent_at")
-        if not sender_id:
-            raise InvalidCommand("sender id is required")
-        _check_content(kind, attachments)
+        check_identifier(sender_id, "sender id")
+        check_text(text, "text")
+        check_content(kind, attachments)
         message_id = str(echo_message_id(self.id, channel_message_id))
         self._send(
             message_id=message_id,
@@ -279,6 +294,7 @@ class Room(Aggregate):
     def edit_message(self, *, message_id: str, channel_message_id: str, text: str, edited_at: datetime) -> None:
         """The customer edited a message of this room (the caller knows the message was recorded)."""
         _check_message(message_id and channel_message_id, edited_at, "edited_at")
+        check_text(text, "text")
         self._edit(message_id=message_id, channel_message_id=channel_message_id, text=text, edited_at=edited_at)
 
     def remove_message(self, *, message_id: str, channel_message_id: str, removed_at: datetime) -> None:
@@ -290,6 +306,9 @@ class Room(Aggregate):
         """A staff reply; replying to an unassigned room assigns it to the replier."""
         if not actor.role.is_staff:
             raise NotAllowed(f"role {actor.role.value!r} cannot reply to customers")
+        check_identifier(actor.user_id, "user id")
+        check_optional_text(actor.name, "user name", MAX_NAME)
+        check_text(text, "text")
         if not text.strip():
             raise InvalidCommand("reply text must not be empty")
         self._check_not_resolved()
@@ -320,8 +339,8 @@ class Room(Aggregate):
 
         Returns False (and records nothing) when the room is already with that agent.
         """
-        if not agent_id:
-            raise InvalidCommand("agent_id is required")
+        check_identifier(agent_id, "agent_id")
+        check_identifier(actor.user_id, "user id")
         if not actor.role.is_staff:
             raise NotAllowed(f"role {actor.role.value!r} cannot assign rooms")
         self._check_not_resolved()
@@ -464,7 +483,14 @@ def echo_message_id(room_id: UUID, channel_message_id: str) -> UUID:
     return uuid5(room_id, f"out:{channel_message_id}")
 
 
-MAX_ATTACHMENTS = 20
+def check_contact(
+    contact_id: str, name: str | None = None, phone: str | None = None, handle: str | None = None
+) -> None:
+    """The contact fields a room keeps: a valid id and bounded, storable texts."""
+    check_identifier(contact_id, "contact id")
+    check_optional_text(name, "contact name", MAX_NAME)
+    check_optional_text(phone, "contact phone", MAX_PHONE)
+    check_optional_text(handle, "contact handle", MAX_HANDLE)
 
 
 class EventWithoutOrg(ValueError):
@@ -488,14 +514,18 @@ def _require_org_id(state: dict[str, Any]) -> None:
 def _check_message(message_id: str, moment: datetime, name: str) -> None:
     if not message_id:
         raise InvalidCommand("message id is required")
+    check_identifier(message_id, "message id", MAX_MESSAGE_ID)
     if moment.tzinfo is None:
         raise InvalidCommand(f"{name} must carry a timezone")
 
 
-def _check_content(kind: str, attachments: Sequence[dict[str, Any]]) -> None:
+def check_content(kind: str, attachments: Sequence[dict[str, Any]]) -> None:
     if not kind or not kind.strip():
         raise InvalidCommand("message kind is required")
+    check_text(kind, "message kind", MAX_KIND)
     if len(attachments) > MAX_ATTACHMENTS:
         raise InvalidCommand(f"a message carries at most {MAX_ATTACHMENTS} attachments")
     if any(not isinstance(a, dict) for a in attachments):
         raise InvalidCommand("attachments must be objects")
+    for a in attachments:
+        check_json(a, "attachment")

@@ -23,6 +23,11 @@ class Metrics:
             "inbox_webhook_rejected_total", "Meta webhook requests refused (bad signature, bad payload)", ["reason"],
             registry=self.registry,
         )
+        self.webhook_repairs = Counter(
+            "inbox_webhook_repaired_values_total",
+            "Values of Meta webhook facts repaired to be storable (NUL/surrogates, truncation, time, JSON)",
+            ["field", "reason"], registry=self.registry,
+        )
         self.requests = Histogram(
             "inbox_http_request_seconds", "HTTP request latency", ["method", "route", "status"],
             registry=self.registry,

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import queue
 import threading
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
@@ -33,7 +34,8 @@ from channels.facts import (
 from domain.channel_account import ChannelAccount, channel_account_id_for
 from domain.channels import Channel
 from domain.errors import AlreadyExists, Conflict, DomainError, InvalidCommand, NotAllowed, NotFound
-from domain.room import CHANNEL_SENDER, Room, room_id_for
+from domain.limits import MAX_ID, MAX_MESSAGE_ID, check_identifier, check_json, check_moment, check_text
+from domain.room import CHANNEL_SENDER, Room, check_contact, check_content, room_id_for
 from domain.staff import Actor, Role
 from inbox.eventstore import InboxApplication
 
@@ -87,12 +89,17 @@ class CommandResult:
 
 
 # ---- channel accounts -----------------------------------------------------------------------
+MISSING_TTL = 5.0  # seconds a negative account look-up is remembered (`cache_missing`)
+MISSING_CACHE_SIZE = 10_000
+
+
 class ChannelAccounts:
     """Registers accounts and finds them by the channel's external id (cached: accounts are immutable)."""
 
     def __init__(self, app: InboxApplication) -> None:
         self._app = app
         self._cache: dict[UUID, AccountInfo] = {}
+        self._missing: dict[UUID, float] = {}  # negative look-ups (see `find`), id -> expiry (monotonic)
         self._lock = threading.Lock()
 
     def register(
@@ -110,6 +117,8 @@ class ChannelAccounts:
             raise AlreadyExists(
                 f"{channel} account {external_id!r} is already registered"
             ) from None
+        with self._lock:
+            self._missing.pop(account.id, None)
         return self._info(account)
 
     def find_cached(self, channel: Channel, external_id: str) -> AccountInfo | None:
@@ -117,15 +126,29 @@ class ChannelAccounts:
         with self._lock:
             return self._cache.get(channel_account_id_for(channel.value, external_id))
 
-    def find(self, channel: Channel, external_id: str) -> AccountInfo | None:
-        account_id = channel_account_id_for(channel.value, external_id)
+    def find(self, channel: Channel, external_id: str, *, cache_missing: bool = False) -> AccountInfo | None:
+        """The account, or None. `cache_missing`: remember a miss for MISSING_TTL seconds (for
+        look-ups an unauthenticated caller can trigger; another process's new account may then
+        stay unseen that long)."""
+        account_id = channel_account_id_for(channel.value, external_id.encode("utf-8", "replace").decode())
+        now = time.monotonic()
         with self._lock:
             cached = self._cache.get(account_id)
+            missing_until = self._missing.get(account_id, 0.0)
         if cached is not None:
             return cached
+        if cache_missing and missing_until > now:
+            return None
         try:
             account: ChannelAccount = self._app.repository.get(account_id)
         except AggregateNotFoundError:
+            if cache_missing:
+                with self._lock:
+                    if len(self._missing) >= MISSING_CACHE_SIZE:
+                        self._missing = {k: t for k, t in self._missing.items() if t > now}
+                        if len(self._missing) >= MISSING_CACHE_SIZE:
+                            self._missing.clear()
+                    self._missing[account_id] = now + MISSING_TTL
             return None
         info = self._info(account)
         with self._lock:
@@ -428,6 +451,7 @@ class _Decision:
 
 
 def _validate_fact(account: AccountInfo, fact: RecordableFact) -> None:
+    """Every rule deciding the fact would check, on the fact alone: one bad fact is refused up front."""
     if account.channel != fact.channel:
         raise InvalidCommand(
             f"channel account {account.external_id!r} is a {account.channel.value} account, not {fact.channel.value}"
@@ -438,19 +462,37 @@ def _validate_fact(account: AccountInfo, fact: RecordableFact) -> None:
         if not fact.status or not fact.status_key:
             raise InvalidCommand("a delivery status needs a status and a key")
         _check_aware(fact.occurred_at, "occurred_at")
+        check_text(fact.status, "status", MAX_ID)
+        check_text(fact.status_key, "status key", MAX_MESSAGE_ID)
+        for value, name in ((fact.channel_message_id, "message id"), (fact.recipient_id, "recipient id")):
+            if value is not None:
+                check_text(value, name, MAX_MESSAGE_ID)
+        for error in fact.errors:
+            check_json(error, "error")
     else:
         if not fact.channel_message_id:
             raise InvalidCommand("message id is required")
+        check_identifier(fact.channel_message_id, "message id", MAX_MESSAGE_ID)
+        if fact.contact_id is not None:
+            check_identifier(fact.contact_id, "contact id")
         if isinstance(fact, OutboundEcho):
             if not fact.contact_id or not fact.sender_id:
                 raise InvalidCommand("an echo needs the contact and the sender")
             if fact.channel.is_comment:
                 raise InvalidCommand(f"{fact.channel.value} has no message echoes")
             _check_aware(fact.sent_at, "sent_at")
+            check_identifier(fact.sender_id, "sender id")
+            check_text(fact.text, "text")
+            check_content(fact.kind, fact.attachments)
         elif isinstance(fact, MessageEdit):
             _check_aware(fact.edited_at, "edited_at")
             if not fact.contact_id or not fact.edit_key:
                 raise InvalidCommand("an edit needs the contact and an edit key")
+            check_contact(fact.contact_id, fact.contact_name, None, fact.contact_handle)
+            check_text(fact.text, "text")
+            check_text(fact.edit_key, "edit key", MAX_MESSAGE_ID)
+            if fact.post_id is not None:
+                check_identifier(fact.post_id, "post_id")
             if fact.channel.is_comment != bool(fact.post_id):
                 raise InvalidCommand(f"{fact.channel.value} edits {'need' if fact.channel.is_comment else 'take no'} post_id")
         else:
@@ -460,6 +502,7 @@ def _validate_fact(account: AccountInfo, fact: RecordableFact) -> None:
 def _check_aware(at: datetime, name: str) -> None:
     if at.tzinfo is None:
         raise InvalidCommand(f"{name} must carry a timezone")
+    check_moment(at, name, datetime.now(UTC))
 
 
 def _validate_inbound(account: AccountInfo, msg: InboundMessage) -> None:
@@ -473,6 +516,13 @@ def _validate_inbound(account: AccountInfo, msg: InboundMessage) -> None:
         raise InvalidCommand("message id is required")
     if msg.sent_at.tzinfo is None:
         raise InvalidCommand("message sent_at must carry a timezone")
+    check_moment(msg.sent_at, "sent_at", datetime.now(UTC))
+    check_contact(msg.contact_id, msg.contact_name, msg.contact_phone, msg.contact_handle)
+    check_identifier(msg.channel_message_id, "message id", MAX_MESSAGE_ID)
+    check_text(msg.text, "text")
+    check_content(msg.kind, msg.attachments)
+    if msg.post_id is not None:
+        check_identifier(msg.post_id, "post_id")
     if msg.channel.is_comment and not msg.post_id:
         raise InvalidCommand(f"{msg.channel.value} messages need a post_id")
     if not msg.channel.is_comment and msg.post_id:

@@ -5,7 +5,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query
 
 from api.deps import SearchDep, StaffDep
-from api.schemas import SearchPage
+from api.schemas import QueryText, SearchPage
 from projections.queries import RoomFilter
 
 router = APIRouter(prefix="/v1/search", tags=["search"])
@@ -15,7 +15,7 @@ router = APIRouter(prefix="/v1/search", tags=["search"])
 def search(
     actor: StaffDep,
     rooms: SearchDep,
-    q: Annotated[str, Query(min_length=1, max_length=200)],
+    q: Annotated[QueryText, Query(min_length=1, max_length=200)],
     by: Literal["contact", "conversation"] = "contact",
     tab: Literal["messages", "comments"] | None = None,
     status: Literal["all", "unassigned", "assigned", "resolved"] = "all",

@@ -39,7 +39,7 @@ def verify_meta_subscription(
 
 @router.post("/meta")
 async def receive_meta_webhook(request: Request, container: ContainerDep) -> dict[str, int]:
-    """Verify the signature, record every fact of the POST (all or none), then answer 200."""
+    """Verify the signature, record the POST's valid facts together (refused ones are counted), then answer 200."""
     body = await request.body()
     header = request.headers.get("x-hub-signature-256")
     hooks = _webhooks(container)

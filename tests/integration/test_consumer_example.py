@@ -1,0 +1,111 @@
+"""examples/consumer runs against the real broker: real events from the relay, plus a duplicate,
+a gap and invalid messages produced next to them, and its summary counts each one."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from inbox.config import Settings
+from inbox.container import Container
+from inbox.wire import encode, event_id
+from tests.integration.history_helpers import Story, write_story
+from tests.integration.test_relay import caught_up, running_relay
+from tests.support import read_topic_async
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "examples" / "consumer" / "consumer.py"
+
+
+def publish_story(settings: Settings) -> tuple[Story, list[dict[str, Any]]]:
+    container = Container.build(settings)
+    try:
+        story = write_story(container)
+    finally:
+        container.close()
+
+    async def relay_all() -> list[dict[str, Any]]:
+        async with running_relay(settings) as relay:
+            await caught_up(relay, settings)
+        return [e for _, e in await read_topic_async(settings, relay.published)]
+
+    return story, asyncio.run(relay_all())
+
+
+async def produce(settings: Settings, messages: list[tuple[bytes, bytes]]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+    await producer.start()
+    try:
+        for key, value in messages:
+            await producer.send_and_wait(settings.events_topic, value, key=key)
+    finally:
+        await producer.stop()
+
+
+def run_example(settings: Settings, *args: str) -> dict[str, Any]:
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLE), "--bootstrap", str(settings.kafka_bootstrap), "--topic", settings.events_topic,
+         "--schemas", str(ROOT / "docs" / "events"), "--json", *args],
+        capture_output=True, timeout=120, check=False,
+    )
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    return json.loads(done.stdout.decode().strip().splitlines()[-1])
+
+
+def test_the_example_consumer_counts_duplicates_gaps_and_invalid_events(settings: Settings) -> None:
+    story, published = publish_story(settings)
+    c5 = [e for e in published if e["room_id"] == story.rooms["c5"]]  # org2's room: versions 1, 2
+    assert [e["version"] for e in sorted(c5, key=lambda e: e["version"])] == [1, 2]
+    opened, received = sorted(c5, key=lambda e: e["version"])
+    key = story.rooms["c5"].encode()
+    # Version 4 of c5 while its last is 2: a valid event after a gap (version 3 is missing).
+    jumped = {**received, "id": event_id(story.rooms["c5"], 4), "version": 4,
+              "data": {**received["data"], "channel_message_id": "c5-m9", "text": "where is it?"}}
+    bad_shape = {**opened, "data": {**opened["data"], "channel": "carrier-pigeon"}}  # not in the enum
+    asyncio.run(produce(settings, [
+        (key, encode(received)),    # the same (room, version) again: a duplicate
+        (key, encode(jumped)),      # a gap
+        (key, encode(bad_shape)),   # invalid against RoomOpened.json
+        (key, b"{not json"),        # invalid: not JSON
+    ]))
+
+    summary = run_example(settings, "--stop-after", str(len(published) + 4))
+
+    assert summary == {
+        "messages": 19 + 4,
+        "applied": 19 + 1,
+        "by_type": {"MessageReceived": 7 + 1, "MessageSent": 2, "RoomAssigned": 3, "RoomOpened": 6, "RoomResolved": 1},
+        "rooms": 6,
+        "duplicates": 1,
+        "gaps": 1,
+        "missing": 1,
+        "late": 0,
+        "invalid": 2,
+        "unknown_types": 0,
+    }
+
+
+def test_the_example_consumer_accepts_an_old_schema_version_by_upcasting_it(settings: Settings) -> None:
+    story, published = publish_story(settings)
+    c3 = sorted((e for e in published if e["room_id"] == story.rooms["c3"]), key=lambda e: e["version"])
+    resolved = c3[-1]
+    assert resolved["type"] == "RoomResolved"
+    # A version-0 draft of the next RoomResolved: no schema_version, `cause` instead of `reason`.
+    old = {k: v for k, v in resolved.items() if k != "schema_version"}
+    old.update(version=resolved["version"] + 1, id=event_id(resolved["room_id"], resolved["version"] + 1),
+               data={**{k: v for k, v in resolved["data"].items() if k != "reason"}, "cause": "expired"})
+    asyncio.run(produce(settings, [(story.rooms["c3"].encode(), orjson.dumps(old))]))
+
+    summary = run_example(settings, "--stop-after", str(len(published) + 1))
+
+    assert (summary["applied"], summary["invalid"], summary["by_type"]["RoomResolved"]) == (20, 0, 2)

@@ -116,8 +116,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from eventsourcing.persistence import ProgrammingError
+
     from inbox.adapters.export import ExportError, ExportFilter, export_events, parse_time, parse_types
-    from inbox.db import migrate
     from inbox.event_log import WireEventLog
     from inbox.eventstore import InboxApplication
 
@@ -132,13 +133,15 @@ def cmd_export(args: argparse.Namespace) -> int:
         return 2
     settings = Settings.from_env()
     with _embedded_database(settings) as settings:
-        settings = settings.require("database_url")
-        migrate(settings)
+        settings = settings.require("database_url")  # read-only: no migrate, so a read replica will do
         app = InboxApplication.from_settings(settings)
         try:
             stats = export_events(WireEventLog(app), args.out, args.format, flt, progress=_progress_bar)
         except ExportError as e:
             print(f"inbox export: {e}", file=sys.stderr)
+            return 2
+        except ProgrammingError as e:  # e.g. no event store in this schema
+            print(f"inbox export: cannot read the event store in schema {settings.db_schema!r}: {e}", file=sys.stderr)
             return 2
         finally:
             app.close()

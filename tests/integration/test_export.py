@@ -285,3 +285,18 @@ def test_inbox_export_refuses_an_unknown_type_without_writing(
     assert code == 2
     assert "unknown event types: Nope" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_inbox_export_of_a_schema_without_an_event_store_says_so(
+    db_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name, value in db_settings.to_env().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("INBOX_DB_SCHEMA", db_settings.db_schema + "_missing")
+    out = tmp_path / "x.jsonl"
+
+    code = main(["export", "--format", "jsonl", "--out", str(out)])
+
+    assert code == 2
+    assert "cannot read the event store in schema" in capsys.readouterr().err
+    assert not out.exists()

@@ -140,6 +140,9 @@ def cmd_export(args: argparse.Namespace) -> int:
         except ExportError as e:
             print(f"inbox export: {e}", file=sys.stderr)
             return 2
+        except OSError as e:  # e.g. the output directory does not exist
+            print(f"inbox export: cannot write {args.out}: {e}", file=sys.stderr)
+            return 2
         except ProgrammingError as e:  # e.g. no event store in this schema
             print(f"inbox export: cannot read the event store in schema {settings.db_schema!r}: {e}", file=sys.stderr)
             return 2

@@ -247,7 +247,7 @@ class ExportStats:
 
 
 def export_events(
-    reader: WireEventLog, out: Path, fmt: str, flt: ExportFilter = ExportFilter(), *,
+    reader: WireEventLog, out: Path | str, fmt: str, flt: ExportFilter = ExportFilter(), *,
     page_size: int = 5000, row_group_size: int = 100_000, progress: Progress | None = None,
 ) -> ExportStats:
     """Write the filtered history to `out`; written to `out.partial` first, so `out` is only ever complete."""

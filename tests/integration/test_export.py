@@ -300,3 +300,15 @@ def test_inbox_export_of_a_schema_without_an_event_store_says_so(
     assert code == 2
     assert "cannot read the event store in schema" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_inbox_export_into_a_missing_directory_says_so(
+    db_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name, value in db_settings.to_env().items():
+        monkeypatch.setenv(name, value)
+
+    code = main(["export", "--format", "jsonl", "--out", str(tmp_path / "no-such-dir" / "x.jsonl")])
+
+    assert code == 2
+    assert "cannot write" in capsys.readouterr().err

@@ -48,7 +48,9 @@ def write_story(container: Container) -> Story:
     return story
 
 
-def write_inbound(container: Container, account: AccountInfo, count: int, *, contacts: int = 20, tag: str = "m") -> None:
+def write_inbound(
+    container: Container, account: AccountInfo, count: int, *, contacts: int = 20, tag: str = "m"
+) -> None:
     """`count` inbound messages spread over `contacts` rooms, committed in groups."""
     items = [(account, inbound(account, f"{tag}-c{i % contacts}", f"{tag}-{i}")) for i in range(count)]
     for start in range(0, count, 500):

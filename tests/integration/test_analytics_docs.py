@@ -35,7 +35,9 @@ def test_the_doc_has_the_three_tagged_queries() -> None:
 
 
 @pytest.fixture
-def exported(db_settings: Settings, tmp_path: Path) -> Iterator[tuple[Story, duckdb.DuckDBPyConnection, list[dict[str, Any]]]]:
+def exported(
+    db_settings: Settings, tmp_path: Path
+) -> Iterator[tuple[Story, duckdb.DuckDBPyConnection, list[dict[str, Any]]]]:
     container = Container.build(db_settings)
     try:
         day_before = datetime.now(UTC).date()

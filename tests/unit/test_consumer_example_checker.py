@@ -18,7 +18,8 @@ ROOM = "27f0e52a-5c14-5559-a06b-0d1eb9662ec1"
 
 
 def load_example() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("inbox_example_consumer", ROOT / "examples" / "consumer" / "consumer.py")
+    path = ROOT / "examples" / "consumer" / "consumer.py"
+    spec = importlib.util.spec_from_file_location("inbox_example_consumer", path)
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules

@@ -233,6 +233,8 @@ def run(
                 consumer.commit(message=msg, asynchronous=True)
             if checker.summary.messages % report_every == 0:
                 print(checker.summary.line(), file=sys.stderr, flush=True)
+        if group and checker.summary.messages:
+            consumer.commit(asynchronous=False)  # the positions reached, before leaving the group
     finally:
         consumer.close()
     return checker.summary

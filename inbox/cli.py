@@ -117,6 +117,46 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from eventsourcing.persistence import ProgrammingError
+
+    from inbox.adapters.export import ExportError, ExportFilter, export_events, parse_time, parse_types
+    from inbox.event_log import WireEventLog
+    from inbox.eventstore import InboxApplication
+
+    try:
+        flt = ExportFilter(
+            org=args.org, since=parse_time(args.since) if args.since else None,
+            until=parse_time(args.until) if args.until else None,
+            types=parse_types(args.types) if args.types else None,
+        )
+    except ExportError as e:
+        print(f"inbox export: {e}", file=sys.stderr)
+        return 2
+    settings = Settings.from_env()
+    with _embedded_database(settings) as settings:
+        settings = settings.require("database_url")  # read-only: no migrate, so a read replica will do
+        app = InboxApplication.from_settings(settings)
+        try:
+            stats = export_events(WireEventLog(app), args.out, args.format, flt, progress=_progress_bar)
+        except ExportError as e:
+            print(f"inbox export: {e}", file=sys.stderr)
+            return 2
+        except OSError as e:  # e.g. the output directory does not exist
+            print(f"inbox export: cannot write {args.out}: {e}", file=sys.stderr)
+            return 2
+        except ProgrammingError as e:  # e.g. no event store in this schema
+            print(f"inbox export: cannot read the event store in schema {settings.db_schema!r}: {e}", file=sys.stderr)
+            return 2
+        finally:
+            app.close()
+        print(
+            f"\nexported {stats.events:,} events to {args.out} ({stats.bytes:,} bytes) in {stats.seconds:.1f}s"
+            f" ({stats.events_per_s:,.0f} events/s)", file=sys.stderr,
+        )
+    return 0
+
+
 def _progress_bar(done: int, total: int, rate: float) -> None:
     width = 30
     frac = min(1.0, done / total) if total else 1.0
@@ -244,6 +284,14 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("worker", help="run a Faust projection worker (production)").set_defaults(func=cmd_worker)
     sub.add_parser("migrate", help="create or update the database schema").set_defaults(func=cmd_migrate)
     sub.add_parser("replay", help="rebuild every projection from the event store").set_defaults(func=cmd_replay)
+    export = sub.add_parser("export", help="write the room-event history to Parquet or JSON Lines")
+    export.add_argument("--format", required=True, choices=["parquet", "jsonl"])
+    export.add_argument("--out", required=True, help="file to write (replaced only when complete)")
+    export.add_argument("--org", help="only this organization's events")
+    export.add_argument("--since", help="only events that occurred at or after this ISO-8601 time (UTC if no offset)")
+    export.add_argument("--until", help="only events that occurred before this ISO-8601 time")
+    export.add_argument("--types", help="comma-separated event types, e.g. RoomOpened,MessageReceived")
+    export.set_defaults(func=cmd_export)
     token = sub.add_parser("token", help="print a signed bearer token")
     token.add_argument("--org", required=True)
     token.add_argument("--user", required=True)

@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from domain.errors import InvalidCommand
+from domain.visibility import ALL, NOBODY
 
 # ---- lengths (characters) -------------------------------------------------------------------
 MAX_TEXT = 65_536  # message / reply / edit text
@@ -37,9 +38,8 @@ MAX_JSON_INT = 2**63 - 1  # larger integers (either sign) become strings: orjson
 EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
 MAX_FUTURE = timedelta(days=1)  # a timestamp may be at most this far ahead of the server's clock
 
-# Values that name "nobody" and "everybody" in the read models' counter keys
-# (projections/counters.py): never an id.
-RESERVED_IDS = frozenset({"-", "*"})
+# Values that name "nobody" and "everybody" in the counter keys (domain.visibility): never an id.
+RESERVED_IDS = frozenset({ALL, NOBODY})
 
 REPLACEMENT = "\ufffd"
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")  # NUL and lone surrogates: not UTF-8, not PostgreSQL text

@@ -7,6 +7,8 @@ from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
+from inbox.config import MIN_APP_SECRET_CHARS
+
 ChannelName = Literal["whatsapp_cloud", "instagram", "facebook_messenger", "instagram_comment", "facebook_comment"]
 
 
@@ -19,7 +21,7 @@ class RegisterChannelAccount(Body):
     channel: ChannelName
     external_id: str = Field(min_length=1, max_length=128)
     name: str = Field(min_length=1, max_length=200)
-    app_secret: str | None = Field(default=None, max_length=256)
+    app_secret: str | None = Field(default=None, min_length=MIN_APP_SECRET_CHARS, max_length=256)
 
 
 class InboundContact(Body):

@@ -8,6 +8,8 @@ recorded exactly once, a 503 is not recorded until retried, nothing else but 202
 from __future__ import annotations
 
 import asyncio
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -87,3 +89,58 @@ def test_a_lock_on_the_events_table_longer_than_the_request_timeout(
 
     load = asyncio.run(steady_load(pipeline, rate=RATE, seconds=1.5 + hold_s + 3, tag="lock", fault=hold_lock))
     assert_outcomes(pipeline, load, f, released[0])
+
+
+def test_terminated_database_connections_under_load(pipeline: Pipeline, figures: Callable[[str], Figures]) -> None:
+    f = figures("c terminate backends")
+    app_name = conninfo_to_dict(pipeline.settings.database_url or "")["application_name"]
+    done: list[float] = []
+
+    async def kill_connections() -> None:
+        for _ in range(3):
+            await asyncio.sleep(1.0)
+            killed = await asyncio.to_thread(terminate_backends, pipeline.settings, str(app_name))
+            assert killed > 0, "no application connection found to terminate"
+        done.append(time.monotonic())
+
+    load = asyncio.run(steady_load(pipeline, rate=RATE, seconds=6, tag="term", fault=kill_connections))
+    assert_outcomes(pipeline, load, f, done[0], expect_503=False)
+
+
+@pytest.fixture
+def own_postgres(settings: Settings) -> Iterator[tuple[EmbeddedPostgres, Settings]]:
+    """A PostgreSQL server of this test alone (restarting the shared one would break other sessions)."""
+    # Not under tmp_path: as root, the library runs pg_ctl as another user, which must reach the directory.
+    base = Path(tempfile.mkdtemp(prefix="inbox-faults-pg-"))
+    base.chmod(0o755)
+    pg = EmbeddedPostgres(base / "pg").start()
+    try:
+        own = fault_settings(replace(settings, database_url=pg.url))
+        migrate(own)
+        yield pg, own
+    finally:
+        pg.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_a_postgresql_restart_under_load(
+    own_postgres: tuple[EmbeddedPostgres, Settings], tmp_path: Path, figures: Callable[[str], Figures]
+) -> None:
+    f = figures("c restart postgresql")
+    pg, own = own_postgres
+    p = Pipeline(own, tmp_path)
+    back: list[float] = []
+
+    async def restart() -> None:
+        await asyncio.sleep(1.5)
+        await asyncio.to_thread(pg.stop)
+        await asyncio.sleep(2.0)
+        await asyncio.to_thread(pg.start)
+        back.append(time.monotonic())
+
+    try:
+        start_pipeline(p)
+        load = asyncio.run(steady_load(p, rate=RATE, seconds=8, tag="restart", fault=restart))
+        assert_outcomes(p, load, f, back[0])
+    finally:
+        p.stop_all()

@@ -44,6 +44,10 @@ class Load:
     def statuses(self) -> Counter[int | str]:
         return Counter(s.status for s in self.sent)
 
+    def transport_errors(self) -> list[Sent]:
+        """No answer at all (connection reset, refused, timed out): the outcome is unknown."""
+        return [s for s in self.sent if isinstance(s.status, str)]
+
     def unanswered(self) -> list[Sent]:
         """Neither accepted nor refused: 503s and requests whose answer never came."""
         return [s for s in self.sent if s.status != 202]
@@ -86,7 +90,8 @@ async def steady_load(
     timeout = request_timeout or p.settings.inbound_timeout_s + 10
     load = Load()
     async with httpx.AsyncClient(base_url=p.base_url, headers=headers, timeout=timeout,
-                                 limits=httpx.Limits(max_connections=200)) as client:
+                                 # idle connections closed before uvicorn's 5 s keep-alive closes them under us
+                                 limits=httpx.Limits(max_connections=200, keepalive_expiry=2)) as client:
         fault_task = asyncio.create_task(fault()) if fault else None
         tasks = []
         start = time.monotonic()

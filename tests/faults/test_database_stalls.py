@@ -2,7 +2,8 @@
 
 Every case: steady inbound load while the fault happens, then the sender's retries; a 202 is
 recorded exactly once, a 503 is not recorded until retried, nothing else but 202/503 is answered
-(a lost connection aside), and a canary message comes out of the projections at the end.
+(a request without any answer is an unknown outcome: counted, then retried like a 503), every
+message is recorded exactly once after the retries, and a canary comes out of the projections.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ from tests.faults.harness import (
 )
 from tests.support import Pipeline
 
+pytestmark = pytest.mark.faults
+
 RATE = 30  # inbound requests a second
 
 
@@ -45,7 +48,9 @@ def assert_outcomes(p: Pipeline, load: Load, figures: Figures, fault_end: float,
     lost, duplicated = account(figures, load, p.settings)
     figures.recover_s = first_accepted_after(load, fault_end)
     answered = load.statuses()
-    assert set(answered) <= {202, 503}, f"only 202 or 503 may be answered: {answered}; api log:\n{p.log_tail('api')}"
+    # Transport errors (no answer) are unknown outcomes: counted, printed, and retried below.
+    statuses = {s for s in answered if isinstance(s, int)}
+    assert statuses <= {202, 503}, f"only 202 or 503 may be answered: {answered}; api log:\n{p.log_tail('api')}"
     if expect_503:
         assert load.with_status(503), f"the fault should have been felt as 503s: {answered}"
     assert lost == [] and duplicated == []

@@ -21,6 +21,8 @@ from inbox.meta_webhooks import signature
 from tests.faults.harness import ACCOUNT, Figures, canary, inbound_body, store_message_ids
 from tests.support import Pipeline, auth
 
+pytestmark = pytest.mark.faults
+
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "meta"
 WA_ACCOUNT = "106540352242922"  # phone_number_id in the fixtures
 PAGE = "104536785812345"

@@ -25,6 +25,8 @@ from tests.faults.harness import (
 )
 from tests.support import Pipeline
 
+pytestmark = pytest.mark.faults
+
 RATE = 30
 
 

@@ -14,8 +14,12 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from tests.faults.harness import Figures, canary
 from tests.support import Pipeline, token
+
+pytestmark = pytest.mark.faults
 
 MAX_EXAMPLES = 15
 MAX_TIME_S = 40
@@ -34,6 +38,7 @@ def test_schemathesis_finds_no_server_error_and_the_canary_still_flows(
          "--request-timeout", "30", "--no-shrink", "--report", "har", "--report-har-path", str(har)],
         capture_output=True, text=True, timeout=MAX_TIME_S * 3,
     )
+    (tmp_path / "schemathesis.out").write_text(run.stdout + run.stderr)
     assert har.exists(), f"schemathesis wrote no report:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
     statuses = Counter(e["response"]["status"] for e in json.loads(har.read_text())["log"]["entries"])
     f.requests = sum(statuses.values())

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from inbox.meta_webhooks import signature
-from tests.faults.harness import ACCOUNT, Figures, canary, inbound_body, store_message_ids
+from tests.faults.harness import Figures, canary, inbound_body, store_message_ids
 from tests.support import Pipeline, auth
 
 pytestmark = pytest.mark.faults
@@ -207,3 +207,21 @@ def test_hostile_values_are_refused_or_recorded_and_the_pipeline_keeps_flowing(
     assert f.lost == 0 and f.duplicates == 0
     f.recover_s = canary(p)
     p.wait_until_projected(timeout=30)
+
+
+def test_a_reply_containing_nul_never_stops_the_projections(
+    pipeline: Pipeline, figures: Callable[[str], Figures]
+) -> None:
+    """Issue 7's first reproduction: a reply "a\\u0000b" was stored (201), then every projection batch failed."""
+    f = figures("a nul reply (reproduction 1)")
+    bridge = auth(pipeline.settings, role="integration", user="bridge")
+    first = httpx.post(f"{pipeline.base_url}/v1/inbound-messages", headers=bridge, timeout=30,
+                       json=inbound_body("nul.room", contact="6281100000002"))
+    assert first.status_code == 202, first.text
+    r = httpx.post(f"{pipeline.base_url}/v1/rooms/{first.json()['room_id']}/messages", headers=auth(pipeline.settings),
+                   timeout=30, json={"text": "a\u0000b"})
+    f.requests, f.accepted = 2, 1 + (r.status_code == 201)
+    f.other = Counter({r.status_code: 1})
+    assert r.status_code in (201, 422), r.text
+    f.recover_s = canary(pipeline)
+    pipeline.wait_until_projected(timeout=30)

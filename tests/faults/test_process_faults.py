@@ -23,7 +23,7 @@ from tests.faults.harness import (
     steady_load,
     store_message_ids,
 )
-from tests.support import Pipeline
+from tests.support import Pipeline, query, wait_until
 
 pytestmark = pytest.mark.faults
 
@@ -76,12 +76,18 @@ def test_a_broker_restart_under_a_running_relay_leaves_projections_complete(
     p = Pipeline(own, tmp_path)
     back: list[float] = []
 
+    def published() -> int:
+        return int(query(p.settings, "SELECT coalesce(max(notification_id), 0) FROM relay_position")[0][0])
+
     async def restart_broker() -> None:
-        # The worker is down while the broker loses its memory, so what was published before the
-        # restart exists nowhere but in the event store: the relay has to notice and re-publish.
+        # The worker is down while the broker loses its memory, and at least 20 events were
+        # published after it died: they exist nowhere but in the event store, so the relay has to
+        # notice the lost topic data and re-publish.
         await asyncio.sleep(1.0)
         p.kill("worker")
-        await asyncio.sleep(1.5)
+        seen_by_worker = int(query(p.settings, "SELECT coalesce(max(notification_id), 0) FROM inbox_events")[0][0])
+        await asyncio.to_thread(wait_until, lambda: published() >= seen_by_worker + 20, timeout=30,
+                                what="the relay to publish 20 events the worker never saw")
         await asyncio.to_thread(broker.stop)  # memory only: the topic's data is gone
         await asyncio.to_thread(broker.start)
         back.append(time.monotonic())
@@ -89,7 +95,7 @@ def test_a_broker_restart_under_a_running_relay_leaves_projections_complete(
 
     try:
         start_pipeline(p)
-        load = asyncio.run(steady_load(p, rate=RATE, seconds=6, tag="broker", fault=restart_broker))
+        load = asyncio.run(steady_load(p, rate=RATE, seconds=8, tag="broker", fault=restart_broker))
         lost, duplicated = account(f, load, p.settings)
         assert load.statuses() == {202: len(load.sent)}, "the API does not depend on the broker"
         assert lost == [] and duplicated == []

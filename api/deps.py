@@ -35,7 +35,9 @@ async def current_actor(
         raise HTTPException(401, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
     assert container.settings.jwt_secret
     try:
-        return verify_token(container.settings.jwt_secret, credentials.credentials)
+        settings = container.settings
+        return verify_token(settings.jwt_secret, credentials.credentials, issuer=settings.jwt_issuer,
+                            audience=settings.jwt_audience)
     except InvalidToken as e:
         raise HTTPException(401, str(e), headers={"WWW-Authenticate": "Bearer"}) from None
 

@@ -11,6 +11,8 @@ from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 from domain import limits
 from domain.errors import InvalidCommand
 
+from inbox.config import MIN_APP_SECRET_CHARS
+
 ChannelName = Literal["whatsapp_cloud", "instagram", "facebook_messenger", "instagram_comment", "facebook_comment"]
 
 
@@ -61,7 +63,7 @@ class RegisterChannelAccount(Body):
     channel: ChannelName
     external_id: Id
     name: Annotated[Name, Field(min_length=1)]
-    app_secret: Secret | None = None
+    app_secret: Annotated[Secret, Field(min_length=MIN_APP_SECRET_CHARS)] | None = None
 
 
 class InboundContact(Body):

@@ -15,18 +15,30 @@ class InvalidToken(Exception):
     """The token is missing, malformed, expired or signed with another secret."""
 
 
-def mint_token(secret: str, *, org: str, user: str, role: str, name: str | None = None, ttl_s: int = 7 * 24 * 3600) -> str:
+def mint_token(
+    secret: str, *, org: str, user: str, role: str, name: str | None = None, ttl_s: int = 7 * 24 * 3600,
+    issuer: str | None = None, audience: str | None = None,
+) -> str:
     Role(role)  # refuse unknown roles early
     now = int(time.time())
-    claims = {"sub": user, "org": org, "role": role, "iat": now, "exp": now + ttl_s}
+    claims: dict[str, object] = {"sub": user, "org": org, "role": role, "iat": now, "exp": now + ttl_s}
     if name:
         claims["name"] = name
+    if issuer:
+        claims["iss"] = issuer
+    if audience:
+        claims["aud"] = audience
     return jwt.encode(claims, secret, algorithm=ALGORITHM)
 
 
-def verify_token(secret: str, token: str) -> Actor:
+def verify_token(secret: str, token: str, *, issuer: str | None = None, audience: str | None = None) -> Actor:
+    """Check signature and expiry; when `issuer`/`audience` are configured, the token must carry them."""
+    required = ["sub", "exp"] + (["iss"] if issuer else []) + (["aud"] if audience else [])
     try:
-        claims = jwt.decode(token, secret, algorithms=[ALGORITHM], options={"require": ["sub", "exp"]})
+        claims = jwt.decode(
+            token, secret, algorithms=[ALGORITHM], issuer=issuer, audience=audience,
+            options={"require": required, "verify_aud": audience is not None},
+        )
     except jwt.ExpiredSignatureError:
         raise InvalidToken("token expired") from None
     except jwt.PyJWTError as e:

@@ -14,7 +14,7 @@ import warnings
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from inbox.config import ConfigError, Settings
+from inbox.config import DEV_JWT_SECRET, ConfigError, Settings
 
 if TYPE_CHECKING:
     from inbox.embedded import EmbeddedBroker
@@ -36,7 +36,7 @@ def cmd_api(args: argparse.Namespace) -> int:
 
     settings = Settings.from_env().require(
         "database_url", "kafka_bootstrap", "jwt_secret", "meta_app_secret", "meta_verify_token"
-    )
+    ).check_secrets()
     migrate(settings)
     container = Container.build(settings)
     try:
@@ -65,7 +65,7 @@ def cmd_relay(args: argparse.Namespace) -> int:
     from inbox.db import migrate
     from streams.relay import Relay
 
-    settings = Settings.from_env().require("database_url", "kafka_bootstrap")
+    settings = Settings.from_env().require("database_url", "kafka_bootstrap").check_secrets()
     migrate(settings)
     _run_until_signalled(Relay(settings).run)
     return 0
@@ -75,7 +75,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from inbox.db import migrate
     from streams.projector import run_worker
 
-    settings = Settings.from_env().require("database_url", "kafka_bootstrap")
+    settings = Settings.from_env().require("database_url", "kafka_bootstrap").check_secrets()
     migrate(settings)
     run_worker(settings, loglevel=os.environ.get("INBOX_LOG_LEVEL", "INFO").lower())
     return 0
@@ -94,10 +94,15 @@ def cmd_token(args: argparse.Namespace) -> int:
 
     settings = Settings.from_env()
     if not settings.jwt_secret:
+        if not args.dev:
+            raise ConfigError("INBOX_JWT_SECRET is not set; pass --dev to sign with the development secret"
+                              " (accepted by `inbox dev` only)")
         settings = settings.with_dev_defaults()
-        print("INBOX_JWT_SECRET is not set: signing with the development secret", file=sys.stderr)
+        print("signing with the development secret (--dev)", file=sys.stderr)
+    elif settings.jwt_secret == DEV_JWT_SECRET and not args.dev:
+        raise ConfigError("INBOX_JWT_SECRET is the development secret; pass --dev if that is what you mean")
     print(mint_token(settings.jwt_secret or "", org=args.org, user=args.user, role=args.role, name=args.name,
-                     ttl_s=args.ttl))
+                     ttl_s=args.ttl, issuer=settings.jwt_issuer, audience=settings.jwt_audience))
     return 0
 
 
@@ -221,7 +226,8 @@ def cmd_dev(args: argparse.Namespace) -> int:
             for role in ("relay", "worker", "api"):
                 children.append(subprocess.Popen([sys.executable, "-m", "inbox.cli", role], env=env))
                 print(f"started {role} (pid {children[-1].pid})", file=sys.stderr)
-            token = mint_token(settings.jwt_secret or "", org="dev-org", user="dev-admin", role="admin")
+            token = mint_token(settings.jwt_secret or "", org="dev-org", user="dev-admin", role="admin",
+                               issuer=settings.jwt_issuer, audience=settings.jwt_audience)
             print(
                 f"\nInbox is starting on http://{settings.http_host}:{settings.http_port}"
                 f"  (OpenAPI: http://{settings.http_host}:{settings.http_port}/docs)\n"
@@ -298,6 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     token.add_argument("--role", required=True, choices=["admin", "supervisor", "agent", "integration"])
     token.add_argument("--name")
     token.add_argument("--ttl", type=int, default=7 * 24 * 3600, help="seconds until the token expires")
+    token.add_argument("--dev", action="store_true", help="allow signing with the development secret")
     token.set_defaults(func=cmd_token)
     args = parser.parse_args(argv)
     _setup_logging(os.environ.get("INBOX_LOG_LEVEL", "INFO"))

@@ -9,6 +9,11 @@ from pathlib import Path
 DEV_JWT_SECRET = "inbox-development-only-jwt-secret-not-for-production"
 DEV_META_APP_SECRET = "inbox-dev-meta-app-secret"
 DEV_META_VERIFY_TOKEN = "inbox-dev-verify-token"
+# Production processes refuse shorter secrets: HS256 keys below 32 bytes can be brute-forced
+# offline from one token; a Meta app secret is 32 hex characters, so anything under 16 is a typo
+# or a placeholder.
+MIN_JWT_SECRET_BYTES = 32
+MIN_APP_SECRET_CHARS = 16
 
 
 class ConfigError(RuntimeError):
@@ -47,6 +52,11 @@ class Settings:
     worker_group: str = "inbox-projections"
     # A dead worker's partitions move to the others after this long (Kafka session timeout).
     worker_session_timeout_s: float = 10.0
+    # Optional JWT checks: when set, tokens must carry this `iss` / `aud` (and `inbox token` adds them).
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    # How long an inbound request waits for its commit before giving up.
+    inbound_timeout_s: float = 10.0
 
     @property
     def events_topic(self) -> str:
@@ -70,6 +80,15 @@ class Settings:
             except ValueError as e:
                 raise ConfigError(f"{name} must be an integer, got {raw!r}") from e
 
+        def get_float(name: str, default: float) -> float:
+            raw = get(name)
+            if raw is None:
+                return default
+            try:
+                return float(raw)
+            except ValueError as e:
+                raise ConfigError(f"{name} must be a number, got {raw!r}") from e
+
         return cls(
             database_url=get("INBOX_DATABASE_URL"),
             db_schema=get("INBOX_DB_SCHEMA") or "public",
@@ -87,6 +106,9 @@ class Settings:
             worker_batch_size=get_int("INBOX_WORKER_BATCH_SIZE", 500),
             worker_group=get("INBOX_WORKER_GROUP") or "inbox-projections",
             worker_session_timeout_s=float(get_int("INBOX_WORKER_SESSION_TIMEOUT_S", 10)),
+            jwt_issuer=get("INBOX_JWT_ISSUER"),
+            jwt_audience=get("INBOX_JWT_AUDIENCE"),
+            inbound_timeout_s=get_float("INBOX_INBOUND_TIMEOUT_S", 10.0),
         )
 
     def to_env(self) -> dict[str, str]:
@@ -108,6 +130,9 @@ class Settings:
             "INBOX_WORKER_BATCH_SIZE": str(self.worker_batch_size),
             "INBOX_WORKER_GROUP": self.worker_group,
             "INBOX_WORKER_SESSION_TIMEOUT_S": str(int(self.worker_session_timeout_s)),
+            "INBOX_JWT_ISSUER": self.jwt_issuer,
+            "INBOX_JWT_AUDIENCE": self.jwt_audience,
+            "INBOX_INBOUND_TIMEOUT_S": str(self.inbound_timeout_s),
         }
         return {k: v or "" for k, v in values.items()}
 
@@ -135,4 +160,12 @@ class Settings:
                 "missing required configuration: " + ", ".join(missing)
                 + " (only `inbox dev` fills in development defaults)"
             )
+        return self
+
+    def check_secrets(self) -> Settings:
+        """Refuse secrets too short to protect anything (production processes; `inbox dev` has long ones)."""
+        if self.jwt_secret is not None and len(self.jwt_secret.encode()) < MIN_JWT_SECRET_BYTES:
+            raise ConfigError(f"INBOX_JWT_SECRET must be at least {MIN_JWT_SECRET_BYTES} bytes long")
+        if self.meta_app_secret is not None and len(self.meta_app_secret) < MIN_APP_SECRET_CHARS:
+            raise ConfigError(f"INBOX_META_APP_SECRET must be at least {MIN_APP_SECRET_CHARS} characters long")
         return self

@@ -16,7 +16,9 @@ def conninfo(settings: Settings) -> str:
     """libpq connection string with the schema on the search_path."""
     if not settings.database_url:
         raise ConfigError("INBOX_DATABASE_URL is not set")
-    return make_conninfo(settings.database_url, options=f"-c search_path={settings.db_schema}")
+    given = conninfo_to_dict(settings.database_url).get("options")  # keep the URL's own options
+    options = f"{given} -c search_path={settings.db_schema}" if given else f"-c search_path={settings.db_schema}"
+    return make_conninfo(settings.database_url, options=options)
 
 
 def eventsourcing_env(settings: Settings) -> dict[str, str]:
@@ -25,7 +27,10 @@ def eventsourcing_env(settings: Settings) -> dict[str, str]:
         raise ConfigError("INBOX_DATABASE_URL is not set")
     params = conninfo_to_dict(settings.database_url)
     return {
-        "PERSISTENCE_MODULE": "eventsourcing.postgres",
+        # The library's factory passes on host/port/user/password/dbname only; ours adds the rest
+        # of the URL (sslmode, options, application_name, ...).
+        "PERSISTENCE_MODULE": "inbox.eventstore:InboxPostgresFactory",
+        "POSTGRES_CONNINFO": settings.database_url,
         "POSTGRES_DBNAME": str(params.get("dbname") or "postgres"),
         "POSTGRES_HOST": str(params.get("host") or "127.0.0.1"),
         "POSTGRES_PORT": str(params.get("port") or "5432"),

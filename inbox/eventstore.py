@@ -16,7 +16,7 @@ from typing import Any
 
 from eventsourcing.application import Application
 from eventsourcing.persistence import StoredEvent
-from eventsourcing.postgres import PostgresApplicationRecorder
+from eventsourcing.postgres import PostgresApplicationRecorder, PostgresFactory
 from psycopg import Connection, Cursor
 from psycopg.rows import DictRow
 from psycopg.sql import SQL, Identifier
@@ -102,6 +102,22 @@ class InboxRecorder(PostgresApplicationRecorder):
         if delivery_statuses:
             curs.executemany(self._insert_status, [(*row[:7], Jsonb(list(row[7]))) for row in delivery_statuses])
         super()._insert_events(curs, stored_events, **kwargs)
+
+
+class InboxPostgresFactory(PostgresFactory):
+    """The library's PostgreSQL factory, honouring every parameter of INBOX_DATABASE_URL.
+
+    The library builds its pool from host/port/user/password/dbname alone; the pool connects with
+    `make_conninfo(pool.conninfo, **kwargs)`, so giving it the whole URL as its conninfo adds the
+    other parameters (sslmode, sslrootcert, options, application_name, target_session_attrs, ...)
+    while the explicit ones (taken from the same URL) stay as they are.
+    """
+
+    def __init__(self, env: Any) -> None:
+        super().__init__(env)
+        url = self.env.get("POSTGRES_CONNINFO")
+        if url:
+            self.datastore.pool.conninfo = url
 
 
 class InboxApplication(Application):

@@ -151,7 +151,7 @@ class MetaWebhooks:
         """`receive` for an event loop: the CPU part runs in a thread, the commit is awaited."""
         prepared = await anyio.to_thread.run_sync(lambda: self.prepare(body, header, received_at=received_at))
         try:
-            results = await self._inbound.submit_group_async(prepared.group)
+            results = await self._inbound.submit_group_async(prepared.group, self._settings.inbound_timeout_s)
         except DomainError as e:
             if isinstance(e, Conflict):
                 raise

@@ -33,6 +33,7 @@ async def record_inbound_message(body: RecordInboundMessage, actor: IngestDep, c
             contact_name=body.contact.name, contact_phone=body.contact.phone, contact_handle=body.contact.handle,
             post_id=body.post_id,
         ),
+        timeout=container.settings.inbound_timeout_s,
     )
     container.metrics.inbound_messages.labels("duplicate" if result.duplicate else "recorded").inc()
     return InboundAccepted(**vars(result))

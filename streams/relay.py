@@ -9,8 +9,8 @@ a second one waits as a hot standby.
 The embedded broker keeps nothing across restarts: if the topic is missing or empty while the
 position says events were published, the relay starts again from the beginning. It also watches
 for that while it runs: an acknowledged offset below one acknowledged before on the same
-partition, or (every few seconds) end offsets below what it has seen acknowledged or a vanished
-topic, mean the broker lost data, and the relay re-publishes the store from the start.
+partition, or (every few seconds) a vanished topic or end offsets that went backwards, mean the
+broker lost data, and the relay re-publishes the store from the start.
 
 One event never stops the relay: one that cannot be encoded or that the broker refuses for
 itself (too large, corrupt) is recorded in `relay_dead_letters` with the reason and skipped.
@@ -114,6 +114,7 @@ class Relay:
         self.dead_letters = 0
         self.republished_after_loss = 0  # times the topic was found to have lost data while running
         self._acked: dict[int, int] = {}  # partition -> highest offset the broker acknowledged
+        self._ends: dict[int, int] = {}  # partition -> end offset at the last topic check
         self._max_request_size = max_request_size  # largest record the producer sends (Kafka's default)
 
     async def run(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
@@ -260,21 +261,28 @@ class Relay:
         self._acked[md.partition] = md.offset
 
     async def _check_topic(self) -> None:
-        """Raise TopicLost when the topic vanished or its end offsets fell below what was acknowledged."""
+        """Raise TopicLost when the topic vanished or its end offsets went backwards.
+
+        End offsets are compared with the previous check's, not with the acknowledged offsets:
+        Tansu reports a partition's end as the last batch's base offset + 1, so it can lag the
+        acknowledged offsets without anything being lost. A partition that had acknowledged
+        records and now ends at 0 has lost them whatever the broker.
+        """
         if not self._acked:
             return
         ends = await partition_end_offsets(self._settings.kafka_bootstrap or "", self._settings.events_topic)
         if ends is None:
             raise TopicLost("the topic no longer exists")
-        for partition, offset in self._acked.items():
-            if ends.get(partition, 0) <= offset:
-                raise TopicLost(f"partition {partition} ends at {ends.get(partition, 0)}, offset {offset} was acknowledged")
+        for partition, end in ends.items():
+            if end < self._ends.get(partition, 0) or (end == 0 and partition in self._acked):
+                raise TopicLost(f"partition {partition} ends at {end}, it ended at {self._ends.get(partition, 0)}")
+        self._ends = ends
 
     async def _start_over(self, conn: psycopg.AsyncConnection[Any], why: str) -> None:
         settings = self._settings
         log.warning("topic %s lost data (%s): re-publishing from the start", settings.events_topic, why)
         await ensure_topic(settings.kafka_bootstrap or "", settings.events_topic, settings.topic_partitions)
-        self._acked = {}
+        self._acked, self._ends = {}, {}
         self.republished_after_loss += 1
         await self._save_position(conn, 0)
 

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -247,7 +248,7 @@ def test_the_cli_lists_and_retries_dead_letters(db_settings: Settings, container
 
 # ---- the worker process ---------------------------------------------------------------------
 def test_the_worker_dead_letters_a_nul_text_and_projects_the_canary_after_it(settings: Settings, tmp_path: Path) -> None:
-    settings = Settings(**{**settings.__dict__, "topic_partitions": 1})  # one partition: the canary queues behind
+    settings = replace(settings, topic_partitions=1)  # one partition: the canaries queue behind the bad event
     room, other = str(uuid.uuid4()), str(uuid.uuid4())
     events = [opened(room), received(room, 2, "a\u0000b"), opened(other), received(other, 2, "other canary"),
               received(room, 3, "canary")]

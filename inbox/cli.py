@@ -136,14 +136,19 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
         for d in rows:
             state = f" [resolved {d.resolved_at:%Y-%m-%d %H:%M:%S}]" if d.resolved_at else ""
             print(f"{d.id:>6}  {d.room_id or '-':36}  {d.version if d.version is not None else '-':>7}"
-                  f"  {d.event_type or '-':16}  {d.recorded_at:%Y-%m-%d %H:%M:%S%z}  {d.reason}{state}")
+                  f"  {d.event_type or '-':16}  {d.recorded_at:%Y-%m-%d %H:%M:%S%z}  {_one_line(d.reason)}{state}")
         relay = dead_letters.list_relay_dead_letters(settings, limit=args.limit)
         if relay:
             print("\nnot published by the relay (projected from the event store; missing on the topic):")
             for r in relay:
                 print(f"{r['id']:>6}  {r['room_id'] or '-':36}  {r['version'] or '-':>7}  {r['event_type'] or '-':16}"
-                      f"  {r['recorded_at']:%Y-%m-%d %H:%M:%S%z}  {r['reason']}")
+                      f"  {r['recorded_at']:%Y-%m-%d %H:%M:%S%z}  {_one_line(r['reason'])}")
         return 0
+
+
+def _one_line(reason: str, width: int = 160) -> str:
+    line = next(iter(reason.splitlines()), "")
+    return line if len(line) <= width else line[: width - 1] + "…"
 
 
 def _progress_bar(done: int, total: int, rate: float) -> None:

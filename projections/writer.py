@@ -141,7 +141,8 @@ async def apply_in_transaction(
     except Exception as e:
         if is_transient(e):
             raise
-        log.warning("batch of %s events refused (%s: %s); isolating the culprit", len(events), type(e).__name__, e)
+        log.warning("batch of %s events refused (%s: %s); isolating the culprit",
+                    len(events), type(e).__name__, _first_line(e))
         for plan in plans:
             await _write_isolated(conn, plan)
 
@@ -228,8 +229,8 @@ def _apply_one(view: RoomView | None, event: dict[str, Any]) -> _Step:
 
 
 def _refused(view: RoomView | None, event: dict[str, Any], error: BaseException) -> _Step:
-    log.error("dead-lettering event %s (%s v%s): %s: %s",
-              event.get("id"), event.get("type"), event.get("version"), type(error).__name__, error)
+    log.error("dead-lettering event %s (%s v%s): %s: %s",  # first line: the details may quote message text
+              event.get("id"), event.get("type"), event.get("version"), type(error).__name__, _first_line(error))
     after = replace(view, version=event["version"]) if view is not None else None
     return _Step(event, view, after, [], dead_letter_row(event, f"{type(error).__name__}: {error}"))
 
@@ -246,6 +247,10 @@ def dead_letter_row(event: dict[str, Any], reason: str) -> tuple[Any, ...]:
         version if isinstance(version, int) and not isinstance(version, bool) and 0 <= version < 2**63 else None,
         _clean(event.get("type")),
     )
+
+
+def _first_line(error: BaseException) -> str:
+    return next(iter(str(error).splitlines()), "")
 
 
 def _clean(value: Any) -> str | None:

@@ -12,8 +12,8 @@ for that while it runs: an acknowledged offset below one acknowledged before on 
 partition, or (every few seconds) a vanished topic or end offsets that went backwards, mean the
 broker lost data, and the relay re-publishes the store from the start.
 
-One event never stops the relay: one that cannot be encoded or that the broker refuses for
-itself (too large, corrupt) is recorded in `relay_dead_letters` with the reason and skipped.
+One event never stops the relay: one that cannot be read from the store or encoded, or that the
+broker refuses for itself (too large, corrupt), is recorded in `relay_dead_letters` with the reason and skipped.
 Anything else (broker unreachable, timeouts, leader changes) is retried with back-off, never
 skipped: the position only moves once every event up to it is acknowledged or dead-lettered.
 """
@@ -34,7 +34,7 @@ from aiokafka.structs import RecordMetadata, TopicPartition
 
 from inbox.config import Settings
 from inbox.db import conninfo
-from inbox.event_log import WireEventLog
+from inbox.event_log import Unreadable, WireEventLog
 from inbox.eventstore import EVENTS_TABLE, InboxApplication
 from inbox.wire import encode
 
@@ -154,7 +154,12 @@ class Relay:
                     if time.monotonic() - last_check >= TOPIC_CHECK_S:
                         await self._check_topic()
                         last_check = time.monotonic()
-                    page, rows = await asyncio.to_thread(reader.read, self.position, self._page_size)
+                    unreadable: list[Unreadable] = []
+                    page, rows = await asyncio.to_thread(reader.read, self.position, self._page_size, unreadable)
+                    for u in unreadable:
+                        await self._dead_letter(lock_conn, u.notification_id, {
+                            "room_id": u.room_id, "version": u.version, "type": u.topic.rsplit(".", 1)[-1],
+                        }, u.error)
                     if page.events:
                         await self._publish(producer, lock_conn, page.events)
                     attempt = 0

@@ -275,3 +275,28 @@ def test_the_worker_dead_letters_a_nul_text_and_projects_the_canary_after_it(set
 
     [(dl_room, dl_version, _, reason)] = unresolved(settings)
     assert (dl_room, dl_version) == (room, 2) and "NUL" in reason
+
+
+def store_unreadable_event(settings: Settings, room: str, version: int) -> None:
+    """A stored room event the code cannot decode (stands for a corrupt row or a class removed by a deploy)."""
+    execute(settings, "INSERT INTO inbox_events (originator_id, originator_version, topic, state)"
+                      " VALUES (%s, %s, 'domain.room:Room.MessageReceived', %s)", (room, version, b"\xffnot json"))
+
+
+def test_replay_dead_letters_a_stored_event_it_cannot_read_and_finishes(
+    db_settings: Settings, container: Container,
+) -> None:
+    room = store_conversation(container, ["one"])
+    store_unreadable_event(db_settings, room, 3)
+    account = container.accounts.register(ADMIN, channel="instagram", external_id="ig-1", name="IG")
+    canary = str(container.inbound.submit(account, InboundMessage(
+        channel=Channel.INSTAGRAM, channel_account="ig-1", contact_id="igsid-1", channel_message_id="canary",
+        text="canary", sent_at=datetime.now(UTC),
+    )).room_id)
+
+    asyncio.run(replay(db_settings, page_size=2))
+
+    assert room_state(db_settings, room)[0] == 2
+    assert room_state(db_settings, canary) == (2, "canary")
+    [(dl_room, dl_version, dl_type, _)] = unresolved(db_settings)
+    assert (dl_room, dl_version, dl_type) == (room, 3, "MessageReceived")

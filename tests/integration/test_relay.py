@@ -20,7 +20,7 @@ from inbox.container import Container
 from inbox.services import AccountInfo, InboundMessage
 from inbox.wire import event_id
 from streams.relay import Relay
-from tests.support import query, read_topic_async
+from tests.support import execute, query, read_topic_async
 
 pytestmark = pytest.mark.integration
 
@@ -236,3 +236,23 @@ def test_a_broker_that_restarts_under_a_running_relay_gets_the_whole_store_again
     asyncio.run(scenario())
 
     assert store_and_topic_agree(settings)
+
+
+def test_a_stored_event_that_cannot_be_read_is_dead_lettered_and_the_relay_goes_on(
+    settings: Settings, container: Container,
+) -> None:
+    account = container.accounts.register(ADMIN, channel="whatsapp_cloud", external_id="pn-1", name="WA")
+    room = str(container.inbound.submit(account, inbound(account, "c1", "before")).room_id)
+    execute(settings, "INSERT INTO inbox_events (originator_id, originator_version, topic, state)"
+                      " VALUES (%s, 3, 'domain.room:Room.MessageReceived', %s)", (room, b"\xffnot json"))
+    container.inbound.submit(account, inbound(account, "c2", "canary"))
+
+    async def scenario() -> None:
+        async with running_relay(settings) as relay:
+            await caught_up_to_store(relay, settings)
+
+    asyncio.run(scenario())
+    records = asyncio.run(read_topic_async(settings, 4))
+
+    assert query(settings, "SELECT room_id, version FROM relay_dead_letters") == [(room, 3)]
+    assert sorted((e["room_id"] == room, e["version"]) for _, e in records) == [(False, 1), (False, 2), (True, 1), (True, 2)]

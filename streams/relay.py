@@ -13,7 +13,8 @@ partition, or (every few seconds) a vanished topic or end offsets that went back
 broker lost data, and the relay re-publishes the store from the start.
 
 One event never stops the relay: one that cannot be read from the store or encoded, or that the
-broker refuses for itself (too large, corrupt), is recorded in `relay_dead_letters` with the reason and skipped.
+broker refuses for itself (too large, corrupt), is recorded in `relay_dead_letters` with the
+reason and skipped.
 Anything else (broker unreachable, timeouts, leader changes) is retried with back-off, never
 skipped: the position only moves once every event up to it is acknowledged or dead-lettered.
 """
@@ -36,7 +37,7 @@ from inbox.config import Settings
 from inbox.db import conninfo
 from inbox.event_log import Unreadable, WireEventLog
 from inbox.eventstore import EVENTS_TABLE, InboxApplication
-from inbox.wire import encode
+from inbox.wire import encode, event_id
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +159,8 @@ class Relay:
                     page, rows = await asyncio.to_thread(reader.read, self.position, self._page_size, unreadable)
                     for u in unreadable:
                         await self._dead_letter(lock_conn, u.notification_id, {
-                            "room_id": u.room_id, "version": u.version, "type": u.topic.rsplit(".", 1)[-1],
+                            "id": event_id(u.room_id, u.version), "room_id": u.room_id, "version": u.version,
+                            "type": u.topic.rsplit(".", 1)[-1],
                         }, u.error)
                     if page.events:
                         await self._publish(producer, lock_conn, page.events)
@@ -170,7 +172,7 @@ class Relay:
                         if not is_transient_kafka(again):
                             raise
                         log.warning("re-creating the topic failed: %s; retrying", again)
-                        await asyncio.sleep(RETRY_BACKOFF_S[-1])
+                        await _sleep_unless_stopped(stop, RETRY_BACKOFF_S[-1])
                     continue
                 except Exception as e:
                     if not is_transient_kafka(e):
@@ -179,7 +181,7 @@ class Relay:
                     attempt += 1
                     log.warning("publishing failed (attempt %s): %s: %s; retrying in %ss",
                                 attempt, type(e).__name__, e, backoff)
-                    await asyncio.sleep(backoff)
+                    await _sleep_unless_stopped(stop, backoff)
                     continue
                 if page.last_id > self.position:
                     await self._save_position(lock_conn, page.last_id)
@@ -332,3 +334,10 @@ def is_transient_kafka(error: BaseException) -> bool:
     if isinstance(error, RECORD_ERRORS):
         return False
     return isinstance(error, (kafka_errors.KafkaError, OSError, TimeoutError, asyncio.TimeoutError))
+
+
+async def _sleep_unless_stopped(stop: asyncio.Event, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
+    except TimeoutError:
+        pass

@@ -196,7 +196,10 @@ class Relay:
     async def _wait_for_lock(self, conn: psycopg.AsyncConnection[Any], stop: asyncio.Event) -> None:
         waiting_logged = False
         while not stop.is_set():
-            row = await (await conn.execute("SELECT pg_try_advisory_lock(%s)", (RELAY_LOCK,))).fetchone()
+            # Keyed by schema too: the relays of another Inbox schema in the same database are not standbys.
+            row = await (await conn.execute(
+                "SELECT pg_try_advisory_lock(%s, hashtext(current_schema()))", (RELAY_LOCK,)
+            )).fetchone()
             if row and row[0]:
                 return
             if not waiting_logged:

@@ -162,6 +162,42 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dead_letters(args: argparse.Namespace) -> int:
+    from inbox import dead_letters
+    from inbox.db import migrate
+
+    settings = Settings.from_env()
+    with _embedded_database(settings) as settings:
+        settings = settings.require("database_url")
+        migrate(settings)
+        if args.action == "retry":
+            if not args.all and not args.id:
+                print("inbox dead-letters retry: give --id N (repeatable) or --all", file=sys.stderr)
+                return 2
+            result = asyncio.run(dead_letters.retry(settings, None if args.all else args.id))
+            print(f"re-projected {result.rooms} room(s) from the event store: {result.resolved} resolved,"
+                  f" {result.still_failing} still failing")
+            return 0 if result.still_failing == 0 else 1
+        rows = dead_letters.list_dead_letters(settings, include_resolved=args.resolved, limit=args.limit)
+        print(f"{'id':>6}  {'room':36}  {'version':>7}  {'type':16}  {'recorded at':25}  reason")
+        for d in rows:
+            state = f" [resolved {d.resolved_at:%Y-%m-%d %H:%M:%S}]" if d.resolved_at else ""
+            print(f"{d.id:>6}  {d.room_id or '-':36}  {d.version if d.version is not None else '-':>7}"
+                  f"  {d.event_type or '-':16}  {d.recorded_at:%Y-%m-%d %H:%M:%S%z}  {_one_line(d.reason)}{state}")
+        relay = dead_letters.list_relay_dead_letters(settings, limit=args.limit)
+        if relay:
+            print("\nnot published by the relay (projected from the event store; missing on the topic):")
+            for r in relay:
+                print(f"{r['id']:>6}  {r['room_id'] or '-':36}  {r['version'] or '-':>7}  {r['event_type'] or '-':16}"
+                      f"  {r['recorded_at']:%Y-%m-%d %H:%M:%S%z}  {_one_line(r['reason'])}")
+        return 0
+
+
+def _one_line(reason: str, width: int = 160) -> str:
+    line = next(iter(reason.splitlines()), "")
+    return line if len(line) <= width else line[: width - 1] + "…"
+
+
 def _progress_bar(done: int, total: int, rate: float) -> None:
     width = 30
     frac = min(1.0, done / total) if total else 1.0
@@ -298,6 +334,13 @@ def main(argv: list[str] | None = None) -> int:
     export.add_argument("--until", help="only events that occurred before this ISO-8601 time")
     export.add_argument("--types", help="comma-separated event types, e.g. RoomOpened,MessageReceived")
     export.set_defaults(func=cmd_export)
+    dead = sub.add_parser("dead-letters", help="list projection dead letters; `retry` re-applies them")
+    dead.add_argument("action", nargs="?", choices=["list", "retry"], default="list")
+    dead.add_argument("--id", type=int, action="append", help="retry this dead letter (repeatable)")
+    dead.add_argument("--all", action="store_true", help="retry every unresolved dead letter")
+    dead.add_argument("--resolved", action="store_true", help="list resolved ones too")
+    dead.add_argument("--limit", type=int, default=100)
+    dead.set_defaults(func=cmd_dead_letters)
     token = sub.add_parser("token", help="print a signed bearer token")
     token.add_argument("--org", required=True)
     token.add_argument("--user", required=True)

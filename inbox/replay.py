@@ -1,5 +1,9 @@
 """Drop and rebuild every projection from the event store.
 
+One event never aborts it: a stored event that cannot be read, or that the read models cannot
+take, is dead-lettered with the reason (`apply_in_transaction` isolates it under savepoints) and
+the rebuild goes on.
+
 Runs in one transaction holding the projection lock exclusively: live workers wait, then
 carry on idempotently (their events are either already in the rebuilt state or next in line).
 The TRUNCATE makes API reads of the projections wait until the rebuild commits; they never see
@@ -9,6 +13,7 @@ a half-built state.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,9 +22,12 @@ import psycopg
 
 from inbox.config import Settings
 from inbox.db import conninfo
-from inbox.event_log import WireEventLog
+from inbox.event_log import Unreadable, WireEventLog
+from inbox.wire import event_id
 from inbox.eventstore import InboxApplication
 from projections.writer import PROJECTION_LOCK, apply_in_transaction
+
+log = logging.getLogger(__name__)
 
 PROJECTION_TABLES = ("rooms", "messages", "counters", "projection_gaps", "projection_dead_letters")
 
@@ -50,9 +58,19 @@ async def replay(settings: Settings, *, page_size: int = 5000, progress: Progres
                 await conn.execute(f"TRUNCATE {', '.join(PROJECTION_TABLES)}")
                 position = 0
                 while True:
-                    page, rows = await asyncio.to_thread(reader.read, position, page_size)
+                    unreadable: list[Unreadable] = []
+                    page, rows = await asyncio.to_thread(reader.read, position, page_size, unreadable)
                     if rows == 0:
                         break
+                    for u in unreadable:  # a stored event that cannot be read does not abort the replay
+                        log.error("replay: dead-lettering unreadable stored event %s v%s: %s", u.room_id, u.version,
+                                  u.reason.splitlines()[0])
+                        await conn.execute(
+                            "INSERT INTO projection_dead_letters (event_id, reason, event, room_id, version, event_type)"
+                            " VALUES (%s, %s, %s, %s, %s, %s)",
+                            (event_id(u.room_id, u.version), u.reason, u.state, u.room_id, u.version,
+                             u.topic.rsplit(".", 1)[-1]),
+                        )
                     if page.events:
                         await apply_in_transaction(conn, [e for _, e in page.events], fill_gap=None)
                     events += len(page.events)

@@ -90,7 +90,24 @@ def decode(raw: bytes | str | dict[str, Any]) -> dict[str, Any]:
     missing = [k for k in ("id", "type", "org_id", "room_id", "version", "occurred_at", "data") if k not in event]
     if missing:
         raise InvalidWireEvent(f"missing fields: {', '.join(missing)}")
+    _check_envelope(event)
     return upcast(event)
+
+
+def _check_envelope(event: dict[str, Any]) -> None:
+    """The fields a reader keys, sorts and locks by: a bad one would fail a whole batch, not one event."""
+    for name in ("id", "type", "org_id", "room_id", "occurred_at"):
+        if not isinstance(event[name], str):
+            raise InvalidWireEvent(f"{name} must be a string")
+    try:
+        canonical = str(UUID(event["room_id"])) == event["room_id"]
+    except ValueError:
+        canonical = False
+    if not canonical:
+        raise InvalidWireEvent("room_id must be a UUID in canonical form")
+    version = event["version"]
+    if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version < 2**63:
+        raise InvalidWireEvent("version must be a positive 64-bit integer")
 
 
 def upcast(event: dict[str, Any]) -> dict[str, Any]:

@@ -103,3 +103,13 @@ ALTER TABLE messages ADD COLUMN IF NOT EXISTS kind text NOT NULL DEFAULT 'text';
 ALTER TABLE messages ADD COLUMN IF NOT EXISTS attachments jsonb NOT NULL DEFAULT '[]';
 ALTER TABLE messages ADD COLUMN IF NOT EXISTS edited_at timestamptz;
 ALTER TABLE messages ADD COLUMN IF NOT EXISTS removed_at timestamptz;
+
+-- Dead letters name their event (room, version, type) so they can be listed and re-applied
+-- (`inbox dead-letters`); a re-applied one that now projects is marked resolved, not deleted.
+ALTER TABLE projection_dead_letters ADD COLUMN IF NOT EXISTS room_id text;
+ALTER TABLE projection_dead_letters ADD COLUMN IF NOT EXISTS version bigint;
+ALTER TABLE projection_dead_letters ADD COLUMN IF NOT EXISTS event_type text;
+ALTER TABLE projection_dead_letters ADD COLUMN IF NOT EXISTS retried_at timestamptz;
+ALTER TABLE projection_dead_letters ADD COLUMN IF NOT EXISTS resolved_at timestamptz;
+CREATE INDEX IF NOT EXISTS projection_dead_letters_unresolved ON projection_dead_letters (room_id, version)
+    WHERE resolved_at IS NULL;

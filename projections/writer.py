@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import orjson
+import psycopg
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
@@ -58,7 +59,10 @@ _INSERT_GAP = (
     "INSERT INTO projection_gaps (room_id, expected_version, got_version, filled) VALUES (%s, %s, %s, %s)"
     " ON CONFLICT DO NOTHING"
 )
-_INSERT_DEAD_LETTER = "INSERT INTO projection_dead_letters (event_id, reason, event) VALUES (%s, %s, %s)"
+_INSERT_DEAD_LETTER = (
+    "INSERT INTO projection_dead_letters (event_id, reason, event, room_id, version, event_type)"
+    " VALUES (%s, %s, %s, %s, %s, %s)"
+)
 
 
 @dataclass
@@ -88,6 +92,14 @@ class ProjectionWriter:
 async def apply_in_transaction(
     conn: AsyncConnection, events: Sequence[dict[str, Any]], fill_gap: GapFiller | None
 ) -> BatchStats:
+    """Apply a batch inside the caller's transaction; an event that cannot be stored is dead-lettered.
+
+    The whole batch is written under a savepoint. If the database refuses it for a reason that
+    is not transient (`is_transient`), the batch is written again room by room, and a refused
+    room event by event, each under its own savepoint: the culprit is dead-lettered with the
+    reason, its room's version still advances, and the room's later events are folded again
+    without it. Transient errors propagate so the caller retries the batch.
+    """
     stats = BatchStats(events=len(events))
     by_room: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for event in events:
@@ -95,22 +107,20 @@ async def apply_in_transaction(
     room_ids = sorted(by_room)
     views = await _load_rooms(conn, room_ids)
 
-    transitions: list[tuple[RoomView | None, RoomView]] = []
-    messages: list[MessageRow | MessageChange] = []  # new history rows, and edits / removals of rows
-    dead_letters: list[tuple[str, str, bytes]] = []
+    plans: list[_RoomPlan] = []
     for room_id in room_ids:
-        before = views.get(room_id)
-        view = before
+        plan = _RoomPlan(room_id, views.get(room_id))
+        current = plan.before.version if plan.before else 0
         for event in sorted(by_room[room_id], key=lambda e: e["version"]):
-            current = view.version if view else 0
             if event["version"] <= current:
                 stats.duplicates += 1
                 continue
             if event["version"] > current + 1:
-                missing = await fill_gap(room_id, current + 1, event["version"] - 1) if fill_gap else []
+                missing = await _missing(fill_gap, room_id, current + 1, event["version"] - 1)
                 filled = [m["version"] for m in missing] == list(range(current + 1, event["version"]))
                 stats.gaps += 1
                 stats.gap_details.append((room_id, current + 1, event["version"], filled))
+                plan.gaps.append((room_id, current + 1, event["version"], filled))
                 if not filled:
                     stats.unfilled_gaps += 1
                     log.error(
@@ -119,13 +129,182 @@ async def apply_in_transaction(
                     )
                     break
                 log.warning("room %s: filled gap %s..%s from the event store", room_id, current + 1, event["version"] - 1)
-                for m in missing:
-                    view = _apply_one(view, m, messages, dead_letters, stats)
-            view = _apply_one(view, event, messages, dead_letters, stats)
-        if view is not None and view is not before:
-            transitions.append((before, view))
+                plan.events.extend(missing)
+            plan.events.append(event)
+            current = event["version"]
+        plan.steps = _fold(plan.before, plan.events)
+        plans.append(plan)
 
-    stats.rooms_changed = len(transitions)
+    try:
+        async with conn.transaction():
+            await _write(conn, plans)
+    except Exception as e:
+        if is_transient(e):
+            raise
+        log.warning("batch of %s events refused (%s: %s); isolating the culprit",
+                    len(events), type(e).__name__, _first_line(e))
+        for plan in plans:
+            await _write_isolated(conn, plan)
+
+    steps = [s for p in plans for s in p.steps]
+    stats.dead_letters = sum(1 for s in steps if s.dead_letter is not None)
+    stats.applied = len(steps) - stats.dead_letters
+    stats.rooms_changed = sum(1 for p in plans if p.transition is not None)
+    return stats
+
+
+def is_transient(error: BaseException) -> bool:
+    """True when the failure is the database's, not the event's: retry the batch, never dead-letter.
+
+    Lost connections, a restarting server, lock and statement timeouts, deadlocks, serialization
+    failures, a full disk or pool (psycopg `OperationalError` and `InterfaceError`), and a schema
+    that is not migrated or not accessible. A program limit hit by one value (class 54, e.g. a
+    text too long for a tsvector) is the event's own.
+    """
+    if isinstance(error, psycopg.errors.ProgramLimitExceeded):
+        return False
+    return isinstance(error, (
+        psycopg.OperationalError, psycopg.InterfaceError, OSError, TimeoutError,
+        psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn, psycopg.errors.UndefinedFunction,
+        psycopg.errors.InsufficientPrivilege, psycopg.errors.ReadOnlySqlTransaction,
+        psycopg.errors.InFailedSqlTransaction,
+    ))
+
+
+@dataclass
+class _Step:
+    """One event of a room folded: the views around it, the rows it writes, or why it was refused."""
+
+    event: dict[str, Any]
+    before: RoomView | None
+    after: RoomView | None
+    rows: list[MessageRow | MessageChange]
+    dead_letter: tuple[Any, ...] | None = None
+
+
+@dataclass
+class _RoomPlan:
+    room_id: str
+    before: RoomView | None
+    events: list[dict[str, Any]] = field(default_factory=list)  # in version order, gaps filled
+    gaps: list[tuple[str, int, int, bool]] = field(default_factory=list)
+    steps: list[_Step] = field(default_factory=list)
+
+    @property
+    def transition(self) -> tuple[RoomView | None, RoomView] | None:
+        after = self.steps[-1].after if self.steps else self.before
+        return (self.before, after) if after is not None and after is not self.before else None
+
+
+async def _missing(fill_gap: GapFiller | None, room_id: str, first: int, last: int) -> list[dict[str, Any]]:
+    if fill_gap is None:
+        return []
+    try:
+        return await fill_gap(room_id, first, last)
+    except Exception as e:
+        if is_transient(e):
+            raise
+        log.exception("room %s: reading versions %s..%s from the event store failed", room_id, first, last)
+        return []
+
+
+def _fold(view: RoomView | None, events: Sequence[dict[str, Any]]) -> list[_Step]:
+    steps = []
+    for event in events:
+        step = _apply_one(view, event)
+        steps.append(step)
+        view = step.after
+    return steps
+
+
+def _apply_one(view: RoomView | None, event: dict[str, Any]) -> _Step:
+    try:
+        after, message = apply(view, event)
+        change = message_change(event)
+    except Exception as e:
+        # Dead-letter it with the reason; the room's version still advances, so the events
+        # after it apply and nothing downstream stalls behind one unreadable event.
+        return _refused(view, event, e)
+    return _Step(event, view, after, [r for r in (message, change) if r is not None])
+
+
+def _refused(view: RoomView | None, event: dict[str, Any], error: BaseException) -> _Step:
+    log.error("dead-lettering event %s (%s v%s): %s: %s",  # first line: the details may quote message text
+              event.get("id"), event.get("type"), event.get("version"), type(error).__name__, _first_line(error))
+    after = replace(view, version=event["version"]) if view is not None else None
+    return _Step(event, view, after, [], dead_letter_row(event, f"{type(error).__name__}: {error}"))
+
+
+def dead_letter_row(event: dict[str, Any], reason: str) -> tuple[Any, ...]:
+    """Parameters of `_INSERT_DEAD_LETTER` for a decoded event (text without NUL, so it always stores)."""
+    try:
+        raw = orjson.dumps(event)
+    except Exception:
+        raw = repr(event).encode()
+    version = event.get("version")
+    return (
+        _clean(event.get("id")), _clean(reason), raw, _clean(event.get("room_id")),
+        version if isinstance(version, int) and not isinstance(version, bool) and 0 <= version < 2**63 else None,
+        _clean(event.get("type")),
+    )
+
+
+def _first_line(error: BaseException) -> str:
+    return next(iter(str(error).splitlines()), "")
+
+
+def _clean(value: Any) -> str | None:
+    return None if value is None else str(value).replace("\x00", "\\0")
+
+
+async def _write(conn: AsyncConnection, plans: Sequence[_RoomPlan]) -> None:
+    transitions = [t for p in plans if (t := p.transition) is not None]
+    steps = [s for p in plans for s in p.steps]
+    await _write_rows(
+        conn, transitions, [r for s in steps for r in s.rows], [g for p in plans for g in p.gaps],
+        [s.dead_letter for s in steps if s.dead_letter is not None],
+    )
+
+
+async def _write_isolated(conn: AsyncConnection, plan: _RoomPlan) -> None:
+    """Write one room alone; if refused, event by event, dead-lettering what the database refuses."""
+    try:
+        async with conn.transaction():
+            await _write(conn, [plan])
+        return
+    except Exception as e:
+        if is_transient(e):
+            raise
+    await _write_rows(conn, [], [], plan.gaps, [])
+    steps: list[_Step] = []
+    pending = list(plan.steps)
+    while pending:
+        step = pending.pop(0)
+        try:
+            async with conn.transaction():
+                transition = [(step.before, step.after)] if step.after is not None else []
+                await _write_rows(conn, transition, step.rows, [], [step.dead_letter] if step.dead_letter else [])
+            steps.append(step)
+            continue
+        except Exception as e:
+            if is_transient(e):
+                raise
+            step = _refused(step.before, step.event, e)
+        async with conn.transaction():
+            transition = [(step.before, step.after)] if step.after is not None else []
+            await _write_rows(conn, transition, [], [], [step.dead_letter])
+        steps.append(step)
+        pending = _fold(step.after, [s.event for s in pending])  # the rest, without the refused event
+    plan.steps = steps
+
+
+async def _write_rows(
+    conn: AsyncConnection,
+    transitions: Sequence[tuple[RoomView | None, RoomView]],
+    messages: Sequence[MessageRow | MessageChange],
+    gaps: Sequence[tuple[str, int, int, bool]],
+    dead_letters: Sequence[tuple[Any, ...]],
+) -> None:
     async with conn.cursor() as cur:
         if transitions:
             await cur.executemany(_UPSERT_ROOM, [_room_params(after) for _, after in transitions])
@@ -138,36 +317,10 @@ async def apply_in_transaction(
         counter_rows = [(*key, d.rooms, d.awaiting) for key, d in deltas(transitions).items()]
         if counter_rows:
             await cur.executemany(_ADD_COUNTER, counter_rows)
-        if stats.gap_details:
-            await cur.executemany(_INSERT_GAP, stats.gap_details)
+        if gaps:
+            await cur.executemany(_INSERT_GAP, gaps)
         if dead_letters:
             await cur.executemany(_INSERT_DEAD_LETTER, dead_letters)
-    return stats
-
-
-def _apply_one(
-    view: RoomView | None,
-    event: dict[str, Any],
-    messages: list[MessageRow | MessageChange],
-    dead_letters: list[tuple[str, str, bytes]],
-    stats: BatchStats,
-) -> RoomView | None:
-    try:
-        view, message = apply(view, event)
-        change = message_change(event)
-    except (UnknownEvent, KeyError, ValueError, TypeError) as e:
-        # Dead-letter it with the reason; the room's version still advances, so the events
-        # after it apply and nothing downstream stalls behind one unreadable event.
-        log.error("dead-lettering event %s (%s v%s): %s", event.get("id"), event.get("type"), event.get("version"), e)
-        dead_letters.append((str(event.get("id")), f"{type(e).__name__}: {e}", orjson.dumps(event)))
-        stats.dead_letters += 1
-        return replace(view, version=event["version"]) if view is not None else None
-    stats.applied += 1
-    if message is not None:
-        messages.append(message)
-    if change is not None:
-        messages.append(change)
-    return view
 
 
 def _message_params(message: MessageRow) -> tuple[Any, ...]:

@@ -22,7 +22,7 @@ from inbox.db import async_pool
 from inbox.event_log import WireEventLog
 from inbox.eventstore import InboxApplication
 from inbox.wire import InvalidWireEvent, decode
-from projections.writer import BatchStats, ProjectionWriter
+from projections.writer import BatchStats, ProjectionWriter, is_transient
 from streams.faust_transport import LowLatencyApp
 
 log = logging.getLogger(__name__)
@@ -57,38 +57,45 @@ class ProjectorRuntime:
         return await asyncio.to_thread(self._event_log.room_events, room_id, first, last)
 
     async def apply(self, raw_values: list[bytes]) -> BatchStats:
+        """Apply one batch. The writer dead-letters what cannot be projected; only transient
+        failures (database unreachable, restarting, timeouts) reach the retry loop here."""
         events, dead = [], []
         for raw in raw_values:
             try:
                 events.append(decode(raw))
-            except InvalidWireEvent as e:
-                dead.append((raw, str(e)))
+            except Exception as e:  # InvalidWireEvent, or anything else an odd message provokes
+                dead.append((raw, e if isinstance(e, InvalidWireEvent) else f"{type(e).__name__}: {e}"))
         writer = await self.writer()
-        if dead:
-            await self._dead_letter(dead)
         attempt = 0
         while True:
             try:
+                if dead:
+                    await self._dead_letter(dead)
+                    dead = []
                 stats = await writer.apply_batch(events)
                 break
-            except Exception:
+            except Exception as e:
                 # Never drop a batch: the offsets are not acked until it is applied.
                 backoff = RETRY_BACKOFF_S[min(attempt, len(RETRY_BACKOFF_S) - 1)]
                 attempt += 1
-                log.exception("projection batch failed (attempt %s); retrying in %ss", attempt, backoff)
+                log.warning(
+                    "projection batch failed (attempt %s, %s): %s: %s; retrying in %ss",
+                    attempt, "transient" if is_transient(e) else "unexpected", type(e).__name__, e, backoff,
+                    exc_info=not is_transient(e),
+                )
                 await asyncio.sleep(backoff)
         self.batches += 1
         self.events += len(events)
         return stats
 
-    async def _dead_letter(self, dead: list[tuple[bytes, str]]) -> None:
+    async def _dead_letter(self, dead: list[tuple[bytes, object]]) -> None:
         assert self._pool is not None
-        async with self._pool.connection() as conn:
+        async with self._pool.connection() as conn, conn.transaction():
             for raw, reason in dead:
                 log.error("dead-lettering unreadable message: %s", reason)
                 await conn.execute(
                     "INSERT INTO projection_dead_letters (event_id, reason, event) VALUES (NULL, %s, %s)",
-                    (reason, raw),
+                    (str(reason).replace("\x00", "\\0"), raw),
                 )
 
     async def heartbeat(self) -> None:

@@ -20,7 +20,7 @@ from inbox.container import Container
 from inbox.services import AccountInfo, InboundMessage
 from inbox.wire import event_id
 from streams.relay import Relay
-from tests.support import query, read_topic_async
+from tests.support import execute, query, read_topic_async
 
 pytestmark = pytest.mark.integration
 
@@ -141,3 +141,113 @@ def test_a_fresh_broker_gets_every_event_again(settings: Settings, container: Co
     fresh = replace(settings, topic_prefix=settings.topic_prefix + "restarted.")
     assert asyncio.run(publish(fresh)) == 10
     assert len(asyncio.run(read_topic_async(fresh, 10))) == 10
+
+
+# ---- one event never stops the relay; a broker that lost its data gets everything again -------
+async def caught_up_to_store(relay: Relay, settings: Settings, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while relay.position < query(settings, "SELECT coalesce(max(notification_id), 0) FROM inbox_events")[0][0]:
+        assert time.monotonic() < deadline, f"relay stuck at {relay.position}"
+        await asyncio.sleep(0.05)
+
+
+def test_an_event_the_broker_refuses_is_dead_lettered_and_the_relay_goes_on(
+    settings: Settings, container: Container,
+) -> None:
+    account = container.accounts.register(ADMIN, channel="whatsapp_cloud", external_id="pn-1", name="WA")
+    container.inbound.submit(account, inbound(account, "c1", "before"))
+    big = replace(inbound(account, "c1", "big"), text="x" * 3000)
+    container.inbound.submit(account, big)
+    container.inbound.submit(account, inbound(account, "c1", "canary"))
+
+    async def scenario() -> Relay:
+        relay = Relay(settings, max_request_size=2000)  # stands for the broker's message.max.bytes
+        stop, ready = asyncio.Event(), asyncio.Event()
+        task = asyncio.create_task(relay.run(stop, ready))
+        await asyncio.wait_for(ready.wait(), 30)
+        try:
+            await caught_up_to_store(relay, settings)
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 15)
+        return relay
+
+    relay = asyncio.run(scenario())
+    records = asyncio.run(read_topic_async(settings, 3))
+
+    assert relay.dead_letters == 1
+    [(version, event_type, reason)] = query(settings, "SELECT version, event_type, reason FROM relay_dead_letters")
+    assert (version, event_type) == (3, "MessageReceived") and "MessageSizeTooLarge" in reason
+    assert sorted(e["version"] for _, e in records) == [1, 2, 4]  # the canary went out after it
+
+
+@pytest.fixture
+def own_broker(settings: Settings, tmp_path: Any) -> Any:
+    """A Tansu broker of this test alone on a fixed port, so it can be restarted in place (memory only)."""
+    from inbox.embedded import EmbeddedBroker
+
+    broker = EmbeddedBroker(log_path=tmp_path / "tansu.log").start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+def restart(broker: Any) -> None:
+    broker.stop()
+    broker.start()
+
+
+def store_and_topic_agree(settings: Settings) -> bool:
+    stored = {(str(r[0]), r[1]) for r in query(
+        settings, "SELECT originator_id, originator_version FROM inbox_events WHERE topic LIKE 'domain.room:%%'")}
+    records = asyncio.run(read_topic_async(settings, len(stored), timeout=3))
+    return {(e["room_id"], e["version"]) for _, e in records} == stored
+
+
+@pytest.mark.parametrize("writes_after_restart", [True, False], ids=["busy", "idle"])
+def test_a_broker_that_restarts_under_a_running_relay_gets_the_whole_store_again(
+    settings: Settings, container: Container, own_broker: Any, writes_after_restart: bool,
+) -> None:
+    settings = replace(settings, kafka_bootstrap=own_broker.bootstrap)
+    account = container.accounts.register(ADMIN, channel="whatsapp_cloud", external_id="pn-1", name="WA")
+    for i in range(12):
+        container.inbound.submit(account, inbound(account, f"c{i % 3}", f"m{i}"))
+
+    async def scenario() -> Relay:
+        async with running_relay(settings) as relay:
+            await caught_up_to_store(relay, settings)
+            await asyncio.to_thread(restart, own_broker)  # the topic and everything on it are gone
+            if writes_after_restart:
+                for i in range(6):
+                    await asyncio.to_thread(container.inbound.submit, account, inbound(account, f"c{i % 3}", f"n{i}"))
+            deadline = time.monotonic() + 90
+            while relay.republished_after_loss == 0:
+                assert time.monotonic() < deadline, "the relay did not notice the broker lost its data"
+                await asyncio.sleep(0.1)
+            await caught_up_to_store(relay, settings, timeout=90)
+        return relay
+
+    asyncio.run(scenario())
+
+    assert store_and_topic_agree(settings)
+
+
+def test_a_stored_event_that_cannot_be_read_is_dead_lettered_and_the_relay_goes_on(
+    settings: Settings, container: Container,
+) -> None:
+    account = container.accounts.register(ADMIN, channel="whatsapp_cloud", external_id="pn-1", name="WA")
+    room = str(container.inbound.submit(account, inbound(account, "c1", "before")).room_id)
+    execute(settings, "INSERT INTO inbox_events (originator_id, originator_version, topic, state)"
+                      " VALUES (%s, 3, 'domain.room:Room.MessageReceived', %s)", (room, b"\xffnot json"))
+    container.inbound.submit(account, inbound(account, "c2", "canary"))
+
+    async def scenario() -> None:
+        async with running_relay(settings) as relay:
+            await caught_up_to_store(relay, settings)
+
+    asyncio.run(scenario())
+    records = asyncio.run(read_topic_async(settings, 4))
+
+    assert query(settings, "SELECT room_id, version FROM relay_dead_letters") == [(room, 3)]
+    assert sorted((e["room_id"] == room, e["version"]) for _, e in records) == [(False, 1), (False, 2), (True, 1), (True, 2)]

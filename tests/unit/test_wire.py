@@ -40,7 +40,7 @@ def wire_events() -> list[dict[str, Any]]:
 def v0_resolved() -> dict[str, Any]:
     """A pre-release draft event: no schema_version, the reason was called `cause`."""
     return {
-        "id": "e-1", "type": "RoomResolved", "org_id": ORG, "room_id": "r-1", "version": 4,
+        "id": "e-1", "type": "RoomResolved", "org_id": ORG, "room_id": "4b0e7d5c-3f6a-4c1e-9a57-0d2b8e6f1a93", "version": 4,
         "occurred_at": T0.isoformat(), "data": {"cause": "expired", "resolved_by": "spv-1", "by_role": "supervisor"},
     }
 
@@ -127,6 +127,19 @@ def test_decode_rejects_non_json(raw: bytes) -> None:
 def test_decode_rejects_non_objects(raw: bytes) -> None:
     with pytest.raises(InvalidWireEvent):
         decode(raw)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"room_id": ["x"]}, {"room_id": "not-a-uuid"}, {"room_id": "4B0E7D5C3F6A4C1E9A570D2B8E6F1A93"},
+     {"version": "3"}, {"version": True}, {"version": 0}, {"version": 2**63}, {"type": ["MessageSent"]},
+     {"org_id": None}, {"occurred_at": 12}],
+    ids=["room_id_list", "room_id_not_uuid", "room_id_not_canonical", "version_string", "version_bool",
+         "version_zero", "version_overflow", "type_list", "org_id_null", "occurred_at_number"],
+)
+def test_decode_rejects_an_envelope_a_reader_could_not_key_or_sort_by(change: dict[str, object]) -> None:
+    with pytest.raises(InvalidWireEvent):
+        decode(encode(dict(wire_events()[0], **change)))
 
 
 @pytest.mark.parametrize("field", REQUIRED)

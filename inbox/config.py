@@ -47,6 +47,12 @@ class Settings:
     worker_group: str = "inbox-projections"
     # A dead worker's partitions move to the others after this long (Kafka session timeout).
     worker_session_timeout_s: float = 10.0
+    # Ingest under stalls: an inbound request answers 503 + Retry-After after this long, and at
+    # once while this many facts already wait for the group commit.
+    inbound_timeout_s: float = 10.0
+    inbound_queue_max: int = 5000
+    # Bounded reads: every query of the read pool is cancelled after this long (503).
+    read_statement_timeout_ms: int = 5000
 
     @property
     def events_topic(self) -> str:
@@ -87,6 +93,9 @@ class Settings:
             worker_batch_size=get_int("INBOX_WORKER_BATCH_SIZE", 500),
             worker_group=get("INBOX_WORKER_GROUP") or "inbox-projections",
             worker_session_timeout_s=float(get_int("INBOX_WORKER_SESSION_TIMEOUT_S", 10)),
+            inbound_timeout_s=float(get_int("INBOX_INBOUND_TIMEOUT_S", 10)),
+            inbound_queue_max=get_int("INBOX_INBOUND_QUEUE_MAX", 5000),
+            read_statement_timeout_ms=get_int("INBOX_READ_STATEMENT_TIMEOUT_MS", 5000),
         )
 
     def to_env(self) -> dict[str, str]:
@@ -108,6 +117,9 @@ class Settings:
             "INBOX_WORKER_BATCH_SIZE": str(self.worker_batch_size),
             "INBOX_WORKER_GROUP": self.worker_group,
             "INBOX_WORKER_SESSION_TIMEOUT_S": str(int(self.worker_session_timeout_s)),
+            "INBOX_INBOUND_TIMEOUT_S": str(int(self.inbound_timeout_s)),
+            "INBOX_INBOUND_QUEUE_MAX": str(self.inbound_queue_max),
+            "INBOX_READ_STATEMENT_TIMEOUT_MS": str(self.read_statement_timeout_ms),
         }
         return {k: v or "" for k, v in values.items()}
 

@@ -35,7 +35,9 @@ class Container:
             app=app,
             read_pool=read_pool,
             accounts=ChannelAccounts(app),
-            inbound=InboundCommitter(app),
+            inbound=InboundCommitter(
+                app, max_queue=settings.inbound_queue_max, timeout=settings.inbound_timeout_s
+            ),
             rooms=RoomCommands(app),
             expired=ExpiredRooms(app, InboxQueries(read_pool).expired_rooms),
         )

@@ -9,8 +9,10 @@ never recorded twice, even across API processes; channel delivery statuses go to
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from contextlib import AbstractContextManager
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 from eventsourcing.application import Application
@@ -27,6 +29,40 @@ from inbox.db import eventsourcing_env
 
 EVENTS_TABLE = "inbox_events"
 SNAPSHOT_INTERVAL = 50
+# A write under `write_deadline` gets at least this long, even when its deadline is (nearly) past.
+MIN_WRITE_BUDGET_S = 0.5
+
+_deadline = threading.local()
+
+
+class DeadlinePassed(Exception):
+    """A write under `write_deadline` was not attempted (again): its deadline has passed. Nothing was written."""
+
+
+@contextmanager
+def write_deadline(deadline: float) -> Iterator[None]:
+    """Bound the writes of this thread: each transaction gets `SET LOCAL statement_timeout` = time left.
+
+    `deadline` is a `time.monotonic()` value. The library retries a timed-out write; once the
+    deadline has passed a retry raises `DeadlinePassed` instead, so the caller knows nothing was
+    committed. (Only this thread's writes: the inbound committer's.)
+    """
+    _deadline.value, _deadline.attempts = deadline, 0
+    try:
+        yield
+    finally:
+        _deadline.value = None
+
+
+def _statement_timeout_ms() -> int | None:
+    deadline: float | None = getattr(_deadline, "value", None)
+    if deadline is None:
+        return None
+    _deadline.attempts += 1
+    left = deadline - time.monotonic()
+    if left <= 0 and _deadline.attempts > 1:
+        raise DeadlinePassed("the write's deadline passed before it could commit")
+    return int(max(left, MIN_WRITE_BUDGET_S) * 1000)
 
 
 class InboxRecorder(PostgresApplicationRecorder):
@@ -93,7 +129,11 @@ class InboxRecorder(PostgresApplicationRecorder):
         dedup_keys: (channel_account_id, key, room_id, message_id, room_version);
         delivery_statuses: (channel_account_id, status_key, channel, status, channel_message_id,
         recipient_id, occurred_at, errors as a list of dicts).
+        Under `write_deadline` the whole transaction (the table lock included) has a statement timeout.
         """
+        timeout_ms = _statement_timeout_ms()
+        if timeout_ms is not None:
+            curs.execute("SELECT set_config('statement_timeout', %s, true)", (str(timeout_ms),))
         if dedup_keys:
             curs.executemany(self._insert_dedup, list(dedup_keys))
         if delivery_statuses:

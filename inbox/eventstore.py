@@ -29,6 +29,9 @@ from inbox.db import eventsourcing_env
 
 EVENTS_TABLE = "inbox_events"
 SNAPSHOT_INTERVAL = 50
+# Every statement of the write side's connections is cancelled after this long (a locked table,
+# a stalled server): nothing waits on PostgreSQL without bound. Writes under `write_deadline` get less.
+WRITE_STATEMENT_TIMEOUT_MS = 10_000
 # A write under `write_deadline` gets at least this long, even when its deadline is (nearly) past.
 MIN_WRITE_BUDGET_S = 0.5
 
@@ -67,6 +70,8 @@ def _statement_timeout_ms() -> int | None:
 
 class InboxRecorder(PostgresApplicationRecorder):
     def __init__(self, datastore: Any, *, events_table_name: str = "stored_events") -> None:
+        # Before the first connection is made (the base class connects to register types).
+        datastore.pool.kwargs["options"] = f"-c statement_timeout={WRITE_STATEMENT_TIMEOUT_MS}"
         super().__init__(datastore, events_table_name=events_table_name)
         schema = Identifier(self.datastore.schema)
         self.sql_create_statements.append(

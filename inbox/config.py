@@ -53,6 +53,8 @@ class Settings:
     inbound_queue_max: int = 5000
     # Bounded reads: every query of the read pool is cancelled after this long (503).
     read_statement_timeout_ms: int = 5000
+    # /readyz: the relay or the projections are "stuck" when behind and not moving for this long.
+    stall_after_s: float = 30.0
 
     @property
     def events_topic(self) -> str:
@@ -96,6 +98,7 @@ class Settings:
             inbound_timeout_s=float(get_int("INBOX_INBOUND_TIMEOUT_S", 10)),
             inbound_queue_max=get_int("INBOX_INBOUND_QUEUE_MAX", 5000),
             read_statement_timeout_ms=get_int("INBOX_READ_STATEMENT_TIMEOUT_MS", 5000),
+            stall_after_s=float(get_int("INBOX_STALL_AFTER_S", 30)),
         )
 
     def to_env(self) -> dict[str, str]:
@@ -120,6 +123,7 @@ class Settings:
             "INBOX_INBOUND_TIMEOUT_S": str(int(self.inbound_timeout_s)),
             "INBOX_INBOUND_QUEUE_MAX": str(self.inbound_queue_max),
             "INBOX_READ_STATEMENT_TIMEOUT_MS": str(self.read_statement_timeout_ms),
+            "INBOX_STALL_AFTER_S": str(int(self.stall_after_s)),
         }
         return {k: v or "" for k, v in values.items()}
 

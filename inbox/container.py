@@ -10,6 +10,7 @@ from inbox.config import Settings
 from inbox.db import sync_pool
 from inbox.eventstore import InboxApplication
 from inbox.expiry import ExpiredRooms
+from inbox.lag import LagTracker
 from inbox.metrics import Metrics
 from inbox.services import ChannelAccounts, InboundCommitter, RoomCommands
 from projections.queries import InboxQueries
@@ -25,6 +26,7 @@ class Container:
     rooms: RoomCommands
     expired: ExpiredRooms
     metrics: Metrics = field(default_factory=Metrics)
+    lag: LagTracker = field(default_factory=LagTracker.create)
 
     @classmethod
     def build(cls, settings: Settings) -> Container:

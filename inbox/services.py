@@ -37,7 +37,7 @@ from domain.channels import Channel
 from domain.errors import AlreadyExists, Conflict, DomainError, InvalidCommand, NotAllowed, NotFound
 from domain.room import CHANNEL_SENDER, Room, room_id_for
 from domain.staff import Actor, Role
-from inbox.eventstore import DeadlinePassed, InboxApplication, write_deadline
+from inbox.eventstore import EVENTS_TABLE, DeadlinePassed, InboxApplication, write_deadline
 
 log = logging.getLogger(__name__)
 
@@ -220,6 +220,22 @@ class InboundCommitter:
         """False while the last commit attempt failed (database down, locked, slow) and none succeeded since."""
         return self._thread.is_alive() and (self.last_failure is None or (self.last_success or 0) > self.last_failure)
 
+    def probe(self) -> bool:
+        """Could a write commit now? Takes the events table's lock an insert takes (2 s at most), writes nothing.
+
+        For /readyz after a failure: without traffic no commit attempt would ever say "recovered".
+        """
+        try:
+            with self._app.connection() as conn, conn.transaction(force_rollback=True):
+                conn.execute("SET LOCAL lock_timeout = '2s'")
+                conn.execute(f"LOCK TABLE {self._app.table(EVENTS_TABLE)} IN ROW EXCLUSIVE MODE")
+        except Exception as e:
+            log.info("write path probe failed: %s: %s", type(e).__name__, e)
+            return False
+        if self._thread.is_alive():
+            self.last_success = time.monotonic()
+        return self._thread.is_alive()
+
     def submit(self, account: AccountInfo, message: InboundMessage, timeout: float | None = None) -> InboundResult:
         [result] = self.submit_group([(account, message)], timeout=timeout)
         assert result.room_id is not None and result.version is not None and result.message_id is not None
@@ -240,6 +256,7 @@ class InboundCommitter:
         try:
             return future.result(timeout=timeout)
         except FutureTimeout:
+            self.last_failure = time.monotonic()  # not recorded in time: the write path is not healthy
             if future.cancel():
                 raise Unavailable("the message store is not answering in time; retry later") from None
         try:
@@ -261,6 +278,7 @@ class InboundCommitter:
             # shield: a timeout here must not cancel `future` behind the committer's back.
             return await asyncio.wait_for(asyncio.shield(waiting), timeout)
         except TimeoutError:
+            self.last_failure = time.monotonic()  # not recorded in time: the write path is not healthy
             if future.cancel():  # not claimed by a transaction: certainly not recorded
                 raise Unavailable("the message store is not answering in time; retry later") from None
         try:

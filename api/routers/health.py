@@ -81,7 +81,7 @@ async def readyz(container: ContainerDep, response: Response) -> dict[str, Any]:
         log.warning("readyz: database check failed: %s: %s", type(e).__name__, e)
         checks = {"database": False, "relay": False, "stream_workers": 0}
     checks["broker"] = await _broker_ok(container.settings.kafka_bootstrap or "")
-    checks["write_path"] = container.inbound.can_commit()
+    checks["write_path"] = container.inbound.can_commit() or await asyncio.to_thread(container.inbound.probe)
     stall = container.settings.stall_after_s
     checks["relay_moving"] = checks["projections_moving"] = False
     if checks["database"]:

@@ -225,3 +225,14 @@ def test_queries_answer_503_with_retry_after_while_the_database_is_locked(api: P
             conn.rollback()
     assert_unavailable(r)
     assert httpx.get(f"{api.base_url}/v1/rooms", headers=auth(api.settings, role="admin"), timeout=60).status_code == 200
+
+
+def test_readyz_reports_the_write_path_down_while_commits_fail_and_up_again_without_traffic(api: Pipeline) -> None:
+    def write_path() -> bool:
+        return bool(httpx.get(f"{api.base_url}/readyz", timeout=60).json()["checks"]["write_path"])
+
+    with events_table_locked(api.settings):
+        assert_unavailable(post(api, "m.during-lock"))
+        assert write_path() is False
+
+    wait_until(write_path, timeout=30, what="write path reported up again")

@@ -236,3 +236,32 @@ def test_readyz_reports_the_write_path_down_while_commits_fail_and_up_again_with
         assert write_path() is False
 
     wait_until(write_path, timeout=30, what="write path reported up again")
+
+
+def test_a_webhook_during_a_held_lock_gets_503_with_retry_after_and_its_redelivery_is_recorded_once(
+    api: Pipeline,
+) -> None:
+    import json
+
+    from inbox.meta_webhooks import signature
+
+    r = httpx.post(f"{api.base_url}/v1/channel-accounts", headers=auth(api.settings, role="admin"),
+                   json={"channel": "whatsapp_cloud", "external_id": "106540352242922", "name": "WA"})
+    assert r.status_code == 201, r.text
+    payload = json.loads((Path(__file__).resolve().parents[1] / "fixtures" / "meta" / "wa_audio.json").read_text())
+    message = payload["entry"][0]["changes"][0]["value"]["messages"][0]
+
+    def deliver(message_id: str) -> httpx.Response:
+        message["id"] = message_id
+        body = json.dumps(payload).encode()
+        assert api.settings.meta_app_secret
+        return httpx.post(f"{api.base_url}/webhooks/meta", content=body, timeout=120, headers={
+            "content-type": "application/json", "X-Hub-Signature-256": signature(api.settings.meta_app_secret, body),
+        })
+
+    assert deliver("wamid.warm-up").status_code == 200  # the account is cached from now on
+    with events_table_locked(api.settings):
+        assert_unavailable(deliver("wamid.during-lock"))
+    assert deliver("wamid.during-lock").status_code == 200  # Meta's redelivery
+
+    assert recorded_ids(api.settings).count("wamid.during-lock") == 1

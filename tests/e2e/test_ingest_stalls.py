@@ -265,3 +265,23 @@ def test_a_webhook_during_a_held_lock_gets_503_with_retry_after_and_its_redelive
     assert deliver("wamid.during-lock").status_code == 200  # Meta's redelivery
 
     assert recorded_ids(api.settings).count("wamid.during-lock") == 1
+
+
+def test_an_exhausted_read_pool_answers_503_with_retry_after(settings: Settings, tmp_path: Path) -> None:
+    p = start_api(settings, tmp_path, db_pool_size=1, read_statement_timeout_ms=60_000)
+    admin = auth(p.settings, role="admin")
+    try:
+        with psycopg.connect(conninfo(p.settings)) as conn, ThreadPoolExecutor(3) as pool:
+            conn.execute("LOCK TABLE rooms IN ACCESS EXCLUSIVE MODE")
+            try:  # one request holds the only read connection (waiting for the lock), the others wait for it
+                answers = [pool.submit(httpx.get, f"{p.base_url}/v1/rooms", headers=admin, timeout=120)
+                           for _ in range(3)]
+                waited = wait_until(lambda: [a.result() for a in answers if a.done()] if sum(
+                    a.done() for a in answers) >= 2 else None, timeout=60, what="two answers while the pool is busy")
+            finally:
+                conn.rollback()
+            for r in waited:
+                assert_unavailable(r)
+            assert sorted(a.result().status_code for a in answers) == [200, 503, 503]
+    finally:
+        p.stop_all()

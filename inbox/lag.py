@@ -79,14 +79,20 @@ class Progress:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._position: int | None = None
+        self._behind = False
         self._since = time.monotonic()
 
     def behind_for(self, position: int, behind: int) -> float:
-        """Seconds this loop has been behind at the same position (0 when caught up or moving)."""
+        """Seconds this loop has been seen behind at the same position (0 when caught up or moving).
+
+        Counted from the first probe that saw it behind at that position, so a long quiet time
+        between probes never passes for a stall.
+        """
         now = time.monotonic()
         with self._lock:
-            if position != self._position or behind == 0:
+            if position != self._position or not behind or not self._behind:
                 self._position, self._since = position, now
+            self._behind = behind > 0
             return 0.0 if behind == 0 else now - self._since
 
 

@@ -9,15 +9,18 @@ never recorded twice, even across API processes; channel delivery statuses go to
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 from eventsourcing.application import Application
-from eventsourcing.persistence import StoredEvent
-from eventsourcing.postgres import PostgresApplicationRecorder
+from eventsourcing.persistence import InterfaceError, OperationalError, StoredEvent
+from eventsourcing.postgres import PostgresAggregateRecorder, PostgresApplicationRecorder
+from psycopg import errors as pg_errors
+from psycopg_pool import PoolTimeout
 from psycopg import Connection, Cursor
 from psycopg.rows import DictRow
 from psycopg.sql import SQL, Identifier
@@ -68,7 +71,36 @@ def _statement_timeout_ms() -> int | None:
     return int(max(left, MIN_WRITE_BUDGET_S) * 1000)
 
 
+# The library retries every operation 10 times on any OperationalError; a statement or lock
+# timeout, or no pooled connection in time, would then cost 10 times its timeout. Those are
+# answered at once (503); a lost connection (a dead pooled one) is still retried.
+_NOT_RETRIED = (pg_errors.QueryCanceled, pg_errors.LockNotAvailable, PoolTimeout)
+_RETRIES = 10
+
+
+def _retry_unless_timed_out(method: Callable[..., Any]) -> Callable[..., Any]:
+    inner = getattr(method, "__wrapped__", method)  # the library's method without its retry decorator
+
+    @functools.wraps(inner)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        for attempt in range(1, _RETRIES + 1):
+            try:
+                return inner(*args, **kwargs)
+            except (InterfaceError, OperationalError) as e:
+                if attempt == _RETRIES or isinstance(e.__cause__, _NOT_RETRIED):
+                    raise
+                time.sleep(0.2)
+        raise AssertionError("unreachable")
+
+    return call
+
+
 class InboxRecorder(PostgresApplicationRecorder):
+    select_events = _retry_unless_timed_out(PostgresAggregateRecorder.select_events)
+    insert_events = _retry_unless_timed_out(PostgresApplicationRecorder.insert_events)
+    select_notifications = _retry_unless_timed_out(PostgresApplicationRecorder.select_notifications)
+    max_notification_id = _retry_unless_timed_out(PostgresApplicationRecorder.max_notification_id)
+
     def __init__(self, datastore: Any, *, events_table_name: str = "stored_events") -> None:
         # Before the first connection is made (the base class connects to register types).
         datastore.pool.kwargs["options"] = f"-c statement_timeout={WRITE_STATEMENT_TIMEOUT_MS}"

@@ -8,7 +8,9 @@ It prints figures; it is not a test. Phases, in order:
   POSTing /v1/inbound-messages across many contacts; projection throughput during the burst;
 - (b) accepted → counter-visible latency (a new contact per sample, polling the counters table);
 - (c) replay events/s, and the replayed projections compared with the live ones;
-- (d) in-process staff command latency on a 10-event and a 10,000-event room, and cold loads.
+- (d) in-process staff command latency on a 10-event and a 10,000-event room, and cold loads;
+- (e) (after (c), while the pipeline runs) "resolve all expired" on 10,000 rooms, and read/inbound
+  latency through the API meanwhile.
 
 Everything lives in a fresh schema `bench_<random>` and topic prefix, dropped at the end.
 """

@@ -19,6 +19,7 @@ from typing import Any
 
 from bench.baselines import insert_baseline, kafka_baseline, kafka_latency
 from bench.commands import command_bench
+from bench.expiry import resolve_expired_under_load, write_expired_rooms
 from bench.infra import Infra, infrastructure
 from bench.ingest import (
     ORG,
@@ -51,6 +52,7 @@ class Sizes:
     inserts_single: int
     inserts_concurrent: int
     kafka_messages: int
+    expired_rooms: int
 
     @classmethod
     def resolve(cls, args: argparse.Namespace) -> Sizes:
@@ -69,6 +71,7 @@ class Sizes:
             inserts_single=300 if quick else 3000,
             inserts_concurrent=max(args.clients * 20, 640) if quick else max(args.clients * 200, 6400),
             kafka_messages=args.kafka_messages or (10_000 if quick else 100_000),
+            expired_rooms=args.expired_rooms or (1000 if quick else 10_000),
         )
 
 
@@ -86,6 +89,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         " per request) or httpx.AsyncClient (one per connection)")
     p.add_argument("--counter-read", choices=("sql", "http"), default="sql",
                    help="how (b) reads the counter: the counters table (default) or GET /v1/inbox/counters")
+    p.add_argument("--expired-rooms", type=int, help="rooms for (e) resolve all expired (default 10000; quick 1000)")
     p.add_argument("--quick", action="store_true", help="small sizes for a smoke run (< 60 s)")
     p.add_argument("--json", type=Path, help="also write every figure as JSON to this path")
     p.add_argument("--keep-logs", action="store_true", help="keep the work directory (process logs) at the end")
@@ -307,6 +311,28 @@ def run_replay_phase(infra: Infra, pipeline: Pipeline, out: dict[str, Any]) -> N
     out["replay"] = r.as_dict()
 
 
+def run_expiry_phase(infra: Infra, pipeline: Pipeline, sizes: Sizes, ingest_token: str, out: dict[str, Any]) -> None:
+    say(f"== (e) resolve all expired on {sizes.expired_rooms:,} rooms while one client reads and writes ==")
+    write_expired_rooms(infra, ORG, sizes.expired_rooms)
+    wait_projected(infra, pipeline, timeout=600, what="the expired rooms to be projected")
+    assert infra.settings.jwt_secret
+    tokens = {role: mint_token(infra.settings.jwt_secret, org=ORG, user=f"bench-{role}", role=role)
+              for role in ("supervisor", "admin")}
+    cpu = CpuMeter(standard_groups(infra, pipeline))
+    cpu.start()
+    f = resolve_expired_under_load(pipeline.base_url, rooms=sizes.expired_rooms, spv_token=tokens["supervisor"],
+                                   admin_token=tokens["admin"], ingest_token=ingest_token)
+    usage = cpu.stop()
+    e = f.as_dict()
+    say(f"  answer {f.answer} after {f.seconds:.1f}s = {e['rooms_per_s']:,.0f} rooms/s")
+    say(f"  reads meanwhile: {fmt_ms(e['reads'])}")
+    say(f"  inbound POSTs meanwhile: {fmt_ms(e['writes'])}")
+    if usage:
+        say(f"  CPU: {usage.describe()}")
+        warn_if_disturbed(usage, "(e) resolve expired")
+    out["expiry"] = e
+
+
 def run_command_phase(infra: Infra, sizes: Sizes, out: dict[str, Any]) -> None:
     say(
         f"== (d) staff commands in-process (RoomCommands), rooms of {sizes.small_room} and {sizes.large_room:,} events;"
@@ -401,6 +427,11 @@ def summary_rows(out: dict[str, Any], sizes: Sizes) -> list[tuple[str, str, str]
             f = c[label]
             n = f["build"]["events"]
             add(f"(d) cache-miss load p50 (warm app), {n:,} events", f["reconstruct_before_commands"]["p50_ms"], "ms", ".2f")
+    e = out.get("expiry")
+    if e:
+        add(f"(e) resolve all expired, {e['rooms']:,} rooms", e["rooms_per_s"], "rooms/s")
+        add("(e) reads during it p99", e["reads"]["p99_ms"], "ms", ".1f")
+        add("(e) inbound POSTs during it p99", e["writes"]["p99_ms"], "ms", ".1f")
     ratios = out.get("ratios", {})
     for key, (label, _) in RATIO_LABELS.items():
         if key in ratios:
@@ -498,6 +529,7 @@ def main(argv: list[str] | None = None) -> int:
                 run_ingest(infra, pipeline, sizes, ingest_token, tag, args.client, out)
                 run_visibility(infra, pipeline, sizes, ingest_token, admin_token, tag, args.counter_read, out)
                 run_replay_phase(infra, pipeline, out)
+                run_expiry_phase(infra, pipeline, sizes, ingest_token, out)
             except BaseException:
                 for role in list(pipeline.procs):
                     sys.stderr.write(f"---- last lines of `inbox {role}` ----\n{pipeline.log_tail(role)}\n")

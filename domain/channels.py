@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from enum import StrEnum
 
 from domain.errors import InvalidCommand
@@ -35,6 +35,11 @@ class Channel(StrEnum):
     def reply_window(self) -> timedelta | None:
         """How long after the customer's last message staff may answer freely; None: never expires."""
         return None if self.is_comment else timedelta(hours=24)
+
+    def window_closes_at(self, last_inbound_at: datetime | None) -> datetime | None:
+        """When a room whose customer last wrote at `last_inbound_at` expires; None: it never does."""
+        window = self.reply_window
+        return None if window is None or last_inbound_at is None else last_inbound_at + window
 
 
 COMMENT_CHANNELS = frozenset({Channel.INSTAGRAM_COMMENT, Channel.FACEBOOK_COMMENT})

@@ -16,6 +16,7 @@ from eventsourcing.domain import Aggregate, event
 from domain.channels import Channel
 from domain.errors import Conflict, InvalidCommand, NotAllowed
 from domain.staff import Actor, Role
+from domain.visibility import can_see
 
 ROOM_NAMESPACE = uuid5(NAMESPACE_URL, "https://inbox.example/rooms")
 
@@ -44,6 +45,10 @@ class Room(Aggregate):
         return room_id_for(org_id, channel_account_id, contact_id, post_id)
 
     # ---- events ---------------------------------------------------------------------------
+    # Every event names its room's org (`org_id`), so a reader of one event (the relay, a
+    # downstream team) never looks it up. Events stored before that carried it only in
+    # RoomOpened; `inbox migrate` stamps those with their room's org (see
+    # inbox/eventstore.py `stamp_org_ids`) and the `upcast_*` below bring them to this shape.
     class RoomOpened(Aggregate.Created):
         org_id: str
         channel: str
@@ -56,7 +61,8 @@ class Room(Aggregate):
         post_id: str | None
 
     class MessageReceived(Aggregate.Event):
-        class_version = 2
+        class_version = 3
+        org_id: str  # (v3)
         message_id: str
         channel_message_id: str
         text: str
@@ -70,8 +76,13 @@ class Room(Aggregate):
             state["kind"] = "text"
             state["attachments"] = []
 
+        @staticmethod
+        def upcast_v2_v3(state: dict[str, Any]) -> None:
+            _require_org_id(state)
+
     class MessageSent(Aggregate.Event):
-        class_version = 2
+        class_version = 3
+        org_id: str  # (v3)
         message_id: str
         text: str
         sent_at: datetime
@@ -87,31 +98,65 @@ class Room(Aggregate):
             state["kind"] = "text"
             state["attachments"] = []
 
+        @staticmethod
+        def upcast_v2_v3(state: dict[str, Any]) -> None:
+            _require_org_id(state)
+
     class MessageEdited(Aggregate.Event):
+        class_version = 2
+        org_id: str  # (v2)
         message_id: str
         channel_message_id: str
         text: str
         edited_at: datetime
 
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            _require_org_id(state)
+
     class MessageRemoved(Aggregate.Event):
+        class_version = 2
+        org_id: str  # (v2)
         message_id: str
         channel_message_id: str
         removed_at: datetime
 
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            _require_org_id(state)
+
     class RoomAssigned(Aggregate.Event):
+        class_version = 2
+        org_id: str  # (v2)
         assignee: str
         previous_assignee: str | None
         assigned_by: str
         by_role: str
         reason: str  # "assigned" | "taken" | "replied"
 
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            _require_org_id(state)
+
     class RoomResolved(Aggregate.Event):
+        class_version = 2
+        org_id: str  # (v2)
         reason: str  # "manual" | "expired"
         resolved_by: str
         by_role: str
 
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            _require_org_id(state)
+
     class RoomReopened(Aggregate.Event):
+        class_version = 2
+        org_id: str  # (v2)
         reason: str  # "inbound_message"
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            _require_org_id(state)
 
     # ---- creation -------------------------------------------------------------------------
     @event(RoomOpened)
@@ -304,10 +349,14 @@ class Room(Aggregate):
             raise NotAllowed(f"role {actor.role.value!r} cannot resolve rooms")
         if not actor.role.manages_rooms and self.assignee != actor.user_id:
             raise NotAllowed("only the assignee, a supervisor or an admin can resolve this room")
-        if reason == "expired" and not actor.role.manages_rooms:
-            raise NotAllowed("only supervisors and admins resolve expired rooms")
+        if reason == "expired":
+            check_may_resolve_expired(actor)
         self._check_not_resolved()
         self._resolve(reason=reason, resolved_by=actor.user_id, by_role=actor.role.value)
+
+    def trigger_event(self, event_class: type[Any], **kwargs: Any) -> None:
+        """Every event after RoomOpened is stamped with the room's org."""
+        super().trigger_event(event_class, org_id=self.org_id, **kwargs)
 
     # ---- queries on state -----------------------------------------------------------------
     @property
@@ -316,17 +365,10 @@ class Room(Aggregate):
 
     def is_expired(self, now: datetime) -> bool:
         """SPEC §2: not resolved, a direct-message room, its last inbound message older than the window."""
-        window = Channel(self.channel).reply_window
-        if self.status == RESOLVED or window is None or self.last_inbound_at is None:
-            return False
-        return self.last_inbound_at + window <= now
+        return has_expired(self.status, Channel(self.channel).window_closes_at(self.last_inbound_at), now)
 
     def is_visible_to(self, actor: Actor) -> bool:
-        if actor.org_id != self.org_id:
-            return False
-        if actor.role.manages_rooms or actor.role == Role.INTEGRATION:
-            return True
-        return self.assignee is None or self.assignee == actor.user_id
+        return can_see(actor, self.org_id, self.assignee)
 
     def _check_not_resolved(self) -> None:
         if self.status == RESOLVED:
@@ -392,6 +434,22 @@ class Room(Aggregate):
         self.assignee = None
 
 
+def has_expired(status: str, expires_at: datetime | None, now: datetime) -> bool:
+    """SPEC §2 "Expired": not resolved and its reply window (Channel.window_closes_at) has closed."""
+    return status != RESOLVED and expires_at is not None and expires_at <= now
+
+
+def has_expired_sql(alias: str = "r", now: str = "now()") -> str:
+    """`has_expired` as SQL over the room projection's `status` and `expires_at`; `now` is SQL text."""
+    return f"{alias}.status <> '{RESOLVED}' AND {alias}.expires_at IS NOT NULL AND {alias}.expires_at <= {now}"
+
+
+def check_may_resolve_expired(actor: Actor) -> None:
+    """SPEC §3: only supervisors and admins resolve rooms as expired (one by one or all at once)."""
+    if not actor.role.manages_rooms:
+        raise NotAllowed("only supervisors and admins resolve expired rooms")
+
+
 def room_id_for(org_id: str, channel_account_id: str, contact_id: str, post_id: str | None = None) -> UUID:
     return uuid5(ROOM_NAMESPACE, "|".join((org_id, channel_account_id, contact_id, post_id or "")))
 
@@ -407,6 +465,24 @@ def echo_message_id(room_id: UUID, channel_message_id: str) -> UUID:
 
 
 MAX_ATTACHMENTS = 20
+
+
+class EventWithoutOrg(ValueError):
+    """A room event stored before events carried `org_id`, not yet stamped by `inbox migrate`."""
+
+
+def _require_org_id(state: dict[str, Any]) -> None:
+    """Upcast of a room event stored before events carried `org_id`.
+
+    One event alone cannot know its room's org (only RoomOpened named it), so `inbox migrate`
+    stamps the stored state with it; an event it has not stamped is refused loudly rather than
+    published without an org.
+    """
+    if not state.get("org_id"):
+        raise EventWithoutOrg(
+            f"room event {state.get('originator_id')} v{state.get('originator_version')} has no org_id;"
+            " run `inbox migrate` to stamp events stored before events carried it"
+        )
 
 
 def _check_message(message_id: str, moment: datetime, name: str) -> None:

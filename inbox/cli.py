@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -39,9 +40,10 @@ def cmd_api(args: argparse.Namespace) -> int:
     migrate(settings)
     container = Container.build(settings)
     try:
+        verbose = os.environ.get(_DEV_VERBOSE) == "1"  # `inbox dev --verbose`: uvicorn's own and access logs
         uvicorn.run(
             create_app(container), host=settings.http_host, port=settings.http_port,
-            log_level="warning", access_log=False,
+            log_level="info" if verbose else "warning", access_log=verbose,
         )
     finally:
         container.close()
@@ -75,7 +77,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     settings = Settings.from_env().require("database_url", "kafka_bootstrap")
     migrate(settings)
-    run_worker(settings)
+    run_worker(settings, loglevel=os.environ.get("INBOX_LOG_LEVEL", "INFO").lower())
     return 0
 
 
@@ -145,11 +147,25 @@ class _embedded_database:
             self.pg.stop()
 
 
+_DEV_VERBOSE = "INBOX_DEV_VERBOSE"
+
+
+def _quiet_dev_logs() -> dict[str, str]:
+    """`inbox dev` without --verbose: warnings and errors only, from every process; returns the
+    children's environment for it. An INBOX_LOG_LEVEL the user set still wins."""
+    if "INBOX_LOG_LEVEL" in os.environ:
+        return {}
+    logging.getLogger().setLevel(logging.WARNING)  # embedded PostgreSQL narrates every step at INFO
+    warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")  # platformdirs, harmless here
+    return {"INBOX_LOG_LEVEL": "WARNING"}
+
+
 def cmd_dev(args: argparse.Namespace) -> int:
     from inbox.auth import mint_token
     from inbox.db import migrate
     from inbox.embedded import EmbeddedBroker
 
+    log_env = {_DEV_VERBOSE: "1"} if args.verbose else _quiet_dev_logs()
     settings = Settings.from_env().with_dev_defaults()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     broker = None
@@ -161,9 +177,10 @@ def cmd_dev(args: argparse.Namespace) -> int:
                 settings = replace(settings, kafka_bootstrap=broker.bootstrap)
                 print(f"started embedded Tansu broker on {broker.bootstrap}", file=sys.stderr)
             migrate(settings)
-            env = {**os.environ, **settings.to_env()}
+            env = {**os.environ, **settings.to_env(), **log_env}
             for role in ("relay", "worker", "api"):
                 children.append(subprocess.Popen([sys.executable, "-m", "inbox.cli", role], env=env))
+                print(f"started {role} (pid {children[-1].pid})", file=sys.stderr)
             token = mint_token(settings.jwt_secret or "", org="dev-org", user="dev-admin", role="admin")
             print(
                 f"\nInbox is starting on http://{settings.http_host}:{settings.http_port}"
@@ -218,7 +235,10 @@ def _stop_all(children: list[subprocess.Popen[bytes]]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="inbox", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("dev", help="run the whole system on embedded defaults").set_defaults(func=cmd_dev)
+    dev = sub.add_parser("dev", help="run the whole system on embedded defaults")
+    dev.add_argument("--verbose", action="store_true",
+                     help="every process's full log (Faust's start-up tables, HTTP access log); default: warnings and errors")
+    dev.set_defaults(func=cmd_dev)
     sub.add_parser("api", help="run the HTTP API (production)").set_defaults(func=cmd_api)
     sub.add_parser("relay", help="publish the event store to Kafka (production)").set_defaults(func=cmd_relay)
     sub.add_parser("worker", help="run a Faust projection worker (production)").set_defaults(func=cmd_worker)

@@ -114,7 +114,7 @@ def _sql_file(package: str, name: str) -> str:
 
 def migrate(settings: Settings) -> None:
     """Create the schema and every table the system needs; safe to run repeatedly and concurrently."""
-    from inbox.eventstore import InboxApplication  # the event store creates its own tables
+    from inbox.eventstore import InboxApplication, stamp_org_ids  # the event store creates its own tables
 
     with psycopg.connect(conninfo(settings), autocommit=True) as conn:
         conn.execute("SELECT pg_advisory_lock(hashtext('inbox-migrate'))")
@@ -123,7 +123,10 @@ def migrate(settings: Settings) -> None:
             ensure_pg_trgm(conn)
             use_search_path(conn, settings.db_schema)
             app = InboxApplication.from_settings(settings, create_tables=True)
-            app.close()
+            try:
+                stamp_org_ids(app)
+            finally:
+                app.close()
             conn.execute(_sql_file("projections", "schema.sql"))
             conn.execute(_sql_file("streams", "schema.sql"))
         finally:

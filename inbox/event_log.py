@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
 from eventsourcing.persistence import StoredEvent
 
-from inbox.eventstore import EVENTS_TABLE, InboxApplication
+from inbox.eventstore import InboxApplication
 from inbox.wire import to_wire
 
 ROOM_TOPIC_PREFIX = "domain.room:Room."
@@ -27,10 +26,8 @@ class LogPage:
 class WireEventLog:
     """Sync reader over the event store; call it from a thread when on an event loop."""
 
-    def __init__(self, app: InboxApplication, org_cache_size: int = 200_000) -> None:
+    def __init__(self, app: InboxApplication) -> None:
         self._app = app
-        self._orgs: OrderedDict[str, str] = OrderedDict()
-        self._org_cache_size = org_cache_size
 
     def read(self, after: int, limit: int) -> tuple[LogPage, int]:
         """Notifications with id > after, at most `limit`; returns (page, number of rows read)."""
@@ -52,36 +49,5 @@ class WireEventLog:
         return self._app.recorder.max_notification_id() or 0
 
     def _to_wire(self, rows: list[StoredEvent]) -> list[dict[str, Any]]:
-        domain_events = [self._app.decode(r) for r in rows]
-        missing = {
-            str(e.originator_id) for e in domain_events
-            if e.originator_version != 1 and str(e.originator_id) not in self._orgs
-        }
-        if missing:
-            self._load_orgs(missing)
-        wire = []
-        for e in domain_events:
-            room_id = str(e.originator_id)
-            if e.originator_version == 1:
-                self._remember(room_id, e.org_id)
-            wire.append(to_wire(e, self._orgs[room_id]))
-        return wire
-
-    def _load_orgs(self, room_ids: set[str]) -> None:
-        with self._app.connection() as conn:
-            rows = conn.execute(
-                f"SELECT originator_id, originator_version, topic, state FROM {self._app.table(EVENTS_TABLE)}"
-                " WHERE originator_id = ANY(%s::uuid[]) AND originator_version = 1",
-                (list(room_ids),),
-            ).fetchall()
-        for r in rows:
-            opened = self._app.decode(StoredEvent(r["originator_id"], 1, r["topic"], bytes(r["state"])))
-            self._remember(str(r["originator_id"]), opened.org_id)
-        if len(rows) != len(room_ids):
-            raise LookupError(f"rooms without a RoomOpened event: {sorted(room_ids - {str(r['originator_id']) for r in rows})}")
-
-    def _remember(self, room_id: str, org_id: str) -> None:
-        self._orgs[room_id] = org_id
-        self._orgs.move_to_end(room_id)
-        while len(self._orgs) > self._org_cache_size:
-            self._orgs.popitem(last=False)
+        """Each room event carries its room's org_id (older stored ones are upcast): no lookup."""
+        return [to_wire(self._app.decode(r)) for r in rows]

@@ -10,6 +10,7 @@ never recorded twice, even across API processes; channel delivery statuses go to
 from __future__ import annotations
 
 import functools
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -29,6 +30,8 @@ from psycopg.types.json import Jsonb
 from domain.room import Room
 from inbox.config import Settings
 from inbox.db import eventsourcing_env
+
+logger = logging.getLogger(__name__)
 
 EVENTS_TABLE = "inbox_events"
 SNAPSHOT_INTERVAL = 50
@@ -206,3 +209,52 @@ class InboxApplication(Application):
     def connection(self) -> AbstractContextManager[Connection[DictRow]]:
         """A pooled connection of the event store (rows as dicts; errors mapped to the library's)."""
         return self.recorder.datastore.get_connection()  # type: ignore[attr-defined,no-any-return]
+
+
+ROOM_OPENED_TOPIC = "domain.room:Room.RoomOpened"
+
+
+def stamp_org_ids(app: InboxApplication) -> int:
+    """Give every stored room event its room's `org_id`; returns how many events were stamped.
+
+    Room events stored before events carried `org_id` had it only in their room's RoomOpened,
+    and one event alone cannot know it, so no upcast can supply it: this rewrites those events'
+    stored state once (the domain's `upcast_*` then accept them). New events are written stamped,
+    so when the oldest room event after a RoomOpened carries `org_id` there is nothing to do (one
+    row read per start). The rewrite is one transaction: interrupted, it leaves nothing half done.
+    """
+    table = app.table(EVENTS_TABLE)
+    transcoder = app.mapper.transcoder
+    if app.mapper.compressor or app.mapper.cipher:
+        raise NotImplementedError("stamping org ids of compressed or encrypted events")
+    later_events = (
+        f"SELECT originator_id, originator_version, state FROM {table}"
+        " WHERE topic LIKE 'domain.room:Room.%%' AND topic <> %s AND originator_version > 1"
+        " ORDER BY notification_id"
+    )
+    with app.connection() as conn, conn.transaction():
+        conn.execute("SET LOCAL statement_timeout = 0")  # a one-off rewrite of every old event may take long
+        oldest = conn.execute(later_events + " LIMIT 1", (ROOM_OPENED_TOPIC,)).fetchone()
+        if oldest is None or "org_id" in transcoder.decode(bytes(oldest["state"])):
+            return 0
+        orgs = {
+            r["originator_id"]: transcoder.decode(bytes(r["state"]))["org_id"]
+            for r in conn.execute(
+                f"SELECT originator_id, state FROM {table} WHERE topic = %s", (ROOM_OPENED_TOPIC,)
+            )
+        }
+        stamped = []
+        for r in conn.execute(later_events, (ROOM_OPENED_TOPIC,)).fetchall():
+            state = transcoder.decode(bytes(r["state"]))
+            if "org_id" in state:
+                continue
+            if r["originator_id"] not in orgs:
+                raise LookupError(f"room {r['originator_id']} has events but no RoomOpened event")
+            state["org_id"] = orgs[r["originator_id"]]
+            stamped.append((transcoder.encode(state), r["originator_id"], r["originator_version"]))
+        with conn.cursor() as cur:
+            cur.executemany(
+                f"UPDATE {table} SET state = %s WHERE originator_id = %s AND originator_version = %s", stamped
+            )
+    logger.info("stamped %s room events stored before events carried org_id", len(stamped))
+    return len(stamped)

@@ -23,8 +23,8 @@ from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.persistence import IntegrityError, StoredEvent
 
 from domain.channels import Channel
-from domain.errors import DomainError, NotAllowed
-from domain.room import ASSIGNED, UNASSIGNED, Room
+from domain.errors import DomainError
+from domain.room import ASSIGNED, UNASSIGNED, Room, check_may_resolve_expired
 from domain.staff import Actor
 from inbox.eventstore import EVENTS_TABLE, SNAPSHOT_INTERVAL, InboxApplication
 
@@ -67,8 +67,7 @@ class ExpiredRooms:
     ) -> ResolveExpiredResult:
         """Resolve every room of `channels` (all direct-message channels when empty) that is expired
         and assigned (and unassigned too when asked), as of now."""
-        if not actor.role.manages_rooms:
-            raise NotAllowed("only supervisors and admins resolve expired rooms")
+        check_may_resolve_expired(actor)
         parsed = [Channel.parse(c) for c in channels] or list(Channel)
         expiring = sorted({c.value for c in parsed if c.reply_window is not None})  # comments never expire
         statuses = [ASSIGNED, UNASSIGNED] if include_unassigned else [ASSIGNED]

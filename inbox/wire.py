@@ -42,16 +42,20 @@ def is_room_event(domain_event: Any) -> bool:
     return type(domain_event) in ROOM_EVENT_TYPES
 
 
-def to_wire(domain_event: Any, org_id: str) -> dict[str, Any]:
-    """Domain event → SPEC §4 dict. `org_id` comes from the room's RoomOpened event."""
+def to_wire(domain_event: Any) -> dict[str, Any]:
+    """Domain event → SPEC §4 dict; every room event carries its room's `org_id`.
+
+    The envelope holds `org_id`; only RoomOpened repeats it in `data` (as SPEC §4 always had it).
+    """
     data = {
-        k: _plain(v) for k, v in vars(domain_event).items() if k not in _ENVELOPE_FIELDS
+        k: _plain(v) for k, v in vars(domain_event).items()
+        if k not in _ENVELOPE_FIELDS and (k != "org_id" or type(domain_event) is Room.RoomOpened)
     }
     return {
         "id": event_id(domain_event.originator_id, domain_event.originator_version),
         "type": ROOM_EVENT_TYPES[type(domain_event)],
         "schema_version": SCHEMA_VERSION,
-        "org_id": org_id,
+        "org_id": domain_event.org_id,
         "room_id": str(domain_event.originator_id),
         "version": domain_event.originator_version,
         "occurred_at": domain_event.timestamp.isoformat(),

@@ -11,10 +11,10 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from domain.visibility import ALL, NOBODY, counter_key
 from projections.rooms import RoomView
 
-ALL = "*"
-NOBODY = "-"
+__all__ = ["ALL", "NOBODY", "CounterDelta", "CounterKey", "contributions", "deltas"]
 
 CounterKey = tuple[str, str, str, str]  # (org_id, tab, status, assignee)
 
@@ -30,7 +30,7 @@ def contributions(view: RoomView | None) -> dict[CounterKey, CounterDelta]:
         return {}
     one = CounterDelta(rooms=1, awaiting=1 if view.awaiting_reply else 0)
     return {
-        (view.org_id, view.tab, view.status, view.assignee or NOBODY): one,
+        (view.org_id, view.tab, view.status, counter_key(view.assignee)): one,
         (view.org_id, view.tab, view.status, ALL): one,
     }
 

@@ -1,7 +1,6 @@
 """Read-side queries over the projections (never the event store), with role visibility.
 
-Visibility (SPEC §2): admins and supervisors see every room of their organization; an agent
-sees unassigned rooms and rooms assigned to them.
+Visibility (SPEC §2) is domain.visibility's rule, rendered as SQL there; no query re-types it.
 
 Room lists are ordered by activity (`updated_at` = recorded time of the room's latest message,
 then id), newest first, with a keyset cursor that also carries `as_of`: the newest activity on
@@ -31,12 +30,11 @@ import orjson
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
+from domain.channels import TABS
 from domain.errors import InvalidCommand, NotFound
+from domain.room import STATUSES, has_expired, has_expired_sql
 from domain.staff import Actor
-from projections.counters import ALL, NOBODY
-
-STATUSES = ("unassigned", "assigned", "resolved")
-TABS = ("messages", "comments")
+from domain.visibility import ALL, counter_keys, sql_partitions, sql_predicate
 
 
 @dataclass(frozen=True)
@@ -49,26 +47,6 @@ class RoomFilter:
     expired: bool | None = None
     updated_after: datetime | None = None
     updated_before: datetime | None = None
-
-
-def _visibility(actor: Actor, alias: str = "r") -> tuple[str, list[Any]]:
-    if actor.role.manages_rooms:
-        return f"{alias}.org_id = %s", [actor.org_id]
-    return f"{alias}.org_id = %s AND ({alias}.assignee IS NULL OR {alias}.assignee = %s)", [actor.org_id, actor.user_id]
-
-
-def _visible_partitions(actor: Actor, alias: str = "r") -> list[tuple[str, list[Any]]]:
-    """Visibility as disjoint parts that each read in activity order from one index.
-
-    An agent's rooms are the unassigned ones plus their own: two ordered index scans
-    (`rooms_by_assignee_activity`) merged, instead of one scan filtering out other agents' rooms.
-    """
-    if actor.role.manages_rooms:
-        return [(f"{alias}.org_id = %s", [actor.org_id])]
-    return [
-        (f"{alias}.org_id = %s AND {alias}.assignee IS NULL", [actor.org_id]),
-        (f"{alias}.org_id = %s AND {alias}.assignee = %s", [actor.org_id, actor.user_id]),
-    ]
 
 
 def filter_clauses(filt: RoomFilter, alias: str = "r") -> tuple[list[str], list[Any]]:
@@ -91,11 +69,9 @@ def filter_clauses(filt: RoomFilter, alias: str = "r") -> tuple[list[str], list[
         clauses.append(f"{alias}.awaiting_reply = %s")
         params.append(filt.awaiting_reply)
     if filt.expired is True:
-        clauses.append(f"{alias}.status <> 'resolved' AND {alias}.expires_at <= now()")
+        clauses.append(has_expired_sql(alias))
     elif filt.expired is False:
-        clauses.append(
-            f"NOT ({alias}.status <> 'resolved' AND {alias}.expires_at IS NOT NULL AND {alias}.expires_at <= now())"
-        )
+        clauses.append(f"NOT ({has_expired_sql(alias)})")
     if filt.updated_after is not None:
         clauses.append(f"{alias}.updated_at > %s")
         params.append(filt.updated_after)
@@ -130,7 +106,7 @@ def rooms_page_sql(
     base, base_params = filter_clauses(filt)
     branches: list[str] = []
     params: list[Any] = []
-    for part, part_params in _visible_partitions(actor):
+    for part, part_params in sql_partitions(actor):
         where = " AND ".join([part, *base])
         if cursor is None:
             branches.append(
@@ -161,7 +137,7 @@ def rooms_page_sql(
 
 def counters_sql(actor: Actor) -> tuple[str, list[Any]]:
     """The viewer's counter rows (plus the org-wide rows for the unassigned badge): a key lookup."""
-    mine = [ALL] if actor.role.manages_rooms else [NOBODY, actor.user_id]
+    mine = counter_keys(actor)
     return (
         "SELECT tab, status, assignee, rooms, awaiting FROM counters WHERE org_id = %s AND assignee = ANY(%s)",
         [actor.org_id, list({*mine, ALL})],
@@ -185,7 +161,7 @@ def expired_rooms_sql(
     """Expired, not resolved rooms in (expires_at, id) order, from `rooms_by_expiry`."""
     sql = (
         "SELECT r.id::text AS id, r.version, r.expires_at FROM rooms r"
-        " WHERE r.org_id = %s AND r.status <> 'resolved' AND r.expires_at <= %s"
+        f" WHERE r.org_id = %s AND {has_expired_sql('r', '%s')}"
         " AND r.status = ANY(%s) AND r.channel = ANY(%s)"
     )
     params: list[Any] = [org_id, cutoff, list(statuses), list(channels)]
@@ -242,7 +218,7 @@ def room_json(row: dict[str, Any], now: datetime) -> dict[str, Any]:
         "status": row["status"],
         "assignee": row["assignee"],
         "awaiting_reply": row["awaiting_reply"],
-        "expired": row["status"] != "resolved" and expires_at is not None and expires_at <= now,
+        "expired": has_expired(row["status"], expires_at, now),
         "expires_at": expires_at,
         "last_message": last,
         "last_inbound_at": row["last_inbound_at"],
@@ -284,7 +260,7 @@ class InboxQueries:
     # ---- counters ---------------------------------------------------------------------------
     def counters(self, actor: Actor) -> dict[str, Any]:
         """Badge numbers for the viewer: a lookup of maintained counter rows, no COUNT over rooms."""
-        mine = [ALL] if actor.role.manages_rooms else [NOBODY, actor.user_id]
+        mine = counter_keys(actor)
         rows = self._fetch(*counters_sql(actor))
         per_tab = {tab: {"awaiting": 0, **{s: 0 for s in STATUSES}} for tab in TABS}
         org_unassigned = 0
@@ -311,7 +287,7 @@ class InboxQueries:
     # ---- rooms --------------------------------------------------------------------------------
     def room(self, actor: Actor, room_id: str) -> dict[str, Any]:
         room_id = _room_uuid(room_id)
-        where, params = _visibility(actor)
+        where, params = sql_predicate(actor)
         rows = self._fetch(f"SELECT r.*, now() AS _now FROM rooms r WHERE r.id = %s::uuid AND {where}", [room_id, *params])
         if not rows:
             raise NotFound("room not found")

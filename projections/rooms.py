@@ -7,13 +7,11 @@ what to do with duplicates and gaps is the writer's job, so this stays a plain f
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
+from domain.channels import Channel
 from projections.text import phone_digits, search_name
-
-COMMENT_CHANNELS = frozenset({"instagram_comment", "facebook_comment"})
-REPLY_WINDOW = timedelta(hours=24)
 
 
 @dataclass(frozen=True)
@@ -102,7 +100,7 @@ def apply(view: RoomView | None, event: dict[str, Any]) -> tuple[RoomView, Messa
             view,
             contact_name=data.get("contact_name") or view.contact_name,
             last_inbound_at=last_inbound,
-            expires_at=None if view.channel in COMMENT_CHANNELS else last_inbound + REPLY_WINDOW,
+            expires_at=Channel(view.channel).window_closes_at(last_inbound),
         )
         if renamed:
             view = _with_search(view)
@@ -142,10 +140,9 @@ def message_change(event: dict[str, Any]) -> MessageChange | None:
 
 
 def _opened(event: dict[str, Any], data: dict[str, Any], at: datetime) -> RoomView:
-    channel = data["channel"]
+    channel = Channel(data["channel"])  # an unknown channel is a ValueError: the writer dead-letters it
     return _with_search(RoomView(
-        id=event["room_id"], org_id=event["org_id"],
-        tab="comments" if channel in COMMENT_CHANNELS else "messages", channel=channel,
+        id=event["room_id"], org_id=event["org_id"], tab=channel.tab, channel=channel.value,
         channel_account_id=data["channel_account_id"], channel_account=data["channel_account"],
         contact_id=data["contact_id"], contact_name=data.get("contact_name"),
         contact_phone=data.get("contact_phone"), contact_handle=data.get("contact_handle"),

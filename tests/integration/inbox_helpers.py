@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from fastapi.testclient import TestClient
@@ -23,6 +23,9 @@ ACCOUNTS = {  # channel -> external id of the org's account on it
     "facebook_comment": "fbc-1",
 }
 COMMENT_CHANNELS = {"instagram_comment", "facebook_comment"}
+
+NOW = datetime.now(UTC)
+OLD = NOW - timedelta(hours=30)  # outside the 24 h window
 
 
 @dataclass
@@ -105,3 +108,15 @@ def running_inbox(settings: Settings) -> Iterator[Inbox]:
             yield inbox
     finally:
         container.close()
+
+
+def agent(inbox: Inbox, user: str = "agent1") -> dict[str, str]:
+    return inbox.headers("agent", user)
+
+
+def spv(inbox: Inbox) -> dict[str, str]:
+    return inbox.headers("supervisor", "spv1")
+
+
+def statuses(inbox: Inbox, headers: dict[str, str] | None = None, **params: Any) -> dict[str, set[str]]:
+    return {s: set(inbox.room_ids(headers, status=s, **params)) for s in ("all", "unassigned", "assigned", "resolved")}

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from channels.facts import DeliveryStatus, InboundMessage, OutboundEcho
+from channels.facts import DeliveryStatus, InboundMessage, OutboundEcho, RecordableFact
 from domain.channels import Channel
 from domain.errors import InvalidCommand
 from domain.staff import Actor, Role
 from inbox.config import Settings
 from inbox.container import Container
 from inbox.services import AccountInfo
+from tests.integration.locks import commits_held
 from tests.support import query
 
 pytestmark = pytest.mark.integration
@@ -66,22 +68,33 @@ def test_a_fact_the_domain_refuses_fails_its_group_but_not_the_others(
         good = [pool.submit(container.inbound.submit_group, [(account, message(10 + i, contact=f"6282{i}"))])
                 for i in range(3)]
         with pytest.raises(InvalidCommand, match="kind"):
-            bad.result()
-        assert all(f.result()[0].outcome == "recorded" for f in good)
+            bad.result(timeout=60)
+        assert all(f.result(timeout=60)[0].outcome == "recorded" for f in good)
     assert events(db_settings) == 6  # three rooms, opened + received; nothing of the refused group
     assert container.inbound.submit(account, message(1)).duplicate is False
 
 
-def test_concurrent_groups_share_transactions(container: Container, account: AccountInfo, db_settings: Settings) -> None:
-    def group(i: int) -> list[str]:
-        facts = [(account, message(i * 10 + k, contact=f"6283{i}")) for k in range(3)]
+def test_groups_queued_behind_a_commit_share_the_next_transaction(
+    container: Container, account: AccountInfo, db_settings: Settings
+) -> None:
+    def group(i: int) -> list[tuple[AccountInfo, RecordableFact]]:
+        facts: list[tuple[AccountInfo, RecordableFact]] = [
+            (account, message(i * 10 + k, contact=f"6283{i}")) for k in range(3)
+        ]
         facts.append((account, OutboundEcho(Channel.WHATSAPP_CLOUD, "1065", f"6283{i}", f"wamid.out.{i}", "ok",
                                             T0 + timedelta(minutes=5), sender_id="1065")))
-        return [r.outcome for r in container.inbound.submit_group(facts)]
+        return facts
+
+    async def sixty_four_groups() -> list[list[str]]:
+        with commits_held(db_settings):
+            tasks = [asyncio.ensure_future(container.inbound.submit_group_async(group(i))) for i in range(64)]
+            await asyncio.sleep(0)  # each task has run up to its wait: all 64 groups are queued
+        return [[r.outcome for r in results] for results in await asyncio.gather(*tasks)]
 
     before = container.inbound.batches
-    with ThreadPoolExecutor(32) as pool:
-        outcomes = list(pool.map(group, range(64)))
+    outcomes = asyncio.run(sixty_four_groups())
+
     assert all(o == ["recorded"] * 4 for o in outcomes)
-    assert container.inbound.batches - before < 64
+    # At most the one commit that was waiting for the lock, then one for everything queued behind it.
+    assert container.inbound.batches - before <= 2
     assert events(db_settings) == 64 * 5  # opened + 3 received + 1 echo per room

@@ -7,6 +7,7 @@ import random
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
+from uuid import UUID
 
 import pytest
 
@@ -49,16 +50,16 @@ def populate(container: Container, *, rooms: int = 12, seed: int = 7) -> None:
             text=f"message {n}", sent_at=datetime.now(UTC), post_id=post,
         ))
         action = rng.random()
-        agent = Actor(f"agent-{r % 3}", "org1", Role.AGENT)
-        try:
-            if action < 0.3:
-                container.rooms.reply(agent, res.room_id, text="on it")
-            elif action < 0.45:
-                container.rooms.resolve(SPV, res.room_id)
-            elif action < 0.55:
-                container.rooms.assign(SPV, res.room_id, agent_id=f"agent-{step % 4}")
-        except Exception:
-            pass  # e.g. an agent replying to another agent's room: refused by the domain, fine here
+        # Reply as the room's assignee (any agent while it is unassigned): an inbound message has
+        # just reopened a resolved room, so every action below is one the domain allows.
+        assignee = container.app.repository.get(UUID(res.room_id)).assignee
+        agent = Actor(assignee or f"agent-{r % 3}", "org1", Role.AGENT)
+        if action < 0.3:
+            container.rooms.reply(agent, res.room_id, text="on it")
+        elif action < 0.45:
+            container.rooms.resolve(SPV, res.room_id)
+        elif action < 0.55:
+            container.rooms.assign(SPV, res.room_id, agent_id=f"agent-{step % 4}")
 
 
 def all_events(settings: Settings) -> list[dict[str, Any]]:

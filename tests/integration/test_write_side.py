@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -16,6 +17,7 @@ from domain.staff import Actor, Role
 from inbox.config import Settings
 from inbox.container import Container
 from inbox.services import AccountInfo, InboundMessage
+from tests.integration.locks import commits_held
 from tests.support import query
 
 pytestmark = pytest.mark.integration
@@ -57,17 +59,13 @@ def test_only_admins_register_channel_accounts(container: Container) -> None:
         container.accounts.register(SPV, channel="instagram", external_id="ig-1", name="IG")
 
 
-def test_concurrent_inbound_messages_share_transactions_and_keep_per_room_order(
-    container: Container, account: AccountInfo
-) -> None:
+def test_concurrent_inbound_messages_keep_per_room_order(container: Container, account: AccountInfo) -> None:
     contacts = [f"62812{i:04d}" for i in range(20)]
     with ThreadPoolExecutor(48) as pool:
         results = list(pool.map(lambda i: container.inbound.submit(account, message(contacts[i % 20], f"wamid.{i}", f"m{i}")), range(400)))
 
     assert len({r.message_id for r in results}) == 400
     assert not any(r.duplicate for r in results)
-    # Group commit: fewer transactions than messages.
-    assert container.inbound.batches < 400
     # Every room's versions are 1..n with no holes, and notification ids follow versions.
     rows = query(
         container.settings,
@@ -78,6 +76,25 @@ def test_concurrent_inbound_messages_share_transactions_and_keep_per_room_order(
     for _, versions in rows:
         assert versions == list(range(1, len(versions) + 1))
     assert sum(len(v) for _, v in rows) == 400 + 20  # messages + one RoomOpened per room
+
+
+def test_inbound_messages_queued_behind_a_commit_share_transactions(
+    container: Container, account: AccountInfo, db_settings: Settings
+) -> None:
+    async def four_hundred_messages() -> None:
+        with commits_held(db_settings):
+            tasks = [
+                asyncio.ensure_future(container.inbound.submit_async(account, message(f"62813{i % 20:04d}", f"wamid.{i}")))
+                for i in range(400)
+            ]
+            await asyncio.sleep(0)  # each task has run up to its wait: all 400 messages are queued
+        await asyncio.gather(*tasks)
+
+    before = container.inbound.batches
+    asyncio.run(four_hundred_messages())
+
+    # The commit that was waiting for the lock, then the queue in batches of at most 256.
+    assert container.inbound.batches - before <= 3
 
 
 def test_the_same_channel_message_is_recorded_once(container: Container, account: AccountInfo) -> None:
@@ -97,7 +114,7 @@ def test_duplicates_racing_in_two_processes_are_recorded_once(db_settings: Setti
             barrier = threading.Barrier(2)
 
             def send(c: Container) -> bool:
-                barrier.wait()
+                barrier.wait(timeout=30)
                 return c.inbound.submit(account, message("628222", "wamid.race")).duplicate
 
             with ThreadPoolExecutor(2) as pool:

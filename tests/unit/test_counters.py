@@ -173,7 +173,7 @@ def play(story: list[tuple]) -> tuple[dict[int, Room], dict[int, RoomView], dict
         transitions = []
         for domain_event in room.collect_events():
             before = views.get(i)
-            after, _ = apply(before, to_wire(domain_event, room.org_id))
+            after, _ = apply(before, to_wire(domain_event))
             transitions.append((before, after))
             views[i] = after
         for key, d in deltas(transitions).items():

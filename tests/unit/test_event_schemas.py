@@ -105,7 +105,7 @@ def domain_events() -> list[Any]:
 
 
 def wire_events() -> list[dict[str, Any]]:
-    return [to_wire(e, ORG) for e in domain_events()]
+    return [to_wire(e) for e in domain_events()]
 
 
 def stored_wire_events() -> list[dict[str, Any]]:
@@ -117,7 +117,7 @@ def stored_wire_events() -> list[dict[str, Any]]:
         restored = [app.mapper.to_domain_event(app.mapper.to_stored_event(e)) for e in domain_events()]
     finally:
         app.close()
-    return [orjson.loads(encode(to_wire(e, ORG))) for e in restored]
+    return [orjson.loads(encode(to_wire(e))) for e in restored]
 
 
 def _ids(events: list[dict[str, Any]]) -> list[str]:
@@ -244,7 +244,7 @@ def test_stored_v1_message_events_load_with_kind_text_and_no_attachments() -> No
             old = type(stored)(stored.originator_id, stored.originator_version, stored.topic, orjson.dumps(state))
             restored = app.mapper.to_domain_event(old)
             assert (restored.kind, restored.attachments) == ("text", [])
-            wire = to_wire(restored, ORG)
+            wire = to_wire(restored)
             assert errors(wire["type"], wire) == []
     finally:
         app.close()

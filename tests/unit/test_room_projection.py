@@ -44,7 +44,7 @@ def reply(room: Room, actor: Actor = AGENT, at: datetime = T0 + timedelta(minute
 
 
 def wire(room: Room) -> list[dict[str, Any]]:
-    return [to_wire(e, ORG) for e in room.collect_events()]
+    return [to_wire(e) for e in room.collect_events()]
 
 
 def fold(events: list[dict[str, Any]], view: RoomView | None = None) -> tuple[RoomView, list[MessageRow]]:

@@ -34,7 +34,7 @@ def room_events() -> tuple[Room, list[Any]]:
 
 def wire_events() -> list[dict[str, Any]]:
     _, events = room_events()
-    return [to_wire(e, ORG) for e in events]
+    return [to_wire(e) for e in events]
 
 
 def v0_resolved() -> dict[str, Any]:
@@ -54,7 +54,7 @@ def test_wire_event_has_exactly_the_spec_envelope() -> None:
 def test_wire_event_types_and_versions_follow_the_room() -> None:
     room, events = room_events()
 
-    wired = [to_wire(e, ORG) for e in events]
+    wired = [to_wire(e) for e in events]
 
     assert [(w["type"], w["version"]) for w in wired] == [
         ("RoomOpened", 1), ("MessageReceived", 2), ("RoomAssigned", 3), ("MessageSent", 4),
@@ -87,8 +87,8 @@ def test_resolved_event_carries_reason() -> None:
 def test_same_event_gets_same_id() -> None:
     room, events = room_events()
 
-    assert [to_wire(e, ORG)["id"] for e in events] == [to_wire(e, ORG)["id"] for e in events]
-    assert to_wire(events[2], ORG)["id"] == event_id(room.id, 3)
+    assert [to_wire(e)["id"] for e in events] == [to_wire(e)["id"] for e in events]
+    assert to_wire(events[2])["id"] == event_id(room.id, 3)
 
 
 def test_event_id_is_deterministic_and_differs_per_version() -> None:

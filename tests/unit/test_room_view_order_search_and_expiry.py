@@ -40,7 +40,7 @@ def fold_events(events: list[dict[str, Any]], view: RoomView | None = None) -> t
 
 
 def wire(room: Room) -> list[dict[str, Any]]:
-    return [to_wire(e, ORG) for e in room.collect_events()]
+    return [to_wire(e) for e in room.collect_events()]
 
 
 def at(events: list[dict[str, Any]], i: int) -> datetime:

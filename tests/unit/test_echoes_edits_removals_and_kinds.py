@@ -28,7 +28,7 @@ def room(channel: Channel = Channel.FACEBOOK_MESSENGER) -> Room:
 def fold(r: Room) -> tuple[object, list[object]]:
     view, rows = None, []
     for event in r.collect_events():
-        wire = to_wire(event, ORG)
+        wire = to_wire(event)
         view, message = apply(view, wire)
         rows += [x for x in (message, message_change(wire)) if x is not None]
     return view, rows
@@ -96,7 +96,7 @@ def test_projection_of_a_removal_blanks_the_preview_only_if_it_is_the_last_messa
     assert rows[-1] == MessageChange(first, removed_at=T0 + timedelta(minutes=2))
     second = str(inbound_message_id(r.id, "m2"))
     r.remove_message(message_id=second, channel_message_id="m2", removed_at=T0 + timedelta(minutes=3))
-    wire = to_wire(r.collect_events()[-1], ORG)
+    wire = to_wire(r.collect_events()[-1])
     after, _ = apply(view, wire)
     assert after.last_message_text == "" and after.last_message_id == second and after.awaiting_reply
 
@@ -104,7 +104,7 @@ def test_projection_of_a_removal_blanks_the_preview_only_if_it_is_the_last_messa
 def test_projection_reads_old_events_without_kind_as_text() -> None:
     r2 = Room.open(org_id=ORG, channel=Channel.WHATSAPP_CLOUD, channel_account_id="a", channel_account="1", contact_id="c")
     r2.receive(channel_message_id="w1", text="hi", sent_at=T0)
-    opened, received = (to_wire(e, ORG) for e in r2.collect_events())
+    opened, received = (to_wire(e) for e in r2.collect_events())
     received["data"] = {k: v for k, v in received["data"].items() if k not in ("kind", "attachments")}
     view, _ = apply(None, opened)
     _, message = apply(view, received)

@@ -55,8 +55,14 @@ class Settings:
     # Optional JWT checks: when set, tokens must carry this `iss` / `aud` (and `inbox token` adds them).
     jwt_issuer: str | None = None
     jwt_audience: str | None = None
-    # How long an inbound request waits for its commit before giving up.
+    # Ingest under stalls: an inbound request answers 503 + Retry-After after this long, and at
+    # once while this many facts already wait for the group commit.
     inbound_timeout_s: float = 10.0
+    inbound_queue_max: int = 5000
+    # Bounded reads: every query of the read pool is cancelled after this long (503).
+    read_statement_timeout_ms: int = 5000
+    # /readyz: the relay or the projections are "stuck" when behind and not moving for this long.
+    stall_after_s: float = 30.0
 
     @property
     def events_topic(self) -> str:
@@ -109,6 +115,9 @@ class Settings:
             jwt_issuer=get("INBOX_JWT_ISSUER"),
             jwt_audience=get("INBOX_JWT_AUDIENCE"),
             inbound_timeout_s=get_float("INBOX_INBOUND_TIMEOUT_S", 10.0),
+            inbound_queue_max=get_int("INBOX_INBOUND_QUEUE_MAX", 5000),
+            read_statement_timeout_ms=get_int("INBOX_READ_STATEMENT_TIMEOUT_MS", 5000),
+            stall_after_s=float(get_int("INBOX_STALL_AFTER_S", 30)),
         )
 
     def to_env(self) -> dict[str, str]:
@@ -133,6 +142,9 @@ class Settings:
             "INBOX_JWT_ISSUER": self.jwt_issuer,
             "INBOX_JWT_AUDIENCE": self.jwt_audience,
             "INBOX_INBOUND_TIMEOUT_S": str(self.inbound_timeout_s),
+            "INBOX_INBOUND_QUEUE_MAX": str(self.inbound_queue_max),
+            "INBOX_READ_STATEMENT_TIMEOUT_MS": str(self.read_statement_timeout_ms),
+            "INBOX_STALL_AFTER_S": str(int(self.stall_after_s)),
         }
         return {k: v or "" for k, v in values.items()}
 

@@ -10,6 +10,7 @@ from inbox.config import Settings
 from inbox.db import sync_pool
 from inbox.eventstore import InboxApplication
 from inbox.expiry import ExpiredRooms
+from inbox.lag import LagTracker
 from inbox.metrics import Metrics
 from inbox.services import ChannelAccounts, InboundCommitter, RoomCommands
 from projections.queries import InboxQueries
@@ -25,6 +26,7 @@ class Container:
     rooms: RoomCommands
     expired: ExpiredRooms
     metrics: Metrics = field(default_factory=Metrics)
+    lag: LagTracker = field(default_factory=LagTracker.create)
 
     @classmethod
     def build(cls, settings: Settings) -> Container:
@@ -35,7 +37,9 @@ class Container:
             app=app,
             read_pool=read_pool,
             accounts=ChannelAccounts(app),
-            inbound=InboundCommitter(app),
+            inbound=InboundCommitter(
+                app, max_queue=settings.inbound_queue_max, timeout=settings.inbound_timeout_s
+            ),
             rooms=RoomCommands(app),
             expired=ExpiredRooms(app, InboxQueries(read_pool).expired_rooms),
         )

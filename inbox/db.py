@@ -40,6 +40,9 @@ def eventsourcing_env(settings: Settings) -> dict[str, str]:
         "POSTGRES_POOL_SIZE": str(settings.db_pool_size),
         "POSTGRES_MAX_OVERFLOW": "8",
         "POSTGRES_LOCK_TIMEOUT": "10",
+        # Waiting for a pooled connection (all busy, or the database unreachable) fails after
+        # this long: a 503 instead of a request hanging for the library's default 30 s.
+        "POSTGRES_CONNECT_TIMEOUT": "5",
         # No ping per checkout (a round trip each): the library retries reads and writes on
         # InterfaceError/OperationalError, which is what a dead pooled connection raises.
         "POSTGRES_PRE_PING": "n",
@@ -135,11 +138,17 @@ def migrate(settings: Settings) -> None:
             conn.execute("SELECT pg_advisory_unlock(hashtext('inbox-migrate'))")
 
 
+# Waiting for a read connection (pool exhausted, database unreachable) raises PoolTimeout (→ 503) after this long.
+READ_POOL_TIMEOUT_S = 5.0
+
+
 def sync_pool(settings: Settings, *, min_size: int = 1, max_size: int | None = None) -> ConnectionPool:
     """Read pool (the query API): pg_trgm's schema is on its search path for contact search."""
 
     def configure(conn: psycopg.Connection) -> None:
         configure_read_session(conn, settings.db_schema)
+        # Bounded reads: a query running longer is cancelled (QueryCanceled → 503).
+        conn.execute("SELECT set_config('statement_timeout', %s, false)", (str(settings.read_statement_timeout_ms),))
 
     return ConnectionPool(
         conninfo(settings),
@@ -148,6 +157,7 @@ def sync_pool(settings: Settings, *, min_size: int = 1, max_size: int | None = N
         open=True,
         kwargs={"autocommit": True},
         configure=configure,
+        timeout=READ_POOL_TIMEOUT_S,
     )
 
 

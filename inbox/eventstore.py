@@ -9,14 +9,19 @@ never recorded twice, even across API processes; channel delivery statuses go to
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Sequence
-from contextlib import AbstractContextManager
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 from eventsourcing.application import Application
-from eventsourcing.persistence import StoredEvent
-from eventsourcing.postgres import PostgresApplicationRecorder, PostgresFactory
+from eventsourcing.persistence import InterfaceError, OperationalError, StoredEvent
+from eventsourcing.postgres import PostgresAggregateRecorder, PostgresApplicationRecorder, PostgresFactory
+from psycopg import errors as pg_errors
+from psycopg_pool import PoolTimeout
 from psycopg import Connection, Cursor
 from psycopg.rows import DictRow
 from psycopg.sql import SQL, Identifier
@@ -30,10 +35,78 @@ logger = logging.getLogger(__name__)
 
 EVENTS_TABLE = "inbox_events"
 SNAPSHOT_INTERVAL = 50
+# Every statement of the write side's connections is cancelled after this long (a locked table,
+# a stalled server): nothing waits on PostgreSQL without bound. Writes under `write_deadline` get less.
+WRITE_STATEMENT_TIMEOUT_MS = 10_000
+# A write under `write_deadline` gets at least this long, even when its deadline is (nearly) past.
+MIN_WRITE_BUDGET_S = 0.5
+
+_deadline = threading.local()
+
+
+class DeadlinePassed(Exception):
+    """A write under `write_deadline` was not attempted (again): its deadline has passed. Nothing was written."""
+
+
+@contextmanager
+def write_deadline(deadline: float) -> Iterator[None]:
+    """Bound the writes of this thread: each transaction gets `SET LOCAL statement_timeout` = time left.
+
+    `deadline` is a `time.monotonic()` value. The library retries a timed-out write; once the
+    deadline has passed a retry raises `DeadlinePassed` instead, so the caller knows nothing was
+    committed. (Only this thread's writes: the inbound committer's.)
+    """
+    _deadline.value, _deadline.attempts = deadline, 0
+    try:
+        yield
+    finally:
+        _deadline.value = None
+
+
+def _statement_timeout_ms() -> int | None:
+    deadline: float | None = getattr(_deadline, "value", None)
+    if deadline is None:
+        return None
+    _deadline.attempts += 1
+    left = deadline - time.monotonic()
+    if left <= 0 and _deadline.attempts > 1:
+        raise DeadlinePassed("the write's deadline passed before it could commit")
+    return int(max(left, MIN_WRITE_BUDGET_S) * 1000)
+
+
+# The library retries every operation 10 times on any OperationalError; a statement or lock
+# timeout, or no pooled connection in time, would then cost 10 times its timeout. Those are
+# answered at once (503); a lost connection (a dead pooled one) is still retried.
+_NOT_RETRIED = (pg_errors.QueryCanceled, pg_errors.LockNotAvailable, PoolTimeout)
+_RETRIES = 10
+
+
+def _retry_unless_timed_out(method: Callable[..., Any]) -> Callable[..., Any]:
+    inner = getattr(method, "__wrapped__", method)  # the library's method without its retry decorator
+
+    @functools.wraps(inner)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        for attempt in range(1, _RETRIES + 1):
+            try:
+                return inner(*args, **kwargs)
+            except (InterfaceError, OperationalError) as e:
+                if attempt == _RETRIES or isinstance(e.__cause__, _NOT_RETRIED):
+                    raise
+                time.sleep(0.2)
+        raise AssertionError("unreachable")
+
+    return call
 
 
 class InboxRecorder(PostgresApplicationRecorder):
+    select_events = _retry_unless_timed_out(PostgresAggregateRecorder.select_events)
+    insert_events = _retry_unless_timed_out(PostgresApplicationRecorder.insert_events)
+    select_notifications = _retry_unless_timed_out(PostgresApplicationRecorder.select_notifications)
+    max_notification_id = _retry_unless_timed_out(PostgresApplicationRecorder.max_notification_id)
+
     def __init__(self, datastore: Any, *, events_table_name: str = "stored_events") -> None:
+        # Before the first connection is made (the base class connects to register types).
+        datastore.pool.kwargs["options"] = f"-c statement_timeout={WRITE_STATEMENT_TIMEOUT_MS}"
         super().__init__(datastore, events_table_name=events_table_name)
         schema = Identifier(self.datastore.schema)
         self.sql_create_statements.append(
@@ -96,7 +169,11 @@ class InboxRecorder(PostgresApplicationRecorder):
         dedup_keys: (channel_account_id, key, room_id, message_id, room_version);
         delivery_statuses: (channel_account_id, status_key, channel, status, channel_message_id,
         recipient_id, occurred_at, errors as a list of dicts).
+        Under `write_deadline` the whole transaction (the table lock included) has a statement timeout.
         """
+        timeout_ms = _statement_timeout_ms()
+        if timeout_ms is not None:
+            curs.execute("SELECT set_config('statement_timeout', %s, true)", (str(timeout_ms),))
         if dedup_keys:
             curs.executemany(self._insert_dedup, list(dedup_keys))
         if delivery_statuses:
@@ -172,6 +249,7 @@ def stamp_org_ids(app: InboxApplication) -> int:
         " ORDER BY notification_id"
     )
     with app.connection() as conn, conn.transaction():
+        conn.execute("SET LOCAL statement_timeout = 0")  # a one-off rewrite of every old event may take long
         oldest = conn.execute(later_events + " LIMIT 1", (ROOM_OPENED_TOPIC,)).fetchone()
         if oldest is None or "org_id" in transcoder.decode(bytes(oldest["state"])):
             return 0

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 
 class Metrics:
@@ -32,6 +32,33 @@ class Metrics:
             "inbox_http_request_seconds", "HTTP request latency", ["method", "route", "status"],
             registry=self.registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+        )
+
+        # Set by /metrics when scraped (inbox/lag.py says what each one measures).
+        self.relay_lag_events = Gauge(
+            "inbox_relay_lag_events", "Events in the store not yet published by the relay", registry=self.registry
+        )
+        self.relay_lag_seconds = Gauge(
+            "inbox_relay_lag_seconds", "Seconds the relay has been behind without advancing", registry=self.registry
+        )
+        self.projection_lag_events = Gauge(
+            "inbox_projection_lag_events", "Published events not yet applied by the projection workers",
+            registry=self.registry,
+        )
+        self.projection_lag_seconds = Gauge(
+            "inbox_projection_lag_seconds", "Seconds the projections have been behind without advancing",
+            registry=self.registry,
+        )
+        self.projection_dead_letters = Gauge(
+            "inbox_projection_dead_letters", "Events the projection could not apply (dead letters)",
+            registry=self.registry,
+        )
+        self.inbound_queue = Gauge(
+            "inbox_inbound_queue", "Inbound facts waiting for the group commit", registry=self.registry
+        )
+        self.write_path_up = Gauge(
+            "inbox_write_path_up", "1 unless the last commit attempt failed with none succeeding since",
+            registry=self.registry,
         )
 
     def render(self) -> bytes:

@@ -14,14 +14,15 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError
-from eventsourcing.persistence import IntegrityError
+from eventsourcing.persistence import IntegrityError, InterfaceError, OperationalError
 
 from channels.facts import (
     DeliveryStatus,
@@ -37,7 +38,7 @@ from domain.errors import AlreadyExists, Conflict, DomainError, InvalidCommand, 
 from domain.limits import MAX_ID, MAX_MESSAGE_ID, check_identifier, check_json, check_moment, check_text
 from domain.room import CHANNEL_SENDER, Room, check_contact, check_content, room_id_for
 from domain.staff import Actor, Role
-from inbox.eventstore import InboxApplication
+from inbox.eventstore import EVENTS_TABLE, DeadlinePassed, InboxApplication, write_deadline
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +171,7 @@ class _Pending:
 
     items: list[tuple[AccountInfo, RecordableFact]]
     future: Future[list[FactResult]]
+    deadline: float = float("inf")  # time.monotonic() after which its waiter answers 503
 
 
 class _GroupRejected(Exception):
@@ -198,66 +200,149 @@ class InboundCommitter:
     aggregate, so per-room ordering holds. A batch that loses an optimistic-concurrency race
     (another process wrote one of its rooms, or recorded one of its dedup keys) is re-decided from
     fresh state: inbound messages never fail for concurrency.
+
+    Stalls (database locked, slow or gone) end in `Unavailable` (HTTP 503 + Retry-After), and
+    only when the group was certainly not recorded, so the sender's retry records it once:
+    - a waiter whose deadline passes cancels its future; that succeeds only while the group is
+      not yet claimed by a transaction, and the committer drops cancelled groups before writing;
+    - a claimed group's transaction runs with a statement timeout derived from the oldest
+      waiter's deadline (`write_deadline`), so its waiter gets the committer's verdict soon after;
+      the waiter only has a generous backstop of its own.
+    The one window left: COMMIT sent, connection lost before its answer. That group is answered
+    503 although it may be recorded; the retry is then answered "duplicate" by the dedup keys.
+    The thread never dies: an unexpected error fails its batch (logged) and the loop goes on.
     """
 
-    def __init__(self, app: InboxApplication, *, max_batch: int = 256, max_attempts: int = 10) -> None:
+    def __init__(
+        self, app: InboxApplication, *, max_batch: int = 256, max_attempts: int = 10,
+        max_queue: int = 5000, timeout: float = 10.0, backstop: float = 30.0,
+    ) -> None:
         self._app = app
         self._max_batch = max_batch
         self._max_attempts = max_attempts
+        self._max_queue = max_queue
+        self._timeout = timeout
+        self._backstop = backstop
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="inbound-committer", daemon=True)
-        self._thread.start()
+        self._queued = 0  # facts waiting in the queue (bounded by max_queue)
+        self._queued_lock = threading.Lock()
         self.batches = 0
         self.messages = 0
+        # Health: when the last commit attempt succeeded / failed for an infrastructure reason.
+        self.last_success: float | None = None
+        self.last_failure: float | None = None
+        self._thread = threading.Thread(target=self._run, name="inbound-committer", daemon=True)
+        self._thread.start()
 
-    def submit(self, account: AccountInfo, message: InboundMessage, timeout: float = 30.0) -> InboundResult:
+    @property
+    def queued(self) -> int:
+        return self._queued
+
+    def can_commit(self) -> bool:
+        """False while the last commit attempt failed (database down, locked, slow) and none succeeded since."""
+        return self._thread.is_alive() and (self.last_failure is None or (self.last_success or 0) > self.last_failure)
+
+    def probe(self) -> bool:
+        """Could a write commit now? Takes the events table's lock an insert takes (2 s at most), writes nothing.
+
+        For /readyz after a failure: without traffic no commit attempt would ever say "recovered".
+        """
+        try:
+            with self._app.connection() as conn, conn.transaction(force_rollback=True):
+                conn.execute("SET LOCAL lock_timeout = '2s'")
+                conn.execute(f"LOCK TABLE {self._app.table(EVENTS_TABLE)} IN ROW EXCLUSIVE MODE")
+        except Exception as e:
+            log.info("write path probe failed: %s: %s", type(e).__name__, e)
+            return False
+        if self._thread.is_alive():
+            self.last_success = time.monotonic()
+        return self._thread.is_alive()
+
+    def submit(self, account: AccountInfo, message: InboundMessage, timeout: float | None = None) -> InboundResult:
         [result] = self.submit_group([(account, message)], timeout=timeout)
         assert result.room_id is not None and result.version is not None and result.message_id is not None
         return InboundResult(result.room_id, result.version, result.message_id, duplicate=result.outcome == "duplicate")
 
     def submit_group(
-        self, items: Sequence[tuple[AccountInfo, RecordableFact]], timeout: float = 30.0
+        self, items: Sequence[tuple[AccountInfo, RecordableFact]], timeout: float | None = None
     ) -> list[FactResult]:
         """Record every fact or none (one result per fact, in order); returns after the commit.
 
         Every fact is validated first: if one is invalid, `InvalidCommand` is raised and nothing
-        is written.
+        is written. `Unavailable` when the group could not be recorded in time (it was not).
         """
         if not items:
             return []
-        return self._enqueue(items).result(timeout=timeout)
+        timeout = self._timeout if timeout is None else timeout
+        future = self._enqueue(items, timeout)
+        try:
+            return future.result(timeout=timeout)
+        except FutureTimeout:
+            self.last_failure = time.monotonic()  # not recorded in time: the write path is not healthy
+            if future.cancel():
+                raise Unavailable("the message store is not answering in time; retry later") from None
+        try:
+            return future.result(timeout=self._backstop)
+        except FutureTimeout:
+            log.error("inbound group got no verdict %ss after its deadline", self._backstop)
+            raise Unavailable("the message store is not answering in time; retry later") from None
 
     async def submit_group_async(
-        self, items: Sequence[tuple[AccountInfo, RecordableFact]], timeout: float = 30.0
+        self, items: Sequence[tuple[AccountInfo, RecordableFact]], timeout: float | None = None
     ) -> list[FactResult]:
         """`submit_group` for an event loop: waits for the commit without holding a thread."""
         if not items:
             return []
-        return await asyncio.wait_for(asyncio.wrap_future(self._enqueue(items)), timeout)
+        timeout = self._timeout if timeout is None else timeout
+        future = self._enqueue(items, timeout)
+        waiting = asyncio.wrap_future(future)
+        try:
+            # shield: a timeout here must not cancel `future` behind the committer's back.
+            return await asyncio.wait_for(asyncio.shield(waiting), timeout)
+        except TimeoutError:
+            self.last_failure = time.monotonic()  # not recorded in time: the write path is not healthy
+            if future.cancel():  # not claimed by a transaction: certainly not recorded
+                raise Unavailable("the message store is not answering in time; retry later") from None
+        try:
+            return await asyncio.wait_for(waiting, self._backstop)
+        except TimeoutError:
+            log.error("inbound group got no verdict %ss after its deadline", self._backstop)
+            raise Unavailable("the message store is not answering in time; retry later") from None
 
-    async def submit_async(self, account: AccountInfo, message: InboundMessage, timeout: float = 30.0) -> InboundResult:
+    async def submit_async(
+        self, account: AccountInfo, message: InboundMessage, timeout: float | None = None
+    ) -> InboundResult:
         """`submit` for an event loop: waits for the commit without holding a thread."""
         [result] = await self.submit_group_async([(account, message)], timeout)
         assert result.room_id is not None and result.version is not None and result.message_id is not None
         return InboundResult(result.room_id, result.version, result.message_id, duplicate=result.outcome == "duplicate")
 
-    def _enqueue(self, items: Sequence[tuple[AccountInfo, RecordableFact]]) -> Future[list[FactResult]]:
+    def _enqueue(self, items: Sequence[tuple[AccountInfo, RecordableFact]], timeout: float) -> Future[list[FactResult]]:
         for account, fact in items:
             _validate_fact(account, fact)
+        with self._queued_lock:
+            if self._queued + len(items) > self._max_queue:
+                raise Unavailable("too many messages waiting to be recorded; retry later")
+            self._queued += len(items)
         future: Future[list[FactResult]] = Future()
-        self._queue.put(_Pending(list(items), future))
+        self._queue.put(_Pending(list(items), future, time.monotonic() + timeout))
         return future
 
     def close(self) -> None:
         self._queue.put(_STOP)
         self._thread.join(timeout=10)
 
+    def _take(self, item: _Pending) -> _Pending:
+        with self._queued_lock:
+            self._queued -= len(item.items)
+        return item
+
     def _run(self) -> None:
         while True:
             item = self._queue.get()
             if item is _STOP:
                 return
-            batch = [item]
+            batch = [self._take(item)]
             size = len(item.items)
             stop = False
             while size < self._max_batch:
@@ -268,9 +353,14 @@ class InboundCommitter:
                 if nxt is _STOP:
                     stop = True
                     break
-                batch.append(nxt)
+                batch.append(self._take(nxt))
                 size += len(nxt.items)
-            self._commit(batch)
+            try:
+                self._commit([p for p in batch if not p.future.cancelled()])
+            except Exception as e:  # the loop must survive anything; its batch gets the error
+                log.exception("inbound committer: batch of %s failed unexpectedly", len(batch))
+                for pending in batch:
+                    _settle(pending.future, error=e)
             if stop:
                 return
 
@@ -280,14 +370,26 @@ class InboundCommitter:
             attempt += 1
             try:
                 results = self._record(batch)
+            except _Abandoned as abandoned:
+                batch = abandoned.claimed  # waiters gave up before the write: drop them, re-decide
+                attempt -= 1
+                continue
             except _GroupRejected as rejected:
-                rejected.pending.future.set_exception(rejected.error)
+                _settle(rejected.pending.future, error=rejected.error)
                 batch = [p for p in batch if p is not rejected.pending]
                 attempt -= 1  # a refused group is not a lost race
                 continue
             except IntegrityError as e:
                 log.info("inbound batch of %s lost a race (attempt %s): %s", len(batch), attempt, e)
                 continue
+            except (DeadlinePassed, OperationalError, InterfaceError) as e:
+                # The database is locked, slow or gone: the transaction did not commit (or, if the
+                # connection died during COMMIT, the dedup keys answer the retry as a duplicate).
+                self.last_failure = time.monotonic()
+                log.warning("inbound batch of %s not recorded, database unavailable: %s", len(batch), e)
+                for pending in batch:
+                    _settle(pending.future, error=Unavailable("the message store is unavailable; retry later"))
+                return
             except Exception as e:
                 if len(batch) > 1:
                     # Isolate the culprit: every other group still gets recorded.
@@ -295,15 +397,16 @@ class InboundCommitter:
                         self._commit([pending])
                     return
                 log.exception("inbound group failed")
-                batch[0].future.set_exception(e)
+                _settle(batch[0].future, error=e)
                 return
+            self.last_success = time.monotonic()
             self.batches += 1
             self.messages += sum(len(p.items) for p in batch)
             for pending, result in zip(batch, results, strict=True):
-                pending.future.set_result(result)
+                _settle(pending.future, result=result)
             return
         for pending in batch:
-            pending.future.set_exception(Conflict("could not record the message after repeated conflicts"))
+            _settle(pending.future, error=Conflict("could not record the message after repeated conflicts"))
 
     def _record(self, batch: Sequence[_Pending]) -> list[list[FactResult]]:
         decision = _Decision(self._app, batch)
@@ -313,15 +416,48 @@ class InboundCommitter:
                 out.append([decision.decide(account, fact) for account, fact in pending.items])
             except DomainError as e:
                 raise _GroupRejected(pending, e) from e
+        # Claim every group for this transaction: from here on its waiter cannot give up, and a
+        # group whose waiter already gave up is never written.
+        claimed = [p for p in batch if p.future.running() or p.future.set_running_or_notify_cancel()]
+        if len(claimed) < len(batch):
+            raise _Abandoned(claimed)
         if decision.rooms or decision.dedup_keys or decision.statuses:
-            self._app.save(*decision.rooms.values(), dedup_keys=decision.dedup_keys,
-                           delivery_statuses=decision.statuses)
+            with write_deadline(min(p.deadline for p in batch)):
+                self._app.save(*decision.rooms.values(), dedup_keys=decision.dedup_keys,
+                               delivery_statuses=decision.statuses)
             # The library only caches on save when fast-forward is off; cache the rooms we just
             # wrote so the next message for a new room is not a full reconstruction.
             if self._app.repository.cache is not None:
                 for room_id, room in decision.rooms.items():
                     self._app.repository.cache.put(room_id, room)
         return out
+
+
+class Unavailable(Exception):
+    """The write side cannot record now (database locked, slow or down; queue full): HTTP 503."""
+
+    retry_after = 5
+
+
+class _Abandoned(Exception):
+    """Some waiters gave up before their group was written: re-decide the batch without them."""
+
+    def __init__(self, claimed: list[_Pending]) -> None:
+        super().__init__(f"{len(claimed)} groups left")
+        self.claimed = claimed
+
+
+def _settle(future: Future[Any], *, result: Any = None, error: BaseException | None = None) -> None:
+    """Give a waiter its outcome unless it has one already (a waiter that gave up cancelled it)."""
+    if future.done():
+        return
+    try:
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+    except InvalidStateError:
+        log.info("inbound waiter gave up before its outcome arrived")
 
 
 class _Decision:

@@ -46,6 +46,9 @@ RECENT_WINDOW = 5_000  # newest messages of the organization looked at first
 ROOMS_FIRST_LIMIT = 5_000  # at most this many filtered rooms: search them room by room
 COMMON_MATCHES = 50  # this many matches among the recent window (1%): a common word, walk on
 WALK_WINDOW = 200_000  # how far back the walk for a common word goes (it stops when it has enough)
+# Candidate matches one query looks at, at most, whatever the cursor: bounded work. A room whose
+# latest match is older than the newest MAX_MATCHES matches is not found by that page.
+MAX_MATCHES = 100_000
 SNIPPET_WORDS_BEFORE = 8
 SNIPPET_WORDS_AFTER = 16
 _WORDS = re.compile(r"\w+")
@@ -241,15 +244,15 @@ class RoomSearch:
         self, actor: Actor, filt: RoomFilter, tsquery: str, wanted: int, *, window: int | None
     ) -> dict[str, str]:
         """room id -> its latest matching message, newest first; at least `wanted` rooms if there are."""
-        matches = max(200, 4 * wanted)
+        matches = min(max(200, 4 * wanted), MAX_MATCHES)
         while True:
             rows = self._fetch(*conversation_search_sql(actor, filt, tsquery, matches=matches, window=window))
             hits: dict[str, str] = {}
             for row in rows:
                 hits.setdefault(str(row["room_id"]), str(row["message_id"]))
-            if len(hits) >= wanted or len(rows) < matches:
+            if len(hits) >= wanted or len(rows) < matches or matches >= MAX_MATCHES:
                 return hits
-            matches *= 4
+            matches = min(matches * 4, MAX_MATCHES)
 
     def by_contact(self, actor: Actor, filt: RoomFilter, q: str, *, limit: int, cursor: str | None) -> dict[str, Any]:
         offset = _offset(cursor)

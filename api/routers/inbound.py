@@ -7,7 +7,7 @@ from api.deps import ContainerDep, IngestDep
 from api.schemas import InboundAccepted, RecordInboundMessage
 from domain.channels import Channel
 from domain.errors import InvalidCommand
-from inbox.services import InboundMessage
+from inbox.services import InboundMessage, Unavailable
 
 router = APIRouter(prefix="/v1/inbound-messages", tags=["ingestion"])
 
@@ -19,9 +19,15 @@ async def record_inbound_message(body: RecordInboundMessage, actor: IngestDep, c
     Async on purpose: the request waits for the group commit without holding a thread.
     """
     channel = Channel(body.channel)
-    account = container.accounts.find_cached(channel, body.channel_account) or await anyio.to_thread.run_sync(
-        container.accounts.find, channel, body.channel_account
-    )
+    account = container.accounts.find_cached(channel, body.channel_account)
+    if account is None:
+        try:  # the look-up is bounded like the commit: a stalled database is a 503, not a hang
+            with anyio.fail_after(container.settings.inbound_timeout_s):
+                account = await anyio.to_thread.run_sync(
+                    container.accounts.find, channel, body.channel_account, abandon_on_cancel=True
+                )
+        except TimeoutError:
+            raise Unavailable("the message store is not answering in time; retry later") from None
     if account is None or account.org_id != actor.org_id:
         container.metrics.inbound_messages.labels("unknown_account").inc()
         raise InvalidCommand(f"unknown {body.channel} channel account {body.channel_account!r}")

@@ -13,6 +13,7 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import PlainTextResponse
 
 from api.deps import ContainerDep
+from api.errors import RETRY_AFTER_S
 from inbox.container import Container
 from inbox.meta_webhooks import BadPayload, BadSignature, MetaWebhooks
 
@@ -50,5 +51,7 @@ async def receive_meta_webhook(request: Request, container: ContainerDep) -> dic
     except BadPayload as e:
         raise HTTPException(400, str(e)) from None
     except TimeoutError:
-        raise HTTPException(503, "recording took too long; Meta will retry") from None
+        raise HTTPException(
+            503, "recording took too long; Meta will retry", headers={"Retry-After": str(RETRY_AFTER_S)}
+        ) from None
     return outcome.as_dict()

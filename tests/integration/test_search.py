@@ -228,3 +228,19 @@ def test_searches_are_answered_from_their_indexes(inbox: Inbox, people: dict[str
     walk = plan(inbox.settings, *conversation_search_sql(admin, RoomFilter(status="resolved"), "'surabaya':*",
                                                           matches=200, window=20_000))
     assert "messages_by_org_recorded" in walk and "Seq Scan on messages" not in walk
+
+
+def test_conversation_search_looks_at_a_bounded_number_of_candidate_matches(
+    inbox: Inbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bounded work whatever the query: beyond MAX_MATCHES candidates a search stops looking."""
+    monkeypatch.setattr("projections.search.MAX_MATCHES", 10)
+    monkeypatch.setattr("projections.search.ROOMS_FIRST_LIMIT", 0)  # the candidate walk, not room by room
+    old = inbox.inbound("whatsapp_cloud", "628100000001", text="promo lama")["room_id"]
+    busy = ""
+    for i in range(12):
+        busy = inbox.inbound("whatsapp_cloud", "628100000002", text=f"promo {i}")["room_id"]
+    inbox.project()
+
+    assert ids(inbox.search("promo", by="conversation")) == [busy]
+    assert ids(inbox.search("lama", by="conversation")) == [old]  # within the bound when matches are few

@@ -17,8 +17,8 @@ from aiokafka.structs import TopicPartition
 
 from bench.infra import Infra
 from bench.stats import rate, summary_ms
-from inbox.db import conninfo
-from streams.relay import ensure_topic
+from inbox.adapters.postgres import conninfo
+from inbox.adapters.kafka.relay import ensure_topic
 
 
 # ---- PostgreSQL: single-row INSERT + COMMIT -------------------------------------------------

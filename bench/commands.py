@@ -19,8 +19,8 @@ from bench.ingest import ACCOUNT, ORG
 from bench.stats import rate, summary_ms
 from domain.channels import Channel
 from domain.staff import Actor, Role
-from inbox.eventstore import InboxApplication
-from inbox.services import ChannelAccounts, InboundCommitter, InboundMessage, RoomCommands
+from inbox.adapters.eventstore import InboxApplication
+from inbox.usecases.ingest import ChannelAccounts, InboundCommitter, InboundMessage, RoomCommands
 
 
 @dataclass

@@ -38,14 +38,14 @@ from psycopg import sql
 from domain.channels import Channel
 from domain.room import Room
 from domain.staff import Actor, Role
-from inbox.auth import mint_token
+from inbox.adapters.auth import mint_token
 from inbox.config import ConfigError, Settings
-from inbox.db import configure_read_session, conninfo, migrate
-from inbox.embedded import free_port
-from inbox.eventstore import InboxApplication
-from inbox.replay import replay
-from inbox.services import AccountInfo, ChannelAccounts
-from projections.queries import (
+from inbox.adapters.postgres import configure_read_session, conninfo, migrate
+from inbox.adapters.embedded import free_port
+from inbox.adapters.eventstore import InboxApplication
+from inbox.adapters.read_models.replay import replay
+from inbox.usecases.ingest import AccountInfo, ChannelAccounts
+from inbox.adapters.read_models.queries import (
     ListCursor,
     RoomFilter,
     counters_sql,
@@ -53,7 +53,7 @@ from projections.queries import (
     history_sql,
     rooms_page_sql,
 )
-from projections.search import (
+from inbox.adapters.read_models.search import (
     COMMON_MATCHES,
     RECENT_WINDOW,
     ROOMS_FIRST_LIMIT,
@@ -404,7 +404,7 @@ def start_api(settings: Settings, workdir: Path) -> ApiProcess:
         "INBOX_HTTP_PORT": str(port), "INBOX_DATA_DIR": str(workdir), "INBOX_LOG_LEVEL": "WARNING",
     })
     log = open(workdir / "api.log", "ab")  # noqa: SIM115
-    proc = subprocess.Popen([sys.executable, "-m", "inbox.cli", "api"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen([sys.executable, "-m", "inbox.entrypoints.cli", "api"], env=env, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

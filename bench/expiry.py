@@ -19,8 +19,8 @@ from bench.stats import rate, summary_ms
 from domain.channels import Channel
 from domain.room import Room
 from domain.staff import Actor, Role
-from inbox.eventstore import InboxApplication
-from inbox.services import ChannelAccounts
+from inbox.adapters.eventstore import InboxApplication
+from inbox.usecases.ingest import ChannelAccounts
 
 EXPIRY_ACCOUNT = "pn-bench-expiry"
 

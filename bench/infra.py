@@ -17,8 +17,8 @@ import psycopg
 from psycopg import sql
 
 from inbox.config import Settings
-from inbox.db import conninfo, migrate
-from inbox.embedded import EmbeddedBroker, EmbeddedPostgres, free_port
+from inbox.adapters.postgres import conninfo, migrate
+from inbox.adapters.embedded import EmbeddedBroker, EmbeddedPostgres, free_port
 
 log = logging.getLogger(__name__)
 

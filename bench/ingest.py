@@ -16,7 +16,7 @@ import psycopg
 
 from bench.infra import Infra
 from bench.stats import rate, summary_ms
-from inbox.db import conninfo
+from inbox.adapters.postgres import conninfo
 
 ORG = "bench-org"
 CHANNEL = "whatsapp_cloud"

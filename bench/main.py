@@ -35,7 +35,7 @@ from bench.ingest import (
 from bench.procs import CpuMeter, Pipeline, standard_groups
 from bench.replaying import run_replay
 from bench.stats import fmt_ms, rate, summary_ms
-from inbox.auth import mint_token
+from inbox.adapters.auth import mint_token
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""The real pipeline processes (`python -m inbox.cli api|relay|worker`) and CPU accounting."""
+"""The real pipeline processes (`python -m inbox.entrypoints.cli api|relay|worker`) and CPU accounting."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ class Pipeline:
     def start(self, role: str) -> None:
         log = open(self.log_dir / f"{role}.log", "ab")  # noqa: SIM115
         self.procs[role] = subprocess.Popen(
-            [sys.executable, "-m", "inbox.cli", role], env=child_env(self.settings), stdout=log,
+            [sys.executable, "-m", "inbox.entrypoints.cli", role], env=child_env(self.settings), stdout=log,
             stderr=subprocess.STDOUT, start_new_session=True,
         )
 

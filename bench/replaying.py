@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench.infra import Infra
-from inbox.replay import ReplayStats, replay
+from inbox.adapters.read_models.replay import ReplayStats, replay
 
 
 @dataclass

@@ -33,7 +33,7 @@ from bench.ingest import RawHTTPConnection
 from bench.infra import infrastructure
 from bench.procs import CpuMeter, Pipeline, standard_groups
 from bench.stats import fmt_ms, rate, summary_ms
-from inbox.auth import mint_token
+from inbox.adapters.auth import mint_token
 
 ORG = "bench-webhooks"
 WA_PHONE_NUMBER_ID = "106540352242922"

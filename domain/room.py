@@ -60,7 +60,7 @@ class Room(Aggregate):
     # Every event names its room's org (`org_id`), so a reader of one event (the relay, a
     # downstream team) never looks it up. Events stored before that carried it only in
     # RoomOpened; `inbox migrate` stamps those with their room's org (see
-    # inbox/eventstore.py `stamp_org_ids`) and the `upcast_*` below bring them to this shape.
+    # inbox/adapters/eventstore.py `stamp_org_ids`) and the `upcast_*` below bring them to this shape.
     class RoomOpened(Aggregate.Created):
         org_id: str
         channel: str

@@ -19,7 +19,7 @@ import pytest
 from psycopg import sql
 
 from inbox.config import DEV_JWT_SECRET, DEV_META_APP_SECRET, DEV_META_VERIFY_TOKEN, Settings
-from inbox.db import migrate
+from inbox.adapters.postgres import migrate
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -38,7 +38,7 @@ def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if url:
         yield url
         return
-    from inbox.embedded import EmbeddedPostgres
+    from inbox.adapters.embedded import EmbeddedPostgres
 
     pg = EmbeddedPostgres(Path(tmp_path_factory.mktemp("pg")) / "data").start()
     try:
@@ -53,7 +53,7 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if given:
         yield given
         return
-    from inbox.embedded import EmbeddedBroker
+    from inbox.adapters.embedded import EmbeddedBroker
 
     broker = EmbeddedBroker(log_path=Path(tmp_path_factory.mktemp("broker")) / "tansu.log").start()
     try:

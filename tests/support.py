@@ -18,13 +18,13 @@ import psycopg
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
 
-from inbox.auth import mint_token
+from inbox.adapters.auth import mint_token
 from inbox.config import Settings
-from inbox.db import conninfo
-from inbox.embedded import free_port
-from inbox.event_log import WireEventLog
-from inbox.eventstore import InboxApplication
-from projections.writer import ProjectionWriter
+from inbox.adapters.postgres import conninfo
+from inbox.adapters.embedded import free_port
+from inbox.adapters.event_log import WireEventLog
+from inbox.adapters.eventstore import InboxApplication
+from inbox.adapters.read_models.writer import ProjectionWriter
 
 T = TypeVar("T")
 
@@ -101,7 +101,7 @@ def project_all(settings: Settings) -> None:
         log = WireEventLog(app)
         pool = None
         try:
-            from inbox.db import async_pool
+            from inbox.adapters.postgres import async_pool
 
             pool = await async_pool(settings)
             writer = ProjectionWriter(pool)
@@ -162,7 +162,7 @@ class Pipeline:
         data_dir.mkdir(exist_ok=True)
         env = {**env_for(self.settings), "INBOX_DATA_DIR": str(data_dir)}
         proc = subprocess.Popen(
-            [sys.executable, "-m", "inbox.cli", role], env=env, stdout=log,
+            [sys.executable, "-m", "inbox.entrypoints.cli", role], env=env, stdout=log,
             stderr=subprocess.STDOUT, start_new_session=True,
         )
         self.procs[name] = proc

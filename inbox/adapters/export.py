@@ -20,8 +20,8 @@ from typing import IO, Any, Protocol
 
 import orjson
 
-from inbox.event_log import WireEventLog
-from inbox.wire import EVENT_TYPE_NAMES, encode
+from inbox.adapters.event_log import WireEventLog
+from inbox.adapters.wire import EVENT_TYPE_NAMES, encode
 
 log = logging.getLogger(__name__)
 

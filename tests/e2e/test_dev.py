@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from inbox.config import Settings
-from inbox.embedded import free_port
+from inbox.adapters.embedded import free_port
 from tests.support import read_topic, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -30,7 +30,7 @@ class DevRun:
         self.log = log
         self.base_url = f"http://127.0.0.1:{port}"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "inbox.cli", "dev"], env=env, stdout=open(log, "wb"),  # noqa: SIM115
+            [sys.executable, "-m", "inbox.entrypoints.cli", "dev"], env=env, stdout=open(log, "wb"),  # noqa: SIM115
             stderr=subprocess.STDOUT, start_new_session=True,
         )
 

@@ -13,7 +13,7 @@ import psycopg
 import pytest
 
 from inbox.config import Settings
-from inbox.db import conninfo
+from inbox.adapters.postgres import conninfo
 from tests.support import Pipeline, auth, http_settings, wait_until
 
 pytestmark = pytest.mark.e2e

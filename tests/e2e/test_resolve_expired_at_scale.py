@@ -24,8 +24,8 @@ from domain.channels import Channel
 from domain.room import Room
 from domain.staff import Actor, Role
 from inbox.config import Settings
-from inbox.eventstore import InboxApplication
-from inbox.services import ChannelAccounts
+from inbox.adapters.eventstore import InboxApplication
+from inbox.usecases.ingest import ChannelAccounts
 from tests.support import Pipeline, auth, http_settings, project_all, query
 
 pytestmark = [pytest.mark.e2e, pytest.mark.scale]

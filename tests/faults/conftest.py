@@ -14,7 +14,7 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from inbox.config import Settings
-from inbox.embedded import free_port
+from inbox.adapters.embedded import free_port
 from tests.faults.harness import Figures, register_account
 from tests.support import Pipeline
 

@@ -18,7 +18,7 @@ import psycopg
 from eventsourcing.persistence import StoredEvent
 
 from inbox.config import Settings
-from inbox.eventstore import InboxApplication
+from inbox.adapters.eventstore import InboxApplication
 from tests.support import Pipeline, auth, query, wait_until
 
 ACCOUNT = "pn-faults"

@@ -21,8 +21,8 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict
 
 from inbox.config import Settings
-from inbox.db import conninfo, migrate
-from inbox.embedded import EmbeddedPostgres
+from inbox.adapters.postgres import conninfo, migrate
+from inbox.adapters.embedded import EmbeddedPostgres
 from tests.faults.conftest import INBOUND_TIMEOUT_S, fault_settings, start_pipeline
 from tests.faults.harness import (
     Figures,

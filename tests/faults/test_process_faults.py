@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from inbox.config import Settings
-from inbox.embedded import EmbeddedBroker, free_port
+from inbox.adapters.embedded import EmbeddedBroker, free_port
 from tests.faults.conftest import fault_settings, start_pipeline
 from tests.faults.harness import (
     Figures,

@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from domain.staff import Actor, Role
-from inbox.container import Container
-from inbox.services import AccountInfo, InboundMessage
+from inbox.bootstrap import Container
+from inbox.usecases.ingest import AccountInfo, InboundMessage
 
 ADMIN1 = Actor("admin1", "org1", Role.ADMIN)
 SPV1 = Actor("spv1", "org1", Role.SUPERVISOR)

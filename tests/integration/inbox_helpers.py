@@ -10,9 +10,9 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 
-from api.app import create_app
+from inbox.entrypoints.api.app import create_app
 from inbox.config import Settings
-from inbox.container import Container
+from inbox.bootstrap import Container
 from tests.support import auth, project_all
 
 ACCOUNTS = {  # channel -> external id of the org's account on it

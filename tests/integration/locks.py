@@ -8,7 +8,7 @@ from contextlib import contextmanager
 import psycopg
 
 from inbox.config import Settings
-from inbox.db import conninfo
+from inbox.adapters.postgres import conninfo
 
 
 @contextmanager

@@ -19,9 +19,9 @@ import pytest
 
 from inbox.adapters.export import export_events
 from inbox.config import Settings
-from inbox.container import Container
-from inbox.event_log import WireEventLog
-from inbox.eventstore import InboxApplication
+from inbox.bootstrap import Container
+from inbox.adapters.event_log import WireEventLog
+from inbox.adapters.eventstore import InboxApplication
 from tests.integration.history_helpers import Story, write_story
 
 pytestmark = pytest.mark.integration

@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from api.app import create_app
-from inbox.auth import mint_token
+from inbox.entrypoints.api.app import create_app
+from inbox.adapters.auth import mint_token
 from inbox.config import Settings
-from inbox.container import Container
+from inbox.bootstrap import Container
 from tests.support import auth, project_all
 
 pytestmark = pytest.mark.integration

@@ -16,11 +16,11 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from inbox.config import Settings
-from inbox.container import Container
-from inbox.event_log import WireEventLog
-from inbox.eventstore import InboxApplication
-from inbox.wire import encode, event_id
-from streams.relay import ensure_topic
+from inbox.bootstrap import Container
+from inbox.adapters.event_log import WireEventLog
+from inbox.adapters.eventstore import InboxApplication
+from inbox.adapters.wire import encode, event_id
+from inbox.adapters.kafka.relay import ensure_topic
 from tests.integration.history_helpers import Story, write_story
 
 pytestmark = pytest.mark.integration

@@ -20,9 +20,9 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from api.app import create_app
+from inbox.entrypoints.api.app import create_app
 from inbox.config import Settings
-from inbox.container import Container
+from inbox.bootstrap import Container
 from tests.integration.inbox_helpers import ACCOUNTS, Inbox
 from tests.support import counters_table, query, recount
 

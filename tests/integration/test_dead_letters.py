@@ -24,13 +24,13 @@ from domain.channels import Channel
 from domain.staff import Actor, Role
 from inbox import dead_letters
 from inbox.config import Settings
-from inbox.container import Container
-from inbox.db import async_pool, conninfo
-from inbox.replay import replay
-from inbox.services import InboundMessage
-from inbox.wire import encode, event_id
-from projections.writer import ProjectionWriter, is_transient
-from streams.relay import ensure_topic
+from inbox.bootstrap import Container
+from inbox.adapters.postgres import async_pool, conninfo
+from inbox.adapters.read_models.replay import replay
+from inbox.usecases.ingest import InboundMessage
+from inbox.adapters.wire import encode, event_id
+from inbox.adapters.read_models.writer import ProjectionWriter, is_transient
+from inbox.adapters.kafka.relay import ensure_topic
 from tests.support import Pipeline, counters_table, env_for, execute, project_all, query, recount, wait_until
 
 pytestmark = pytest.mark.integration
@@ -234,10 +234,10 @@ def test_the_cli_lists_and_retries_dead_letters(db_settings: Settings, container
     project_all(db_settings)
     env = env_for(db_settings)
 
-    listed = subprocess.run([sys.executable, "-m", "inbox.cli", "dead-letters"], env=env, capture_output=True,
+    listed = subprocess.run([sys.executable, "-m", "inbox.entrypoints.cli", "dead-letters"], env=env, capture_output=True,
                             text=True, cwd=tmp_path, timeout=60)
     execute(db_settings, "ALTER TABLE messages DROP CONSTRAINT refuse_poison")
-    retried = subprocess.run([sys.executable, "-m", "inbox.cli", "dead-letters", "retry", "--all"], env=env,
+    retried = subprocess.run([sys.executable, "-m", "inbox.entrypoints.cli", "dead-letters", "retry", "--all"], env=env,
                              capture_output=True, text=True, cwd=tmp_path, timeout=60)
 
     assert listed.returncode == 0 and "MessageReceived" in listed.stdout and "refuse_poison" in listed.stdout

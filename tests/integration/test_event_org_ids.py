@@ -13,9 +13,9 @@ from domain.channels import Channel
 from domain.room import Room
 from domain.staff import Actor, Role
 from inbox.config import Settings
-from inbox.db import migrate
-from inbox.event_log import WireEventLog
-from inbox.eventstore import InboxApplication, stamp_org_ids
+from inbox.adapters.postgres import migrate
+from inbox.adapters.event_log import WireEventLog
+from inbox.adapters.eventstore import InboxApplication, stamp_org_ids
 
 pytestmark = pytest.mark.integration
 

@@ -10,8 +10,8 @@ import pytest
 
 from domain.room import Room
 from domain.staff import Actor, Role
-from inbox.expiry import ExpiredRooms
-from projections.queries import InboxQueries
+from inbox.usecases.expiry import ExpiredRooms
+from inbox.adapters.read_models.queries import InboxQueries
 from tests.integration.inbox_helpers import NOW, OLD, Inbox, agent, spv
 from tests.support import counters_table, recount
 

@@ -28,12 +28,12 @@ from inbox.adapters.export import (
     parse_time,
     parse_types,
 )
-from inbox.cli import main
+from inbox.entrypoints.cli import main
 from inbox.config import Settings
-from inbox.container import Container
-from inbox.event_log import WireEventLog
-from inbox.eventstore import InboxApplication
-from inbox.wire import encode
+from inbox.bootstrap import Container
+from inbox.adapters.event_log import WireEventLog
+from inbox.adapters.eventstore import InboxApplication
+from inbox.adapters.wire import encode
 from tests.integration.history_helpers import ADMIN1, Story, write_inbound, write_story
 from tests.integration.test_relay import caught_up, running_relay
 

@@ -17,14 +17,14 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from api.app import create_app
+from inbox.entrypoints.api.app import create_app
 from domain import limits
 from inbox import wire
 from inbox.config import DEV_META_APP_SECRET, Settings
-from inbox.container import Container
-from inbox.event_log import WireEventLog
-from inbox.eventstore import InboxApplication
-from inbox.meta_webhooks import MAX_SIGNATURE_ACCOUNTS, signature
+from inbox.bootstrap import Container
+from inbox.adapters.event_log import WireEventLog
+from inbox.adapters.eventstore import InboxApplication
+from inbox.usecases.meta_webhooks import MAX_SIGNATURE_ACCOUNTS, signature
 from tests.support import auth, project_all, query
 
 pytestmark = pytest.mark.integration

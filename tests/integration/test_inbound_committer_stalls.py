@@ -12,9 +12,9 @@ import pytest
 from domain.channels import Channel
 from domain.staff import Actor, Role
 from inbox.config import Settings
-from inbox.container import Container
-from inbox.db import conninfo
-from inbox.services import AccountInfo, InboundMessage, Unavailable
+from inbox.bootstrap import Container
+from inbox.adapters.postgres import conninfo
+from inbox.usecases.ingest import AccountInfo, InboundMessage, Unavailable
 from tests.support import query
 
 pytestmark = pytest.mark.integration

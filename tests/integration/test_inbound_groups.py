@@ -14,8 +14,8 @@ from domain.channels import Channel
 from domain.errors import InvalidCommand
 from domain.staff import Actor, Role
 from inbox.config import Settings
-from inbox.container import Container
-from inbox.services import AccountInfo
+from inbox.bootstrap import Container
+from inbox.usecases.ingest import AccountInfo
 from tests.integration.locks import commits_held
 from tests.support import query
 

@@ -14,12 +14,12 @@ import pytest
 from domain.channels import Channel
 from domain.staff import Actor, Role
 from inbox.config import Settings
-from inbox.container import Container
-from inbox.db import async_pool
-from inbox.event_log import WireEventLog
-from inbox.replay import replay
-from inbox.services import InboundMessage
-from projections.writer import BatchStats, ProjectionWriter
+from inbox.bootstrap import Container
+from inbox.adapters.postgres import async_pool
+from inbox.adapters.event_log import WireEventLog
+from inbox.adapters.read_models.replay import replay
+from inbox.usecases.ingest import InboundMessage
+from inbox.adapters.read_models.writer import BatchStats, ProjectionWriter
 from tests.support import counters_table, execute, query, recount
 
 pytestmark = pytest.mark.integration
@@ -63,7 +63,7 @@ def populate(container: Container, *, rooms: int = 12, seed: int = 7) -> None:
 
 
 def all_events(settings: Settings) -> list[dict[str, Any]]:
-    from inbox.eventstore import InboxApplication
+    from inbox.adapters.eventstore import InboxApplication
 
     app = InboxApplication.from_settings(settings)
     try:

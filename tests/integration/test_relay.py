@@ -16,10 +16,10 @@ import pytest
 from domain.channels import Channel
 from domain.staff import Actor, Role
 from inbox.config import Settings
-from inbox.container import Container
-from inbox.services import AccountInfo, InboundMessage
-from inbox.wire import event_id
-from streams.relay import Relay
+from inbox.bootstrap import Container
+from inbox.usecases.ingest import AccountInfo, InboundMessage
+from inbox.adapters.wire import event_id
+from inbox.adapters.kafka.relay import Relay
 from tests.support import execute, query, read_topic_async
 
 pytestmark = pytest.mark.integration
@@ -184,7 +184,7 @@ def test_an_event_the_broker_refuses_is_dead_lettered_and_the_relay_goes_on(
 @pytest.fixture
 def own_broker(settings: Settings, tmp_path: Any) -> Any:
     """A Tansu broker of this test alone on a fixed port, so it can be restarted in place (memory only)."""
-    from inbox.embedded import EmbeddedBroker
+    from inbox.adapters.embedded import EmbeddedBroker
 
     broker = EmbeddedBroker(log_path=tmp_path / "tansu.log").start()
     try:

@@ -10,9 +10,9 @@ import pytest
 
 from domain.staff import Actor, Role
 from inbox.config import Settings
-from inbox.db import conninfo, use_search_path
-from projections.queries import RoomFilter
-from projections.search import contact_search_sql, conversation_search_sql
+from inbox.adapters.postgres import conninfo, use_search_path
+from inbox.adapters.read_models.queries import RoomFilter
+from inbox.adapters.read_models.search import contact_search_sql, conversation_search_sql
 from tests.integration.inbox_helpers import Inbox, running_inbox
 
 pytestmark = pytest.mark.integration

@@ -11,12 +11,12 @@ import pytest
 from fastapi.testclient import TestClient
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from api.app import create_app
-from inbox.auth import mint_token
+from inbox.entrypoints.api.app import create_app
+from inbox.adapters.auth import mint_token
 from inbox.config import Settings
-from inbox.container import Container
-from inbox.db import conninfo
-from inbox.eventstore import InboxApplication
+from inbox.bootstrap import Container
+from inbox.adapters.postgres import conninfo
+from inbox.adapters.eventstore import InboxApplication
 from tests.support import auth
 
 pytestmark = pytest.mark.integration

@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from api.app import create_app
+from inbox.entrypoints.api.app import create_app
 from inbox.config import DEV_META_APP_SECRET, DEV_META_VERIFY_TOKEN, Settings
-from inbox.container import Container
-from inbox.meta_webhooks import signature
+from inbox.bootstrap import Container
+from inbox.usecases.meta_webhooks import signature
 from tests.support import auth, project_all, query
 
 pytestmark = pytest.mark.integration

@@ -15,8 +15,8 @@ from domain.errors import AlreadyExists, Conflict, NotAllowed, NotFound
 from domain.room import Room
 from domain.staff import Actor, Role
 from inbox.config import Settings
-from inbox.container import Container
-from inbox.services import AccountInfo, InboundMessage
+from inbox.bootstrap import Container
+from inbox.usecases.ingest import AccountInfo, InboundMessage
 from tests.integration.locks import commits_held
 from tests.support import query
 

@@ -8,10 +8,10 @@ from typing import get_args
 
 import pytest
 
-from api.schemas import ChannelName, RoomOut
+from inbox.entrypoints.api.schemas import ChannelName, RoomOut
 from domain.channels import TABS, Channel
 from domain.room import STATUSES, Room
-from inbox.wire import to_wire
+from inbox.adapters.wire import to_wire
 from projections.rooms import apply
 
 ORG = "org-1"

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from inbox.wire import event_id
+from inbox.adapters.wire import event_id
 
 ROOT = Path(__file__).resolve().parents[2]
 ROOM = "27f0e52a-5c14-5559-a06b-0d1eb9662ec1"

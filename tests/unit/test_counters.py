@@ -13,7 +13,7 @@ from domain.channels import Channel
 from domain.errors import DomainError
 from domain.room import Room
 from domain.staff import Actor, Role
-from inbox.wire import to_wire
+from inbox.adapters.wire import to_wire
 from projections.counters import ALL, NOBODY, CounterDelta, CounterKey, contributions, deltas
 from projections.rooms import RoomView, apply
 

@@ -10,7 +10,7 @@ from domain.channels import Channel
 from domain.errors import InvalidCommand
 from domain.room import CHANNEL_SENDER, RESOLVED, UNASSIGNED, Room, echo_message_id, inbound_message_id
 from domain.staff import Actor, Role
-from inbox.wire import to_wire
+from inbox.adapters.wire import to_wire
 from projections.rooms import MessageChange, apply, message_change
 
 ORG = "org-1"

@@ -25,7 +25,7 @@ from domain.channel_account import channel_account_id_for
 from domain.channels import Channel
 from domain.room import Room, inbound_message_id
 from domain.staff import Actor, Role
-from inbox.wire import EVENT_TYPE_NAMES, SCHEMA_VERSION, decode, encode, to_wire, upcast
+from inbox.adapters.wire import EVENT_TYPE_NAMES, SCHEMA_VERSION, decode, encode, to_wire, upcast
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 EVENTS_DIR = DOCS / "events"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from inbox.lag import Progress
+from inbox.adapters.lag import Progress
 from tests.support import wait_until
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from channels.facts import DeliveryStatus, Ignored, InboundMessage, MessageEdit, MessageRemoval, OutboundEcho
-from channels.meta import WebhookShapeError, parse_webhook
+from channels.meta.parser import WebhookShapeError, parse_webhook
 from domain.channels import Channel
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "meta"

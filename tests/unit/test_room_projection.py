@@ -14,7 +14,7 @@ import pytest
 from domain.channels import Channel
 from domain.room import Room
 from domain.staff import Actor, Role
-from inbox.wire import to_wire
+from inbox.adapters.wire import to_wire
 from projections.rooms import MessageRow, RoomView, UnknownEvent, apply
 
 ORG = "org-1"

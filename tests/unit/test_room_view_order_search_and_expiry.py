@@ -10,7 +10,7 @@ import pytest
 from domain.channels import Channel
 from domain.room import Room
 from domain.staff import Actor, Role
-from inbox.wire import to_wire
+from inbox.adapters.wire import to_wire
 from projections.rooms import MessageRow, RoomView, apply
 from projections.text import fold, has_words, name_query, national_digits, phone_query, search_name
 
@@ -171,7 +171,7 @@ def test_resolved_room_is_not_expired() -> None:
 
 # ---- conversation snippets ----------------------------------------------------------------------
 def test_snippet_marks_matching_words_with_context_on_both_sides() -> None:
-    from projections.search import snippet
+    from inbox.adapters.read_models.search import snippet
 
     text = " ".join(f"w{i}" for i in range(40)) + " Promo besar " + " ".join(f"x{i}" for i in range(40))
 
@@ -181,7 +181,7 @@ def test_snippet_marks_matching_words_with_context_on_both_sides() -> None:
 
 
 def test_snippet_escapes_html_and_matches_code_parts() -> None:
-    from projections.search import snippet
+    from inbox.adapters.read_models.search import snippet
 
     assert snippet("<b>INV-2041</b> & co", ["b", "inv", "-2041"]) == (
         "&lt;<mark>b</mark>&gt;<mark>INV</mark>-<mark>2041</mark>&lt;/<mark>b</mark>&gt; &amp; co")

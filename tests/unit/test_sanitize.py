@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from channels.facts import DeliveryStatus, InboundMessage, MessageEdit
-from channels.meta import WebhookShapeError, parse_webhook
+from channels.meta.parser import WebhookShapeError, parse_webhook
 from channels.sanitize import ORIGINAL_TIME, Repair, sanitize
 from domain import limits
 from domain.channels import Channel

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from inbox.auth import InvalidToken, mint_token, verify_token
-from inbox.cli import main
+from inbox.adapters.auth import InvalidToken, mint_token, verify_token
+from inbox.entrypoints.cli import main
 from inbox.config import DEV_JWT_SECRET, MIN_JWT_SECRET_BYTES, ConfigError, Settings
 
 GOOD_JWT = "j" * MIN_JWT_SECRET_BYTES

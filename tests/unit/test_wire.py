@@ -1,4 +1,4 @@
-"""inbox.wire: domain events → the SPEC §4 downstream contract, and back."""
+"""inbox.adapters.wire: domain events → the SPEC §4 downstream contract, and back."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from domain.channels import Channel
 from domain.room import Room
 from domain.staff import Actor, Role
-from inbox.wire import SCHEMA_VERSION, InvalidWireEvent, decode, encode, event_id, to_wire, upcast
+from inbox.adapters.wire import SCHEMA_VERSION, InvalidWireEvent, decode, encode, event_id, to_wire, upcast
 
 ORG = "org-1"
 T0 = datetime(2024, 5, 1, 9, 0, tzinfo=UTC)

@@ -1,0 +1,104 @@
+"""Reads the event store as SPEC §4 wire events: the relay, replay and gap repair share it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+import psycopg
+from eventsourcing import persistence as es_persistence
+from eventsourcing.persistence import Notification, StoredEvent
+
+from inbox.adapters.eventstore import InboxApplication
+from inbox.adapters.wire import to_wire
+
+ROOM_TOPIC_PREFIX = "domain.room:Room."
+
+
+@dataclass
+class LogPage:
+    events: list[tuple[int, dict[str, Any]]]  # (notification id, wire event) for room events
+    last_id: int  # the last notification id read, room event or not
+
+    def __len__(self) -> int:
+        return len(self.events)
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """A stored room event that could not be turned into a wire event, and why."""
+
+    notification_id: int
+    room_id: str
+    version: int
+    topic: str
+    state: bytes
+    error: BaseException
+
+    @property
+    def reason(self) -> str:
+        return f"{type(self.error).__name__}: {self.error}".replace("\x00", "\\0")
+
+
+def is_transient(error: BaseException) -> bool:
+    """A database that is unreachable, restarting or timing out (retry), not a bad stored event."""
+    return isinstance(error, (
+        es_persistence.OperationalError, es_persistence.InterfaceError, psycopg.OperationalError,
+        psycopg.InterfaceError, OSError, TimeoutError,
+    ))
+
+
+class WireEventLog:
+    """Sync reader over the event store; call it from a thread when on an event loop."""
+
+    def __init__(self, app: InboxApplication) -> None:
+        self._app = app
+
+    def read(self, after: int, limit: int, unreadable: list[Unreadable] | None = None) -> tuple[LogPage, int]:
+        """Notifications with id > after, at most `limit`; returns (page, number of rows read).
+
+        With `unreadable`, a stored event that cannot be turned into a wire event (it cannot be
+        decoded, or its room has no `RoomOpened`) is left out of the page and appended there, so
+        the caller records it and goes on; without it, the error propagates. Transient database
+        errors always propagate.
+        """
+        notifications = self._app.recorder.select_notifications(
+            start=after, limit=limit, inclusive_of_start=False
+        )
+        last_id = notifications[-1].id if notifications else after
+        room_rows = [n for n in notifications if n.topic.startswith(ROOM_TOPIC_PREFIX)]
+        try:
+            events = self._to_wire(room_rows)
+        except Exception as e:
+            if unreadable is None or is_transient(e):
+                raise
+            room_rows, events = self._to_wire_one_by_one(room_rows, unreadable)
+        return LogPage([(n.id, e) for n, e in zip(room_rows, events, strict=True)], last_id), len(notifications)
+
+    def _to_wire_one_by_one(
+        self, rows: list[Notification], unreadable: list[Unreadable]
+    ) -> tuple[list[Notification], list[dict[str, Any]]]:
+        kept, events = [], []
+        for n in rows:
+            try:
+                events.extend(self._to_wire([n]))
+                kept.append(n)
+            except Exception as e:
+                if is_transient(e):
+                    raise
+                unreadable.append(Unreadable(n.id, str(n.originator_id), n.originator_version, n.topic, n.state, e))
+        return kept, events
+
+    def room_events(self, room_id: str, first_version: int, last_version: int) -> list[dict[str, Any]]:
+        stored = self._app.recorder.select_events(
+            UUID(room_id), gt=first_version - 1, lte=last_version
+        )
+        return self._to_wire(stored)
+
+    def max_notification_id(self) -> int:
+        return self._app.recorder.max_notification_id() or 0
+
+    def _to_wire(self, rows: list[StoredEvent]) -> list[dict[str, Any]]:
+        """Each room event carries its room's org_id (older stored ones are upcast): no lookup."""
+        return [to_wire(self._app.decode(r)) for r in rows]

@@ -1,0 +1,158 @@
+"""Faust worker: consumes `inbox.events` and keeps the PostgreSQL read models current.
+
+The agent only consumes → delegates to the projection writer → acks. Events come in batches
+(`stream.take`), each applied in one transaction. Delivery is at-least-once and the writer is
+idempotent on (room id, version), so redelivery after a crash or rebalance changes nothing.
+Concurrency stays 1 per agent (faust-streaming #606); scale with partitions and workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from typing import Any
+
+import faust
+from psycopg_pool import AsyncConnectionPool
+
+from inbox.config import Settings
+from inbox.adapters.postgres import async_pool
+from inbox.adapters.event_log import WireEventLog
+from inbox.adapters.eventstore import InboxApplication
+from inbox.adapters.wire import InvalidWireEvent, decode
+from inbox.adapters.read_models.writer import BatchStats, ProjectionWriter, is_transient
+from inbox.adapters.kafka.faust_transport import LowLatencyApp
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_S = 2.0
+RETRY_BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)  # then every 5 s until the database is back
+
+
+class ProjectorRuntime:
+    """Connections of one worker process, opened on first use (never at import time)."""
+
+    def __init__(self, settings: Settings, worker_id: str) -> None:
+        self.settings = settings
+        self.worker_id = worker_id
+        self._pool: AsyncConnectionPool | None = None
+        self._writer: ProjectionWriter | None = None
+        self._event_log: WireEventLog | None = None
+        self._lock = asyncio.Lock()
+        self.batches = 0
+        self.events = 0
+
+    async def writer(self) -> ProjectionWriter:
+        async with self._lock:
+            if self._writer is None:
+                self._pool = await async_pool(self.settings, min_size=1, max_size=3)
+                self._writer = ProjectionWriter(self._pool, fill_gap=self._fill_gap)
+            return self._writer
+
+    async def _fill_gap(self, room_id: str, first: int, last: int) -> list[dict[str, Any]]:
+        if self._event_log is None:
+            self._event_log = WireEventLog(InboxApplication.from_settings(self.settings))
+        return await asyncio.to_thread(self._event_log.room_events, room_id, first, last)
+
+    async def apply(self, raw_values: list[bytes]) -> BatchStats:
+        """Apply one batch. The writer dead-letters what cannot be projected; only transient
+        failures (database unreachable, restarting, timeouts) reach the retry loop here."""
+        events, dead = [], []
+        for raw in raw_values:
+            try:
+                events.append(decode(raw))
+            except Exception as e:  # InvalidWireEvent, or anything else an odd message provokes
+                dead.append((raw, e if isinstance(e, InvalidWireEvent) else f"{type(e).__name__}: {e}"))
+        writer = await self.writer()
+        attempt = 0
+        while True:
+            try:
+                if dead:
+                    await self._dead_letter(dead)
+                    dead = []
+                stats = await writer.apply_batch(events)
+                break
+            except Exception as e:
+                # Never drop a batch: the offsets are not acked until it is applied.
+                backoff = RETRY_BACKOFF_S[min(attempt, len(RETRY_BACKOFF_S) - 1)]
+                attempt += 1
+                log.warning(
+                    "projection batch failed (attempt %s, %s): %s: %s; retrying in %ss",
+                    attempt, "transient" if is_transient(e) else "unexpected", type(e).__name__, e, backoff,
+                    exc_info=not is_transient(e),
+                )
+                await asyncio.sleep(backoff)
+        self.batches += 1
+        self.events += len(events)
+        return stats
+
+    async def _dead_letter(self, dead: list[tuple[bytes, object]]) -> None:
+        assert self._pool is not None
+        async with self._pool.connection() as conn, conn.transaction():
+            for raw, reason in dead:
+                log.error("dead-lettering unreadable message: %s", reason)
+                await conn.execute(
+                    "INSERT INTO projection_dead_letters (event_id, reason, event) VALUES (NULL, %s, %s)",
+                    (str(reason).replace("\x00", "\\0"), raw),
+                )
+
+    async def heartbeat(self) -> None:
+        await self.writer()
+        assert self._pool is not None
+        async with self._pool.connection() as conn:
+            await conn.execute(
+                "INSERT INTO worker_heartbeats (worker_id, kind, beat_at, events) VALUES (%s, 'projector', now(), %s)"
+                " ON CONFLICT (worker_id) DO UPDATE SET beat_at = now(), events = EXCLUDED.events",
+                (self.worker_id, self.events),
+            )
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+
+
+def create_app(settings: Settings, worker_id: str | None = None) -> faust.App:
+    assert settings.kafka_bootstrap, "INBOX_KAFKA_BOOTSTRAP is required"
+    worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
+    datadir = settings.data_dir / "faust"
+    datadir.mkdir(parents=True, exist_ok=True)
+    app = LowLatencyApp(
+        settings.worker_group,
+        broker=[f"kafka://{h.strip()}" for h in settings.kafka_bootstrap.split(",")],
+        store="memory://",
+        processing_guarantee="at_least_once",
+        topic_disable_leader=True,
+        topic_partitions=settings.topic_partitions,
+        consumer_auto_offset_reset="earliest",
+        web_enabled=False,
+        datadir=str(datadir),
+        producer_acks=-1,
+        broker_session_timeout=settings.worker_session_timeout_s,
+        broker_rebalance_timeout=settings.worker_session_timeout_s,
+        broker_heartbeat_interval=max(0.5, settings.worker_session_timeout_s / 10),
+    )
+    runtime = ProjectorRuntime(settings, worker_id)
+    topic = app.topic(
+        settings.events_topic, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw",
+        partitions=settings.topic_partitions,
+    )
+
+    @app.agent(topic, concurrency=1)
+    async def project(stream: faust.StreamT[bytes]) -> None:
+        async for values in stream.take(settings.worker_batch_size, within=0.02):
+            await runtime.apply(list(values))
+
+    @app.timer(interval=HEARTBEAT_S)
+    async def heartbeat() -> None:
+        await runtime.heartbeat()
+
+    app.inbox_runtime = runtime  # type: ignore[attr-defined]
+    return app
+
+
+def run_worker(settings: Settings, loglevel: str = "info") -> None:
+    app = create_app(settings)
+    worker = faust.Worker(app, loglevel=loglevel, quiet=True)
+    worker.execute_from_commandline()

@@ -1,0 +1,288 @@
+"""Search over the projections, index-backed, with the same visibility and filters as the lists.
+
+- by contact: `rooms.search_name` (folded name + handle) matched as a substring (LIKE) or, for
+  typos, by trigram word similarity (`q <% search_name`, threshold in inbox.db), and
+  `rooms.phone_digits` (national number) as a substring; both from GIN `gin_trgm_ops` indexes.
+  Ranked: word-prefix match, substring match, phone match, then similarity; then activity.
+- by conversation: `messages.text_tsv` (to_tsvector('simple', text), GIN) with every word of
+  the query — split by the same text-search parser as the messages, so "INV-2041" finds
+  "INV-2041" — as a prefix (`'inv':* & '-2041':*`); one hit per room (its latest matching
+  message) with a snippet, newest first. The planner cannot tell common from rare prefix terms
+  (it estimates every `:*` term at 2%), so the strategy is explicit:
+  1. the organization's newest RECENT_WINDOW messages (`messages_by_org_recorded`, in order)
+     checked against the query: enough for any word that is not rare;
+  2. if that finds too few rooms and the tab/status filter leaves few rooms for the viewer (an
+     exact number from the maintained counters), rooms first: each such room's latest matching
+     message, walking its messages newest first (`messages_by_recorded`);
+  3. otherwise, if the word is common (COMMON_MATCHES or more in the recent window), the newest
+     WALK_WINDOW messages walked newest first, stopping as soon as enough rooms are found;
+  4. otherwise (a rare word, or still too few rooms) every match from the GIN index.
+  Visibility and filters are checked per candidate message with a primary-key probe of `rooms`.
+  In 1 and 3, the newest k matches of visible rooms are deduplicated per room, k growing only
+  when they hold too few rooms. Exact: a room whose latest match is outside the newest k matches
+  (or outside the window) ranks after every room found inside them.
+
+Pages use an offset cursor: a ranked result is not a stable keyset (ranks move as rooms change).
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from psycopg.rows import dict_row
+from psycopg_pool import ConnectionPool
+
+from domain.errors import InvalidCommand
+from domain.staff import Actor
+from domain.visibility import counter_keys, sql_predicate
+from inbox.adapters.read_models.queries import RoomFilter, decode_cursor, encode_cursor, filter_clauses, room_json
+from projections.text import has_words, name_query, phone_query
+
+MAX_OFFSET = 10_000
+RECENT_WINDOW = 5_000  # newest messages of the organization looked at first
+ROOMS_FIRST_LIMIT = 5_000  # at most this many filtered rooms: search them room by room
+COMMON_MATCHES = 50  # this many matches among the recent window (1%): a common word, walk on
+WALK_WINDOW = 200_000  # how far back the walk for a common word goes (it stops when it has enough)
+# Candidate matches one query looks at, at most, whatever the cursor: bounded work. A room whose
+# latest match is older than the newest MAX_MATCHES matches is not found by that page.
+MAX_MATCHES = 100_000
+SNIPPET_WORDS_BEFORE = 8
+SNIPPET_WORDS_AFTER = 16
+_WORDS = re.compile(r"\w+")
+
+
+def _like_pattern(text: str) -> str:
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+def _offset(cursor: str | None) -> int:
+    if not cursor:
+        return 0
+    value = decode_cursor(cursor).get("o")
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_OFFSET:
+        raise InvalidCommand("invalid cursor")
+    return value
+
+
+def _next_cursor(rows: Sequence[Any], limit: int, offset: int) -> str | None:
+    if len(rows) <= limit or offset + limit > MAX_OFFSET:
+        return None
+    return encode_cursor({"o": offset + limit})
+
+
+def snippet(text: str, lexemes: Sequence[str]) -> str:
+    """A few words around the first match, HTML-escaped, matching words in <mark>…</mark>.
+
+    `lexemes` are the query's words as the text-search parser produced them ('-2041' for the
+    number in "INV-2041"); a word matches when it starts with one of them.
+    """
+    prefixes = tuple(p for p in (lx.lstrip("-").lower() for lx in lexemes) if p)
+    words = list(_WORDS.finditer(text))
+    hits = [i for i, w in enumerate(words) if prefixes and w.group().lower().startswith(prefixes)]
+    first = hits[0] if hits else 0
+    lo, hi = max(0, first - SNIPPET_WORDS_BEFORE), min(len(words), first + SNIPPET_WORDS_AFTER + 1)
+    if not words:
+        return html.escape(text[:200])
+    start = 0 if lo == 0 else words[lo].start()
+    end = len(text) if hi == len(words) else words[hi - 1].end()
+    out, pos = [], start
+    for i in range(lo, hi):
+        w = words[i]
+        if i in hits:
+            out += [html.escape(text[pos:w.start()]), "<mark>", html.escape(w.group()), "</mark>"]
+            pos = w.end()
+    out.append(html.escape(text[pos:end]))
+    return ("… " if start > 0 else "") + "".join(out).strip() + (" …" if end < len(text) else "")
+
+
+def contact_search_sql(actor: Actor, filt: RoomFilter, q: str, *, limit: int, offset: int) -> tuple[str, list[Any]]:
+    name = name_query(q) if has_words(q) else ""
+    digits = phone_query(q)
+    if not name and not digits:
+        raise InvalidCommand("search text must contain letters or digits")
+    visible, params = sql_predicate(actor)
+    clauses, filter_params = filter_clauses(filt)
+    params += filter_params
+    matches: list[str] = []
+    match_params: list[Any] = []
+    score = "0::real"
+    score_params: list[Any] = []
+    if name:
+        matches += ["r.search_name LIKE %s", "%s <%% r.search_name"]
+        match_params += [_like_pattern(name), name]
+        # whole word(s) 4 > start of a word 3 > anywhere 2 > similar (typo) 0.5..1
+        score = (
+            "CASE WHEN ' ' || r.search_name || ' ' LIKE %s THEN 4"
+            " WHEN ' ' || r.search_name LIKE %s THEN 3"
+            " WHEN r.search_name LIKE %s THEN 2 ELSE word_similarity(%s, r.search_name) END"
+        )
+        contains = _like_pattern(name)
+        score_params += [f"% {contains[1:-1]} %", f"% {contains[1:]}", contains, name]
+    if digits:
+        matches.append("r.phone_digits LIKE %s")
+        match_params.append(_like_pattern(digits))
+        score = f"GREATEST({score}, CASE WHEN r.phone_digits LIKE %s THEN 2.5 ELSE 0 END)"
+        score_params.append(_like_pattern(digits))
+    where = " AND ".join([visible, *clauses, "(" + " OR ".join(matches) + ")"])
+    sql = (
+        f"SELECT r.*, now() AS _now, {score} AS _score FROM rooms r WHERE {where}"
+        " ORDER BY _score DESC, r.updated_at DESC, r.id DESC LIMIT %s OFFSET %s"
+    )
+    return sql, [*score_params, *params, *match_params, limit, offset]
+
+
+# The query's words as prefix terms, split by the same parser as the messages ('INV-2041' →
+# 'inv':* & '-2041':*). Computed first, so the search query gets it as a constant the planner
+# can estimate (a value computed inside the query would hide its selectivity).
+TSQUERY_SQL = (
+    "SELECT coalesce(string_agg(quote_literal(lexeme) || ':*', ' & '), '') AS tsq,"
+    " coalesce(array_agg(lexeme), '{}') AS lexemes FROM unnest(to_tsvector('simple', %s))"
+)
+
+
+def conversation_search_sql(
+    actor: Actor, filt: RoomFilter, tsquery: str, *, matches: int, window: int | None = None
+) -> tuple[str, list[Any]]:
+    """The newest `matches` matching messages of rooms the viewer may see, newest first: among the
+    organization's newest `window` messages (read in order; the LIMIT of the fenced subquery keeps
+    it an ordered index scan, which stops as soon as the outer LIMIT is met), or among all matches
+    from the GIN index (window None).
+
+    `tsquery`: the text of a `to_tsquery('simple', …)`, from TSQUERY_SQL.
+    """
+    visible, params = sql_predicate(actor)
+    clauses, filter_params = filter_clauses(filt)
+    where = " AND ".join([visible, *clauses])
+    if window is not None:
+        source = (
+            "(SELECT id, room_id, recorded_at, text_tsv FROM messages WHERE org_id = %s"
+            " ORDER BY recorded_at DESC, id DESC LIMIT %s) m WHERE m.text_tsv @@ to_tsquery('simple', %s)"
+        )
+        source_params: list[Any] = [actor.org_id, window, tsquery]
+    else:
+        source = (
+            "(SELECT id, room_id, recorded_at FROM messages WHERE org_id = %s"
+            " AND text_tsv @@ to_tsquery('simple', %s) OFFSET 0) m WHERE true"  # OFFSET 0: all matches first
+        )
+        source_params = [actor.org_id, tsquery]
+    sql = (  # OFFSET 0 keeps the EXISTS a per-candidate probe of rooms_pkey, never a join over all rooms
+        f"SELECT m.room_id, m.id AS message_id FROM {source}"
+        f" AND EXISTS (SELECT 1 FROM rooms r WHERE r.id = m.room_id AND {where} OFFSET 0)"
+        " ORDER BY m.recorded_at DESC, m.id DESC LIMIT %s"
+    )
+    return sql, [*source_params, *params, *filter_params, matches]
+
+
+def rooms_first_sql(actor: Actor, filt: RoomFilter, tsquery: str, *, rooms: int) -> tuple[str, list[Any]]:
+    """The `rooms` rooms (visible, filtered) whose latest matching message is newest, with it."""
+    visible, params = sql_predicate(actor)
+    clauses, filter_params = filter_clauses(filt)
+    where = " AND ".join([visible, *clauses])
+    sql = (
+        "SELECT r.id AS room_id, m.id AS message_id FROM rooms r CROSS JOIN LATERAL ("
+        " SELECT m.id, m.recorded_at FROM messages m WHERE m.room_id = r.id"
+        " AND m.text_tsv @@ to_tsquery('simple', %s) ORDER BY m.recorded_at DESC, m.id DESC LIMIT 1) m"
+        f" WHERE {where} ORDER BY m.recorded_at DESC, m.id DESC LIMIT %s"
+    )
+    return sql, [tsquery, *params, *filter_params, rooms]
+
+
+def recent_matches_sql(org_id: str, tsquery: str, *, window: int) -> tuple[str, list[Any]]:
+    """How many of the organization's newest `window` messages match: how common the words are."""
+    return (
+        "SELECT count(*) AS n FROM (SELECT text_tsv FROM messages WHERE org_id = %s"
+        " ORDER BY recorded_at DESC, id DESC LIMIT %s) m WHERE m.text_tsv @@ to_tsquery('simple', %s)",
+        [org_id, window, tsquery],
+    )
+
+
+def filtered_room_count_sql(actor: Actor, filt: RoomFilter) -> tuple[str, list[Any]]:
+    """How many rooms the viewer sees under a tab/status filter: a lookup of the counters."""
+    mine = counter_keys(actor)
+    sql = "SELECT coalesce(sum(rooms), 0) AS n FROM counters WHERE org_id = %s AND assignee = ANY(%s)"
+    params: list[Any] = [actor.org_id, mine]
+    if filt.tab:
+        sql += " AND tab = %s"
+        params.append(filt.tab)
+    if filt.status != "all":
+        sql += " AND status = %s"
+        params.append(filt.status)
+    return sql, params
+
+
+def conversation_hits_sql(hits: Sequence[tuple[str, str]]) -> tuple[str, list[Any]]:
+    """Rooms and matching message texts of one page of (room id, message id) hits, in that order."""
+    sql = (
+        "SELECT r.*, now() AS _now, h.message_id AS _match_id, m.text AS _match_text"
+        " FROM unnest(%s::uuid[], %s::uuid[]) WITH ORDINALITY AS h(room_id, message_id, n)"
+        " JOIN rooms r ON r.id = h.room_id JOIN messages m ON m.id = h.message_id ORDER BY h.n"
+    )
+    return sql, [[h[0] for h in hits], [h[1] for h in hits]]
+
+
+class RoomSearch:
+    def __init__(self, pool: ConnectionPool) -> None:
+        self._pool = pool
+
+    def _fetch(self, sql: str, params: Sequence[Any]) -> list[dict[str, Any]]:
+        with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            cur.execute(sql, params)
+            return cur.fetchall()
+
+    def tsquery(self, q: str) -> tuple[str, list[str]]:
+        """(tsquery text, lexemes) of a conversation search."""
+        row = self._fetch(TSQUERY_SQL, [q])[0] if has_words(q) else {"tsq": ""}
+        if not row["tsq"]:
+            raise InvalidCommand("search text must contain at least one word")
+        return str(row["tsq"]), list(row["lexemes"])
+
+    def _hits(
+        self, actor: Actor, filt: RoomFilter, tsquery: str, wanted: int, *, window: int | None
+    ) -> dict[str, str]:
+        """room id -> its latest matching message, newest first; at least `wanted` rooms if there are."""
+        matches = min(max(200, 4 * wanted), MAX_MATCHES)
+        while True:
+            rows = self._fetch(*conversation_search_sql(actor, filt, tsquery, matches=matches, window=window))
+            hits: dict[str, str] = {}
+            for row in rows:
+                hits.setdefault(str(row["room_id"]), str(row["message_id"]))
+            if len(hits) >= wanted or len(rows) < matches or matches >= MAX_MATCHES:
+                return hits
+            matches = min(matches * 4, MAX_MATCHES)
+
+    def by_contact(self, actor: Actor, filt: RoomFilter, q: str, *, limit: int, cursor: str | None) -> dict[str, Any]:
+        offset = _offset(cursor)
+        rows = self._fetch(*contact_search_sql(actor, filt, q, limit=limit + 1, offset=offset))
+        page = rows[:limit]
+        return {"items": [room_json(r, r["_now"]) for r in page], "next_cursor": _next_cursor(rows, limit, offset)}
+
+    def by_conversation(
+        self, actor: Actor, filt: RoomFilter, q: str, *, limit: int, cursor: str | None
+    ) -> dict[str, Any]:
+        offset = _offset(cursor)
+        tsquery, lexemes = self.tsquery(q)
+        wanted = offset + limit + 1
+        hits = self._hits(actor, filt, tsquery, wanted, window=RECENT_WINDOW)
+        if len(hits) < wanted:
+            if int(self._fetch(*filtered_room_count_sql(actor, filt))[0]["n"]) <= ROOMS_FIRST_LIMIT:
+                rows = self._fetch(*rooms_first_sql(actor, filt, tsquery, rooms=wanted))
+                hits = {str(r["room_id"]): str(r["message_id"]) for r in rows}
+            else:
+                recent = int(self._fetch(*recent_matches_sql(actor.org_id, tsquery, window=RECENT_WINDOW))[0]["n"])
+                if recent >= COMMON_MATCHES:
+                    hits = self._hits(actor, filt, tsquery, wanted, window=WALK_WINDOW)
+                if recent < COMMON_MATCHES or len(hits) < wanted:
+                    hits = self._hits(actor, filt, tsquery, wanted, window=None)
+        chosen = list(hits.items())[offset:wanted]
+        rows = self._fetch(*conversation_hits_sql(chosen)) if chosen else []
+        page = rows[:limit]
+        items = [
+            {**room_json(r, r["_now"]),
+             "match": {"message_id": str(r["_match_id"]), "snippet": snippet(r["_match_text"], lexemes)}}
+            for r in page
+        ]
+        return {"items": items, "next_cursor": _next_cursor(rows, limit, offset)}

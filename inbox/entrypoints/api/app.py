@@ -1,0 +1,40 @@
+"""FastAPI application factory (nothing is created at import time)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio.to_thread
+from fastapi import FastAPI
+
+from inbox.entrypoints.api import errors
+from inbox.entrypoints.api.limits import BodySizeLimit
+from inbox.entrypoints.api.observe import RequestMetrics
+from inbox.entrypoints.api.routers import channel_accounts, health, inbound, inbox, rooms, search, webhooks
+from inbox.bootstrap import Container
+
+# Sync endpoints (commands, queries) run in the thread pool; let many wait on PostgreSQL at once.
+THREAD_TOKENS = 200
+
+
+def create_app(container: Container) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        anyio.to_thread.current_default_thread_limiter().total_tokens = THREAD_TOKENS
+        yield
+
+    app = FastAPI(
+        title="Inbox API",
+        version="1.0",
+        description="Omnichannel customer-service inbox: commands, queries and ingestion (see SPEC §3).",
+        lifespan=lifespan,
+    )
+    app.state.container = container
+    errors.install(app)
+    for module in (channel_accounts, inbound, rooms, inbox, search, webhooks, health):
+        app.include_router(module.router)
+
+    app.add_middleware(RequestMetrics, metrics=container.metrics)
+    app.add_middleware(BodySizeLimit, max_bytes=container.settings.max_body_bytes)
+    return app

@@ -1,0 +1,96 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query
+
+from inbox.entrypoints.api.deps import ContainerDep, QueriesDep, StaffDep
+from inbox.entrypoints.api.schemas import (
+    AssignRoom,
+    ChannelName,
+    CommandAccepted,
+    ExpiredResolved,
+    MessagePage,
+    QueryText,
+    ResolveExpired,
+    ResolveRoom,
+    RoomOut,
+    RoomPage,
+    SendReply,
+)
+from inbox.adapters.read_models.queries import RoomFilter
+
+router = APIRouter(prefix="/v1/rooms", tags=["rooms"])
+
+
+@router.get("", response_model=RoomPage)
+def list_rooms(
+    actor: StaffDep,
+    queries: QueriesDep,
+    tab: Literal["messages", "comments"] | None = None,
+    status: Literal["all", "unassigned", "assigned", "resolved"] = "all",
+    channel: Annotated[list[ChannelName] | None, Query()] = None,
+    assignee: QueryText | None = None,
+    awaiting_reply: bool | None = None,
+    expired: bool | None = None,
+    updated_after: datetime | None = None,
+    updated_before: datetime | None = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: str | None = None,
+) -> dict[str, Any]:
+    """Rooms visible to the viewer, newest activity first."""
+    filt = RoomFilter(
+        tab=tab, status=status, channels=channel or (), assignee=assignee, awaiting_reply=awaiting_reply,
+        expired=expired, updated_after=updated_after, updated_before=updated_before,
+    )
+    return queries.rooms(actor, filt, limit=limit, cursor=cursor)
+
+
+@router.post("/resolve-expired", response_model=ExpiredResolved)
+def resolve_expired_rooms(body: ResolveExpired, actor: StaffDep, container: ContainerDep) -> ExpiredResolved:
+    """Resolve (reason `expired`) every expired room of the channels that is assigned, and
+    unassigned too when asked; rooms that changed after the server's query saw them are skipped."""
+    result = container.expired.resolve_expired(
+        actor, channels=body.channels, include_unassigned=body.include_unassigned
+    )
+    return ExpiredResolved(resolved=result.resolved, skipped=result.skipped)
+
+
+@router.get("/{room_id}", response_model=RoomOut)
+def get_room(room_id: str, actor: StaffDep, queries: QueriesDep) -> dict[str, Any]:
+    return queries.room(actor, room_id)
+
+
+@router.get("/{room_id}/messages", response_model=MessagePage)
+def room_history(
+    room_id: str,
+    actor: StaffDep,
+    queries: QueriesDep,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    before: str | None = None,
+) -> dict[str, Any]:
+    """Newest page first; pass `next_before` back as `before` to load older dialogs."""
+    return queries.messages(actor, room_id, limit=limit, before=before)
+
+
+@router.post("/{room_id}/assign", response_model=CommandAccepted)
+def assign_room(room_id: str, body: AssignRoom, actor: StaffDep, container: ContainerDep) -> CommandAccepted:
+    result = container.rooms.assign(actor, room_id, agent_id=body.agent_id, expected_version=body.expected_version)
+    return CommandAccepted(**vars(result))
+
+
+@router.post("/{room_id}/messages", response_model=CommandAccepted, status_code=201)
+def reply_to_room(room_id: str, body: SendReply, actor: StaffDep, container: ContainerDep) -> CommandAccepted:
+    result = container.rooms.reply(actor, room_id, text=body.text, expected_version=body.expected_version)
+    return CommandAccepted(**vars(result))
+
+
+@router.post("/{room_id}/resolve", response_model=CommandAccepted)
+def resolve_room(
+    room_id: str, actor: StaffDep, container: ContainerDep, body: ResolveRoom | None = None
+) -> CommandAccepted:
+    result = container.rooms.resolve(
+        actor, room_id, expected_version=body.expected_version if body else None
+    )
+    return CommandAccepted(**vars(result))

@@ -1,0 +1,362 @@
+"""The `inbox` command: `dev` runs everything locally; `api`, `relay`, `worker` are the production processes."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from inbox.config import DEV_JWT_SECRET, ConfigError, Settings
+
+if TYPE_CHECKING:
+    from inbox.adapters.embedded import EmbeddedBroker
+
+log = logging.getLogger("inbox")
+
+
+def _setup_logging(level: str = "INFO") -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+# ---- production processes -------------------------------------------------------------------
+def cmd_api(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from inbox.entrypoints.api.app import create_app
+    from inbox.bootstrap import Container
+    from inbox.adapters.postgres import migrate
+
+    settings = Settings.from_env().require(
+        "database_url", "kafka_bootstrap", "jwt_secret", "meta_app_secret", "meta_verify_token"
+    ).check_secrets()
+    migrate(settings)
+    container = Container.build(settings)
+    try:
+        verbose = os.environ.get(_DEV_VERBOSE) == "1"  # `inbox dev --verbose`: uvicorn's own and access logs
+        uvicorn.run(
+            create_app(container), host=settings.http_host, port=settings.http_port,
+            log_level="info" if verbose else "warning", access_log=verbose,
+        )
+    finally:
+        container.close()
+    return 0
+
+
+def _run_until_signalled(main: object) -> None:
+    async def runner() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await main(stop)  # type: ignore[operator]
+
+    asyncio.run(runner())
+
+
+def cmd_relay(args: argparse.Namespace) -> int:
+    from inbox.adapters.postgres import migrate
+    from inbox.adapters.kafka.relay import Relay
+
+    settings = Settings.from_env().require("database_url", "kafka_bootstrap").check_secrets()
+    migrate(settings)
+    _run_until_signalled(Relay(settings).run)
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from inbox.adapters.postgres import migrate
+    from inbox.adapters.kafka.projector import run_worker
+
+    settings = Settings.from_env().require("database_url", "kafka_bootstrap").check_secrets()
+    migrate(settings)
+    run_worker(settings, loglevel=os.environ.get("INBOX_LOG_LEVEL", "INFO").lower())
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from inbox.adapters.postgres import migrate
+
+    migrate(Settings.from_env().require("database_url"))
+    print("schema is up to date")
+    return 0
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from inbox.adapters.auth import mint_token
+
+    settings = Settings.from_env()
+    if not settings.jwt_secret:
+        if not args.dev:
+            raise ConfigError("INBOX_JWT_SECRET is not set; pass --dev to sign with the development secret"
+                              " (accepted by `inbox dev` only)")
+        settings = settings.with_dev_defaults()
+        print("signing with the development secret (--dev)", file=sys.stderr)
+    elif settings.jwt_secret == DEV_JWT_SECRET and not args.dev:
+        raise ConfigError("INBOX_JWT_SECRET is the development secret; pass --dev if that is what you mean")
+    print(mint_token(settings.jwt_secret or "", org=args.org, user=args.user, role=args.role, name=args.name,
+                     ttl_s=args.ttl, issuer=settings.jwt_issuer, audience=settings.jwt_audience))
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from inbox.adapters.postgres import migrate
+    from inbox.adapters.read_models.replay import replay
+
+    settings = Settings.from_env()
+    with _embedded_database(settings) as settings:
+        settings = settings.require("database_url")
+        migrate(settings)
+        stats = asyncio.run(replay(settings, progress=_progress_bar))
+        print(
+            f"\nreplayed {stats.events:,} events into {stats.rooms:,} rooms in {stats.seconds:.1f}s"
+            f" ({stats.events_per_s:,.0f} events/s)"
+        )
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from eventsourcing.persistence import ProgrammingError
+
+    from inbox.adapters.export import ExportError, ExportFilter, export_events, parse_time, parse_types
+    from inbox.adapters.event_log import WireEventLog
+    from inbox.adapters.eventstore import InboxApplication
+
+    try:
+        flt = ExportFilter(
+            org=args.org, since=parse_time(args.since) if args.since else None,
+            until=parse_time(args.until) if args.until else None,
+            types=parse_types(args.types) if args.types else None,
+        )
+    except ExportError as e:
+        print(f"inbox export: {e}", file=sys.stderr)
+        return 2
+    settings = Settings.from_env()
+    with _embedded_database(settings) as settings:
+        settings = settings.require("database_url")  # read-only: no migrate, so a read replica will do
+        app = InboxApplication.from_settings(settings)
+        try:
+            stats = export_events(WireEventLog(app), args.out, args.format, flt, progress=_progress_bar)
+        except ExportError as e:
+            print(f"inbox export: {e}", file=sys.stderr)
+            return 2
+        except OSError as e:  # e.g. the output directory does not exist
+            print(f"inbox export: cannot write {args.out}: {e}", file=sys.stderr)
+            return 2
+        except ProgrammingError as e:  # e.g. no event store in this schema
+            print(f"inbox export: cannot read the event store in schema {settings.db_schema!r}: {e}", file=sys.stderr)
+            return 2
+        finally:
+            app.close()
+        print(
+            f"\nexported {stats.events:,} events to {args.out} ({stats.bytes:,} bytes) in {stats.seconds:.1f}s"
+            f" ({stats.events_per_s:,.0f} events/s)", file=sys.stderr,
+        )
+    return 0
+
+
+def cmd_dead_letters(args: argparse.Namespace) -> int:
+    from inbox import dead_letters
+    from inbox.adapters.postgres import migrate
+
+    settings = Settings.from_env()
+    with _embedded_database(settings) as settings:
+        settings = settings.require("database_url")
+        migrate(settings)
+        if args.action == "retry":
+            if not args.all and not args.id:
+                print("inbox dead-letters retry: give --id N (repeatable) or --all", file=sys.stderr)
+                return 2
+            result = asyncio.run(dead_letters.retry(settings, None if args.all else args.id))
+            print(f"re-projected {result.rooms} room(s) from the event store: {result.resolved} resolved,"
+                  f" {result.still_failing} still failing")
+            return 0 if result.still_failing == 0 else 1
+        rows = dead_letters.list_dead_letters(settings, include_resolved=args.resolved, limit=args.limit)
+        print(f"{'id':>6}  {'room':36}  {'version':>7}  {'type':16}  {'recorded at':25}  reason")
+        for d in rows:
+            state = f" [resolved {d.resolved_at:%Y-%m-%d %H:%M:%S}]" if d.resolved_at else ""
+            print(f"{d.id:>6}  {d.room_id or '-':36}  {d.version if d.version is not None else '-':>7}"
+                  f"  {d.event_type or '-':16}  {d.recorded_at:%Y-%m-%d %H:%M:%S%z}  {_one_line(d.reason)}{state}")
+        relay = dead_letters.list_relay_dead_letters(settings, limit=args.limit)
+        if relay:
+            print("\nnot published by the relay (projected from the event store; missing on the topic):")
+            for r in relay:
+                print(f"{r['id']:>6}  {r['room_id'] or '-':36}  {r['version'] or '-':>7}  {r['event_type'] or '-':16}"
+                      f"  {r['recorded_at']:%Y-%m-%d %H:%M:%S%z}  {_one_line(r['reason'])}")
+        return 0
+
+
+def _one_line(reason: str, width: int = 160) -> str:
+    line = next(iter(reason.splitlines()), "")
+    return line if len(line) <= width else line[: width - 1] + "…"
+
+
+def _progress_bar(done: int, total: int, rate: float) -> None:
+    width = 30
+    frac = min(1.0, done / total) if total else 1.0
+    bar = "#" * int(frac * width)
+    sys.stderr.write(f"\r[{bar:<{width}}] {frac:6.1%} {done:,}/{total:,} notifications  {rate:,.0f} events/s")
+    sys.stderr.flush()
+
+
+# ---- dev: everything on embedded defaults ---------------------------------------------------
+class _embedded_database:
+    """Use INBOX_DATABASE_URL when set, else start embedded PostgreSQL in INBOX_DATA_DIR/pg."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.pg = None
+
+    def __enter__(self) -> Settings:
+        if self.settings.database_url:
+            return self.settings
+        from inbox.adapters.embedded import EmbeddedPostgres
+
+        print(f"starting embedded PostgreSQL in {self.settings.data_dir / 'pg'} ...", file=sys.stderr)
+        self.pg = EmbeddedPostgres(self.settings.data_dir / "pg").start()
+        return replace(self.settings, database_url=self.pg.url)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.pg is not None:
+            self.pg.stop()
+
+
+_DEV_VERBOSE = "INBOX_DEV_VERBOSE"
+
+
+def _quiet_dev_logs() -> dict[str, str]:
+    """`inbox dev` without --verbose: warnings and errors only, from every process; returns the
+    children's environment for it. An INBOX_LOG_LEVEL the user set still wins."""
+    if "INBOX_LOG_LEVEL" in os.environ:
+        return {}
+    logging.getLogger().setLevel(logging.WARNING)  # embedded PostgreSQL narrates every step at INFO
+    warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")  # platformdirs, harmless here
+    return {"INBOX_LOG_LEVEL": "WARNING"}
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    from inbox.adapters.auth import mint_token
+    from inbox.adapters.postgres import migrate
+    from inbox.adapters.embedded import EmbeddedBroker
+
+    log_env = {_DEV_VERBOSE: "1"} if args.verbose else _quiet_dev_logs()
+    settings = Settings.from_env().with_dev_defaults()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    broker = None
+    children: list[subprocess.Popen[bytes]] = []
+    with _embedded_database(settings) as settings:
+        try:
+            if not settings.kafka_bootstrap:
+                broker = EmbeddedBroker(log_path=settings.data_dir / "broker.log").start()
+                settings = replace(settings, kafka_bootstrap=broker.bootstrap)
+                print(f"started embedded Tansu broker on {broker.bootstrap}", file=sys.stderr)
+            migrate(settings)
+            env = {**os.environ, **settings.to_env(), **log_env}
+            for role in ("relay", "worker", "api"):
+                children.append(subprocess.Popen([sys.executable, "-m", "inbox.entrypoints.cli", role], env=env))
+                print(f"started {role} (pid {children[-1].pid})", file=sys.stderr)
+            token = mint_token(settings.jwt_secret or "", org="dev-org", user="dev-admin", role="admin",
+                               issuer=settings.jwt_issuer, audience=settings.jwt_audience)
+            print(
+                f"\nInbox is starting on http://{settings.http_host}:{settings.http_port}"
+                f"  (OpenAPI: http://{settings.http_host}:{settings.http_port}/docs)\n"
+                f"dev admin token (org dev-org):\n{token}\n"
+                "Ctrl-C stops everything.\n",
+                flush=True,
+            )
+            _supervise(children, broker)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            _stop_all(children)
+            if broker is not None:
+                broker.stop()
+    return 0
+
+
+def _supervise(children: list[subprocess.Popen[bytes]], broker: EmbeddedBroker | None) -> None:
+    """Run until Ctrl-C/SIGTERM, or until a process (or the embedded broker) dies."""
+    stop = False
+
+    def on_signal(*_: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    while not stop:
+        for child in children:
+            if child.poll() is not None:
+                log.error("process %s exited with %s; stopping", child.args, child.returncode)
+                return
+        if broker is not None and not broker.alive():
+            log.error("the embedded broker exited; stopping")
+            return
+        time.sleep(0.2)
+
+
+def _stop_all(children: list[subprocess.Popen[bytes]]) -> None:
+    for child in children:
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 15
+    for child in children:
+        try:
+            child.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="inbox", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    dev = sub.add_parser("dev", help="run the whole system on embedded defaults")
+    dev.add_argument("--verbose", action="store_true",
+                     help="every process's full log (Faust's start-up tables, HTTP access log); default: warnings and errors")
+    dev.set_defaults(func=cmd_dev)
+    sub.add_parser("api", help="run the HTTP API (production)").set_defaults(func=cmd_api)
+    sub.add_parser("relay", help="publish the event store to Kafka (production)").set_defaults(func=cmd_relay)
+    sub.add_parser("worker", help="run a Faust projection worker (production)").set_defaults(func=cmd_worker)
+    sub.add_parser("migrate", help="create or update the database schema").set_defaults(func=cmd_migrate)
+    sub.add_parser("replay", help="rebuild every projection from the event store").set_defaults(func=cmd_replay)
+    export = sub.add_parser("export", help="write the room-event history to Parquet or JSON Lines")
+    export.add_argument("--format", required=True, choices=["parquet", "jsonl"])
+    export.add_argument("--out", required=True, help="file to write (replaced only when complete)")
+    export.add_argument("--org", help="only this organization's events")
+    export.add_argument("--since", help="only events that occurred at or after this ISO-8601 time (UTC if no offset)")
+    export.add_argument("--until", help="only events that occurred before this ISO-8601 time")
+    export.add_argument("--types", help="comma-separated event types, e.g. RoomOpened,MessageReceived")
+    export.set_defaults(func=cmd_export)
+    dead = sub.add_parser("dead-letters", help="list projection dead letters; `retry` re-applies them")
+    dead.add_argument("action", nargs="?", choices=["list", "retry"], default="list")
+    dead.add_argument("--id", type=int, action="append", help="retry this dead letter (repeatable)")
+    dead.add_argument("--all", action="store_true", help="retry every unresolved dead letter")
+    dead.add_argument("--resolved", action="store_true", help="list resolved ones too")
+    dead.add_argument("--limit", type=int, default=100)
+    dead.set_defaults(func=cmd_dead_letters)
+    token = sub.add_parser("token", help="print a signed bearer token")
+    token.add_argument("--org", required=True)
+    token.add_argument("--user", required=True)
+    token.add_argument("--role", required=True, choices=["admin", "supervisor", "agent", "integration"])
+    token.add_argument("--name")
+    token.add_argument("--ttl", type=int, default=7 * 24 * 3600, help="seconds until the token expires")
+    token.add_argument("--dev", action="store_true", help="allow signing with the development secret")
+    token.set_defaults(func=cmd_token)
+    args = parser.parse_args(argv)
+    _setup_logging(os.environ.get("INBOX_LOG_LEVEL", "INFO"))
+    try:
+        return int(args.func(args))
+    except ConfigError as e:
+        print(f"inbox {args.command}: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,163 @@
+"""Use case "Resolve all expired" (SPEC §3 `POST /v1/rooms/resolve-expired`).
+
+Finds the expired rooms with a query on the room projection (never a scan of the event store),
+in chunks, and resolves each with reason `expired` — but only if the room has not changed since
+the query saw it: the projection's version is the expected version, so a room that received a
+new inbound message (or any other event) meanwhile is skipped, never resolved. Each chunk's
+rooms are saved in one short transaction; if that transaction loses a race, the chunk is redone
+one room at a time so one changed room does not hold back the others. Repeating the call
+resolves nothing more.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+from uuid import UUID
+
+from eventsourcing.application import AggregateNotFoundError
+from eventsourcing.persistence import IntegrityError, StoredEvent
+
+from domain.channels import Channel
+from domain.errors import DomainError
+from domain.room import ASSIGNED, UNASSIGNED, Room, check_may_resolve_expired
+from domain.staff import Actor
+from inbox.adapters.eventstore import EVENTS_TABLE, SNAPSHOT_INTERVAL, InboxApplication
+
+log = logging.getLogger(__name__)
+
+CHUNK_SIZE = 500
+
+
+class ExpiredRoomFinder(Protocol):
+    """One chunk of expired, not resolved rooms in (expires_at, id) order (InboxQueries.expired_rooms)."""
+
+    def __call__(
+        self, org_id: str, *, channels: Sequence[str], statuses: Sequence[str], cutoff: datetime,
+        after: tuple[datetime, str] | None, limit: int,
+    ) -> list[dict[str, Any]]: ...
+
+
+@dataclass(frozen=True)
+class ResolveExpiredResult:
+    resolved: int
+    skipped: int  # expired per the projection, but changed since (or no longer expired): left alone
+    seconds: float
+
+
+class ExpiredRooms:
+    def __init__(
+        self,
+        app: InboxApplication,
+        find: ExpiredRoomFinder,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        chunk_size: int = CHUNK_SIZE,
+    ) -> None:
+        self._app = app
+        self._find = find
+        self._clock = clock
+        self._chunk_size = chunk_size
+
+    def resolve_expired(
+        self, actor: Actor, *, channels: Sequence[str] = (), include_unassigned: bool = False
+    ) -> ResolveExpiredResult:
+        """Resolve every room of `channels` (all direct-message channels when empty) that is expired
+        and assigned (and unassigned too when asked), as of now."""
+        check_may_resolve_expired(actor)
+        parsed = [Channel.parse(c) for c in channels] or list(Channel)
+        expiring = sorted({c.value for c in parsed if c.reply_window is not None})  # comments never expire
+        statuses = [ASSIGNED, UNASSIGNED] if include_unassigned else [ASSIGNED]
+        started = time.perf_counter()
+        cutoff = self._clock()
+        resolved = skipped = 0
+        after: tuple[datetime, str] | None = None
+        while expiring:
+            chunk = self._find(
+                actor.org_id, channels=expiring, statuses=statuses, cutoff=cutoff, after=after,
+                limit=self._chunk_size,
+            )
+            if not chunk:
+                break
+            after = (chunk[-1]["expires_at"], str(chunk[-1]["id"]))
+            done = self._resolve_chunk(actor, cutoff, [(str(c["id"]), int(c["version"])) for c in chunk])
+            resolved += done
+            skipped += len(chunk) - done
+        result = ResolveExpiredResult(resolved, skipped, time.perf_counter() - started)
+        log.info(
+            "org %s: resolved %s expired rooms (%s skipped as changed) in %.2fs",
+            actor.org_id, result.resolved, result.skipped, result.seconds,
+        )
+        return result
+
+    def _resolve_chunk(self, actor: Actor, cutoff: datetime, seen: list[tuple[str, int]]) -> int:
+        loaded = self._load_many([room_id for room_id, version in seen if version < SNAPSHOT_INTERVAL])
+        rooms = [
+            room for room_id, version in seen
+            if (room := self._decide(actor, cutoff, room_id, version, loaded.get(room_id)))
+        ]
+        if not rooms:
+            return 0
+        try:
+            self._app.save(*rooms)
+            return len(rooms)
+        except IntegrityError:
+            log.info("a chunk of %s expired rooms raced with other writes; resolving one at a time", len(rooms))
+        done = 0
+        for room_id, version in seen:
+            room = self._decide(actor, cutoff, room_id, version)
+            if room is None:
+                continue
+            try:
+                self._app.save(room)
+            except IntegrityError:
+                continue  # changed between load and save: it is not the room the query saw
+            done += 1
+        return done
+
+    def _load_many(self, room_ids: list[str]) -> dict[str, Room]:
+        """Rooms folded from their events, read for the whole chunk in one query.
+
+        Only for rooms below the snapshot interval (they have no snapshot to start from); longer
+        rooms are loaded one by one through the repository.
+        """
+        if not room_ids:
+            return {}
+        with self._app.connection() as conn:
+            rows = conn.execute(
+                f"SELECT originator_id, originator_version, topic, state FROM {self._app.table(EVENTS_TABLE)}"
+                " WHERE originator_id = ANY(%s::uuid[]) ORDER BY originator_id, originator_version",
+                (room_ids,),
+            ).fetchall()
+        events: dict[str, list[Any]] = {}
+        for r in rows:
+            stored = StoredEvent(r["originator_id"], r["originator_version"], r["topic"], bytes(r["state"]))
+            events.setdefault(str(r["originator_id"]), []).append(self._app.decode(stored))
+        rooms: dict[str, Room] = {}
+        for room_id, room_events in events.items():
+            room = None
+            for event in room_events:  # what the repository's projector does, minus its per-event type checks
+                room = event.mutate(room)
+            if isinstance(room, Room):
+                rooms[room_id] = room
+        return rooms
+
+    def _decide(
+        self, actor: Actor, cutoff: datetime, room_id: str, expected_version: int, loaded: Room | None = None
+    ) -> Room | None:
+        """The room, resolved as expired in memory, if it is still exactly what the query saw."""
+        try:
+            room: Room = loaded or self._app.repository.get(UUID(room_id))
+        except AggregateNotFoundError:
+            return None
+        if room.version != expected_version or not room.is_visible_to(actor) or not room.is_expired(cutoff):
+            return None
+        try:
+            room.resolve(actor, reason="expired")
+        except DomainError as e:
+            log.warning("expired room %s not resolved: %s", room_id, e)
+            return None
+        return room

@@ -1,0 +1,317 @@
+"""Use case: a signed Meta webhook in, its facts recorded (all or none), a fast answer out.
+
+Signature rule (`X-Hub-Signature-256: sha256=<hex HMAC-SHA256 of the raw body>`): Meta signs
+each POST with the secret of the app that sends it. We accept a POST whose signature matches
+either the global `INBOX_META_APP_SECRET` or the own `app_secret` of a channel account the
+payload mentions (constant-time comparisons); anything else is refused (401), nothing recorded.
+Then, per fact: an account with its own `app_secret` only takes facts from POSTs signed with that
+secret, and an account without one only from POSTs signed with the global secret; facts for an
+account the signing app does not speak for are acknowledged and dropped (logged, counted as
+`other_app`), so one tenant's app can never write into another tenant's account.
+
+The global secret is tried first on the raw bytes, so the common case verifies before any JSON
+is parsed; only when it does not match is the body parsed to find accounts with their own secret,
+looking up at most MAX_SIGNATURE_ACCOUNTS accounts (misses are cached briefly), so a forged POST
+costs bounded work before its 401.
+
+What is recorded is storable (docs/meta.md): values are repaired, never refused
+(`channels.sanitize`, counted in `inbox_webhook_repaired_values_total`); a fact that a domain rule
+refuses (e.g. more than 20 shared contacts, an over-long id) is logged and counted as `refused`
+while the POST's other facts are recorded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+from collections import Counter as Tally
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import anyio.to_thread
+import orjson
+
+from channels.facts import (
+    DeliveryStatus,
+    Fact,
+    Ignored,
+    InboundMessage,
+    MessageEdit,
+    MessageRemoval,
+    OutboundEcho,
+    RecordableFact,
+)
+from channels.meta.parser import WebhookShapeError, parse_webhook
+from channels.sanitize import sanitize
+from domain.channels import Channel
+from domain.errors import Conflict, DomainError
+from inbox.config import Settings
+from inbox.adapters.metrics import Metrics
+from inbox.usecases.ingest import AccountInfo, ChannelAccounts, FactResult, InboundCommitter, _validate_fact
+
+log = logging.getLogger(__name__)
+
+SIGNATURE_PREFIX = "sha256="
+MAX_SIGNATURE_ACCOUNTS = 20  # accounts with their own secret tried per POST not signed by the global app
+
+
+class BadSignature(Exception):
+    """Missing or wrong X-Hub-Signature-256: 401, nothing recorded."""
+
+
+class BadPayload(Exception):
+    """Not JSON, or not shaped like a Meta webhook: 400 with the reason."""
+
+
+@dataclass(frozen=True)
+class WebhookOutcome:
+    received: int
+    recorded: int
+    duplicates: int
+    ignored: int
+    unknown_accounts: int
+    other_app: int
+    refused: int = 0  # facts a domain rule refused (logged, counted); the others are recorded
+    repaired: int = 0  # facts recorded with repaired values (channels.sanitize)
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(vars(self))
+
+
+@dataclass
+class PreparedWebhook:
+    """A verified, parsed POST: the facts it may record (`group`) and what was set aside (`tally`)."""
+
+    facts: list[Fact]
+    group: list[tuple[AccountInfo, RecordableFact]]
+    tally: Tally[str]
+    refusals: list[tuple[Fact, str]] = field(default_factory=list)
+
+
+def signature(secret: str, body: bytes) -> str:
+    """The header value Meta would send for `body` signed with `secret`."""
+    return SIGNATURE_PREFIX + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def _kind(fact: Fact) -> str:
+    return {
+        InboundMessage: "message", OutboundEcho: "echo", MessageEdit: "edit", MessageRemoval: "removal",
+        DeliveryStatus: "status", Ignored: "ignored",
+    }[type(fact)]
+
+
+def _lenient_json(body: bytes, error: orjson.JSONDecodeError) -> Any:
+    """orjson refuses lone surrogate escapes ("\\ud800"), which JSON allows and a truncated emoji
+    produces: such a body is read by the standard library instead (and repaired later)."""
+    if "surrogate" not in str(error):
+        raise BadPayload(f"malformed JSON: {error}") from None
+    try:
+        return json.loads(body, parse_constant=_no_constant)
+    except (ValueError, RecursionError) as e:
+        raise BadPayload(f"malformed JSON: {e}") from None
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+class MetaWebhooks:
+    def __init__(
+        self, settings: Settings, accounts: ChannelAccounts, inbound: InboundCommitter, metrics: Metrics
+    ) -> None:
+        self._settings = settings
+        self._accounts = accounts
+        self._inbound = inbound
+        self._metrics = metrics
+
+    # ---- GET: the subscription handshake
+    def verify_subscription(self, mode: str | None, token: str | None, challenge: str | None) -> str | None:
+        """The challenge to echo back, or None when the handshake must be refused."""
+        expected = self._settings.meta_verify_token
+        if mode != "subscribe" or not expected or token is None or challenge is None:
+            return None
+        return challenge if hmac.compare_digest(token.encode(), expected.encode()) else None
+
+    # ---- POST: notifications
+    def receive(self, body: bytes, header: str | None, *, received_at: datetime) -> WebhookOutcome:
+        """Verify, parse and record a POST; returns after the commit (blocking)."""
+        prepared = self.prepare(body, header, received_at=received_at)
+        try:
+            results = self._inbound.submit_group(prepared.group)
+        except DomainError as e:
+            if isinstance(e, Conflict):
+                raise
+            results = self._one_by_one(prepared, e)
+        return self.finish(prepared, results)
+
+    async def receive_async(self, body: bytes, header: str | None, *, received_at: datetime) -> WebhookOutcome:
+        """`receive` for an event loop: the CPU part runs in a thread, the commit is awaited."""
+        prepared = await anyio.to_thread.run_sync(lambda: self.prepare(body, header, received_at=received_at))
+        try:
+            results = await self._inbound.submit_group_async(prepared.group, self._settings.inbound_timeout_s)
+        except DomainError as e:
+            if isinstance(e, Conflict):
+                raise
+            results = await anyio.to_thread.run_sync(lambda: self._one_by_one(prepared, e))
+        return self.finish(prepared, results)
+
+    def _one_by_one(self, prepared: PreparedWebhook, error: DomainError) -> list[FactResult]:
+        """A rule `_validate_fact` does not know refused the group: record each fact on its own,
+        so the refused one does not sink the others (rare: the common refusals are caught up front)."""
+        log.warning("webhook group refused (%s): recording its %s facts one by one", error, len(prepared.group))
+        results = []
+        for account, fact in prepared.group:
+            try:
+                [result] = self._inbound.submit_group([(account, fact)])
+            except DomainError as e:
+                if isinstance(e, Conflict):
+                    raise
+                result = FactResult("refused", reason=str(e))
+            results.append(result)
+        return results
+
+    def prepare(self, body: bytes, header: str | None, *, received_at: datetime) -> PreparedWebhook:
+        """Verify the signature, parse, repair and pick the facts this POST may record (no writes)."""
+        try:
+            secret, facts = self._verify(body, header, received_at)
+        except BadSignature:
+            self._metrics.webhook_rejected.labels("signature").inc()
+            raise
+        try:
+            if facts is None:
+                facts = self._parse(body, received_at)
+        except BadPayload:
+            self._metrics.webhook_rejected.labels("payload").inc()
+            raise
+        repaired = [self._repair(fact, received_at) for fact in facts]
+        prepared = self._select([fact for fact, _ in repaired], secret)
+        prepared.tally["repaired"] = sum(1 for _, changed in repaired if changed)
+        return prepared
+
+    def _repair(self, fact: Fact, received_at: datetime) -> tuple[Fact, bool]:
+        clean, repairs = sanitize(fact, received_at)
+        for repair in repairs:
+            self._metrics.webhook_repairs.labels(repair.field, repair.reason).inc()
+        if repairs:
+            log.warning(
+                "webhook %s %.80r: values repaired to be storable: %s", _kind(clean),
+                getattr(clean, "channel_message_id", None) or getattr(clean, "status_key", None),
+                ", ".join(f"{r.field} {r.reason}" + (f" (was {r.raw})" if r.raw else "") for r in repairs),
+            )
+        return clean, bool(repairs)
+
+    def _verify(self, body: bytes, header: str | None, received_at: datetime) -> tuple[str, list[Fact] | None]:
+        if not header:
+            raise BadSignature("missing X-Hub-Signature-256 header")
+        if not header.startswith(SIGNATURE_PREFIX):
+            raise BadSignature("X-Hub-Signature-256 must be sha256=<hex digest>")
+        given = header.strip().lower().encode("utf-8", "replace")
+        global_secret = self._settings.meta_app_secret
+        if global_secret and hmac.compare_digest(signature(global_secret, body).encode(), given):
+            return global_secret, None
+        # Not the global app: maybe the app of an account that has its own secret.
+        try:
+            facts = self._parse(body, received_at)
+        except BadPayload:
+            raise BadSignature("X-Hub-Signature-256 does not match the body") from None
+        for account in self._accounts_of(facts, limit=MAX_SIGNATURE_ACCOUNTS, cache_missing=True).values():
+            if account is not None and account.app_secret and hmac.compare_digest(
+                signature(account.app_secret, body).encode(), given
+            ):
+                return account.app_secret, facts
+        raise BadSignature("X-Hub-Signature-256 does not match the body")
+
+    @staticmethod
+    def _parse(body: bytes, received_at: datetime) -> list[Fact]:
+        try:
+            payload = orjson.loads(body)
+        except orjson.JSONDecodeError as e:
+            payload = _lenient_json(body, e)
+        try:
+            return parse_webhook(payload, received_at=received_at)
+        except WebhookShapeError as e:
+            raise BadPayload(f"not a Meta webhook payload: {e}") from None
+        except Exception as e:
+            # A shape the parser does not expect must never be a 500: logged with its trace, refused.
+            log.exception("webhook payload broke the parser")
+            raise BadPayload(f"not a Meta webhook payload: unexpected shape ({type(e).__name__})") from None
+
+    def _accounts_of(
+        self, facts: list[Fact], *, limit: int | None = None, cache_missing: bool = False
+    ) -> dict[tuple[Channel, str], AccountInfo | None]:
+        found: dict[tuple[Channel, str], AccountInfo | None] = {}
+        for fact in facts:
+            if isinstance(fact, Ignored) or fact.channel is None:
+                continue
+            key = (fact.channel, fact.channel_account)
+            if key not in found:
+                if limit is not None and len(found) >= limit:
+                    break
+                found[key] = self._accounts.find(*key, cache_missing=cache_missing)
+        return found
+
+    def _select(self, facts: list[Fact], secret: str) -> PreparedWebhook:
+        accounts = self._accounts_of(facts)
+        global_secret = self._settings.meta_app_secret
+        group: list[tuple[AccountInfo, RecordableFact]] = []
+        tally: Tally[str] = Tally()
+        for fact in facts:
+            kind = _kind(fact)
+            if isinstance(fact, Ignored):
+                log.debug("webhook item ignored: %s", fact.reason)
+                tally["ignored"] += 1
+                self._metrics.webhook_facts.labels(kind, "ignored").inc()
+                continue
+            account = accounts[(fact.channel, fact.channel_account)]
+            if account is None:
+                log.warning(
+                    "webhook %s for unknown %s account %r: acknowledged, not recorded",
+                    kind, fact.channel.value, fact.channel_account,
+                )
+                tally["unknown_accounts"] += 1
+                self._metrics.webhook_unknown_accounts.labels(fact.channel.value).inc()
+                self._metrics.webhook_facts.labels(kind, "unknown_account").inc()
+                continue
+            allowed = account.app_secret or global_secret
+            if not allowed or not hmac.compare_digest(allowed.encode(), secret.encode()):
+                log.warning(
+                    "webhook %s for %s account %r was signed by another app: acknowledged, not recorded",
+                    kind, fact.channel.value, fact.channel_account,
+                )
+                tally["other_app"] += 1
+                self._metrics.webhook_facts.labels(kind, "other_app").inc()
+                continue
+            try:
+                _validate_fact(account, fact)
+            except DomainError as e:
+                self._refused(fact, str(e), tally)
+                continue
+            group.append((account, fact))
+        return PreparedWebhook(facts, group, tally)
+
+    def _refused(self, fact: Fact, reason: str, tally: Tally[str]) -> None:
+        log.warning(
+            "webhook %s %.80r refused, the POST's other facts are recorded: %s",
+            _kind(fact), getattr(fact, "channel_message_id", None), reason,
+        )
+        tally["refused"] += 1
+        self._metrics.webhook_facts.labels(_kind(fact), "refused").inc()
+
+    def finish(self, prepared: PreparedWebhook, results: list[FactResult]) -> WebhookOutcome:
+        facts, group, tally = prepared.facts, prepared.group, prepared.tally
+        for (_, fact), result in zip(group, results, strict=True):
+            if result.outcome == "refused":
+                self._refused(fact, result.reason or "refused", tally)
+                continue
+            tally[{"recorded": "recorded", "duplicate": "duplicates"}.get(result.outcome, "ignored")] += 1
+            self._metrics.webhook_facts.labels(_kind(fact), result.outcome).inc()
+            if result.outcome == "ignored":
+                log.info("webhook %s not recorded: %s", _kind(fact), result.reason)
+        return WebhookOutcome(
+            received=len(facts), recorded=tally["recorded"], duplicates=tally["duplicates"],
+            ignored=tally["ignored"], unknown_accounts=tally["unknown_accounts"], other_app=tally["other_app"],
+            refused=tally["refused"], repaired=tally["repaired"],
+        )

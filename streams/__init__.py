@@ -1,1 +1,0 @@
-"""Kafka edges: the relay (event store → topic) and Faust projection workers."""

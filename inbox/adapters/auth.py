@@ -6,6 +6,8 @@ import time
 
 import jwt
 
+from domain.errors import InvalidCommand
+from domain.limits import check_identifier
 from domain.staff import Actor, Role
 
 ALGORITHM = "HS256"
@@ -50,4 +52,9 @@ def verify_token(secret: str, token: str, *, issuer: str | None = None, audience
     org, sub = claims.get("org"), claims.get("sub")
     if not isinstance(org, str) or not org or not isinstance(sub, str) or not sub:
         raise InvalidToken("invalid token: claims 'sub' and 'org' must be non-empty strings")
+    try:  # the ids every command and counter key is built from: "*" as a user would read every row
+        check_identifier(sub, "claim 'sub'")
+        check_identifier(org, "claim 'org'")
+    except InvalidCommand as e:
+        raise InvalidToken(f"invalid token: {e}") from None
     return Actor(user_id=sub, org_id=org, role=role, name=claims.get("name"))

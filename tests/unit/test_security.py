@@ -92,3 +92,11 @@ def test_tokens_for_another_audience_are_refused() -> None:
 def test_without_configured_checks_iss_and_aud_are_not_required() -> None:
     token = mint_token(GOOD_JWT, org="o", user="u", role="admin", audience="anything", issuer="anyone")
     assert verify_token(GOOD_JWT, token).user_id == "u"
+
+
+@pytest.mark.parametrize("sub", ["*", "-", "a\x00b", " "])
+def test_a_token_whose_subject_is_a_reserved_or_unstorable_id_is_refused(sub: str) -> None:
+    """`*` and `-` are counter keys: an agent called `*` would read the whole organization's badges."""
+    token = mint_token(GOOD_JWT, org="org1", user=sub, role="agent")
+    with pytest.raises(InvalidToken, match="claim 'sub'"):
+        verify_token(GOOD_JWT, token)

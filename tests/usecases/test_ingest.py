@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
+from typing import Any
 from uuid import UUID
 
 import pytest
@@ -175,3 +177,20 @@ def test_a_store_that_cannot_write_answers_unavailable_and_records_nothing(
     assert not committer.can_commit() and store.dedup == {}
     store.writable = True
     assert committer.submit(account, message(1)).duplicate is False and committer.can_commit()
+
+
+def test_a_group_the_domain_refuses_does_not_fail_the_groups_committed_with_it(
+    committer: InboundCommitter, account: AccountInfo, store: MemoryEventStore
+) -> None:
+    refused = [(account, message(1)), (account, message(2, kind=""))]
+    good = [[(account, message(10 + i, contact=f"6282{i}"))] for i in range(3)]
+
+    async def together() -> list[Any]:
+        tasks = [committer.submit_group_async(group) for group in [refused, *good]]
+        return await asyncio.gather(*tasks, return_exceptions=True)
+
+    bad, *recorded = asyncio.run(together())
+
+    assert isinstance(bad, InvalidCommand)
+    assert [[r.outcome for r in results] for results in recorded] == [[FactOutcome.RECORDED]] * 3
+    assert stored_room_events(store) == 6  # three rooms: opened + received

@@ -43,11 +43,6 @@ __all__ = ["BatchDecision", "InboundCommitter", "InboundMessage", "validate_fact
 log = logging.getLogger(__name__)
 
 
-# Events a customer (not staff) causes: a staff command that raced only with these is re-decided.
-_CUSTOMER_EVENTS = (Room.MessageReceived, Room.RoomReopened, Room.MessageEdited, Room.MessageRemoved)
-
-
-# ---- inbound messages: group commit ---------------------------------------------------------
 @dataclass
 class _Group:
     """One caller's facts: a group that is recorded entirely or not at all, and its waiter."""

@@ -146,7 +146,7 @@ class MetaWebhooks:
         except DomainError as e:
             if isinstance(e, Conflict):
                 raise
-            results = await anyio.to_thread.run_sync(lambda: self._one_by_one(prepared, e))
+            results = await anyio.to_thread.run_sync(self._one_by_one, prepared, e)
         return self.finish(prepared, results)
 
     def _one_by_one(self, prepared: PreparedWebhook, error: DomainError) -> list[FactResult]:

@@ -16,7 +16,7 @@ from inbox.adapters.memory_store import MemoryEventStore
 from inbox.usecases.channel_accounts import AccountInfo
 from inbox.usecases.ingest import InboundCommitter
 from inbox.usecases.room_commands import RoomCommands
-from tests.usecases.conftest import AGENT_A, AGENT_B, SUPERVISOR, message
+from tests.usecases.conftest import AGENT_A, SUPERVISOR, message
 
 
 @pytest.fixture

@@ -19,8 +19,10 @@ from bench.ingest import ACCOUNT, ORG
 from bench.stats import rate, summary_ms
 from domain.channels import Channel
 from domain.staff import Actor, Role
-from inbox.adapters.eventstore import InboxApplication
-from inbox.usecases.ingest import ChannelAccounts, InboundCommitter, InboundMessage, RoomCommands
+from inbox.adapters.eventstore import EventStore, InboxApplication
+from inbox.usecases.channel_accounts import ChannelAccounts
+from inbox.usecases.ingest import InboundCommitter, InboundMessage
+from inbox.usecases.room_commands import RoomCommands
 
 
 @dataclass
@@ -160,9 +162,10 @@ def command_bench(
     progress: Any = print,
 ) -> dict[str, RoomFigures]:
     app = InboxApplication.from_settings(infra.settings)
-    committer = InboundCommitter(app)
-    accounts = ChannelAccounts(app)
-    commands = RoomCommands(app)
+    store = EventStore(app)
+    committer = InboundCommitter(store)
+    accounts = ChannelAccounts(store)
+    commands = RoomCommands(store)
     figures: dict[str, RoomFigures] = {}
     try:
         warm = build_room(app, committer, accounts, label="warm", events=3)

@@ -42,9 +42,9 @@ from inbox.adapters.auth import mint_token
 from inbox.config import ConfigError, Settings
 from inbox.adapters.postgres import configure_read_session, conninfo, migrate
 from inbox.adapters.embedded import free_port
-from inbox.adapters.eventstore import InboxApplication
+from inbox.adapters.eventstore import EventStore, InboxApplication
 from inbox.adapters.read_models.replay import replay
-from inbox.usecases.ingest import AccountInfo, ChannelAccounts
+from inbox.usecases.channel_accounts import AccountInfo, ChannelAccounts
 from inbox.adapters.read_models.queries import (
     ListCursor,
     RoomFilter,
@@ -178,7 +178,7 @@ def build(settings: Settings, rooms: int, messages: int, *, seed: int = 7, event
     stats = BuildStats()
     started = time.perf_counter()
     try:
-        accounts = ChannelAccounts(app)
+        accounts = ChannelAccounts(EventStore(app))
         by_org: dict[str, dict[Channel, AccountInfo]] = {}
         for org in (ORG, OTHER_ORG):
             admin = Actor("admin", org, Role.ADMIN)

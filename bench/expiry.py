@@ -19,8 +19,8 @@ from bench.stats import rate, summary_ms
 from domain.channels import Channel
 from domain.room import Room
 from domain.staff import Actor, Role
-from inbox.adapters.eventstore import InboxApplication
-from inbox.usecases.ingest import ChannelAccounts
+from inbox.adapters.eventstore import EventStore, InboxApplication
+from inbox.usecases.channel_accounts import ChannelAccounts
 
 EXPIRY_ACCOUNT = "pn-bench-expiry"
 
@@ -29,7 +29,7 @@ def write_expired_rooms(infra: Infra, org: str, n: int) -> None:
     """n assigned WhatsApp rooms whose last customer message is 30 h old, 500 rooms per transaction."""
     app = InboxApplication.from_settings(infra.settings)
     try:
-        account = ChannelAccounts(app).register(
+        account = ChannelAccounts(EventStore(app)).register(
             Actor("bench-admin", org, Role.ADMIN), channel="whatsapp_cloud", external_id=EXPIRY_ACCOUNT,
             name="Bench expiry",
         )

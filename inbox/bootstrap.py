@@ -8,11 +8,13 @@ from psycopg_pool import ConnectionPool
 
 from inbox.config import Settings
 from inbox.adapters.postgres import sync_pool
-from inbox.adapters.eventstore import InboxApplication
+from inbox.adapters.eventstore import EventStore, InboxApplication
 from inbox.usecases.expiry import ExpiredRooms
 from inbox.adapters.lag import LagTracker
 from inbox.adapters.metrics import Metrics
-from inbox.usecases.ingest import ChannelAccounts, InboundCommitter, RoomCommands
+from inbox.usecases.channel_accounts import ChannelAccounts
+from inbox.usecases.ingest import InboundCommitter
+from inbox.usecases.room_commands import RoomCommands
 from inbox.adapters.read_models.queries import InboxQueries
 
 
@@ -32,16 +34,17 @@ class Container:
     def build(cls, settings: Settings) -> Container:
         app = InboxApplication.from_settings(settings)
         read_pool = sync_pool(settings)
+        store = EventStore(app)
         return cls(
             settings=settings,
             app=app,
             read_pool=read_pool,
-            accounts=ChannelAccounts(app),
+            accounts=ChannelAccounts(store),
             inbound=InboundCommitter(
-                app, max_queue=settings.inbound_queue_max, timeout=settings.inbound_timeout_s
+                store, max_queue=settings.inbound_queue_max, timeout=settings.inbound_timeout_s
             ),
-            rooms=RoomCommands(app),
-            expired=ExpiredRooms(app, InboxQueries(read_pool).expired_rooms),
+            rooms=RoomCommands(store),
+            expired=ExpiredRooms(store, InboxQueries(read_pool).expired_rooms),
         )
 
     def close(self) -> None:

@@ -13,11 +13,12 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any
+from uuid import UUID
 
-from eventsourcing.application import Application
+from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.persistence import InterfaceError, OperationalError, StoredEvent
 from eventsourcing.postgres import PostgresAggregateRecorder, PostgresApplicationRecorder, PostgresFactory
 from psycopg import errors as pg_errors
@@ -27,9 +28,11 @@ from psycopg.rows import DictRow
 from psycopg.sql import SQL, Identifier
 from psycopg.types.json import Jsonb
 
+from domain.errors import NotFound
 from domain.room import Room
 from inbox.config import Settings
 from inbox.adapters.postgres import eventsourcing_env
+from inbox.usecases.ports import DeadlinePassed, DedupKey, DeliveryStatusRecord, RecordedFact
 
 logger = logging.getLogger(__name__)
 
@@ -42,10 +45,6 @@ WRITE_STATEMENT_TIMEOUT_MS = 10_000
 MIN_WRITE_BUDGET_S = 0.5
 
 _deadline = threading.local()
-
-
-class DeadlinePassed(Exception):
-    """A write under `write_deadline` was not attempted (again): its deadline has passed. Nothing was written."""
 
 
 @contextmanager
@@ -160,24 +159,27 @@ class InboxRecorder(PostgresApplicationRecorder):
         curs: Cursor[DictRow],
         stored_events: Sequence[StoredEvent],
         *,
-        dedup_keys: Sequence[tuple[str, str, str, str, int]] = (),
-        delivery_statuses: Sequence[tuple[Any, ...]] = (),
+        dedup_keys: Sequence[DedupKey] = (),
+        delivery_statuses: Sequence[DeliveryStatusRecord] = (),
         **kwargs: Any,
     ) -> None:
-        """Extra rows of the same transaction as the events.
+        """Extra rows of the same transaction as the events: inbound dedup keys, delivery statuses.
 
-        dedup_keys: (channel_account_id, key, room_id, message_id, room_version);
-        delivery_statuses: (channel_account_id, status_key, channel, status, channel_message_id,
-        recipient_id, occurred_at, errors as a list of dicts).
         Under `write_deadline` the whole transaction (the table lock included) has a statement timeout.
         """
         timeout_ms = _statement_timeout_ms()
         if timeout_ms is not None:
             curs.execute("SELECT set_config('statement_timeout', %s, true)", (str(timeout_ms),))
         if dedup_keys:
-            curs.executemany(self._insert_dedup, list(dedup_keys))
+            curs.executemany(self._insert_dedup, [
+                (k.channel_account_id, k.key, k.room_id, k.message_id, k.room_version) for k in dedup_keys
+            ])
         if delivery_statuses:
-            curs.executemany(self._insert_status, [(*row[:7], Jsonb(list(row[7]))) for row in delivery_statuses])
+            curs.executemany(self._insert_status, [
+                (s.channel_account_id, s.status_key, s.channel, s.status, s.channel_message_id, s.recipient_id,
+                 s.occurred_at, Jsonb(list(s.errors)))
+                for s in delivery_statuses
+            ])
         super()._insert_events(curs, stored_events, **kwargs)
 
 
@@ -225,6 +227,111 @@ class InboxApplication(Application):
     def connection(self) -> AbstractContextManager[Connection[DictRow]]:
         """A pooled connection of the event store (rows as dicts; errors mapped to the library's)."""
         return self.recorder.datastore.get_connection()  # type: ignore[attr-defined,no-any-return]
+
+
+class EventStore:
+    """The use cases' event store (`inbox.usecases.ports.EventStore`) on PostgreSQL.
+
+    Holds the eventsourcing Application (`app`, its name "Inbox" names the tables) and adds the
+    inbound dedup keys, the delivery statuses and the few bulk reads the use cases need.
+    """
+
+    def __init__(self, app: InboxApplication) -> None:
+        self.app = app
+
+    def get(self, aggregate_id: UUID) -> Any:
+        try:
+            return self.app.repository.get(aggregate_id)
+        except AggregateNotFoundError:
+            raise NotFound(f"aggregate {aggregate_id} not found") from None
+
+    def save(
+        self, *aggregates: Any, dedup_keys: Sequence[DedupKey] = (),
+        statuses: Sequence[DeliveryStatusRecord] = (), deadline: float | None = None,
+    ) -> None:
+        extra: dict[str, Any] = {}
+        if dedup_keys:
+            extra["dedup_keys"] = dedup_keys
+        if statuses:
+            extra["delivery_statuses"] = statuses
+        if deadline is None:
+            self.app.save(*aggregates, **extra)
+            return
+        with write_deadline(deadline):
+            self.app.save(*aggregates, **extra)
+
+    def recorded_dedup_keys(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], RecordedFact]:
+        wanted = list(set(keys))
+        if not wanted:
+            return {}
+        with self.app.connection() as conn:
+            rows = conn.execute(
+                "SELECT d.channel_account_id::text AS a, d.channel_message_id AS m, d.room_id::text AS r,"
+                " d.message_id::text AS mid, d.room_version AS v"
+                f" FROM {self.app.table('inbound_dedup')} d JOIN unnest(%s::uuid[], %s::text[]) AS k(a, m)"
+                " ON d.channel_account_id = k.a AND d.channel_message_id = k.m",
+                ([k[0] for k in wanted], [k[1] for k in wanted]),
+            ).fetchall()
+        return {(r["a"], r["m"]): RecordedFact(r["r"], r["mid"], r["v"]) for r in rows}
+
+    def recorded_statuses(self, keys: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
+        wanted = list(set(keys))
+        if not wanted:
+            return set()
+        with self.app.connection() as conn:
+            rows = conn.execute(
+                "SELECT s.channel_account_id::text AS a, s.status_key AS k"
+                f" FROM {self.app.table('delivery_statuses')} s JOIN unnest(%s::uuid[], %s::text[]) AS q(a, k)"
+                " ON s.channel_account_id = q.a AND s.status_key = q.k",
+                ([k[0] for k in wanted], [k[1] for k in wanted]),
+            ).fetchall()
+        return {(r["a"], r["k"]) for r in rows}
+
+    def events_after(self, aggregate_id: UUID, version: int) -> Sequence[Any]:
+        return list(self.app.events.get(aggregate_id, gt=version))
+
+    def cache(self, aggregates: Mapping[UUID, Any]) -> None:
+        # The library only caches on save when fast-forward is off.
+        cache = self.app.repository.cache
+        if cache is not None:
+            for aggregate_id, aggregate in aggregates.items():
+                cache.put(aggregate_id, aggregate)
+
+    def rooms_folded(self, seen: Sequence[tuple[str, int]]) -> dict[str, Room]:
+        """Rooms folded from their events, read in one query; only rooms below the snapshot interval
+        (they have no snapshot to start from): the caller loads longer rooms one by one."""
+        room_ids = [room_id for room_id, version in seen if version < SNAPSHOT_INTERVAL]
+        if not room_ids:
+            return {}
+        with self.app.connection() as conn:
+            rows = conn.execute(
+                f"SELECT originator_id, originator_version, topic, state FROM {self.app.table(EVENTS_TABLE)}"
+                " WHERE originator_id = ANY(%s::uuid[]) ORDER BY originator_id, originator_version",
+                (room_ids,),
+            ).fetchall()
+        events: dict[str, list[Any]] = {}
+        for r in rows:
+            stored = StoredEvent(r["originator_id"], r["originator_version"], r["topic"], bytes(r["state"]))
+            events.setdefault(str(r["originator_id"]), []).append(self.app.decode(stored))
+        rooms: dict[str, Room] = {}
+        for room_id, room_events in events.items():
+            room = None
+            for event in room_events:  # what the repository's projector does, minus its per-event type checks
+                room = event.mutate(room)
+            if isinstance(room, Room):
+                rooms[room_id] = room
+        return rooms
+
+    def can_write(self) -> bool:
+        """Takes the events table's lock an insert takes (2 s at most), writes nothing."""
+        try:
+            with self.app.connection() as conn, conn.transaction(force_rollback=True):
+                conn.execute("SET LOCAL lock_timeout = '2s'")
+                conn.execute(f"LOCK TABLE {self.app.table(EVENTS_TABLE)} IN ROW EXCLUSIVE MODE")
+        except Exception as e:
+            logger.info("write path probe failed: %s: %s", type(e).__name__, e)
+            return False
+        return True
 
 
 ROOM_OPENED_TOPIC = "domain.room:Room.RoomOpened"

@@ -19,14 +19,13 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 from uuid import UUID
 
-from eventsourcing.application import AggregateNotFoundError
-from eventsourcing.persistence import IntegrityError, StoredEvent
+from eventsourcing.persistence import IntegrityError
 
 from domain.channels import Channel
-from domain.errors import DomainError
+from domain.errors import DomainError, NotFound
 from domain.room import ASSIGNED, UNASSIGNED, Room, check_may_resolve_expired
 from domain.staff import Actor
-from inbox.adapters.eventstore import EVENTS_TABLE, SNAPSHOT_INTERVAL, InboxApplication
+from inbox.usecases.ports import EventStore
 
 log = logging.getLogger(__name__)
 
@@ -52,12 +51,12 @@ class ResolveExpiredResult:
 class ExpiredRooms:
     def __init__(
         self,
-        app: InboxApplication,
+        store: EventStore,
         find: ExpiredRoomFinder,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         chunk_size: int = CHUNK_SIZE,
     ) -> None:
-        self._app = app
+        self._store = store
         self._find = find
         self._clock = clock
         self._chunk_size = chunk_size
@@ -94,7 +93,7 @@ class ExpiredRooms:
         return result
 
     def _resolve_chunk(self, actor: Actor, cutoff: datetime, seen: list[tuple[str, int]]) -> int:
-        loaded = self._load_many([room_id for room_id, version in seen if version < SNAPSHOT_INTERVAL])
+        loaded = self._store.rooms_folded(seen)
         rooms = [
             room for room_id, version in seen
             if (room := self._decide(actor, cutoff, room_id, version, loaded.get(room_id)))
@@ -102,7 +101,7 @@ class ExpiredRooms:
         if not rooms:
             return 0
         try:
-            self._app.save(*rooms)
+            self._store.save(*rooms)
             return len(rooms)
         except IntegrityError:
             log.info("a chunk of %s expired rooms raced with other writes; resolving one at a time", len(rooms))
@@ -112,46 +111,19 @@ class ExpiredRooms:
             if room is None:
                 continue
             try:
-                self._app.save(room)
+                self._store.save(room)
             except IntegrityError:
                 continue  # changed between load and save: it is not the room the query saw
             done += 1
         return done
-
-    def _load_many(self, room_ids: list[str]) -> dict[str, Room]:
-        """Rooms folded from their events, read for the whole chunk in one query.
-
-        Only for rooms below the snapshot interval (they have no snapshot to start from); longer
-        rooms are loaded one by one through the repository.
-        """
-        if not room_ids:
-            return {}
-        with self._app.connection() as conn:
-            rows = conn.execute(
-                f"SELECT originator_id, originator_version, topic, state FROM {self._app.table(EVENTS_TABLE)}"
-                " WHERE originator_id = ANY(%s::uuid[]) ORDER BY originator_id, originator_version",
-                (room_ids,),
-            ).fetchall()
-        events: dict[str, list[Any]] = {}
-        for r in rows:
-            stored = StoredEvent(r["originator_id"], r["originator_version"], r["topic"], bytes(r["state"]))
-            events.setdefault(str(r["originator_id"]), []).append(self._app.decode(stored))
-        rooms: dict[str, Room] = {}
-        for room_id, room_events in events.items():
-            room = None
-            for event in room_events:  # what the repository's projector does, minus its per-event type checks
-                room = event.mutate(room)
-            if isinstance(room, Room):
-                rooms[room_id] = room
-        return rooms
 
     def _decide(
         self, actor: Actor, cutoff: datetime, room_id: str, expected_version: int, loaded: Room | None = None
     ) -> Room | None:
         """The room, resolved as expired in memory, if it is still exactly what the query saw."""
         try:
-            room: Room = loaded or self._app.repository.get(UUID(room_id))
-        except AggregateNotFoundError:
+            room: Room = loaded or self._store.get(UUID(room_id))
+        except NotFound:
             return None
         if room.version != expected_version or not room.is_visible_to(actor) or not room.is_expired(cutoff):
             return None

@@ -1,8 +1,8 @@
-"""Use cases of the write side: load → decide (domain) → save → return primitives.
+"""Use case "record inbound channel facts": group commit of messages, echoes, edits, removals, statuses.
 
-Inbound messages go through `InboundCommitter`, which commits concurrent messages together in
-one PostgreSQL transaction (group commit). Staff commands use optimistic concurrency: a
-command that raced with another staff command on the same room gets `Conflict` (HTTP 409).
+`InboundCommitter` commits concurrent callers' facts together in one transaction (group commit);
+`BatchDecision` decides one batch of facts on fresh state. Every fact is checked once at the edge
+(`validate_fact`) before it is queued; the domain's own rules refuse the rest.
 """
 
 from __future__ import annotations
@@ -12,16 +12,14 @@ import logging
 import queue
 import threading
 import time
-import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future, InvalidStateError
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any
 from uuid import UUID
 
-from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.persistence import IntegrityError, InterfaceError, OperationalError
 
 from channels.facts import (
@@ -32,142 +30,22 @@ from channels.facts import (
     OutboundEcho,
     RecordableFact,
 )
-from domain.channel_account import ChannelAccount, channel_account_id_for
 from domain.channels import Channel
-from domain.errors import AlreadyExists, Conflict, DomainError, InvalidCommand, NotAllowed, NotFound
+from domain.errors import Conflict, DomainError, InvalidCommand, NotFound
 from domain.limits import MAX_ID, MAX_MESSAGE_ID, check_identifier, check_json, check_moment, check_text
-from domain.room import CHANNEL_SENDER, Room, check_contact, check_content, room_id_for
-from domain.staff import Actor, Role
-from inbox.adapters.eventstore import EVENTS_TABLE, DeadlinePassed, InboxApplication, write_deadline
+from domain.room import Room, check_contact, check_content, room_id_for
+from inbox.usecases.channel_accounts import AccountInfo
+from inbox.usecases.ports import DeadlinePassed, DedupKey, DeliveryStatusRecord, EventStore, RecordedFact
+from inbox.usecases.results import FactOutcome, FactResult, InboundResult, Unavailable
+
+__all__ = ["BatchDecision", "InboundCommitter", "InboundMessage", "validate_fact"]
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
 
-# Events a customer (not staff) causes: a staff command that raced only with these is re-decided.
-_CUSTOMER_EVENTS = (Room.MessageReceived, Room.RoomReopened, Room.MessageEdited, Room.MessageRemoved)
-
-
-# ---- commands and results -------------------------------------------------------------------
-# InboundMessage, OutboundEcho, MessageEdit, MessageRemoval and DeliveryStatus are the
-# channel-neutral facts of `channels.facts` (InboundMessage is re-exported from here).
-
-
-@dataclass(frozen=True)
-class InboundResult:
-    room_id: str
-    version: int
-    message_id: str
-    duplicate: bool
-
-
-@dataclass(frozen=True)
-class FactResult:
-    """What recording one fact did: "recorded", "duplicate" (recorded before) or "ignored" (reason)."""
-
-    outcome: str
-    room_id: str | None = None
-    version: int | None = None
-    message_id: str | None = None
-    reason: str | None = None
-
-
-@dataclass(frozen=True)
-class AccountInfo:
-    id: str
-    org_id: str
-    channel: Channel
-    external_id: str
-    name: str
-    app_secret: str | None
-
-
-@dataclass(frozen=True)
-class CommandResult:
-    room_id: str
-    version: int
-    message_id: str | None = None
-
-
-# ---- channel accounts -----------------------------------------------------------------------
-MISSING_TTL = 5.0  # seconds a negative account look-up is remembered (`cache_missing`)
-MISSING_CACHE_SIZE = 10_000
-
-
-class ChannelAccounts:
-    """Registers accounts and finds them by the channel's external id (cached: accounts are immutable)."""
-
-    def __init__(self, app: InboxApplication) -> None:
-        self._app = app
-        self._cache: dict[UUID, AccountInfo] = {}
-        self._missing: dict[UUID, float] = {}  # negative look-ups (see `find`), id -> expiry (monotonic)
-        self._lock = threading.Lock()
-
-    def register(
-        self, actor: Actor, *, channel: str, external_id: str, name: str, app_secret: str | None = None
-    ) -> AccountInfo:
-        if actor.role != Role.ADMIN:
-            raise NotAllowed("only admins register channel accounts")
-        account = ChannelAccount.register(
-            org_id=actor.org_id, channel=Channel.parse(channel), external_id=external_id, name=name,
-            app_secret=app_secret,
-        )
-        try:
-            self._app.save(account)
-        except IntegrityError:
-            raise AlreadyExists(
-                f"{channel} account {external_id!r} is already registered"
-            ) from None
-        with self._lock:
-            self._missing.pop(account.id, None)
-        return self._info(account)
-
-    def find_cached(self, channel: Channel, external_id: str) -> AccountInfo | None:
-        """The account if this process has seen it already (no I/O: safe on an event loop)."""
-        with self._lock:
-            return self._cache.get(channel_account_id_for(channel.value, external_id))
-
-    def find(self, channel: Channel, external_id: str, *, cache_missing: bool = False) -> AccountInfo | None:
-        """The account, or None. `cache_missing`: remember a miss for MISSING_TTL seconds (for
-        look-ups an unauthenticated caller can trigger; another process's new account may then
-        stay unseen that long)."""
-        account_id = channel_account_id_for(channel.value, external_id.encode("utf-8", "replace").decode())
-        now = time.monotonic()
-        with self._lock:
-            cached = self._cache.get(account_id)
-            missing_until = self._missing.get(account_id, 0.0)
-        if cached is not None:
-            return cached
-        if cache_missing and missing_until > now:
-            return None
-        try:
-            account: ChannelAccount = self._app.repository.get(account_id)
-        except AggregateNotFoundError:
-            if cache_missing:
-                with self._lock:
-                    if len(self._missing) >= MISSING_CACHE_SIZE:
-                        self._missing = {k: t for k, t in self._missing.items() if t > now}
-                        if len(self._missing) >= MISSING_CACHE_SIZE:
-                            self._missing.clear()
-                    self._missing[account_id] = now + MISSING_TTL
-            return None
-        info = self._info(account)
-        with self._lock:
-            self._cache[account_id] = info
-        return info
-
-    @staticmethod
-    def _info(account: ChannelAccount) -> AccountInfo:
-        return AccountInfo(
-            id=str(account.id), org_id=account.org_id, channel=Channel(account.channel),
-            external_id=account.external_id, name=account.name, app_secret=account.app_secret,
-        )
-
-
-# ---- inbound messages: group commit ---------------------------------------------------------
 @dataclass
-class _Pending:
-    """One caller's facts: a group that is recorded entirely or not at all."""
+class _Group:
+    """One caller's facts: a group that is recorded entirely or not at all, and its waiter."""
 
     items: list[tuple[AccountInfo, RecordableFact]]
     future: Future[list[FactResult]]
@@ -177,23 +55,19 @@ class _Pending:
 class _GroupRejected(Exception):
     """A fact of a group was refused by the domain: the whole group fails, the batch goes on."""
 
-    def __init__(self, pending: _Pending, error: DomainError) -> None:
+    def __init__(self, group: _Group, error: DomainError) -> None:
         super().__init__(str(error))
-        self.pending = pending
+        self.group = group
         self.error = error
 
 
 _STOP = object()
 
-# A key of `inbound_dedup` per fact: the channel message id for messages, prefixed keys for the
-# other facts so an echo, an edit or a removal is recorded once however often it is delivered.
-_Seen = dict[tuple[str, str], tuple[str, str, int]]  # (account id, key) -> (room id, message id, version)
-
 
 class InboundCommitter:
     """Records inbound channel facts; concurrent callers share one transaction.
 
-    One thread drains the queue and commits everything waiting as one `app.save(...)`, so a
+    One thread drains the queue and commits everything waiting as one `store.save(...)`, so a
     burst of N messages costs one transaction instead of N. Each caller's submission is a group
     (`submit` is a group of one; a webhook POST is a group of all its facts): a group is recorded
     entirely or not at all. Messages for the same room are applied in arrival order to the same
@@ -214,10 +88,10 @@ class InboundCommitter:
     """
 
     def __init__(
-        self, app: InboxApplication, *, max_batch: int = 256, max_attempts: int = 10,
+        self, store: EventStore, *, max_batch: int = 256, max_attempts: int = 10,
         max_queue: int = 5000, timeout: float = 10.0, backstop: float = 30.0,
     ) -> None:
-        self._app = app
+        self._store = store
         self._max_batch = max_batch
         self._max_attempts = max_attempts
         self._max_queue = max_queue
@@ -227,7 +101,6 @@ class InboundCommitter:
         self._queued = 0  # facts waiting in the queue (bounded by max_queue)
         self._queued_lock = threading.Lock()
         self.batches = 0
-        self.messages = 0
         # Health: when the last commit attempt succeeded / failed for an infrastructure reason.
         self.last_success: float | None = None
         self.last_failure: float | None = None
@@ -243,16 +116,11 @@ class InboundCommitter:
         return self._thread.is_alive() and (self.last_failure is None or (self.last_success or 0) > self.last_failure)
 
     def probe(self) -> bool:
-        """Could a write commit now? Takes the events table's lock an insert takes (2 s at most), writes nothing.
+        """Could a write commit now? Asks the store (2 s at most), writes nothing.
 
         For /readyz after a failure: without traffic no commit attempt would ever say "recovered".
         """
-        try:
-            with self._app.connection() as conn, conn.transaction(force_rollback=True):
-                conn.execute("SET LOCAL lock_timeout = '2s'")
-                conn.execute(f"LOCK TABLE {self._app.table(EVENTS_TABLE)} IN ROW EXCLUSIVE MODE")
-        except Exception as e:
-            log.info("write path probe failed: %s: %s", type(e).__name__, e)
+        if not self._store.can_write():
             return False
         if self._thread.is_alive():
             self.last_success = time.monotonic()
@@ -261,7 +129,7 @@ class InboundCommitter:
     def submit(self, account: AccountInfo, message: InboundMessage, timeout: float | None = None) -> InboundResult:
         [result] = self.submit_group([(account, message)], timeout=timeout)
         assert result.room_id is not None and result.version is not None and result.message_id is not None
-        return InboundResult(result.room_id, result.version, result.message_id, duplicate=result.outcome == "duplicate")
+        return InboundResult(result.room_id, result.version, result.message_id, duplicate=result.outcome is FactOutcome.DUPLICATE)
 
     def submit_group(
         self, items: Sequence[tuple[AccountInfo, RecordableFact]], timeout: float | None = None
@@ -315,24 +183,24 @@ class InboundCommitter:
         """`submit` for an event loop: waits for the commit without holding a thread."""
         [result] = await self.submit_group_async([(account, message)], timeout)
         assert result.room_id is not None and result.version is not None and result.message_id is not None
-        return InboundResult(result.room_id, result.version, result.message_id, duplicate=result.outcome == "duplicate")
+        return InboundResult(result.room_id, result.version, result.message_id, duplicate=result.outcome is FactOutcome.DUPLICATE)
 
     def _enqueue(self, items: Sequence[tuple[AccountInfo, RecordableFact]], timeout: float) -> Future[list[FactResult]]:
         for account, fact in items:
-            _validate_fact(account, fact)
+            validate_fact(account, fact)
         with self._queued_lock:
             if self._queued + len(items) > self._max_queue:
                 raise Unavailable("too many messages waiting to be recorded; retry later")
             self._queued += len(items)
         future: Future[list[FactResult]] = Future()
-        self._queue.put(_Pending(list(items), future, time.monotonic() + timeout))
+        self._queue.put(_Group(list(items), future, time.monotonic() + timeout))
         return future
 
     def close(self) -> None:
         self._queue.put(_STOP)
         self._thread.join(timeout=10)
 
-    def _take(self, item: _Pending) -> _Pending:
+    def _take(self, item: _Group) -> _Group:
         with self._queued_lock:
             self._queued -= len(item.items)
         return item
@@ -364,7 +232,7 @@ class InboundCommitter:
             if stop:
                 return
 
-    def _commit(self, batch: list[_Pending]) -> None:
+    def _commit(self, batch: list[_Group]) -> None:
         attempt = 0
         while batch and attempt < self._max_attempts:
             attempt += 1
@@ -375,8 +243,8 @@ class InboundCommitter:
                 attempt -= 1
                 continue
             except _GroupRejected as rejected:
-                _settle(rejected.pending.future, error=rejected.error)
-                batch = [p for p in batch if p is not rejected.pending]
+                _settle(rejected.group.future, error=rejected.error)
+                batch = [p for p in batch if p is not rejected.group]
                 attempt -= 1  # a refused group is not a lost race
                 continue
             except IntegrityError as e:
@@ -401,15 +269,14 @@ class InboundCommitter:
                 return
             self.last_success = time.monotonic()
             self.batches += 1
-            self.messages += sum(len(p.items) for p in batch)
             for pending, result in zip(batch, results, strict=True):
                 _settle(pending.future, result=result)
             return
         for pending in batch:
             _settle(pending.future, error=Conflict("could not record the message after repeated conflicts"))
 
-    def _record(self, batch: Sequence[_Pending]) -> list[list[FactResult]]:
-        decision = _Decision(self._app, batch)
+    def _record(self, batch: Sequence[_Group]) -> list[list[FactResult]]:
+        decision = BatchDecision(self._store, [fact for group in batch for fact in group.items])
         out: list[list[FactResult]] = []
         for pending in batch:
             try:
@@ -422,27 +289,17 @@ class InboundCommitter:
         if len(claimed) < len(batch):
             raise _Abandoned(claimed)
         if decision.rooms or decision.dedup_keys or decision.statuses:
-            with write_deadline(min(p.deadline for p in batch)):
-                self._app.save(*decision.rooms.values(), dedup_keys=decision.dedup_keys,
-                               delivery_statuses=decision.statuses)
-            # The library only caches on save when fast-forward is off; cache the rooms we just
-            # wrote so the next message for a new room is not a full reconstruction.
-            if self._app.repository.cache is not None:
-                for room_id, room in decision.rooms.items():
-                    self._app.repository.cache.put(room_id, room)
+            self._store.save(*decision.rooms.values(), dedup_keys=decision.dedup_keys,
+                             statuses=decision.statuses, deadline=min(p.deadline for p in batch))
+            # Cache the rooms just written so the next message for a new room is not a full reconstruction.
+            self._store.cache(decision.rooms)
         return out
-
-
-class Unavailable(Exception):
-    """The write side cannot record now (database locked, slow or down; queue full): HTTP 503."""
-
-    retry_after = 5
 
 
 class _Abandoned(Exception):
     """Some waiters gave up before their group was written: re-decide the batch without them."""
 
-    def __init__(self, claimed: list[_Pending]) -> None:
+    def __init__(self, claimed: list[_Group]) -> None:
         super().__init__(f"{len(claimed)} groups left")
         self.claimed = claimed
 
@@ -460,17 +317,24 @@ def _settle(future: Future[Any], *, result: Any = None, error: BaseException | N
         log.info("inbound waiter gave up before its outcome arrived")
 
 
-class _Decision:
-    """One attempt at a batch: decides every fact on fresh state and collects what to write."""
+class BatchDecision:
+    """One attempt at a batch: decides every fact on fresh state and collects what to write.
 
-    def __init__(self, app: InboxApplication, batch: Sequence[_Pending]) -> None:
-        self.app = app
-        facts = [(account, fact) for pending in batch for account, fact in pending.items]
-        self.seen: _Seen = _recorded_already(app, facts)
-        self.known_statuses = _statuses_recorded(app, facts)
+    A dedup key per fact makes it recorded once however often it is delivered: the channel
+    message id for a message, prefixed keys for an echo, an edit or a removal.
+    """
+
+    def __init__(self, store: EventStore, facts: Sequence[tuple[AccountInfo, RecordableFact]]) -> None:
+        self.store = store
+        self.seen: dict[tuple[str, str], RecordedFact] = store.recorded_dedup_keys(
+            {(account.id, key) for account, fact in facts for key in _dedup_lookups(fact)}
+        )
+        self.known_statuses = store.recorded_statuses(
+            {(account.id, fact.status_key) for account, fact in facts if isinstance(fact, DeliveryStatus)}
+        )
         self.rooms: dict[UUID, Room] = {}
-        self.dedup_keys: list[tuple[str, str, str, str, int]] = []
-        self.statuses: list[tuple[Any, ...]] = []
+        self.dedup_keys: list[DedupKey] = []
+        self.statuses: list[DeliveryStatusRecord] = []
 
     def decide(self, account: AccountInfo, fact: RecordableFact) -> FactResult:
         if isinstance(fact, InboundMessage):
@@ -495,7 +359,7 @@ class _Decision:
         for k in (key, also):
             if k is not None:
                 self._remember(account, k, room, message_id)
-        return FactResult("recorded", str(room.id), room.version, message_id)
+        return FactResult(FactOutcome.RECORDED, str(room.id), room.version, message_id)
 
     def _echo(self, account: AccountInfo, echo: OutboundEcho) -> FactResult:
         key = f"echo:{echo.channel_message_id}"
@@ -507,7 +371,7 @@ class _Decision:
             sender_id=echo.sender_id, kind=echo.kind, attachments=echo.attachments,
         )
         self._remember(account, key, room, message_id)
-        return FactResult("recorded", str(room.id), room.version, message_id)
+        return FactResult(FactOutcome.RECORDED, str(room.id), room.version, message_id)
 
     def _edit(self, account: AccountInfo, edit: MessageEdit) -> FactResult:
         key = f"edit:{edit.channel_message_id}:{edit.edit_key}"
@@ -523,11 +387,11 @@ class _Decision:
                 contact_name=edit.contact_name, contact_handle=edit.contact_handle, post_id=edit.post_id,
             )
             return self._message(account, msg, key=edit.channel_message_id, also=key)
-        room = self._existing_room(original[0])
-        room.edit_message(message_id=original[1], channel_message_id=edit.channel_message_id, text=edit.text,
-                          edited_at=edit.edited_at)
-        self._remember(account, key, room, original[1])
-        return FactResult("recorded", str(room.id), room.version, original[1])
+        room = self._existing_room(original.room_id)
+        room.edit_message(message_id=original.message_id, channel_message_id=edit.channel_message_id,
+                          text=edit.text, edited_at=edit.edited_at)
+        self._remember(account, key, room, original.message_id)
+        return FactResult(FactOutcome.RECORDED, str(room.id), room.version, original.message_id)
 
     def _removal(self, account: AccountInfo, removal: MessageRemoval) -> FactResult:
         key = f"remove:{removal.channel_message_id}"
@@ -535,32 +399,34 @@ class _Decision:
             return self._duplicate(account, key)
         original = self.seen.get((account.id, removal.channel_message_id))
         if original is None:
-            return FactResult("ignored", reason="the removed message was never recorded")
-        room = self._existing_room(original[0])
-        room.remove_message(message_id=original[1], channel_message_id=removal.channel_message_id,
+            return FactResult(FactOutcome.IGNORED, reason="the removed message was never recorded")
+        room = self._existing_room(original.room_id)
+        room.remove_message(message_id=original.message_id, channel_message_id=removal.channel_message_id,
                             removed_at=removal.removed_at)
-        self._remember(account, key, room, original[1])
-        return FactResult("recorded", str(room.id), room.version, original[1])
+        self._remember(account, key, room, original.message_id)
+        return FactResult(FactOutcome.RECORDED, str(room.id), room.version, original.message_id)
 
     def _status(self, account: AccountInfo, status: DeliveryStatus) -> FactResult:
         key = (account.id, status.status_key)
         if key in self.known_statuses:
-            return FactResult("duplicate")
+            return FactResult(FactOutcome.DUPLICATE)
         self.known_statuses.add(key)
-        self.statuses.append((
-            account.id, status.status_key, status.channel.value, status.status, status.channel_message_id,
-            status.recipient_id, status.occurred_at, [dict(e) for e in status.errors],
+        self.statuses.append(DeliveryStatusRecord(
+            channel_account_id=account.id, status_key=status.status_key, channel=status.channel.value,
+            status=status.status, channel_message_id=status.channel_message_id,
+            recipient_id=status.recipient_id, occurred_at=status.occurred_at,
+            errors=[dict(e) for e in status.errors],
         ))
-        return FactResult("recorded")
+        return FactResult(FactOutcome.RECORDED)
 
     # ---- helpers
     def _duplicate(self, account: AccountInfo, key: str) -> FactResult:
-        room_id, message_id, version = self.seen[(account.id, key)]
-        return FactResult("duplicate", room_id, version, message_id)
+        recorded = self.seen[(account.id, key)]
+        return FactResult(FactOutcome.DUPLICATE, recorded.room_id, recorded.room_version, recorded.message_id)
 
     def _remember(self, account: AccountInfo, key: str, room: Room, message_id: str) -> None:
-        self.seen[(account.id, key)] = (str(room.id), message_id, room.version)
-        self.dedup_keys.append((account.id, key, str(room.id), message_id, room.version))
+        self.seen[(account.id, key)] = RecordedFact(str(room.id), message_id, room.version)
+        self.dedup_keys.append(DedupKey(account.id, key, str(room.id), message_id, room.version))
 
     def _room(
         self, account: AccountInfo, channel: Channel, contact_id: str, post_id: str | None, **contact: str | None
@@ -569,8 +435,8 @@ class _Decision:
         room = self.rooms.get(room_id)
         if room is None:
             try:
-                room = self.app.repository.get(room_id)
-            except AggregateNotFoundError:
+                room = self.store.get(room_id)
+            except NotFound:
                 room = Room.open(
                     org_id=account.org_id, channel=channel, channel_account_id=account.id,
                     channel_account=account.external_id, contact_id=contact_id, post_id=post_id, **contact,
@@ -582,19 +448,19 @@ class _Decision:
         rid = UUID(room_id)
         room = self.rooms.get(rid)
         if room is None:
-            room = self.rooms[rid] = self.app.repository.get(rid)
+            room = self.rooms[rid] = self.store.get(rid)
         return room
 
 
-def _validate_fact(account: AccountInfo, fact: RecordableFact) -> None:
-    """Every rule deciding the fact would check, on the fact alone: one bad fact is refused up front."""
+def validate_fact(account: AccountInfo, fact: RecordableFact) -> None:
+    """The one edge check of an inbound fact, before it is queued: every rule deciding it would
+    check (the limits of `domain.limits`, the room's content rules), on the fact alone, so one bad
+    fact is refused up front (`InvalidCommand`) instead of failing its whole batch."""
     if account.channel != fact.channel:
         raise InvalidCommand(
             f"channel account {account.external_id!r} is a {account.channel.value} account, not {fact.channel.value}"
         )
-    if isinstance(fact, InboundMessage):
-        _validate_inbound(account, fact)
-    elif isinstance(fact, DeliveryStatus):
+    if isinstance(fact, DeliveryStatus):
         if not fact.status or not fact.status_key:
             raise InvalidCommand("a delivery status needs a status and a key")
         _check_aware(fact.occurred_at, "occurred_at")
@@ -605,34 +471,39 @@ def _validate_fact(account: AccountInfo, fact: RecordableFact) -> None:
                 check_text(value, name, MAX_MESSAGE_ID)
         for error in fact.errors:
             check_json(error, "error")
+        return
+    if isinstance(fact, InboundMessage) and not fact.contact_id:
+        raise InvalidCommand("contact id is required")
+    if not fact.channel_message_id:
+        raise InvalidCommand("message id is required")
+    check_identifier(fact.channel_message_id, "message id", MAX_MESSAGE_ID)
+    if fact.contact_id is not None and not isinstance(fact, InboundMessage):
+        check_identifier(fact.contact_id, "contact id")
+    if isinstance(fact, InboundMessage):
+        _check_aware(fact.sent_at, "sent_at")
+        check_contact(fact.contact_id, fact.contact_name, fact.contact_phone, fact.contact_handle)
+        check_text(fact.text, "text")
+        check_content(fact.kind, fact.attachments)
+        _check_post(fact.channel, fact.post_id, "messages")
+    elif isinstance(fact, OutboundEcho):
+        if not fact.contact_id or not fact.sender_id:
+            raise InvalidCommand("an echo needs the contact and the sender")
+        if fact.channel.is_comment:
+            raise InvalidCommand(f"{fact.channel.value} has no message echoes")
+        _check_aware(fact.sent_at, "sent_at")
+        check_identifier(fact.sender_id, "sender id")
+        check_text(fact.text, "text")
+        check_content(fact.kind, fact.attachments)
+    elif isinstance(fact, MessageEdit):
+        _check_aware(fact.edited_at, "edited_at")
+        if not fact.contact_id or not fact.edit_key:
+            raise InvalidCommand("an edit needs the contact and an edit key")
+        check_contact(fact.contact_id, fact.contact_name, None, fact.contact_handle)
+        check_text(fact.text, "text")
+        check_text(fact.edit_key, "edit key", MAX_MESSAGE_ID)
+        _check_post(fact.channel, fact.post_id, "edits")
     else:
-        if not fact.channel_message_id:
-            raise InvalidCommand("message id is required")
-        check_identifier(fact.channel_message_id, "message id", MAX_MESSAGE_ID)
-        if fact.contact_id is not None:
-            check_identifier(fact.contact_id, "contact id")
-        if isinstance(fact, OutboundEcho):
-            if not fact.contact_id or not fact.sender_id:
-                raise InvalidCommand("an echo needs the contact and the sender")
-            if fact.channel.is_comment:
-                raise InvalidCommand(f"{fact.channel.value} has no message echoes")
-            _check_aware(fact.sent_at, "sent_at")
-            check_identifier(fact.sender_id, "sender id")
-            check_text(fact.text, "text")
-            check_content(fact.kind, fact.attachments)
-        elif isinstance(fact, MessageEdit):
-            _check_aware(fact.edited_at, "edited_at")
-            if not fact.contact_id or not fact.edit_key:
-                raise InvalidCommand("an edit needs the contact and an edit key")
-            check_contact(fact.contact_id, fact.contact_name, None, fact.contact_handle)
-            check_text(fact.text, "text")
-            check_text(fact.edit_key, "edit key", MAX_MESSAGE_ID)
-            if fact.post_id is not None:
-                check_identifier(fact.post_id, "post_id")
-            if fact.channel.is_comment != bool(fact.post_id):
-                raise InvalidCommand(f"{fact.channel.value} edits {'need' if fact.channel.is_comment else 'take no'} post_id")
-        else:
-            _check_aware(fact.removed_at, "removed_at")
+        _check_aware(fact.removed_at, "removed_at")
 
 
 def _check_aware(at: datetime, name: str) -> None:
@@ -641,28 +512,13 @@ def _check_aware(at: datetime, name: str) -> None:
     check_moment(at, name, datetime.now(UTC))
 
 
-def _validate_inbound(account: AccountInfo, msg: InboundMessage) -> None:
-    if account.channel != msg.channel:
-        raise InvalidCommand(
-            f"channel account {account.external_id!r} is a {account.channel.value} account, not {msg.channel.value}"
-        )
-    if not msg.contact_id:
-        raise InvalidCommand("contact id is required")
-    if not msg.channel_message_id:
-        raise InvalidCommand("message id is required")
-    if msg.sent_at.tzinfo is None:
-        raise InvalidCommand("message sent_at must carry a timezone")
-    check_moment(msg.sent_at, "sent_at", datetime.now(UTC))
-    check_contact(msg.contact_id, msg.contact_name, msg.contact_phone, msg.contact_handle)
-    check_identifier(msg.channel_message_id, "message id", MAX_MESSAGE_ID)
-    check_text(msg.text, "text")
-    check_content(msg.kind, msg.attachments)
-    if msg.post_id is not None:
-        check_identifier(msg.post_id, "post_id")
-    if msg.channel.is_comment and not msg.post_id:
-        raise InvalidCommand(f"{msg.channel.value} messages need a post_id")
-    if not msg.channel.is_comment and msg.post_id:
-        raise InvalidCommand(f"{msg.channel.value} is a direct-message channel; post_id is not allowed")
+def _check_post(channel: Channel, post_id: str | None, what: str) -> None:
+    if post_id is not None:
+        check_identifier(post_id, "post_id")
+    if channel.is_comment and not post_id:
+        raise InvalidCommand(f"{channel.value} {what} need a post_id")
+    if not channel.is_comment and post_id:
+        raise InvalidCommand(f"{channel.value} is a direct-message channel; post_id is not allowed")
 
 
 def _dedup_lookups(fact: RecordableFact) -> list[str]:
@@ -676,99 +532,3 @@ def _dedup_lookups(fact: RecordableFact) -> list[str]:
     if isinstance(fact, MessageRemoval):
         return [fact.channel_message_id, f"remove:{fact.channel_message_id}"]
     return []
-
-
-def _recorded_already(app: InboxApplication, facts: Sequence[tuple[AccountInfo, RecordableFact]]) -> _Seen:
-    keys = list({(account.id, key) for account, fact in facts for key in _dedup_lookups(fact)})
-    if not keys:
-        return {}
-    with app.connection() as conn:
-        rows = conn.execute(
-            "SELECT d.channel_account_id::text AS a, d.channel_message_id AS m, d.room_id::text AS r,"
-            " d.message_id::text AS mid, d.room_version AS v"
-            f" FROM {app.table('inbound_dedup')} d JOIN unnest(%s::uuid[], %s::text[]) AS k(a, m)"
-            " ON d.channel_account_id = k.a AND d.channel_message_id = k.m",
-            ([k[0] for k in keys], [k[1] for k in keys]),
-        ).fetchall()
-    return {(r["a"], r["m"]): (r["r"], r["mid"], r["v"]) for r in rows}
-
-
-def _statuses_recorded(app: InboxApplication, facts: Sequence[tuple[AccountInfo, RecordableFact]]) -> set[tuple[str, str]]:
-    keys = list({(account.id, fact.status_key) for account, fact in facts if isinstance(fact, DeliveryStatus)})
-    if not keys:
-        return set()
-    with app.connection() as conn:
-        rows = conn.execute(
-            "SELECT s.channel_account_id::text AS a, s.status_key AS k"
-            f" FROM {app.table('delivery_statuses')} s JOIN unnest(%s::uuid[], %s::text[]) AS q(a, k)"
-            " ON s.channel_account_id = q.a AND s.status_key = q.k",
-            ([k[0] for k in keys], [k[1] for k in keys]),
-        ).fetchall()
-    return {(r["a"], r["k"]) for r in rows}
-
-
-# ---- staff commands -------------------------------------------------------------------------
-class RoomCommands:
-    """Assign, reply, resolve: optimistic concurrency against other staff commands."""
-
-    def __init__(self, app: InboxApplication, clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
-        self._app = app
-        self._clock = clock
-
-    def assign(self, actor: Actor, room_id: str, *, agent_id: str, expected_version: int | None = None) -> CommandResult:
-        def decide(room: Room) -> None:
-            room.assign(actor, agent_id=agent_id)
-
-        return self._execute(actor, room_id, expected_version, decide)
-
-    def reply(self, actor: Actor, room_id: str, *, text: str, expected_version: int | None = None) -> CommandResult:
-        message_id = str(uuid.uuid4())
-
-        def decide(room: Room) -> str:
-            room.reply(actor, message_id=message_id, text=text, sent_at=self._clock())
-            return message_id
-
-        return self._execute(actor, room_id, expected_version, decide)
-
-    def resolve(
-        self, actor: Actor, room_id: str, *, reason: str = "manual", expected_version: int | None = None
-    ) -> CommandResult:
-        return self._execute(actor, room_id, expected_version, lambda room: room.resolve(actor, reason=reason))
-
-    def _execute(
-        self, actor: Actor, room_id: str, expected_version: int | None, decide: Callable[[Room], str | None]
-    ) -> CommandResult:
-        room = self._load_visible(actor, room_id)
-        if expected_version is not None and room.version != expected_version:
-            raise Conflict(f"room is at version {room.version}, not {expected_version}; reload and retry")
-        for _ in range(5):
-            decided_at = room.version
-            message_id = decide(room)
-            try:
-                self._app.save(room)
-            except IntegrityError:
-                room = self._load_visible(actor, room_id)
-                if expected_version is not None or not self._only_customer_events_since(room.id, decided_at):
-                    raise Conflict("the room was changed by another command; reload and retry") from None
-                continue  # only the customer wrote meanwhile: decide again on fresh state
-            return CommandResult(room_id=str(room.id), version=room.version, message_id=message_id)
-        raise Conflict("the room is changing too fast; retry")
-
-    def _only_customer_events_since(self, room_id: UUID, version: int) -> bool:
-        events = self._app.events.get(room_id, gt=version)
-        return all(
-            isinstance(e, _CUSTOMER_EVENTS)
-            or (isinstance(e, Room.MessageSent) and e.sender_role == CHANNEL_SENDER)  # a channel echo
-            for e in events
-        )
-
-    def _load_visible(self, actor: Actor, room_id: str) -> Room:
-        try:
-            rid = UUID(room_id)
-            room: Room = self._app.repository.get(rid)
-        except (ValueError, AggregateNotFoundError):
-            raise NotFound("room not found") from None
-        if not isinstance(room, Room) or not room.is_visible_to(actor):
-            raise NotFound("room not found")
-        return room
-

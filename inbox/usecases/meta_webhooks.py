@@ -49,8 +49,10 @@ from channels.sanitize import sanitize
 from domain.channels import Channel
 from domain.errors import Conflict, DomainError
 from inbox.config import Settings
-from inbox.adapters.metrics import Metrics
-from inbox.usecases.ingest import AccountInfo, ChannelAccounts, FactResult, InboundCommitter, _validate_fact
+from inbox.usecases.channel_accounts import AccountInfo, ChannelAccounts
+from inbox.usecases.ingest import InboundCommitter, validate_fact
+from inbox.usecases.ports import WebhookMetrics
+from inbox.usecases.results import FactOutcome, FactResult
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +122,7 @@ def _no_constant(name: str) -> Any:
 
 class MetaWebhooks:
     def __init__(
-        self, settings: Settings, accounts: ChannelAccounts, inbound: InboundCommitter, metrics: Metrics
+        self, settings: Settings, accounts: ChannelAccounts, inbound: InboundCommitter, metrics: WebhookMetrics
     ) -> None:
         self._settings = settings
         self._accounts = accounts
@@ -136,30 +138,19 @@ class MetaWebhooks:
         return challenge if hmac.compare_digest(token.encode(), expected.encode()) else None
 
     # ---- POST: notifications
-    def receive(self, body: bytes, header: str | None, *, received_at: datetime) -> WebhookOutcome:
-        """Verify, parse and record a POST; returns after the commit (blocking)."""
-        prepared = self.prepare(body, header, received_at=received_at)
-        try:
-            results = self._inbound.submit_group(prepared.group)
-        except DomainError as e:
-            if isinstance(e, Conflict):
-                raise
-            results = self._one_by_one(prepared, e)
-        return self.finish(prepared, results)
-
     async def receive_async(self, body: bytes, header: str | None, *, received_at: datetime) -> WebhookOutcome:
-        """`receive` for an event loop: the CPU part runs in a thread, the commit is awaited."""
+        """Verify, parse and record a POST; the CPU part runs in a thread, the commit is awaited."""
         prepared = await anyio.to_thread.run_sync(lambda: self.prepare(body, header, received_at=received_at))
         try:
             results = await self._inbound.submit_group_async(prepared.group, self._settings.inbound_timeout_s)
         except DomainError as e:
             if isinstance(e, Conflict):
                 raise
-            results = await anyio.to_thread.run_sync(lambda: self._one_by_one(prepared, e))
+            results = await anyio.to_thread.run_sync(self._one_by_one, prepared, e)
         return self.finish(prepared, results)
 
     def _one_by_one(self, prepared: PreparedWebhook, error: DomainError) -> list[FactResult]:
-        """A rule `_validate_fact` does not know refused the group: record each fact on its own,
+        """A rule `validate_fact` does not know refused the group: record each fact on its own,
         so the refused one does not sink the others (rare: the common refusals are caught up front)."""
         log.warning("webhook group refused (%s): recording its %s facts one by one", error, len(prepared.group))
         results = []
@@ -169,7 +160,7 @@ class MetaWebhooks:
             except DomainError as e:
                 if isinstance(e, Conflict):
                     raise
-                result = FactResult("refused", reason=str(e))
+                result = FactResult(FactOutcome.REFUSED, reason=str(e))
             results.append(result)
         return results
 
@@ -285,7 +276,7 @@ class MetaWebhooks:
                 self._metrics.webhook_facts.labels(kind, "other_app").inc()
                 continue
             try:
-                _validate_fact(account, fact)
+                validate_fact(account, fact)
             except DomainError as e:
                 self._refused(fact, str(e), tally)
                 continue
@@ -303,12 +294,12 @@ class MetaWebhooks:
     def finish(self, prepared: PreparedWebhook, results: list[FactResult]) -> WebhookOutcome:
         facts, group, tally = prepared.facts, prepared.group, prepared.tally
         for (_, fact), result in zip(group, results, strict=True):
-            if result.outcome == "refused":
+            if result.outcome is FactOutcome.REFUSED:
                 self._refused(fact, result.reason or "refused", tally)
                 continue
-            tally[{"recorded": "recorded", "duplicate": "duplicates"}.get(result.outcome, "ignored")] += 1
-            self._metrics.webhook_facts.labels(_kind(fact), result.outcome).inc()
-            if result.outcome == "ignored":
+            tally[{FactOutcome.RECORDED: "recorded", FactOutcome.DUPLICATE: "duplicates"}.get(result.outcome, "ignored")] += 1
+            self._metrics.webhook_facts.labels(_kind(fact), result.outcome.value).inc()
+            if result.outcome is FactOutcome.IGNORED:
                 log.info("webhook %s not recorded: %s", _kind(fact), result.reason)
         return WebhookOutcome(
             received=len(facts), recorded=tally["recorded"], duplicates=tally["duplicates"],

@@ -24,8 +24,8 @@ from domain.channels import Channel
 from domain.room import Room
 from domain.staff import Actor, Role
 from inbox.config import Settings
-from inbox.adapters.eventstore import InboxApplication
-from inbox.usecases.ingest import ChannelAccounts
+from inbox.adapters.eventstore import EventStore, InboxApplication
+from inbox.usecases.channel_accounts import ChannelAccounts
 from tests.support import Pipeline, auth, http_settings, project_all, query
 
 pytestmark = [pytest.mark.e2e, pytest.mark.scale]
@@ -38,7 +38,7 @@ def write_expired_rooms(settings: Settings, n: int) -> None:
     """n assigned WhatsApp rooms whose last customer message is 30 h old, 500 rooms per transaction."""
     app = InboxApplication.from_settings(settings)
     try:
-        account = ChannelAccounts(app).register(
+        account = ChannelAccounts(EventStore(app)).register(
             Actor("admin1", ORG, Role.ADMIN), channel="whatsapp_cloud", external_id="pn-scale", name="Scale"
         )
         spv = Actor("spv1", ORG, Role.SUPERVISOR)

@@ -7,7 +7,8 @@ from datetime import UTC, datetime
 
 from domain.staff import Actor, Role
 from inbox.bootstrap import Container
-from inbox.usecases.ingest import AccountInfo, InboundMessage
+from inbox.usecases.channel_accounts import AccountInfo
+from inbox.usecases.ingest import InboundMessage
 
 ADMIN1 = Actor("admin1", "org1", Role.ADMIN)
 SPV1 = Actor("spv1", "org1", Role.SUPERVISOR)

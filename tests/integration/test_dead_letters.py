@@ -22,7 +22,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from domain.channels import Channel
 from domain.staff import Actor, Role
-from inbox import dead_letters
+from inbox.adapters.read_models import dead_letters
 from inbox.config import Settings
 from inbox.bootstrap import Container
 from inbox.adapters.postgres import async_pool, conninfo

@@ -10,6 +10,7 @@ import pytest
 
 from domain.room import Room
 from domain.staff import Actor, Role
+from inbox.adapters.eventstore import EventStore
 from inbox.usecases.expiry import ExpiredRooms
 from inbox.adapters.read_models.queries import InboxQueries
 from tests.integration.inbox_helpers import NOW, OLD, Inbox, agent, spv
@@ -131,7 +132,7 @@ def test_a_chunk_that_races_with_an_inbound_message_still_resolves_the_other_roo
         return real_save(*aggregates, **kwargs)
 
     app.save = save_after_a_customer_writes  # type: ignore[method-assign]
-    service = ExpiredRooms(app, InboxQueries(inbox.container.read_pool).expired_rooms)
+    service = ExpiredRooms(EventStore(app), InboxQueries(inbox.container.read_pool).expired_rooms)
 
     result = service.resolve_expired(Actor("spv1", "org1", Role.SUPERVISOR), include_unassigned=True)
 
@@ -146,7 +147,7 @@ def test_resolve_expired_works_through_more_rooms_than_one_chunk(inbox: Inbox) -
     for i in range(7):
         inbox.inbound("whatsapp_cloud", f"6281{i}", at=OLD - timedelta(minutes=i))
     inbox.project()
-    service = ExpiredRooms(inbox.container.app, InboxQueries(inbox.container.read_pool).expired_rooms, chunk_size=2)
+    service = ExpiredRooms(EventStore(inbox.container.app), InboxQueries(inbox.container.read_pool).expired_rooms, chunk_size=2)
 
     result = service.resolve_expired(Actor("admin1", "org1", Role.ADMIN), include_unassigned=True)
 

@@ -14,7 +14,9 @@ from domain.staff import Actor, Role
 from inbox.config import Settings
 from inbox.bootstrap import Container
 from inbox.adapters.postgres import conninfo
-from inbox.usecases.ingest import AccountInfo, InboundMessage, Unavailable
+from inbox.usecases.channel_accounts import AccountInfo
+from inbox.usecases.ingest import InboundMessage
+from inbox.usecases.results import Unavailable
 from tests.support import query
 
 pytestmark = pytest.mark.integration

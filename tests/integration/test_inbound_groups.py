@@ -15,7 +15,7 @@ from domain.errors import InvalidCommand
 from domain.staff import Actor, Role
 from inbox.config import Settings
 from inbox.bootstrap import Container
-from inbox.usecases.ingest import AccountInfo
+from inbox.usecases.channel_accounts import AccountInfo
 from tests.integration.locks import commits_held
 from tests.support import query
 

@@ -17,7 +17,8 @@ from domain.channels import Channel
 from domain.staff import Actor, Role
 from inbox.config import Settings
 from inbox.bootstrap import Container
-from inbox.usecases.ingest import AccountInfo, InboundMessage
+from inbox.usecases.channel_accounts import AccountInfo
+from inbox.usecases.ingest import InboundMessage
 from inbox.adapters.wire import event_id
 from inbox.adapters.kafka.relay import Relay
 from tests.support import execute, query, read_topic_async

@@ -16,7 +16,8 @@ from domain.room import Room
 from domain.staff import Actor, Role
 from inbox.config import Settings
 from inbox.bootstrap import Container
-from inbox.usecases.ingest import AccountInfo, InboundMessage
+from inbox.usecases.channel_accounts import AccountInfo
+from inbox.usecases.ingest import InboundMessage
 from tests.integration.locks import commits_held
 from tests.support import query
 

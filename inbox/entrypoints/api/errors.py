@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 
 from domain.errors import AlreadyExists, Conflict, DomainError, InvalidCommand, NotAllowed, NotFound
 from inbox.adapters.eventstore import DeadlinePassed
-from inbox.usecases.ingest import Unavailable
+from inbox.usecases.results import Unavailable
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,8 @@ from inbox.entrypoints.api.deps import ContainerDep, IngestDep
 from inbox.entrypoints.api.schemas import InboundAccepted, RecordInboundMessage
 from domain.channels import Channel
 from domain.errors import InvalidCommand
-from inbox.usecases.ingest import InboundMessage, Unavailable
+from inbox.usecases.ingest import InboundMessage
+from inbox.usecases.results import Unavailable
 
 router = APIRouter(prefix="/v1/inbound-messages", tags=["ingestion"])
 

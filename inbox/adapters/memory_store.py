@@ -1,0 +1,83 @@
+"""The use cases' event store in memory (`inbox.usecases.ports.EventStore`), for use-case tests.
+
+Events live in the eventsourcing library's POPO persistence (plain Python objects); dedup keys and
+delivery statuses in dicts. One lock makes a save atomic: a dedup key or an aggregate version
+recorded meanwhile raises the library's `IntegrityError` and writes nothing, as on PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.persistence import IntegrityError, OperationalError
+
+from domain.errors import NotFound
+from domain.room import Room
+from inbox.adapters.eventstore import SNAPSHOT_INTERVAL
+from inbox.usecases.ports import DedupKey, DeliveryStatusRecord, RecordedFact
+
+
+class MemoryApplication(Application):
+    """Rooms and channel accounts as events, in memory (the same name and snapshots as on PostgreSQL)."""
+
+    name = "Inbox"
+    snapshotting_intervals = {Room: SNAPSHOT_INTERVAL}
+
+
+class MemoryEventStore:
+    def __init__(self) -> None:
+        self.app = MemoryApplication(env={"PERSISTENCE_MODULE": "eventsourcing.popo"})
+        self.dedup: dict[tuple[str, str], DedupKey] = {}
+        self.statuses: dict[tuple[str, str], DeliveryStatusRecord] = {}
+        self.writable = True  # False: `can_write` says no, `save` fails as a database that is down would
+        self._lock = threading.RLock()
+
+    def get(self, aggregate_id: UUID) -> Any:
+        try:
+            return self.app.repository.get(aggregate_id)
+        except AggregateNotFoundError:
+            raise NotFound(f"aggregate {aggregate_id} not found") from None
+
+    def save(
+        self, *aggregates: Any, dedup_keys: Sequence[DedupKey] = (),
+        statuses: Sequence[DeliveryStatusRecord] = (), deadline: float | None = None,
+    ) -> None:
+        with self._lock:
+            if not self.writable:
+                raise OperationalError("the in-memory store is set unwritable")
+            keys = [(k.channel_account_id, k.key) for k in dedup_keys]
+            taken = [k for k in keys if k in self.dedup]
+            if taken or len(set(keys)) < len(keys):
+                raise IntegrityError(f"dedup keys recorded already: {taken or keys}")
+            self.app.save(*aggregates)  # IntegrityError (nothing written) when a version was taken
+            for k in dedup_keys:
+                self.dedup[(k.channel_account_id, k.key)] = k
+            for s in statuses:
+                self.statuses.setdefault((s.channel_account_id, s.status_key), s)
+
+    def recorded_dedup_keys(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], RecordedFact]:
+        with self._lock:
+            return {
+                key: RecordedFact(k.room_id, k.message_id, k.room_version)
+                for key in keys if (k := self.dedup.get(key)) is not None
+            }
+
+    def recorded_statuses(self, keys: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
+        with self._lock:
+            return {key for key in keys if key in self.statuses}
+
+    def events_after(self, aggregate_id: UUID, version: int) -> Sequence[Any]:
+        return list(self.app.events.get(aggregate_id, gt=version))
+
+    def cache(self, aggregates: Mapping[UUID, Any]) -> None:
+        """No cache: every `get` folds the stored events."""
+
+    def rooms_folded(self, seen: Sequence[tuple[str, int]]) -> dict[str, Room]:
+        return {}  # nothing cheaper in bulk: the caller loads each room with `get`
+
+    def can_write(self) -> bool:
+        return self.writable

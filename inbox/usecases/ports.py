@@ -1,0 +1,111 @@
+"""What the use cases need from the outside world, as ports (`typing.Protocol`).
+
+The use cases depend on these, never on an adapter: `inbox.adapters.eventstore.EventStore` is the
+PostgreSQL implementation, `inbox.adapters.memory_store.MemoryEventStore` the in-memory one the
+use-case tests run on. A save that lost an optimistic-concurrency race (an aggregate's version or
+a dedup key recorded meanwhile) raises `eventsourcing.persistence.IntegrityError` and writes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+from uuid import UUID
+
+from domain.room import Room
+
+
+@dataclass(frozen=True)
+class DedupKey:
+    """One inbound fact recorded once: `key` is the channel message id of a message, or a prefixed key
+    ("echo:…", "edit:…:…", "remove:…") of the other facts; it points at what recording it did."""
+
+    channel_account_id: str
+    key: str
+    room_id: str
+    message_id: str
+    room_version: int
+
+
+@dataclass(frozen=True)
+class RecordedFact:
+    """What an already recorded dedup key points at."""
+
+    room_id: str
+    message_id: str
+    room_version: int
+
+
+@dataclass(frozen=True)
+class DeliveryStatusRecord:
+    """A channel's delivery status of one of the business's messages (sent/delivered/read/failed)."""
+
+    channel_account_id: str
+    status_key: str
+    channel: str
+    status: str
+    channel_message_id: str | None
+    recipient_id: str | None
+    occurred_at: datetime
+    errors: list[dict[str, Any]] = field(default_factory=list)
+
+
+class DeadlinePassed(Exception):
+    """A write with a deadline was not attempted (again): its deadline has passed. Nothing was written."""
+
+
+class EventStore(Protocol):
+    """Aggregates (rooms, channel accounts) stored as events, with the inbound dedup keys and delivery
+    statuses written in the same transaction as the events."""
+
+    def get(self, aggregate_id: UUID) -> Any:
+        """The aggregate; `domain.errors.NotFound` when there is none."""
+
+    def save(
+        self, *aggregates: Any, dedup_keys: Sequence[DedupKey] = (),
+        statuses: Sequence[DeliveryStatusRecord] = (), deadline: float | None = None,
+    ) -> None:
+        """Save every aggregate's new events, the dedup keys and the statuses atomically.
+
+        IntegrityError (nothing written) when an aggregate or a dedup key was written meanwhile; a
+        status recorded before is skipped. `deadline` (a `time.monotonic()` value) bounds the write:
+        past it, `DeadlinePassed` or the store's OperationalError, and nothing was written.
+        """
+
+    def recorded_dedup_keys(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], RecordedFact]:
+        """Of these (channel account id, key) pairs, the ones recorded already."""
+
+    def recorded_statuses(self, keys: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
+        """Of these (channel account id, status key) pairs, the ones recorded already."""
+
+    def events_after(self, aggregate_id: UUID, version: int) -> Sequence[Any]:
+        """The aggregate's events with a version above `version`, in order."""
+
+    def cache(self, aggregates: Mapping[UUID, Any]) -> None:
+        """Keep these just-saved aggregates in the store's cache (a no-op without one)."""
+
+    def rooms_folded(self, seen: Sequence[tuple[str, int]]) -> dict[str, Room]:
+        """Several rooms at once, for bulk work: (room id, version the caller saw) → room. Rooms
+        the store cannot load cheaply in bulk may be missing: the caller loads those with `get`."""
+
+    def can_write(self) -> bool:
+        """Could a write commit now? Writes nothing, takes a couple of seconds at most."""
+
+
+class Counter(Protocol):
+    def inc(self, amount: float = 1) -> None: ...
+
+
+class LabelledCounter(Protocol):
+    def labels(self, *values: str) -> Counter: ...
+
+
+class WebhookMetrics(Protocol):
+    """The counters the webhook use case keeps (`inbox.adapters.metrics.Metrics` has them)."""
+
+    webhook_unknown_accounts: LabelledCounter
+    webhook_facts: LabelledCounter
+    webhook_rejected: LabelledCounter
+    webhook_repairs: LabelledCounter

@@ -1,0 +1,45 @@
+"""What the write-side use cases answer: primitives and small values, never aggregates."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class FactOutcome(StrEnum):
+    RECORDED = "recorded"
+    DUPLICATE = "duplicate"  # recorded before: nothing new written
+    IGNORED = "ignored"  # nothing to record (see `FactResult.reason`)
+    REFUSED = "refused"  # a domain rule refused it (see `FactResult.reason`)
+
+
+@dataclass(frozen=True)
+class FactResult:
+    """What recording one inbound fact did."""
+
+    outcome: FactOutcome
+    room_id: str | None = None
+    version: int | None = None
+    message_id: str | None = None
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class InboundResult:
+    room_id: str
+    version: int
+    message_id: str
+    duplicate: bool
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    room_id: str
+    version: int
+    message_id: str | None = None
+
+
+class Unavailable(Exception):
+    """The write side cannot record now (database locked, slow or down; queue full): HTTP 503."""
+
+    retry_after = 5

@@ -1,0 +1,88 @@
+"""Staff commands on a room (assign, reply, resolve): load → decide (domain) → save.
+
+Optimistic concurrency: a command that raced with another staff command on the same room gets
+`Conflict` (HTTP 409); one that raced only with the customer (a message, an edit, an echo) is
+decided again on fresh state.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from uuid import UUID
+
+from eventsourcing.persistence import IntegrityError
+
+from domain.errors import Conflict, NotFound
+from domain.room import CHANNEL_SENDER, Room
+from domain.staff import Actor
+from inbox.usecases.ports import EventStore
+from inbox.usecases.results import CommandResult
+
+# Events a customer (not staff) causes: a staff command that raced only with these is re-decided.
+_CUSTOMER_EVENTS = (Room.MessageReceived, Room.RoomReopened, Room.MessageEdited, Room.MessageRemoved)
+
+
+class RoomCommands:
+    """Assign, reply, resolve: optimistic concurrency against other staff commands."""
+
+    def __init__(self, store: EventStore, clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        self._store = store
+        self._clock = clock
+
+    def assign(self, actor: Actor, room_id: str, *, agent_id: str, expected_version: int | None = None) -> CommandResult:
+        def decide(room: Room) -> None:
+            room.assign(actor, agent_id=agent_id)
+
+        return self._execute(actor, room_id, expected_version, decide)
+
+    def reply(self, actor: Actor, room_id: str, *, text: str, expected_version: int | None = None) -> CommandResult:
+        message_id = str(uuid.uuid4())
+
+        def decide(room: Room) -> str:
+            room.reply(actor, message_id=message_id, text=text, sent_at=self._clock())
+            return message_id
+
+        return self._execute(actor, room_id, expected_version, decide)
+
+    def resolve(
+        self, actor: Actor, room_id: str, *, reason: str = "manual", expected_version: int | None = None
+    ) -> CommandResult:
+        return self._execute(actor, room_id, expected_version, lambda room: room.resolve(actor, reason=reason))
+
+    def _execute(
+        self, actor: Actor, room_id: str, expected_version: int | None, decide: Callable[[Room], str | None]
+    ) -> CommandResult:
+        room = self._load_visible(actor, room_id)
+        if expected_version is not None and room.version != expected_version:
+            raise Conflict(f"room is at version {room.version}, not {expected_version}; reload and retry")
+        for _ in range(5):
+            decided_at = room.version
+            message_id = decide(room)
+            try:
+                self._store.save(room)
+            except IntegrityError:
+                room = self._load_visible(actor, room_id)
+                if expected_version is not None or not self._only_customer_events_since(room.id, decided_at):
+                    raise Conflict("the room was changed by another command; reload and retry") from None
+                continue  # only the customer wrote meanwhile: decide again on fresh state
+            return CommandResult(room_id=str(room.id), version=room.version, message_id=message_id)
+        raise Conflict("the room is changing too fast; retry")
+
+    def _only_customer_events_since(self, room_id: UUID, version: int) -> bool:
+        events = self._store.events_after(room_id, version)
+        return all(
+            isinstance(e, _CUSTOMER_EVENTS)
+            or (isinstance(e, Room.MessageSent) and e.sender_role == CHANNEL_SENDER)  # a channel echo
+            for e in events
+        )
+
+    def _load_visible(self, actor: Actor, room_id: str) -> Room:
+        try:
+            room: Room = self._store.get(UUID(room_id))
+        except (ValueError, NotFound):
+            raise NotFound("room not found") from None
+        if not isinstance(room, Room) or not room.is_visible_to(actor):
+            raise NotFound("room not found")
+        return room

@@ -1,0 +1,196 @@
+"""Recording inbound channel facts (group commit) on the in-memory event store."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from typing import Any
+from uuid import UUID
+
+import pytest
+
+from channels.facts import DeliveryStatus, MessageEdit, MessageRemoval, OutboundEcho
+from domain.channels import Channel
+from domain.errors import InvalidCommand
+from domain.room import Room
+from inbox.adapters.memory_store import MemoryEventStore
+from inbox.usecases.channel_accounts import AccountInfo
+from inbox.usecases.ingest import InboundCommitter
+from inbox.usecases.results import FactOutcome, Unavailable
+from tests.usecases.conftest import T0, WA_ACCOUNT, message
+
+
+def room_events(store: MemoryEventStore, room_id: str) -> list[object]:
+    return list(store.app.events.get(UUID(room_id)))
+
+
+def stored_room_events(store: MemoryEventStore) -> int:
+    notes = store.app.recorder.select_notifications(start=None, limit=1000)
+    return sum(n.topic.startswith("domain.room:") for n in notes)
+
+
+def test_a_first_message_opens_a_room_with_the_message(
+    committer: InboundCommitter, account: AccountInfo, store: MemoryEventStore
+) -> None:
+    result = committer.submit(account, message(1))
+
+    assert not result.duplicate and result.version == 2
+    opened, received = room_events(store, result.room_id)
+    assert isinstance(opened, Room.RoomOpened) and isinstance(received, Room.MessageReceived)
+
+
+def test_a_redelivered_message_is_a_duplicate_of_the_first(
+    committer: InboundCommitter, account: AccountInfo, store: MemoryEventStore
+) -> None:
+    first = committer.submit(account, message(1))
+
+    again = committer.submit(account, message(1))
+
+    assert again.duplicate and (again.room_id, again.message_id, again.version) == (
+        first.room_id, first.message_id, first.version)
+    assert len(room_events(store, first.room_id)) == 2
+
+
+def test_messages_of_one_room_in_one_group_keep_their_order(
+    committer: InboundCommitter, account: AccountInfo, store: MemoryEventStore
+) -> None:
+    results = committer.submit_group([(account, message(n)) for n in range(1, 6)])
+
+    assert [r.version for r in results] == [2, 3, 4, 5, 6]
+    received = [e for e in room_events(store, results[0].room_id) if isinstance(e, Room.MessageReceived)]
+    assert [e.channel_message_id for e in received] == [f"wamid.{n}" for n in range(1, 6)]
+
+
+def test_an_invalid_fact_refuses_its_whole_group_before_anything_is_written(
+    committer: InboundCommitter, account: AccountInfo, store: MemoryEventStore
+) -> None:
+    naive = message(2, sent_at=T0.replace(tzinfo=None))
+
+    with pytest.raises(InvalidCommand, match="timezone"):
+        committer.submit_group([(account, message(1)), (account, naive)])
+
+    assert store.dedup == {} and stored_room_events(store) == 0
+
+
+def test_a_fact_the_domain_refuses_fails_its_group_and_records_nothing_of_it(
+    committer: InboundCommitter, account: AccountInfo, store: MemoryEventStore
+) -> None:
+    refused = message(2, kind="")  # passes the edge check; Room.receive refuses it
+
+    with pytest.raises(InvalidCommand, match="kind"):
+        committer.submit_group([(account, message(1)), (account, refused)])
+
+    assert stored_room_events(store) == 0
+    assert committer.submit(account, message(1)).duplicate is False
+
+
+def test_an_echo_is_recorded_once_in_the_customers_room(
+    committer: InboundCommitter, account: AccountInfo, store: MemoryEventStore
+) -> None:
+    room_id = committer.submit(account, message(1)).room_id
+    echo = OutboundEcho(Channel.WHATSAPP_CLOUD, WA_ACCOUNT, "62811", "wamid.out.1", "sudah dikirim",
+                        T0 + timedelta(minutes=1), sender_id=WA_ACCOUNT)
+
+    first, again = committer.submit_group([(account, echo)]), committer.submit_group([(account, echo)])
+
+    assert (first[0].outcome, first[0].room_id) == (FactOutcome.RECORDED, room_id)
+    assert again[0].outcome is FactOutcome.DUPLICATE
+    assert sum(isinstance(e, Room.MessageSent) for e in room_events(store, room_id)) == 1
+
+
+def test_an_edit_of_a_recorded_message_is_recorded_against_that_message(
+    committer: InboundCommitter, account: AccountInfo, store: MemoryEventStore
+) -> None:
+    original = committer.submit(account, message(1))
+    edit = MessageEdit(Channel.WHATSAPP_CLOUD, WA_ACCOUNT, "62811", "wamid.1", "pesan yang benar",
+                       T0 + timedelta(minutes=1), edit_key="e1")
+
+    [result] = committer.submit_group([(account, edit)])
+
+    assert (result.outcome, result.message_id) == (FactOutcome.RECORDED, original.message_id)
+    assert isinstance(room_events(store, original.room_id)[-1], Room.MessageEdited)
+
+
+def test_an_edit_of_a_message_never_recorded_records_the_edited_message(
+    committer: InboundCommitter, account: AccountInfo, store: MemoryEventStore
+) -> None:
+    edit = MessageEdit(Channel.WHATSAPP_CLOUD, WA_ACCOUNT, "62811", "wamid.9", "teks akhir",
+                       T0 + timedelta(minutes=1), edit_key="e1")
+
+    [result] = committer.submit_group([(account, edit)])
+
+    received = room_events(store, str(result.room_id))[-1]
+    assert isinstance(received, Room.MessageReceived) and received.text == "teks akhir"
+    assert committer.submit(account, message(9)).duplicate
+
+
+def test_a_removal_of_a_message_never_recorded_is_ignored(
+    committer: InboundCommitter, account: AccountInfo
+) -> None:
+    removal = MessageRemoval(Channel.WHATSAPP_CLOUD, WA_ACCOUNT, "62811", "wamid.404", T0)
+
+    [result] = committer.submit_group([(account, removal)])
+
+    assert result.outcome is FactOutcome.IGNORED and result.reason
+
+
+def test_a_removal_of_a_recorded_message_is_recorded_once(
+    committer: InboundCommitter, account: AccountInfo, store: MemoryEventStore
+) -> None:
+    original = committer.submit(account, message(1))
+    removal = MessageRemoval(Channel.WHATSAPP_CLOUD, WA_ACCOUNT, "62811", "wamid.1", T0 + timedelta(minutes=1))
+
+    first, again = committer.submit_group([(account, removal)]), committer.submit_group([(account, removal)])
+
+    assert [first[0].outcome, again[0].outcome] == [FactOutcome.RECORDED, FactOutcome.DUPLICATE]
+    assert sum(isinstance(e, Room.MessageRemoved) for e in room_events(store, original.room_id)) == 1
+
+
+def test_a_delivery_status_is_recorded_once(
+    committer: InboundCommitter, account: AccountInfo, store: MemoryEventStore
+) -> None:
+    status = DeliveryStatus(Channel.WHATSAPP_CLOUD, WA_ACCOUNT, "read", T0, "read:wamid.out.1",
+                            channel_message_id="wamid.out.1", recipient_id="62811")
+
+    first, again = committer.submit_group([(account, status)]), committer.submit_group([(account, status)])
+
+    assert [first[0].outcome, again[0].outcome] == [FactOutcome.RECORDED, FactOutcome.DUPLICATE]
+    [record] = store.statuses.values()
+    assert (record.status, record.channel_message_id, record.channel) == ("read", "wamid.out.1", "whatsapp_cloud")
+
+
+def test_a_fact_for_an_account_of_another_channel_is_refused(
+    committer: InboundCommitter, account: AccountInfo
+) -> None:
+    with pytest.raises(InvalidCommand, match="account"):
+        committer.submit(account, message(1, channel=Channel.INSTAGRAM))
+
+
+def test_a_store_that_cannot_write_answers_unavailable_and_records_nothing(
+    committer: InboundCommitter, account: AccountInfo, store: MemoryEventStore
+) -> None:
+    store.writable = False
+
+    with pytest.raises(Unavailable):
+        committer.submit(account, message(1))
+
+    assert not committer.can_commit() and store.dedup == {}
+    store.writable = True
+    assert committer.submit(account, message(1)).duplicate is False and committer.can_commit()
+
+
+def test_a_group_the_domain_refuses_does_not_fail_the_groups_committed_with_it(
+    committer: InboundCommitter, account: AccountInfo, store: MemoryEventStore
+) -> None:
+    refused = [(account, message(1)), (account, message(2, kind=""))]
+    good = [[(account, message(10 + i, contact=f"6282{i}"))] for i in range(3)]
+
+    async def together() -> list[Any]:
+        tasks = [committer.submit_group_async(group) for group in [refused, *good]]
+        return await asyncio.gather(*tasks, return_exceptions=True)
+
+    bad, *recorded = asyncio.run(together())
+
+    assert isinstance(bad, InvalidCommand)
+    assert [[r.outcome for r in results] for results in recorded] == [[FactOutcome.RECORDED]] * 3
+    assert stored_room_events(store) == 6  # three rooms: opened + received

@@ -1,0 +1,88 @@
+"""The Meta webhook use case: signature, selection of the facts a POST may record, refusals."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from domain import limits
+from inbox.adapters.metrics import Metrics
+from inbox.config import Settings
+from inbox.usecases.channel_accounts import AccountInfo, ChannelAccounts
+from inbox.usecases.ingest import InboundCommitter
+from inbox.usecases.meta_webhooks import BadSignature, MetaWebhooks, WebhookOutcome, signature
+
+SECRET = "app-secret"
+FIXTURE = json.loads((Path(__file__).parent.parent / "fixtures" / "meta" / "wa_text.json").read_text())
+
+
+@pytest.fixture
+def webhooks(accounts: ChannelAccounts, committer: InboundCommitter, account: AccountInfo) -> MetaWebhooks:
+    return MetaWebhooks(Settings(meta_app_secret=SECRET, meta_verify_token="verify"), accounts, committer, Metrics())
+
+
+def payload(*message_ids: str) -> bytes:
+    body = copy.deepcopy(FIXTURE)
+    value = body["entry"][0]["changes"][0]["value"]
+    [template] = value["messages"]
+    value["messages"] = [
+        {**template, "id": mid, "timestamp": str(int(datetime.now(UTC).timestamp()))} for mid in message_ids
+    ]
+    return json.dumps(body).encode()
+
+
+def receive(webhooks: MetaWebhooks, body: bytes, header: str | None) -> WebhookOutcome:
+    return asyncio.run(webhooks.receive_async(body, header, received_at=datetime.now(UTC)))
+
+
+def test_a_post_signed_with_the_app_secret_is_recorded(webhooks: MetaWebhooks) -> None:
+    body = payload("wamid.1", "wamid.2")
+
+    outcome = receive(webhooks, body, signature(SECRET, body))
+
+    assert (outcome.received, outcome.recorded, outcome.refused) == (2, 2, 0)
+
+
+def test_a_redelivered_post_records_nothing_new(webhooks: MetaWebhooks) -> None:
+    body = payload("wamid.1")
+    receive(webhooks, body, signature(SECRET, body))
+
+    again = receive(webhooks, body, signature(SECRET, body))
+
+    assert (again.recorded, again.duplicates) == (0, 1)
+
+
+@pytest.mark.parametrize("header", [None, "sha1=abc", signature("another-secret", b"x")])
+def test_a_post_without_a_valid_signature_is_refused_and_records_nothing(
+    webhooks: MetaWebhooks, committer: InboundCommitter, header: Any
+) -> None:
+    body = payload("wamid.1")
+
+    with pytest.raises(BadSignature):
+        receive(webhooks, body, header)
+
+    assert receive(webhooks, body, signature(SECRET, body)).recorded == 1
+
+
+def test_a_signature_over_other_bytes_is_refused(webhooks: MetaWebhooks) -> None:
+    with pytest.raises(BadSignature):
+        receive(webhooks, payload("wamid.1"), signature(SECRET, payload("wamid.2")))
+
+
+def test_a_refused_fact_does_not_sink_the_other_facts_of_its_post(webhooks: MetaWebhooks) -> None:
+    body = payload("wamid.ok1", "wamid." + "x" * (limits.MAX_MESSAGE_ID + 1), "wamid.ok2")
+
+    outcome = receive(webhooks, body, signature(SECRET, body))
+
+    assert (outcome.recorded, outcome.refused) == (2, 1)
+
+
+def test_the_subscription_handshake_echoes_the_challenge_only_for_the_verify_token(webhooks: MetaWebhooks) -> None:
+    assert webhooks.verify_subscription("subscribe", "verify", "c-123") == "c-123"
+    assert webhooks.verify_subscription("subscribe", "wrong", "c-123") is None

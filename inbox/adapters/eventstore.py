@@ -22,6 +22,7 @@ from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.persistence import InterfaceError, OperationalError, StoredEvent
 from eventsourcing.postgres import PostgresAggregateRecorder, PostgresApplicationRecorder, PostgresFactory
 from psycopg import errors as pg_errors
+from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import PoolTimeout
 from psycopg import Connection, Cursor
 from psycopg.rows import DictRow
@@ -105,7 +106,10 @@ class InboxRecorder(PostgresApplicationRecorder):
 
     def __init__(self, datastore: Any, *, events_table_name: str = "stored_events") -> None:
         # Before the first connection is made (the base class connects to register types).
-        datastore.pool.kwargs["options"] = f"-c statement_timeout={WRITE_STATEMENT_TIMEOUT_MS}"
+        # The pool's kwargs override the same keys of its conninfo: keep the URL's own options.
+        given = conninfo_to_dict(datastore.pool.conninfo).get("options")
+        timeout = f"-c statement_timeout={WRITE_STATEMENT_TIMEOUT_MS}"
+        datastore.pool.kwargs["options"] = f"{given} {timeout}" if given else timeout
         super().__init__(datastore, events_table_name=events_table_name)
         schema = Identifier(self.datastore.schema)
         self.sql_create_statements.append(

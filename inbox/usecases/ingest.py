@@ -42,6 +42,10 @@ __all__ = ["BatchDecision", "InboundCommitter", "InboundMessage", "validate_fact
 
 log = logging.getLogger(__name__)
 
+# How often a write that lost its connection is checked for having committed: a killed server
+# leaves every pooled connection dead and each failed try drops one, so try past the pool's size.
+COMMIT_CHECK_ATTEMPTS = 30
+
 
 @dataclass
 class _Group:
@@ -289,11 +293,45 @@ class InboundCommitter:
         if len(claimed) < len(batch):
             raise _Abandoned(claimed)
         if decision.rooms or decision.dedup_keys or decision.statuses:
-            self._store.save(*decision.rooms.values(), dedup_keys=decision.dedup_keys,
-                             statuses=decision.statuses, deadline=min(p.deadline for p in batch))
+            try:
+                self._store.save(*decision.rooms.values(), dedup_keys=decision.dedup_keys,
+                                 statuses=decision.statuses, deadline=min(p.deadline for p in batch))
+            except (OperationalError, InterfaceError):
+                if not self._committed_anyway(decision):
+                    raise
+                log.warning("the connection died during COMMIT but the batch of %s was recorded", len(batch))
             # Cache the rooms just written so the next message for a new room is not a full reconstruction.
             self._store.cache(decision.rooms)
         return out
+
+    def _committed_anyway(self, decision: BatchDecision) -> bool:
+        """Whether a write whose connection died (maybe during COMMIT) committed after all.
+
+        The batch's dedup and status keys are written in the same transaction as its events, so
+        they tell: all there → committed (answer 202, not a 503 the sender would retry); none →
+        not. If the database cannot even be asked, the answer is 503 and the one window remains
+        where a message answered 503 was recorded: its retry is then answered as a duplicate.
+        """
+        for attempt in range(COMMIT_CHECK_ATTEMPTS):
+            try:
+                return self._all_keys_recorded(decision)
+            except Exception as e:  # still unreachable: the outcome stays unknown, answered 503
+                log.info("could not tell whether the batch committed (attempt %s): %s", attempt + 1, e)
+                time.sleep(0.01 if attempt < 25 else 0.2)
+        log.warning("could not tell whether a batch of %s facts committed: answered 503", len(decision.dedup_keys))
+        return False
+
+    def _all_keys_recorded(self, decision: BatchDecision) -> bool:
+        if decision.dedup_keys:
+            keys = [(k.channel_account_id, k.key) for k in decision.dedup_keys]
+            found = self._store.recorded_dedup_keys(keys)
+            return all(
+                (k.channel_account_id, k.key) in found
+                and found[(k.channel_account_id, k.key)].room_version == k.room_version
+                for k in decision.dedup_keys
+            )
+        statuses = [(s.channel_account_id, s.status_key) for s in decision.statuses]
+        return bool(statuses) and set(statuses) <= self._store.recorded_statuses(statuses)
 
 
 class _Abandoned(Exception):

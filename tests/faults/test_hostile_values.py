@@ -178,6 +178,10 @@ def send_webhooks(p: Pipeline, req: Requests) -> None:
             for name, hostile in values.items():
                 n += 1
                 body = with_value(with_value(base, id_path, f"hostile-hook.{n}"), path, hostile)
+                if field == "message id" and isinstance(hostile, str):
+                    # Ids are per account: keep the webhook's ids apart from the API's same hostile
+                    # values (another account), so the duplicate count below means one account.
+                    body = with_value(body, path, f"hook:{hostile}")
                 if kind == "whatsapp" and field == "timestamp":
                     body = with_value(body, path, hostile if isinstance(hostile, str) else str(hostile))
                 send(f"webhook {kind} {field}={name}", body)

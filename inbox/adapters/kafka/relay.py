@@ -35,7 +35,7 @@ from aiokafka.structs import RecordMetadata, TopicPartition
 
 from inbox.config import Settings
 from inbox.adapters.postgres import conninfo
-from inbox.adapters.event_log import Unreadable, WireEventLog
+from inbox.adapters.event_log import Unreadable, WireEventLog, is_transient
 from inbox.adapters.eventstore import EVENTS_TABLE, InboxApplication
 from inbox.adapters.wire import encode, event_id
 
@@ -119,12 +119,38 @@ class Relay:
         self._max_request_size = max_request_size  # largest record the producer sends (Kafka's default)
 
     async def run(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
+        """Publish until `stop`. Losing the database (a restart, a killed connection) is never fatal:
+        the relay reconnects with backoff, takes the lock again and resumes from its recorded
+        position (at least once: what it published after that position is published again)."""
+        attempt = 0
+        while not stop.is_set():
+            try:
+                await self._run_connected(stop, ready)
+                return
+            except Exception as e:
+                if not is_transient(e):
+                    raise
+                backoff = RETRY_BACKOFF_S[min(attempt, len(RETRY_BACKOFF_S) - 1)]
+                attempt += 1
+                log.warning("relay lost the database (%s: %s); reconnecting in %ss", type(e).__name__, e, backoff)
+                await _sleep_unless_stopped(stop, backoff)
+
+    async def _run_connected(self, stop: asyncio.Event, ready: asyncio.Event | None) -> None:
         settings = self._settings
         assert settings.kafka_bootstrap
         app = InboxApplication.from_settings(settings)
         reader = WireEventLog(app)
-        lock_conn = await psycopg.AsyncConnection.connect(conninfo(settings), autocommit=True)
-        listen_conn = await psycopg.AsyncConnection.connect(conninfo(settings), autocommit=True)
+        try:
+            lock_conn = await psycopg.AsyncConnection.connect(conninfo(settings), autocommit=True)
+        except BaseException:
+            app.close()
+            raise
+        try:
+            listen_conn = await psycopg.AsyncConnection.connect(conninfo(settings), autocommit=True)
+        except BaseException:
+            await lock_conn.close()
+            app.close()
+            raise
         producer = AIOKafkaProducer(
             bootstrap_servers=settings.kafka_bootstrap,
             acks="all",

@@ -163,7 +163,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_dead_letters(args: argparse.Namespace) -> int:
-    from inbox import dead_letters
+    from inbox.adapters.read_models import dead_letters
     from inbox.adapters.postgres import migrate
 
     settings = Settings.from_env()

@@ -40,10 +40,11 @@ from domain.room import Room
 from domain.staff import Actor, Role
 from inbox.adapters.auth import mint_token
 from inbox.config import ConfigError, Settings
-from inbox.adapters.postgres import configure_read_session, conninfo, migrate
+from inbox.adapters.postgres import configure_read_session, conninfo
+from inbox.adapters.schema import migrate
 from inbox.adapters.embedded import free_port
 from inbox.adapters.eventstore import InboxApplication
-from inbox.adapters.read_models.replay import replay
+from inbox.bootstrap import replay
 from inbox.usecases.ingest import AccountInfo, ChannelAccounts
 from inbox.adapters.read_models.queries import (
     ListCursor,

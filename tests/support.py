@@ -6,7 +6,6 @@ import asyncio
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +24,7 @@ from inbox.adapters.embedded import free_port
 from inbox.adapters.event_log import WireEventLog
 from inbox.adapters.eventstore import InboxApplication
 from inbox.adapters.read_models.writer import ProjectionWriter
+from inbox.entrypoints.processes import Processes
 
 T = TypeVar("T")
 
@@ -152,35 +152,20 @@ class Pipeline:
     def __init__(self, settings: Settings, log_dir: Path) -> None:
         self.settings = settings
         self.log_dir = log_dir
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        data_dir = log_dir / "data"  # the worker's Faust directory goes in here; never the cwd's .inbox
+        data_dir.mkdir(exist_ok=True)
+        self.processes = Processes({**env_for(settings), "INBOX_DATA_DIR": str(data_dir)}, log_dir=log_dir)
         self.base_url = f"http://127.0.0.1:{settings.http_port}"
 
     def start(self, name: str, role: str | None = None) -> subprocess.Popen[bytes]:
-        role = role or name
-        log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115
-        data_dir = self.log_dir / "data"  # the worker's Faust directory goes in here; never the cwd's .inbox
-        data_dir.mkdir(exist_ok=True)
-        env = {**env_for(self.settings), "INBOX_DATA_DIR": str(data_dir)}
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "inbox.entrypoints.cli", role], env=env, stdout=log,
-            stderr=subprocess.STDOUT, start_new_session=True,
-        )
-        self.procs[name] = proc
-        return proc
+        return self.processes.start(name, role).popen
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
-        proc = self.procs.pop(name)
-        if proc.poll() is None:
-            os.killpg(proc.pid, sig)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:  # Faust can hang stopping mid-rebalance
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(10)
+        """`sig` to the process's group; SIGKILL after 10 s (Faust can hang stopping mid-rebalance)."""
+        self.processes.kill(name, sig)
 
     def stop_all(self) -> None:
-        for name in list(self.procs):
-            self.kill(name, signal.SIGTERM)
+        self.processes.stop_all()
 
     def wait_for_api(self, timeout: float = 60) -> None:
         def up() -> bool:
@@ -200,8 +185,7 @@ class Pipeline:
         )
 
     def log_tail(self, name: str, lines: int = 40) -> str:
-        path = self.log_dir / f"{name}.log"
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+        return self.processes.log_tail(name, lines)
 
 
 def http_settings(settings: Settings) -> Settings:

@@ -55,6 +55,10 @@ class WireEventLog:
     def __init__(self, app: InboxApplication) -> None:
         self._app = app
 
+    def close(self) -> None:
+        """Close the event store it reads (the bootstrap opens one per reader)."""
+        self._app.close()
+
     def read(self, after: int, limit: int, unreadable: list[Unreadable] | None = None) -> tuple[LogPage, int]:
         """Notifications with id > after, at most `limit`; returns (page, number of rows read).
 

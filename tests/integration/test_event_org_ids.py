@@ -13,7 +13,7 @@ from domain.channels import Channel
 from domain.room import Room
 from domain.staff import Actor, Role
 from inbox.config import Settings
-from inbox.adapters.postgres import migrate
+from inbox.adapters.schema import migrate
 from inbox.adapters.event_log import WireEventLog
 from inbox.adapters.eventstore import InboxApplication, stamp_org_ids
 

@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from inbox.entrypoints.api.app import create_app
+from inbox.entrypoints.api.app import create_api
 from inbox.adapters.auth import mint_token
 from inbox.config import Settings
 from inbox.bootstrap import Container
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def client(db_settings: Settings) -> Iterator[TestClient]:
     container = Container.build(db_settings)
-    with TestClient(create_app(container)) as c:
+    with TestClient(create_api(container)) as c:
         yield c
     container.close()
 
@@ -52,7 +52,7 @@ def test_the_api_checks_issuer_and_audience_when_configured(db_settings: Setting
     container = Container.build(settings)
     secret = settings.jwt_secret or ""
     try:
-        with TestClient(create_app(container)) as c:
+        with TestClient(create_api(container)) as c:
             def status(token: str) -> int:
                 return c.get("/v1/inbox/counters", headers={"Authorization": f"Bearer {token}"}).status_code
 

@@ -254,9 +254,6 @@ class InboxQueries:
             cur.execute(sql, params)
             return cur.fetchall()
 
-    def now(self) -> datetime:
-        return self._fetch("SELECT now() AS now", [])[0]["now"]
-
     # ---- counters ---------------------------------------------------------------------------
     def counters(self, actor: Actor) -> dict[str, Any]:
         """Badge numbers for the viewer: a lookup of maintained counter rows, no COUNT over rooms."""

@@ -20,6 +20,7 @@ from bench.stats import rate, summary_ms
 from domain.channels import Channel
 from domain.staff import Actor, Role
 from inbox.adapters.eventstore import InboxApplication
+from inbox.bootstrap import open_event_store
 from inbox.usecases.ingest import ChannelAccounts, InboundCommitter, InboundMessage, RoomCommands
 
 
@@ -112,7 +113,7 @@ def cold_loads(infra: Infra, room_id: str, repeats: int) -> list[float]:
     """A new InboxApplication each time (empty aggregate cache); its pool is warmed before the clock."""
     times = []
     for _ in range(repeats):
-        app = InboxApplication.from_settings(infra.settings)
+        app = open_event_store(infra.settings)
         try:
             app.recorder.max_notification_id()  # opens a pooled connection
             t0 = time.perf_counter()
@@ -159,7 +160,7 @@ def command_bench(
     infra: Infra, *, small_events: int, large_events: int, commands_per_room: int, cold_repeats: int,
     progress: Any = print,
 ) -> dict[str, RoomFigures]:
-    app = InboxApplication.from_settings(infra.settings)
+    app = open_event_store(infra.settings)
     committer = InboundCommitter(app)
     accounts = ChannelAccounts(app)
     commands = RoomCommands(app)

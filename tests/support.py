@@ -8,6 +8,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -17,12 +18,15 @@ import psycopg
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
 
+from domain.channels import Channel
+from domain.room import Room
+from domain.staff import Actor, Role
 from inbox.adapters.auth import mint_token
 from inbox.config import Settings
 from inbox.adapters.postgres import conninfo
 from inbox.adapters.embedded import free_port
-from inbox.adapters.event_log import WireEventLog
-from inbox.adapters.eventstore import InboxApplication
+from inbox.bootstrap import open_event_log, open_event_store
+from inbox.usecases.ingest import ChannelAccounts
 from inbox.adapters.read_models.writer import ProjectionWriter
 from inbox.entrypoints.processes import Processes
 
@@ -97,8 +101,7 @@ def project_all(settings: Settings) -> None:
     """Apply everything in the event store to the projections directly (tests without Kafka)."""
 
     async def run() -> None:
-        app = InboxApplication.from_settings(settings)
-        log = WireEventLog(app)
+        log = open_event_log(settings)
         pool = None
         try:
             from inbox.adapters.postgres import async_pool
@@ -115,7 +118,7 @@ def project_all(settings: Settings) -> None:
         finally:
             if pool is not None:
                 await pool.close()
-            app.close()
+            log.close()
 
     asyncio.run(run())
 
@@ -186,6 +189,33 @@ class Pipeline:
 
     def log_tail(self, name: str, lines: int = 40) -> str:
         return self.processes.log_tail(name, lines)
+
+
+def write_expired_rooms(settings: Settings, org: str, n: int, *, account: str, phone_prefix: str) -> None:
+    """n assigned WhatsApp rooms of `org` whose last customer message is 30 h old, written through
+    the real write path (Room aggregates saved 500 per transaction); the scale test and bench/ use it."""
+    event_store = open_event_store(settings)
+    try:
+        info = ChannelAccounts(event_store).register(
+            Actor("admin1", org, Role.ADMIN), channel="whatsapp_cloud", external_id=account, name=account
+        )
+        spv = Actor("spv1", org, Role.SUPERVISOR)
+        old = datetime.now(UTC) - timedelta(hours=30)
+        batch: list[Room] = []
+        for i in range(n):
+            room = Room.open(org_id=org, channel=Channel.WHATSAPP_CLOUD, channel_account_id=info.id,
+                             channel_account=info.external_id, contact_id=f"{phone_prefix}{i:07d}",
+                             contact_name=f"Customer {i}")
+            room.receive(channel_message_id=f"wamid.{account}.{i}", text="halo, masih ada?", sent_at=old)
+            room.assign(spv, agent_id=f"agent{i % 20}")
+            batch.append(room)
+            if len(batch) == 500:
+                event_store.save(*batch)
+                batch = []
+        if batch:
+            event_store.save(*batch)
+    finally:
+        event_store.close()
 
 
 def http_settings(settings: Settings) -> Settings:

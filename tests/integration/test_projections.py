@@ -63,9 +63,9 @@ def populate(container: Container, *, rooms: int = 12, seed: int = 7) -> None:
 
 
 def all_events(settings: Settings) -> list[dict[str, Any]]:
-    from inbox.adapters.eventstore import InboxApplication
+    from inbox.bootstrap import open_event_store
 
-    app = InboxApplication.from_settings(settings)
+    app = open_event_store(settings)
     try:
         page, _ = WireEventLog(app).read(0, 100_000)
         return [e for _, e in page.events]

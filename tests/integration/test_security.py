@@ -16,7 +16,7 @@ from inbox.adapters.auth import mint_token
 from inbox.config import Settings
 from inbox.bootstrap import Container
 from inbox.adapters.postgres import conninfo
-from inbox.adapters.eventstore import InboxApplication
+from inbox.bootstrap import open_event_store
 from tests.support import auth
 
 pytestmark = pytest.mark.integration
@@ -70,7 +70,7 @@ def test_the_event_store_honours_every_parameter_of_the_database_url(db_settings
     params = conninfo_to_dict(db_settings.database_url or "")
     url = make_conninfo(**{**params, "application_name": name, "sslmode": "disable",
                            "options": "-c work_mem=7777kB"})
-    app = InboxApplication.from_settings(replace(db_settings, database_url=url))
+    app = open_event_store(replace(db_settings, database_url=url))
     try:
         with app.connection() as conn:
             row = conn.execute("SELECT current_setting('application_name') AS a, current_setting('work_mem') AS w,"

@@ -245,7 +245,9 @@ def message_json(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-class InboxQueries:
+class ReadModelReader:
+    """Reads over the API's read pool, rows as dicts."""
+
     def __init__(self, pool: ConnectionPool) -> None:
         self._pool = pool
 
@@ -253,6 +255,9 @@ class InboxQueries:
         with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
             cur.execute(sql, params)
             return cur.fetchall()
+
+
+class InboxQueries(ReadModelReader):
 
     # ---- counters ---------------------------------------------------------------------------
     def counters(self, actor: Actor) -> dict[str, Any]:

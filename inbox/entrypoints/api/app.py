@@ -24,17 +24,17 @@ def create_api(container: Container) -> FastAPI:
         anyio.to_thread.current_default_thread_limiter().total_tokens = THREAD_TOKENS
         yield
 
-    app = FastAPI(
+    api = FastAPI(
         title="Inbox API",
         version="1.0",
         description="Omnichannel customer-service inbox: commands, queries and ingestion (see SPEC §3).",
         lifespan=lifespan,
     )
-    app.state.container = container
-    errors.install(app)
+    api.state.container = container
+    errors.install(api)
     for module in (channel_accounts, inbound, rooms, counters, search, webhooks, health):
-        app.include_router(module.router)
+        api.include_router(module.router)
 
-    app.add_middleware(RequestMetrics, metrics=container.metrics)
-    app.add_middleware(BodySizeLimit, max_bytes=container.settings.max_body_bytes)
-    return app
+    api.add_middleware(RequestMetrics, metrics=container.metrics)
+    api.add_middleware(BodySizeLimit, max_bytes=container.settings.max_body_bytes)
+    return api

@@ -59,7 +59,7 @@ class InvalidEvent(ValueError):
 
 
 def upcast(event: dict[str, Any]) -> dict[str, Any]:
-    """Bring an older event shape to SCHEMA_VERSION (mirrors `inbox.wire.upcast`).
+    """Bring an older event shape to SCHEMA_VERSION (mirrors `inbox.adapters.wire.upcast`).
 
     Version 0 (drafts before `schema_version` existed) called RoomResolved's reason `cause`;
     messages published before kinds and attachments existed are plain text without attachments.

@@ -161,7 +161,7 @@ class EventWriter(Protocol):
 
 
 class JsonlWriter:
-    """One envelope per line: exactly the bytes the relay publishes (`inbox.wire.encode`)."""
+    """One envelope per line: exactly the bytes the relay publishes (`inbox.adapters.wire.encode`)."""
 
     def __init__(self, out: IO[bytes]) -> None:
         self._out = out

@@ -19,7 +19,7 @@ from fastapi.testclient import TestClient
 
 from inbox.entrypoints.api.app import create_api
 from domain import limits
-from inbox import wire
+from inbox.adapters import wire
 from inbox.config import DEV_META_APP_SECRET, Settings
 from inbox.bootstrap import Container
 from inbox.adapters.event_log import WireEventLog

@@ -141,16 +141,16 @@ def test_conversation_hit_is_the_rooms_latest_matching_message(inbox: Inbox, peo
 
 def test_matches_older_than_the_recent_window_are_found(inbox: Inbox, people: dict[str, str],
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("projections.search.RECENT_WINDOW", 3)  # the first phase sees the newest 3 messages
+    monkeypatch.setattr("inbox.adapters.read_models.search.RECENT_WINDOW", 3)  # the first phase sees the newest 3 messages
     for i in range(5):
         inbox.inbound("whatsapp_cloud", f"62855{i}", text=f"unrelated {i}")
     inbox.project()
 
     # GIN bitmap; a walk that finds enough; a walk that does not (then the bitmap); the rooms one by one
     for rooms_first, common, walk in ((0, 1000, 0), (0, 0, 1000), (0, 0, 5), (1000, 1000, 0)):
-        monkeypatch.setattr("projections.search.ROOMS_FIRST_LIMIT", rooms_first)
-        monkeypatch.setattr("projections.search.COMMON_MATCHES", common)
-        monkeypatch.setattr("projections.search.WALK_WINDOW", walk)
+        monkeypatch.setattr("inbox.adapters.read_models.search.ROOMS_FIRST_LIMIT", rooms_first)
+        monkeypatch.setattr("inbox.adapters.read_models.search.COMMON_MATCHES", common)
+        monkeypatch.setattr("inbox.adapters.read_models.search.WALK_WINDOW", walk)
         assert ids(inbox.search("surabaya", by="conversation")) == [people["siti"]]
         assert ids(inbox.search("merah", by="conversation")) == [people["comment"], people["agus"]]
         assert ids(inbox.search("merah", by="conversation", tab="comments")) == [people["comment"]]
@@ -234,8 +234,8 @@ def test_conversation_search_looks_at_a_bounded_number_of_candidate_matches(
     inbox: Inbox, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Bounded work whatever the query: beyond MAX_MATCHES candidates a search stops looking."""
-    monkeypatch.setattr("projections.search.MAX_MATCHES", 10)
-    monkeypatch.setattr("projections.search.ROOMS_FIRST_LIMIT", 0)  # the candidate walk, not room by room
+    monkeypatch.setattr("inbox.adapters.read_models.search.MAX_MATCHES", 10)
+    monkeypatch.setattr("inbox.adapters.read_models.search.ROOMS_FIRST_LIMIT", 0)  # the candidate walk, not room by room
     old = inbox.inbound("whatsapp_cloud", "628100000001", text="promo lama")["room_id"]
     busy = ""
     for i in range(12):

@@ -1,4 +1,4 @@
-"""docs/events/*.json (the published SPEC §4 contract) must match what inbox.wire really emits.
+"""docs/events/*.json (the published SPEC §4 contract) must match what inbox.adapters.wire really emits.
 
 Every event is built with the real domain code and serialized with the real wire code (directly,
 after a round trip through the event store's mapper, and as the bytes the relay publishes), then

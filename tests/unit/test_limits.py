@@ -17,7 +17,7 @@ from domain import limits
 from domain.channels import Channel
 from domain.errors import InvalidCommand
 from domain.room import Room
-from inbox import wire
+from inbox.adapters import wire
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 

@@ -1,6 +1,6 @@
 """projections.rooms.apply as a fold over wire events.
 
-The wire events come from the real Room aggregate through inbox.wire.to_wire, so these tests
+The wire events come from the real Room aggregate through inbox.adapters.wire.to_wire, so these tests
 exercise the actual contract between the write side and the read model.
 """
 

@@ -1,7 +1,7 @@
 """Search over the projections, index-backed, with the same visibility and filters as the lists.
 
 - by contact: `rooms.search_name` (folded name + handle) matched as a substring (LIKE) or, for
-  typos, by trigram word similarity (`q <% search_name`, threshold in inbox.db), and
+  typos, by trigram word similarity (`q <% search_name`, threshold in inbox.adapters.postgres), and
   `rooms.phone_digits` (national number) as a substring; both from GIN `gin_trgm_ops` indexes.
   Ranked: word-prefix match, substring match, phone match, then similarity; then activity.
 - by conversation: `messages.text_tsv` (to_tsvector('simple', text), GIN) with every word of

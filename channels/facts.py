@@ -1,7 +1,7 @@
 """Channel-neutral facts: what a channel told us, ready for the write side.
 
 A channel adapter (e.g. `channels.meta.parser`) turns a webhook payload into a list of these; the write
-side (`inbox.services.InboundCommitter`) records them. `channel_account` is always the channel's
+side (`InboundCommitter` in `inbox/usecases/`) records them. `channel_account` is always the channel's
 own external id of the business account (WhatsApp phone_number_id, Facebook page id, Instagram
 account id); the write side resolves it to a registered channel account.
 """

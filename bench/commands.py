@@ -20,6 +20,7 @@ from bench.stats import rate, summary_ms
 from domain.channels import Channel
 from domain.staff import Actor, Role
 from inbox.adapters.eventstore import EventStore, InboxApplication
+from inbox.bootstrap import open_event_store
 from inbox.usecases.channel_accounts import ChannelAccounts
 from inbox.usecases.ingest import InboundCommitter, InboundMessage
 from inbox.usecases.room_commands import RoomCommands
@@ -114,7 +115,7 @@ def cold_loads(infra: Infra, room_id: str, repeats: int) -> list[float]:
     """A new InboxApplication each time (empty aggregate cache); its pool is warmed before the clock."""
     times = []
     for _ in range(repeats):
-        app = InboxApplication.from_settings(infra.settings)
+        app = open_event_store(infra.settings)
         try:
             app.recorder.max_notification_id()  # opens a pooled connection
             t0 = time.perf_counter()
@@ -161,7 +162,7 @@ def command_bench(
     infra: Infra, *, small_events: int, large_events: int, commands_per_room: int, cold_repeats: int,
     progress: Any = print,
 ) -> dict[str, RoomFigures]:
-    app = InboxApplication.from_settings(infra.settings)
+    app = open_event_store(infra.settings)
     store = EventStore(app)
     committer = InboundCommitter(store)
     accounts = ChannelAccounts(store)

@@ -40,10 +40,11 @@ from domain.room import Room
 from domain.staff import Actor, Role
 from inbox.adapters.auth import mint_token
 from inbox.config import ConfigError, Settings
-from inbox.adapters.postgres import configure_read_session, conninfo, migrate
+from inbox.adapters.postgres import configure_read_session, conninfo
+from inbox.adapters.schema import migrate
 from inbox.adapters.embedded import free_port
-from inbox.adapters.eventstore import EventStore, InboxApplication
-from inbox.adapters.read_models.replay import replay
+from inbox.adapters.eventstore import EventStore
+from inbox.bootstrap import open_event_store, replay
 from inbox.usecases.channel_accounts import AccountInfo, ChannelAccounts
 from inbox.adapters.read_models.queries import (
     ListCursor,
@@ -174,7 +175,7 @@ def build_room(i: int, n_messages: int, account: AccountInfo, rng: random.Random
 
 def build(settings: Settings, rooms: int, messages: int, *, seed: int = 7, events_per_tx: int = 4000) -> BuildStats:
     rng = random.Random(seed)
-    app = InboxApplication.from_settings(settings)
+    app = open_event_store(settings)
     stats = BuildStats()
     started = time.perf_counter()
     try:

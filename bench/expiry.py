@@ -9,46 +9,21 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 
+import tests.support
 from bench.infra import Infra
 from bench.stats import rate, summary_ms
-from domain.channels import Channel
-from domain.room import Room
-from domain.staff import Actor, Role
-from inbox.adapters.eventstore import EventStore, InboxApplication
-from inbox.usecases.channel_accounts import ChannelAccounts
 
 EXPIRY_ACCOUNT = "pn-bench-expiry"
 
 
 def write_expired_rooms(infra: Infra, org: str, n: int) -> None:
     """n assigned WhatsApp rooms whose last customer message is 30 h old, 500 rooms per transaction."""
-    app = InboxApplication.from_settings(infra.settings)
-    try:
-        account = ChannelAccounts(EventStore(app)).register(
-            Actor("bench-admin", org, Role.ADMIN), channel="whatsapp_cloud", external_id=EXPIRY_ACCOUNT,
-            name="Bench expiry",
-        )
-        spv = Actor("bench-spv", org, Role.SUPERVISOR)
-        old = datetime.now(UTC) - timedelta(hours=30)
-        batch: list[Room] = []
-        for i in range(n):
-            room = Room.open(org_id=org, channel=Channel.WHATSAPP_CLOUD, channel_account_id=account.id,
-                             channel_account=account.external_id, contact_id=f"62877{i:07d}")
-            room.receive(channel_message_id=f"wamid.expiry.{i}", text="halo, masih ada?", sent_at=old)
-            room.assign(spv, agent_id=f"agent{i % 20}")
-            batch.append(room)
-            if len(batch) == 500:
-                app.save(*batch)
-                batch = []
-        if batch:
-            app.save(*batch)
-    finally:
-        app.close()
+    tests.support.write_expired_rooms(infra.settings, org, n, account=EXPIRY_ACCOUNT, phone_prefix="62877")
 
 
 @dataclass

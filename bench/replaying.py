@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench.infra import Infra
-from inbox.adapters.read_models.replay import ReplayStats, replay
+from inbox.adapters.read_models.replay import ReplayStats
+from inbox.bootstrap import replay
 
 
 @dataclass

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
-import hmac
 import random
 import sys
 import time
@@ -33,6 +31,7 @@ from bench.ingest import RawHTTPConnection
 from bench.infra import infrastructure
 from bench.procs import CpuMeter, Pipeline, standard_groups
 from bench.stats import fmt_ms, rate, summary_ms
+from channels.meta.signature import signature as sign
 from inbox.adapters.auth import mint_token
 
 ORG = "bench-webhooks"
@@ -44,10 +43,6 @@ TEXTS = [
     "Halo kak, pesanan saya belum sampai", "Apakah ukuran M masih ada?", "Does it come in another color?",
     "Berapa ongkir ke Surabaya?", "Terima kasih 🙏", "Bisa COD kak?", "Kapan restock warna hitam?",
 ]
-
-
-def sign(secret: str, body: bytes) -> str:
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
 # ---- realistic payloads ---------------------------------------------------------------------

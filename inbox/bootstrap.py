@@ -1,14 +1,25 @@
-"""The composition root: builds settings, connections and services once per process."""
+"""The composition root: the one place that builds every process's dependencies.
+
+The API (`Container`), the relay, the projection worker, replay, dead-letter retry and export
+all get their event store, event log and pools from here; the adapters take them as constructor
+arguments and never open their own.
+"""
 
 from __future__ import annotations
 
+import os
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from psycopg_pool import ConnectionPool
 
 from inbox.config import Settings
-from inbox.adapters.postgres import sync_pool
+from inbox.adapters.postgres import async_pool, sync_pool
 from inbox.adapters.eventstore import EventStore, InboxApplication
+from inbox.adapters.event_log import WireEventLog
 from inbox.usecases.expiry import ExpiredRooms
 from inbox.adapters.lag import LagTracker
 from inbox.adapters.metrics import Metrics
@@ -17,11 +28,29 @@ from inbox.usecases.ingest import InboundCommitter
 from inbox.usecases.room_commands import RoomCommands
 from inbox.adapters.read_models.queries import InboxQueries
 
+if TYPE_CHECKING:
+    import faust
+
+    from inbox.adapters.kafka.relay import Relay
+    from inbox.adapters.read_models.dead_letters import RetryResult
+    from inbox.adapters.read_models.replay import Progress, ReplayStats
+
+
+def open_event_store(settings: Settings) -> InboxApplication:
+    return InboxApplication.from_settings(settings)
+
+
+def open_event_log(settings: Settings) -> WireEventLog:
+    """A reader of the event store as wire events, over its own event store; close it when done."""
+    return WireEventLog(open_event_store(settings))
+
 
 @dataclass
 class Container:
+    """Everything one API process uses."""
+
     settings: Settings
-    app: InboxApplication
+    event_store: InboxApplication
     read_pool: ConnectionPool
     accounts: ChannelAccounts
     inbound: InboundCommitter
@@ -32,12 +61,12 @@ class Container:
 
     @classmethod
     def build(cls, settings: Settings) -> Container:
-        app = InboxApplication.from_settings(settings)
+        event_store = open_event_store(settings)
         read_pool = sync_pool(settings)
-        store = EventStore(app)
+        store = EventStore(event_store)  # the use cases' port on the eventsourcing application
         return cls(
             settings=settings,
-            app=app,
+            event_store=event_store,
             read_pool=read_pool,
             accounts=ChannelAccounts(store),
             inbound=InboundCommitter(
@@ -50,4 +79,50 @@ class Container:
     def close(self) -> None:
         self.inbound.close()
         self.read_pool.close()
-        self.app.close()
+        self.event_store.close()
+
+
+@contextmanager
+def relay(settings: Settings, *, page_size: int = 2000, max_request_size: int = 1_048_576) -> Iterator[Relay]:
+    """The relay with its event log; the log is closed when the block ends."""
+    from inbox.adapters.kafka.relay import Relay
+
+    event_log = open_event_log(settings)
+    try:
+        yield Relay(settings, event_log, page_size=page_size, max_request_size=max_request_size)
+    finally:
+        event_log.close()
+
+
+def projection_worker(settings: Settings, worker_id: str | None = None) -> faust.App:
+    """The Faust app of one projection worker; its pool and event log open on first use."""
+    from inbox.adapters.kafka.projector import ProjectorRuntime, create_faust_app
+
+    runtime = ProjectorRuntime(
+        settings, worker_id or f"{socket.gethostname()}-{os.getpid()}",
+        open_pool=lambda: async_pool(settings, min_size=1, max_size=3),
+        open_event_log=lambda: open_event_log(settings),
+    )
+    return create_faust_app(settings, runtime)
+
+
+async def replay(settings: Settings, *, page_size: int = 5000, progress: Progress | None = None) -> ReplayStats:
+    """Rebuild every projection from the event store (see inbox/adapters/read_models/replay.py)."""
+    from inbox.adapters.read_models import replay as replaying
+
+    event_log = open_event_log(settings)
+    try:
+        return await replaying.replay(settings, event_log, page_size=page_size, progress=progress)
+    finally:
+        event_log.close()
+
+
+async def retry_dead_letters(settings: Settings, ids: list[int] | None = None) -> RetryResult:
+    """Re-project the rooms of the given dead letters (all unresolved ones when `ids` is None)."""
+    from inbox.adapters.read_models import dead_letters
+
+    event_log = open_event_log(settings)
+    try:
+        return await dead_letters.retry(settings, event_log, ids)
+    finally:
+        event_log.close()

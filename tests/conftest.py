@@ -19,7 +19,7 @@ import pytest
 from psycopg import sql
 
 from inbox.config import DEV_JWT_SECRET, DEV_META_APP_SECRET, DEV_META_VERIFY_TOKEN, Settings
-from inbox.adapters.postgres import migrate
+from inbox.adapters.schema import migrate
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

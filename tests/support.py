@@ -6,9 +6,9 @@ import asyncio
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -18,13 +18,18 @@ import psycopg
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
 
+from domain.channels import Channel
+from domain.room import Room
+from domain.staff import Actor, Role
 from inbox.adapters.auth import mint_token
 from inbox.config import Settings
 from inbox.adapters.postgres import conninfo
 from inbox.adapters.embedded import free_port
-from inbox.adapters.event_log import WireEventLog
-from inbox.adapters.eventstore import InboxApplication
+from inbox.bootstrap import open_event_log, open_event_store
+from inbox.adapters.eventstore import EventStore
+from inbox.usecases.channel_accounts import ChannelAccounts
 from inbox.adapters.read_models.writer import ProjectionWriter
+from inbox.entrypoints.processes import Processes
 
 T = TypeVar("T")
 
@@ -97,8 +102,7 @@ def project_all(settings: Settings) -> None:
     """Apply everything in the event store to the projections directly (tests without Kafka)."""
 
     async def run() -> None:
-        app = InboxApplication.from_settings(settings)
-        log = WireEventLog(app)
+        log = open_event_log(settings)
         pool = None
         try:
             from inbox.adapters.postgres import async_pool
@@ -115,7 +119,7 @@ def project_all(settings: Settings) -> None:
         finally:
             if pool is not None:
                 await pool.close()
-            app.close()
+            log.close()
 
     asyncio.run(run())
 
@@ -152,35 +156,20 @@ class Pipeline:
     def __init__(self, settings: Settings, log_dir: Path) -> None:
         self.settings = settings
         self.log_dir = log_dir
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        data_dir = log_dir / "data"  # the worker's Faust directory goes in here; never the cwd's .inbox
+        data_dir.mkdir(exist_ok=True)
+        self.processes = Processes({**env_for(settings), "INBOX_DATA_DIR": str(data_dir)}, log_dir=log_dir)
         self.base_url = f"http://127.0.0.1:{settings.http_port}"
 
     def start(self, name: str, role: str | None = None) -> subprocess.Popen[bytes]:
-        role = role or name
-        log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115
-        data_dir = self.log_dir / "data"  # the worker's Faust directory goes in here; never the cwd's .inbox
-        data_dir.mkdir(exist_ok=True)
-        env = {**env_for(self.settings), "INBOX_DATA_DIR": str(data_dir)}
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "inbox.entrypoints.cli", role], env=env, stdout=log,
-            stderr=subprocess.STDOUT, start_new_session=True,
-        )
-        self.procs[name] = proc
-        return proc
+        return self.processes.start(name, role).popen
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
-        proc = self.procs.pop(name)
-        if proc.poll() is None:
-            os.killpg(proc.pid, sig)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:  # Faust can hang stopping mid-rebalance
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(10)
+        """`sig` to the process's group; SIGKILL after 10 s (Faust can hang stopping mid-rebalance)."""
+        self.processes.kill(name, sig)
 
     def stop_all(self) -> None:
-        for name in list(self.procs):
-            self.kill(name, signal.SIGTERM)
+        self.processes.stop_all()
 
     def wait_for_api(self, timeout: float = 60) -> None:
         def up() -> bool:
@@ -200,8 +189,34 @@ class Pipeline:
         )
 
     def log_tail(self, name: str, lines: int = 40) -> str:
-        path = self.log_dir / f"{name}.log"
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+        return self.processes.log_tail(name, lines)
+
+
+def write_expired_rooms(settings: Settings, org: str, n: int, *, account: str, phone_prefix: str) -> None:
+    """n assigned WhatsApp rooms of `org` whose last customer message is 30 h old, written through
+    the real write path (Room aggregates saved 500 per transaction); the scale test and bench/ use it."""
+    event_store = open_event_store(settings)
+    try:
+        info = ChannelAccounts(EventStore(event_store)).register(
+            Actor("admin1", org, Role.ADMIN), channel="whatsapp_cloud", external_id=account, name=account
+        )
+        spv = Actor("spv1", org, Role.SUPERVISOR)
+        old = datetime.now(UTC) - timedelta(hours=30)
+        batch: list[Room] = []
+        for i in range(n):
+            room = Room.open(org_id=org, channel=Channel.WHATSAPP_CLOUD, channel_account_id=info.id,
+                             channel_account=info.external_id, contact_id=f"{phone_prefix}{i:07d}",
+                             contact_name=f"Customer {i}")
+            room.receive(channel_message_id=f"wamid.{account}.{i}", text="halo, masih ada?", sent_at=old)
+            room.assign(spv, agent_id=f"agent{i % 20}")
+            batch.append(room)
+            if len(batch) == 500:
+                event_store.save(*batch)
+                batch = []
+        if batch:
+            event_store.save(*batch)
+    finally:
+        event_store.close()
 
 
 def http_settings(settings: Settings) -> Settings:

@@ -52,8 +52,12 @@ def is_transient(error: BaseException) -> bool:
 class WireEventLog:
     """Sync reader over the event store; call it from a thread when on an event loop."""
 
-    def __init__(self, app: InboxApplication) -> None:
-        self._app = app
+    def __init__(self, event_store: InboxApplication) -> None:
+        self._event_store = event_store
+
+    def close(self) -> None:
+        """Close the event store it reads (the bootstrap opens one per reader)."""
+        self._event_store.close()
 
     def read(self, after: int, limit: int, unreadable: list[Unreadable] | None = None) -> tuple[LogPage, int]:
         """Notifications with id > after, at most `limit`; returns (page, number of rows read).
@@ -63,7 +67,7 @@ class WireEventLog:
         the caller records it and goes on; without it, the error propagates. Transient database
         errors always propagate.
         """
-        notifications = self._app.recorder.select_notifications(
+        notifications = self._event_store.recorder.select_notifications(
             start=after, limit=limit, inclusive_of_start=False
         )
         last_id = notifications[-1].id if notifications else after
@@ -91,14 +95,14 @@ class WireEventLog:
         return kept, events
 
     def room_events(self, room_id: str, first_version: int, last_version: int) -> list[dict[str, Any]]:
-        stored = self._app.recorder.select_events(
+        stored = self._event_store.recorder.select_events(
             UUID(room_id), gt=first_version - 1, lte=last_version
         )
         return self._to_wire(stored)
 
     def max_notification_id(self) -> int:
-        return self._app.recorder.max_notification_id() or 0
+        return self._event_store.recorder.max_notification_id() or 0
 
     def _to_wire(self, rows: list[StoredEvent]) -> list[dict[str, Any]]:
         """Each room event carries its room's org_id (older stored ones are upcast): no lookup."""
-        return [to_wire(self._app.decode(r)) for r in rows]
+        return [to_wire(self._event_store.decode(r)) for r in rows]

@@ -1,8 +1,6 @@
-"""Database plumbing: connection info, schema creation, pools. One place knows the SQL files."""
+"""Database plumbing: connection info, session setup, pools (migration: inbox/adapters/schema.py)."""
 
 from __future__ import annotations
-
-from importlib import resources
 
 import psycopg
 from psycopg import sql
@@ -111,31 +109,6 @@ def configure_read_session(conn: psycopg.Connection, schema: str) -> None:
     use_search_path(conn, schema)
     conn.execute("SET plan_cache_mode = force_custom_plan")
     conn.execute("SET jit = off")
-
-
-def _sql_file(package: str, name: str) -> str:
-    return resources.files(package).joinpath(name).read_text()
-
-
-def migrate(settings: Settings) -> None:
-    """Create the schema and every table the system needs; safe to run repeatedly and concurrently."""
-    from inbox.adapters.eventstore import InboxApplication, stamp_org_ids  # the event store creates its own tables
-
-    with psycopg.connect(conninfo(settings), autocommit=True) as conn:
-        conn.execute("SELECT pg_advisory_lock(hashtext('inbox-migrate'))")
-        try:
-            conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(settings.db_schema)))
-            ensure_pg_trgm(conn)
-            use_search_path(conn, settings.db_schema)
-            app = InboxApplication.from_settings(settings, create_tables=True)
-            try:
-                stamp_org_ids(app)
-            finally:
-                app.close()
-            conn.execute(_sql_file("inbox.adapters.read_models", "schema.sql"))
-            conn.execute(_sql_file("inbox.adapters.kafka", "schema.sql"))
-        finally:
-            conn.execute("SELECT pg_advisory_unlock(hashtext('inbox-migrate'))")
 
 
 # Waiting for a read connection (pool exhausted, database unreachable) raises PoolTimeout (→ 503) after this long.

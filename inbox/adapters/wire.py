@@ -38,10 +38,6 @@ def event_id(room_id: UUID | str, version: int) -> str:
     return str(uuid5(EVENT_ID_NAMESPACE, f"{room_id}:{version}"))
 
 
-def is_room_event(domain_event: Any) -> bool:
-    return type(domain_event) in ROOM_EVENT_TYPES
-
-
 def to_wire(domain_event: Any) -> dict[str, Any]:
     """Domain event → SPEC §4 dict; every room event carries its room's `org_id`.
 

@@ -7,7 +7,6 @@ import asyncio
 import logging
 import os
 import signal
-import subprocess
 import sys
 import time
 import warnings
@@ -18,6 +17,7 @@ from inbox.config import DEV_JWT_SECRET, ConfigError, Settings
 
 if TYPE_CHECKING:
     from inbox.adapters.embedded import EmbeddedBroker
+    from inbox.entrypoints.processes import Processes
 
 log = logging.getLogger("inbox")
 
@@ -30,9 +30,9 @@ def _setup_logging(level: str = "INFO") -> None:
 def cmd_api(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from inbox.entrypoints.api.app import create_app
+    from inbox.entrypoints.api.app import create_api
     from inbox.bootstrap import Container
-    from inbox.adapters.postgres import migrate
+    from inbox.adapters.schema import migrate
 
     settings = Settings.from_env().require(
         "database_url", "kafka_bootstrap", "jwt_secret", "meta_app_secret", "meta_verify_token"
@@ -42,7 +42,7 @@ def cmd_api(args: argparse.Namespace) -> int:
     try:
         verbose = os.environ.get(_DEV_VERBOSE) == "1"  # `inbox dev --verbose`: uvicorn's own and access logs
         uvicorn.run(
-            create_app(container), host=settings.http_host, port=settings.http_port,
+            create_api(container), host=settings.http_host, port=settings.http_port,
             log_level="info" if verbose else "warning", access_log=verbose,
         )
     finally:
@@ -62,27 +62,29 @@ def _run_until_signalled(main: object) -> None:
 
 
 def cmd_relay(args: argparse.Namespace) -> int:
-    from inbox.adapters.postgres import migrate
-    from inbox.adapters.kafka.relay import Relay
+    from inbox import bootstrap
+    from inbox.adapters.schema import migrate
 
     settings = Settings.from_env().require("database_url", "kafka_bootstrap").check_secrets()
     migrate(settings)
-    _run_until_signalled(Relay(settings).run)
+    with bootstrap.relay(settings) as relay:
+        _run_until_signalled(relay.run)
     return 0
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from inbox.adapters.postgres import migrate
+    from inbox import bootstrap
+    from inbox.adapters.schema import migrate
     from inbox.adapters.kafka.projector import run_worker
 
     settings = Settings.from_env().require("database_url", "kafka_bootstrap").check_secrets()
     migrate(settings)
-    run_worker(settings, loglevel=os.environ.get("INBOX_LOG_LEVEL", "INFO").lower())
+    run_worker(bootstrap.projection_worker(settings), loglevel=os.environ.get("INBOX_LOG_LEVEL", "INFO").lower())
     return 0
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    from inbox.adapters.postgres import migrate
+    from inbox.adapters.schema import migrate
 
     migrate(Settings.from_env().require("database_url"))
     print("schema is up to date")
@@ -107,8 +109,8 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from inbox.adapters.postgres import migrate
-    from inbox.adapters.read_models.replay import replay
+    from inbox.adapters.schema import migrate
+    from inbox.bootstrap import replay
 
     settings = Settings.from_env()
     with _embedded_database(settings) as settings:
@@ -126,8 +128,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from eventsourcing.persistence import ProgrammingError
 
     from inbox.adapters.export import ExportError, ExportFilter, export_events, parse_time, parse_types
-    from inbox.adapters.event_log import WireEventLog
-    from inbox.adapters.eventstore import InboxApplication
+    from inbox.bootstrap import open_event_log
 
     try:
         flt = ExportFilter(
@@ -141,9 +142,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     with _embedded_database(settings) as settings:
         settings = settings.require("database_url")  # read-only: no migrate, so a read replica will do
-        app = InboxApplication.from_settings(settings)
+        event_log = open_event_log(settings)
         try:
-            stats = export_events(WireEventLog(app), args.out, args.format, flt, progress=_progress_bar)
+            stats = export_events(event_log, args.out, args.format, flt, progress=_progress_bar)
         except ExportError as e:
             print(f"inbox export: {e}", file=sys.stderr)
             return 2
@@ -154,7 +155,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             print(f"inbox export: cannot read the event store in schema {settings.db_schema!r}: {e}", file=sys.stderr)
             return 2
         finally:
-            app.close()
+            event_log.close()
         print(
             f"\nexported {stats.events:,} events to {args.out} ({stats.bytes:,} bytes) in {stats.seconds:.1f}s"
             f" ({stats.events_per_s:,.0f} events/s)", file=sys.stderr,
@@ -164,7 +165,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_dead_letters(args: argparse.Namespace) -> int:
     from inbox.adapters.read_models import dead_letters
-    from inbox.adapters.postgres import migrate
+    from inbox.adapters.schema import migrate
+    from inbox.bootstrap import retry_dead_letters
 
     settings = Settings.from_env()
     with _embedded_database(settings) as settings:
@@ -174,7 +176,7 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
             if not args.all and not args.id:
                 print("inbox dead-letters retry: give --id N (repeatable) or --all", file=sys.stderr)
                 return 2
-            result = asyncio.run(dead_letters.retry(settings, None if args.all else args.id))
+            result = asyncio.run(retry_dead_letters(settings, None if args.all else args.id))
             print(f"re-projected {result.rooms} room(s) from the event store: {result.resolved} resolved,"
                   f" {result.still_failing} still failing")
             return 0 if result.still_failing == 0 else 1
@@ -243,14 +245,15 @@ def _quiet_dev_logs() -> dict[str, str]:
 
 def cmd_dev(args: argparse.Namespace) -> int:
     from inbox.adapters.auth import mint_token
-    from inbox.adapters.postgres import migrate
+    from inbox.adapters.schema import migrate
     from inbox.adapters.embedded import EmbeddedBroker
+    from inbox.entrypoints.processes import Processes
 
     log_env = {_DEV_VERBOSE: "1"} if args.verbose else _quiet_dev_logs()
     settings = Settings.from_env().with_dev_defaults()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     broker = None
-    children: list[subprocess.Popen[bytes]] = []
+    children: Processes | None = None
     with _embedded_database(settings) as settings:
         try:
             if not settings.kafka_bootstrap:
@@ -258,10 +261,10 @@ def cmd_dev(args: argparse.Namespace) -> int:
                 settings = replace(settings, kafka_bootstrap=broker.bootstrap)
                 print(f"started embedded Tansu broker on {broker.bootstrap}", file=sys.stderr)
             migrate(settings)
-            env = {**os.environ, **settings.to_env(), **log_env}
+            # Same session as `inbox dev`: a Ctrl-C in the terminal reaches every child; output to this terminal.
+            children = Processes({**os.environ, **settings.to_env(), **log_env}, own_session=False)
             for role in ("relay", "worker", "api"):
-                children.append(subprocess.Popen([sys.executable, "-m", "inbox.entrypoints.cli", role], env=env))
-                print(f"started {role} (pid {children[-1].pid})", file=sys.stderr)
+                print(f"started {role} (pid {children.start(role).pid})", file=sys.stderr)
             token = mint_token(settings.jwt_secret or "", org="dev-org", user="dev-admin", role="admin",
                                issuer=settings.jwt_issuer, audience=settings.jwt_audience)
             print(
@@ -275,13 +278,17 @@ def cmd_dev(args: argparse.Namespace) -> int:
         except KeyboardInterrupt:
             pass
         finally:
-            _stop_all(children)
+            if children is not None:
+                children.stop_all(DEV_STOP_GRACE_S)
             if broker is not None:
                 broker.stop()
     return 0
 
 
-def _supervise(children: list[subprocess.Popen[bytes]], broker: EmbeddedBroker | None) -> None:
+DEV_STOP_GRACE_S = 15.0
+
+
+def _supervise(children: Processes, broker: EmbeddedBroker | None) -> None:
     """Run until Ctrl-C/SIGTERM, or until a process (or the embedded broker) dies."""
     stop = False
 
@@ -291,27 +298,14 @@ def _supervise(children: list[subprocess.Popen[bytes]], broker: EmbeddedBroker |
 
     signal.signal(signal.SIGTERM, on_signal)
     while not stop:
-        for child in children:
-            if child.poll() is not None:
-                log.error("process %s exited with %s; stopping", child.args, child.returncode)
-                return
+        dead = children.first_dead()
+        if dead is not None:
+            log.error("process `inbox %s` exited with %s; stopping", dead.role, dead.returncode)
+            return
         if broker is not None and not broker.alive():
             log.error("the embedded broker exited; stopping")
             return
         time.sleep(0.2)
-
-
-def _stop_all(children: list[subprocess.Popen[bytes]]) -> None:
-    for child in children:
-        if child.poll() is None:
-            child.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + 15
-    for child in children:
-        try:
-            child.wait(max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,7 +22,6 @@ while the POST's other facts are recorded.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import json
 import logging
@@ -45,6 +44,7 @@ from channels.facts import (
     RecordableFact,
 )
 from channels.meta.parser import WebhookShapeError, parse_webhook
+from channels.meta.signature import SIGNATURE_PREFIX, signature
 from channels.sanitize import sanitize
 from domain.channels import Channel
 from domain.errors import Conflict, DomainError
@@ -56,7 +56,6 @@ from inbox.usecases.results import FactOutcome, FactResult
 
 log = logging.getLogger(__name__)
 
-SIGNATURE_PREFIX = "sha256="
 MAX_SIGNATURE_ACCOUNTS = 20  # accounts with their own secret tried per POST not signed by the global app
 
 
@@ -91,11 +90,6 @@ class PreparedWebhook:
     group: list[tuple[AccountInfo, RecordableFact]]
     tally: Tally[str]
     refusals: list[tuple[Fact, str]] = field(default_factory=list)
-
-
-def signature(secret: str, body: bytes) -> str:
-    """The header value Meta would send for `body` signed with `secret`."""
-    return SIGNATURE_PREFIX + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
 def _kind(fact: Fact) -> str:

@@ -243,7 +243,7 @@ def test_a_webhook_during_a_held_lock_gets_503_with_retry_after_and_its_redelive
 ) -> None:
     import json
 
-    from inbox.usecases.meta_webhooks import signature
+    from channels.meta.signature import signature
 
     r = httpx.post(f"{api.base_url}/v1/channel-accounts", headers=auth(api.settings, role="admin"),
                    json={"channel": "whatsapp_cloud", "external_id": "106540352242922", "name": "WA"})

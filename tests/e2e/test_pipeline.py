@@ -165,7 +165,7 @@ def test_two_workers_produce_the_same_projections_as_one(settings: Settings, tmp
     finally:
         p.stop_all()
 
-    from inbox.adapters.read_models.replay import replay
+    from inbox.bootstrap import replay
 
     asyncio.run(replay(p.settings))  # one sequential writer over the same events
     assert (query(p.settings, "SELECT * FROM rooms ORDER BY id"), counters_table(p.settings)) == live

@@ -14,19 +14,14 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import pytest
 
-from domain.channels import Channel
-from domain.room import Room
-from domain.staff import Actor, Role
 from inbox.config import Settings
-from inbox.adapters.eventstore import EventStore, InboxApplication
-from inbox.usecases.channel_accounts import ChannelAccounts
-from tests.support import Pipeline, auth, http_settings, project_all, query
+from tests.support import Pipeline, auth, http_settings, project_all, query, write_expired_rooms
 
 pytestmark = [pytest.mark.e2e, pytest.mark.scale]
 
@@ -34,35 +29,9 @@ ROOMS = 10_000
 ORG = "org1"
 
 
-def write_expired_rooms(settings: Settings, n: int) -> None:
-    """n assigned WhatsApp rooms whose last customer message is 30 h old, 500 rooms per transaction."""
-    app = InboxApplication.from_settings(settings)
-    try:
-        account = ChannelAccounts(EventStore(app)).register(
-            Actor("admin1", ORG, Role.ADMIN), channel="whatsapp_cloud", external_id="pn-scale", name="Scale"
-        )
-        spv = Actor("spv1", ORG, Role.SUPERVISOR)
-        old = datetime.now(UTC) - timedelta(hours=30)
-        batch: list[Room] = []
-        for i in range(n):
-            room = Room.open(org_id=ORG, channel=Channel.WHATSAPP_CLOUD, channel_account_id=account.id,
-                             channel_account=account.external_id, contact_id=f"62812{i:07d}",
-                             contact_name=f"Customer {i}")
-            room.receive(channel_message_id=f"wamid.{i}", text="halo, masih ada?", sent_at=old)
-            room.assign(spv, agent_id=f"agent{i % 20}")
-            batch.append(room)
-            if len(batch) == 500:
-                app.save(*batch)
-                batch = []
-        if batch:
-            app.save(*batch)
-    finally:
-        app.close()
-
-
 @pytest.fixture
 def api(settings: Settings, tmp_path: Path) -> Iterator[Pipeline]:
-    write_expired_rooms(settings, ROOMS)
+    write_expired_rooms(settings, ORG, ROOMS, account="pn-scale", phone_prefix="62812")
     project_all(settings)
     p = Pipeline(http_settings(settings), tmp_path)
     p.start("api")

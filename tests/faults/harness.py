@@ -18,7 +18,7 @@ import psycopg
 from eventsourcing.persistence import StoredEvent
 
 from inbox.config import Settings
-from inbox.adapters.eventstore import InboxApplication
+from inbox.bootstrap import open_event_store
 from tests.support import Pipeline, auth, query, wait_until
 
 ACCOUNT = "pn-faults"
@@ -133,7 +133,7 @@ def first_accepted_after(load: Load, t: float) -> float | None:
 # ---- accounting -----------------------------------------------------------------------------
 def store_message_ids(settings: Settings) -> Counter[str]:
     """Channel message ids of the MessageReceived events in the event store, with multiplicity."""
-    app = InboxApplication.from_settings(settings)
+    app = open_event_store(settings)
     try:
         with app.connection() as conn:
             rows = conn.execute(

@@ -21,7 +21,8 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict
 
 from inbox.config import Settings
-from inbox.adapters.postgres import conninfo, migrate
+from inbox.adapters.postgres import conninfo
+from inbox.adapters.schema import migrate
 from inbox.adapters.embedded import EmbeddedPostgres
 from tests.faults.conftest import INBOUND_TIMEOUT_S, fault_settings, start_pipeline
 from tests.faults.harness import (

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from inbox.usecases.meta_webhooks import signature
+from channels.meta.signature import signature
 from tests.faults.harness import Figures, canary, inbound_body, store_message_ids
 from tests.support import Pipeline, auth
 

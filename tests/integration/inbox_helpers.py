@@ -10,7 +10,7 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 
-from inbox.entrypoints.api.app import create_app
+from inbox.entrypoints.api.app import create_api
 from inbox.config import Settings
 from inbox.bootstrap import Container
 from tests.support import auth, project_all
@@ -102,7 +102,7 @@ class Inbox:
 def running_inbox(settings: Settings) -> Iterator[Inbox]:
     container = Container.build(settings)
     try:
-        with TestClient(create_app(container)) as client:
+        with TestClient(create_api(container)) as client:
             inbox = Inbox(client, settings, container)
             inbox.register_all()
             yield inbox

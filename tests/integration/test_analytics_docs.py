@@ -21,7 +21,7 @@ from inbox.adapters.export import export_events
 from inbox.config import Settings
 from inbox.bootstrap import Container
 from inbox.adapters.event_log import WireEventLog
-from inbox.adapters.eventstore import InboxApplication
+from inbox.bootstrap import open_event_store
 from tests.integration.history_helpers import Story, write_story
 
 pytestmark = pytest.mark.integration
@@ -45,7 +45,7 @@ def exported(
         assert datetime.now(UTC).date() == day_before, "the story crossed midnight UTC; run again"
     finally:
         container.close()
-    app = InboxApplication.from_settings(db_settings)
+    app = open_event_store(db_settings)
     try:
         export_events(WireEventLog(app), tmp_path / "inbox-events.parquet", "parquet")
         export_events(WireEventLog(app), tmp_path / "inbox-events.jsonl", "jsonl")

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from inbox.entrypoints.api.app import create_app
+from inbox.entrypoints.api.app import create_api
 from inbox.adapters.auth import mint_token
 from inbox.config import Settings
 from inbox.bootstrap import Container
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def client(db_settings: Settings) -> Iterator[TestClient]:
     container = Container.build(db_settings)
-    with TestClient(create_app(container)) as c:
+    with TestClient(create_api(container)) as c:
         yield c
     container.close()
 

@@ -18,7 +18,7 @@ from aiokafka import AIOKafkaProducer
 from inbox.config import Settings
 from inbox.bootstrap import Container
 from inbox.adapters.event_log import WireEventLog
-from inbox.adapters.eventstore import InboxApplication
+from inbox.bootstrap import open_event_store
 from inbox.adapters.wire import encode, event_id
 from inbox.adapters.kafka.relay import ensure_topic
 from tests.integration.history_helpers import Story, write_story
@@ -38,7 +38,7 @@ def publish_story(settings: Settings) -> tuple[Story, list[dict[str, Any]]]:
         story = write_story(container)
     finally:
         container.close()
-    app = InboxApplication.from_settings(settings)
+    app = open_event_store(settings)
     try:
         page, _ = WireEventLog(app).read(0, 10_000)
     finally:

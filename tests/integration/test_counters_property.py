@@ -20,7 +20,7 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from inbox.entrypoints.api.app import create_app
+from inbox.entrypoints.api.app import create_api
 from inbox.config import Settings
 from inbox.bootstrap import Container
 from tests.integration.inbox_helpers import ACCOUNTS, Inbox
@@ -47,7 +47,7 @@ commands = st.lists(st.one_of(inbound_cmd, inbound_cmd, staff_cmd, staff_cmd, ot
 @pytest.fixture
 def client(db_settings: Settings) -> Iterator[tuple[TestClient, Container]]:
     container = Container.build(db_settings)
-    with TestClient(create_app(container)) as c:
+    with TestClient(create_api(container)) as c:
         yield c, container
     container.close()
 

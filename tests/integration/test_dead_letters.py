@@ -26,7 +26,7 @@ from inbox.adapters.read_models import dead_letters
 from inbox.config import Settings
 from inbox.bootstrap import Container
 from inbox.adapters.postgres import async_pool, conninfo
-from inbox.adapters.read_models.replay import replay
+from inbox.bootstrap import replay, retry_dead_letters
 from inbox.usecases.ingest import InboundMessage
 from inbox.adapters.wire import encode, event_id
 from inbox.adapters.read_models.writer import ProjectionWriter, is_transient
@@ -210,12 +210,12 @@ def test_retry_after_the_fix_applies_the_event_and_resolves_its_dead_letter(
     [dead] = dead_letters.list_dead_letters(db_settings)
     assert (dead.room_id, dead.version) == (room, 3)
 
-    still = asyncio.run(dead_letters.retry(db_settings, [dead.id]))  # not fixed yet: stays, same id
+    still = asyncio.run(retry_dead_letters(db_settings, [dead.id]))  # not fixed yet: stays, same id
     assert (still.resolved, still.still_failing) == (0, 1)
     assert [d.id for d in dead_letters.list_dead_letters(db_settings)] == [dead.id]
 
     execute(db_settings, "ALTER TABLE messages DROP CONSTRAINT refuse_poison")  # the fix
-    result = asyncio.run(dead_letters.retry(db_settings, None))
+    result = asyncio.run(retry_dead_letters(db_settings, None))
 
     assert (result.rooms, result.resolved, result.still_failing) == (1, 1, 0)
     assert query(db_settings, "SELECT text FROM messages WHERE room_id = %s ORDER BY seq", (room,)) == [

@@ -13,9 +13,10 @@ from domain.channels import Channel
 from domain.room import Room
 from domain.staff import Actor, Role
 from inbox.config import Settings
-from inbox.adapters.postgres import migrate
+from inbox.adapters.schema import migrate
 from inbox.adapters.event_log import WireEventLog
 from inbox.adapters.eventstore import InboxApplication, stamp_org_ids
+from inbox.bootstrap import open_event_store
 
 pytestmark = pytest.mark.integration
 
@@ -25,7 +26,7 @@ SPV = Actor("spv-1", ORG, Role.SUPERVISOR)
 
 @pytest.fixture
 def app(db_settings: Settings) -> Iterator[InboxApplication]:
-    a = InboxApplication.from_settings(db_settings)
+    a = open_event_store(db_settings)
     yield a
     a.close()
 

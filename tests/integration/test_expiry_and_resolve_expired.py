@@ -58,7 +58,7 @@ def expiring(inbox: Inbox) -> dict[str, str]:
 
 
 def last_event(inbox: Inbox, room_id: str) -> object:
-    return list(inbox.container.app.events.get(UUID(room_id)))[-1]
+    return list(inbox.container.event_store.events.get(UUID(room_id)))[-1]
 
 
 def test_only_admins_and_supervisors_resolve_expired_rooms(inbox: Inbox, expiring: dict[str, str]) -> None:
@@ -121,7 +121,7 @@ def test_resolve_expired_skips_a_room_that_received_a_message_after_the_query_sa
 def test_a_chunk_that_races_with_an_inbound_message_still_resolves_the_other_rooms(
     inbox: Inbox, expiring: dict[str, str]
 ) -> None:
-    app = inbox.container.app
+    app = inbox.container.event_store
     real_save = app.save
     raced: list[str] = []
 
@@ -147,7 +147,7 @@ def test_resolve_expired_works_through_more_rooms_than_one_chunk(inbox: Inbox) -
     for i in range(7):
         inbox.inbound("whatsapp_cloud", f"6281{i}", at=OLD - timedelta(minutes=i))
     inbox.project()
-    service = ExpiredRooms(EventStore(inbox.container.app), InboxQueries(inbox.container.read_pool).expired_rooms, chunk_size=2)
+    service = ExpiredRooms(EventStore(inbox.container.event_store), InboxQueries(inbox.container.read_pool).expired_rooms, chunk_size=2)
 
     result = service.resolve_expired(Actor("admin1", "org1", Role.ADMIN), include_unassigned=True)
 

@@ -32,7 +32,7 @@ from inbox.entrypoints.cli import main
 from inbox.config import Settings
 from inbox.bootstrap import Container
 from inbox.adapters.event_log import WireEventLog
-from inbox.adapters.eventstore import InboxApplication
+from inbox.bootstrap import open_event_store
 from inbox.adapters.wire import encode
 from tests.integration.history_helpers import ADMIN1, Story, write_inbound, write_story
 from tests.integration.test_relay import caught_up, running_relay
@@ -49,7 +49,7 @@ def container(db_settings: Settings) -> Iterator[Container]:
 
 @pytest.fixture
 def reader(db_settings: Settings) -> Iterator[WireEventLog]:
-    app = InboxApplication.from_settings(db_settings)
+    app = open_event_store(db_settings)
     yield WireEventLog(app)
     app.close()
 
@@ -88,7 +88,7 @@ def test_jsonl_lines_are_exactly_what_the_relay_published_to_the_topic(settings:
         write_story(container)
     finally:
         container.close()
-    app = InboxApplication.from_settings(settings)
+    app = open_event_store(settings)
     try:
         export_events(WireEventLog(app), tmp_path / "events.jsonl", "jsonl")
     finally:

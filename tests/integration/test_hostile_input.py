@@ -17,14 +17,15 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from inbox.entrypoints.api.app import create_app
+from inbox.entrypoints.api.app import create_api
 from domain import limits
 from inbox.adapters import wire
 from inbox.config import DEV_META_APP_SECRET, Settings
 from inbox.bootstrap import Container
 from inbox.adapters.event_log import WireEventLog
-from inbox.adapters.eventstore import InboxApplication
-from inbox.usecases.meta_webhooks import MAX_SIGNATURE_ACCOUNTS, signature
+from inbox.bootstrap import open_event_store
+from channels.meta.signature import signature
+from inbox.usecases.meta_webhooks import MAX_SIGNATURE_ACCOUNTS
 from tests.support import auth, project_all, query
 
 pytestmark = pytest.mark.integration
@@ -49,7 +50,7 @@ def container(db_settings: Settings) -> Iterator[Container]:
 
 @pytest.fixture
 def client(container: Container) -> Iterator[TestClient]:
-    with TestClient(create_app(container), raise_server_exceptions=False) as c:
+    with TestClient(create_api(container), raise_server_exceptions=False) as c:
         yield c
 
 
@@ -229,7 +230,7 @@ def wa_payload(*messages: dict[str, Any], name: Any = "Budi", sender: str = "628
 def stored_events_are_encodable_and_projectable(settings: Settings) -> list[dict[str, Any]]:
     """Every stored room event goes through the relay's wire encode/decode, and the projection
     writer applies them all."""
-    app = InboxApplication.from_settings(settings)
+    app = open_event_store(settings)
     try:
         page, _ = WireEventLog(app).read(0, 10_000)
         events = [wire.decode(wire.encode(e)) for _, e in page.events]

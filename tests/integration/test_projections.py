@@ -17,7 +17,7 @@ from inbox.config import Settings
 from inbox.bootstrap import Container
 from inbox.adapters.postgres import async_pool
 from inbox.adapters.event_log import WireEventLog
-from inbox.adapters.read_models.replay import replay
+from inbox.bootstrap import replay
 from inbox.usecases.ingest import InboundMessage
 from inbox.adapters.read_models.writer import BatchStats, ProjectionWriter
 from tests.support import counters_table, execute, query, recount
@@ -52,7 +52,7 @@ def populate(container: Container, *, rooms: int = 12, seed: int = 7) -> None:
         action = rng.random()
         # Reply as the room's assignee (any agent while it is unassigned): an inbound message has
         # just reopened a resolved room, so every action below is one the domain allows.
-        assignee = container.app.repository.get(UUID(res.room_id)).assignee
+        assignee = container.event_store.repository.get(UUID(res.room_id)).assignee
         agent = Actor(assignee or f"agent-{r % 3}", "org1", Role.AGENT)
         if action < 0.3:
             container.rooms.reply(agent, res.room_id, text="on it")
@@ -63,9 +63,9 @@ def populate(container: Container, *, rooms: int = 12, seed: int = 7) -> None:
 
 
 def all_events(settings: Settings) -> list[dict[str, Any]]:
-    from inbox.adapters.eventstore import InboxApplication
+    from inbox.bootstrap import open_event_store
 
-    app = InboxApplication.from_settings(settings)
+    app = open_event_store(settings)
     try:
         page, _ = WireEventLog(app).read(0, 100_000)
         return [e for _, e in page.events]
@@ -122,7 +122,7 @@ def test_a_gap_is_reported_and_filled_from_the_event_store(db_settings: Settings
             text=f"hi {i}", sent_at=datetime.now(UTC),
         ))
     events = all_events(db_settings)  # versions 1..6 of one room
-    log = WireEventLog(container.app)
+    log = WireEventLog(container.event_store)
 
     async def fill(room_id: str, first: int, last: int) -> list[dict[str, Any]]:
         return log.room_events(room_id, first, last)

@@ -20,6 +20,7 @@ from inbox.bootstrap import Container
 from inbox.usecases.channel_accounts import AccountInfo
 from inbox.usecases.ingest import InboundMessage
 from inbox.adapters.wire import event_id
+from inbox import bootstrap
 from inbox.adapters.kafka.relay import Relay
 from tests.support import execute, query, read_topic_async
 
@@ -31,15 +32,15 @@ ENVELOPE = {"id", "type", "schema_version", "org_id", "room_id", "version", "occ
 
 @asynccontextmanager
 async def running_relay(settings: Settings) -> AsyncIterator[Relay]:
-    relay = Relay(settings)
-    stop, ready = asyncio.Event(), asyncio.Event()
-    task = asyncio.create_task(relay.run(stop, ready))
-    await asyncio.wait_for(ready.wait(), 30)
-    try:
-        yield relay
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 15)
+    with bootstrap.relay(settings) as relay:
+        stop, ready = asyncio.Event(), asyncio.Event()
+        task = asyncio.create_task(relay.run(stop, ready))
+        await asyncio.wait_for(ready.wait(), 30)
+        try:
+            yield relay
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 15)
 
 
 async def caught_up(relay: Relay, settings: Settings, timeout: float = 20) -> None:
@@ -162,16 +163,16 @@ def test_an_event_the_broker_refuses_is_dead_lettered_and_the_relay_goes_on(
     container.inbound.submit(account, inbound(account, "c1", "canary"))
 
     async def scenario() -> Relay:
-        relay = Relay(settings, max_request_size=2000)  # stands for the broker's message.max.bytes
-        stop, ready = asyncio.Event(), asyncio.Event()
-        task = asyncio.create_task(relay.run(stop, ready))
-        await asyncio.wait_for(ready.wait(), 30)
-        try:
-            await caught_up_to_store(relay, settings)
-        finally:
-            stop.set()
-            await asyncio.wait_for(task, 15)
-        return relay
+        with bootstrap.relay(settings, max_request_size=2000) as relay:  # stands for the broker's message.max.bytes
+            stop, ready = asyncio.Event(), asyncio.Event()
+            task = asyncio.create_task(relay.run(stop, ready))
+            await asyncio.wait_for(ready.wait(), 30)
+            try:
+                await caught_up_to_store(relay, settings)
+            finally:
+                stop.set()
+                await asyncio.wait_for(task, 15)
+            return relay
 
     relay = asyncio.run(scenario())
     records = asyncio.run(read_topic_async(settings, 3))

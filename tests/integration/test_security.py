@@ -11,12 +11,12 @@ import pytest
 from fastapi.testclient import TestClient
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from inbox.entrypoints.api.app import create_app
+from inbox.entrypoints.api.app import create_api
 from inbox.adapters.auth import mint_token
 from inbox.config import Settings
 from inbox.bootstrap import Container
 from inbox.adapters.postgres import conninfo
-from inbox.adapters.eventstore import InboxApplication
+from inbox.bootstrap import open_event_store
 from tests.support import auth
 
 pytestmark = pytest.mark.integration
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def client(db_settings: Settings) -> Iterator[TestClient]:
     container = Container.build(db_settings)
-    with TestClient(create_app(container)) as c:
+    with TestClient(create_api(container)) as c:
         yield c
     container.close()
 
@@ -52,7 +52,7 @@ def test_the_api_checks_issuer_and_audience_when_configured(db_settings: Setting
     container = Container.build(settings)
     secret = settings.jwt_secret or ""
     try:
-        with TestClient(create_app(container)) as c:
+        with TestClient(create_api(container)) as c:
             def status(token: str) -> int:
                 return c.get("/v1/inbox/counters", headers={"Authorization": f"Bearer {token}"}).status_code
 
@@ -70,7 +70,7 @@ def test_the_event_store_honours_every_parameter_of_the_database_url(db_settings
     params = conninfo_to_dict(db_settings.database_url or "")
     url = make_conninfo(**{**params, "application_name": name, "sslmode": "disable",
                            "options": "-c work_mem=7777kB"})
-    app = InboxApplication.from_settings(replace(db_settings, database_url=url))
+    app = open_event_store(replace(db_settings, database_url=url))
     try:
         with app.connection() as conn:
             row = conn.execute("SELECT current_setting('application_name') AS a, current_setting('work_mem') AS w,"

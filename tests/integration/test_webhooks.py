@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from inbox.entrypoints.api.app import create_app
+from inbox.entrypoints.api.app import create_api
 from inbox.config import DEV_META_APP_SECRET, DEV_META_VERIFY_TOKEN, Settings
 from inbox.bootstrap import Container
-from inbox.usecases.meta_webhooks import signature
+from channels.meta.signature import signature
 from tests.support import auth, project_all, query
 
 pytestmark = pytest.mark.integration
@@ -43,7 +43,7 @@ def container(db_settings: Settings) -> Iterator[Container]:
 
 @pytest.fixture
 def client(container: Container) -> Iterator[TestClient]:
-    with TestClient(create_app(container)) as c:
+    with TestClient(create_api(container)) as c:
         yield c
 
 

@@ -146,17 +146,17 @@ def test_two_concurrent_assigns_one_wins_the_other_conflicts(db_settings: Settin
     try:
         room_id = a.inbound.submit(account, message("628444", "wamid.1")).room_id
         # Both processes have loaded the room at the same version before either decides.
-        room_a, room_b = a.app.repository.get(room_id), b.app.repository.get(room_id)
+        room_a, room_b = a.event_store.repository.get(room_id), b.event_store.repository.get(room_id)
         room_a.assign(SPV, agent_id="agent-a")
         room_b.assign(SPV, agent_id="agent-b")
-        a.app.save(room_a)
+        a.event_store.save(room_a)
         with pytest.raises(Exception) as lost:
-            b.app.save(room_b)
+            b.event_store.save(room_b)
         assert "IntegrityError" in type(lost.value).__name__
         # Through the service the loser gets Conflict (HTTP 409), never a silent overwrite.
         with pytest.raises(Conflict):
             b.rooms.assign(SPV, room_id, agent_id="agent-b", expected_version=room_b.version - 1)
-        assert b.app.repository.get(room_id).assignee == "agent-a"
+        assert b.event_store.repository.get(room_id).assignee == "agent-a"
     finally:
         a.close()
         b.close()
@@ -165,13 +165,13 @@ def test_two_concurrent_assigns_one_wins_the_other_conflicts(db_settings: Settin
 def test_racing_staff_commands_through_the_service_yield_one_conflict(container: Container, account: AccountInfo) -> None:
     room_id = container.inbound.submit(account, message("628555", "wamid.1")).room_id
     barrier = threading.Barrier(2)
-    original_save = container.app.save
+    original_save = container.event_store.save
 
     def save_after_both_decided(*objs: object, **kw: object) -> object:
         barrier.wait(timeout=5)  # both commands decided on the same version
         return original_save(*objs, **kw)
 
-    container.app.save = save_after_both_decided  # type: ignore[method-assign]
+    container.event_store.save = save_after_both_decided  # type: ignore[method-assign]
 
     def attempt(agent: str) -> str:
         try:
@@ -187,7 +187,7 @@ def test_racing_staff_commands_through_the_service_yield_one_conflict(container:
 
 def test_staff_command_that_only_raced_a_customer_message_is_redecided(container: Container, account: AccountInfo) -> None:
     room_id = container.inbound.submit(account, message("628666", "wamid.1")).room_id
-    original_save = container.app.save
+    original_save = container.event_store.save
     raced = {"done": False}
 
     def customer_writes_first(*objs: object, **kw: object) -> object:
@@ -196,10 +196,10 @@ def test_staff_command_that_only_raced_a_customer_message_is_redecided(container
             container.inbound.submit(account, message("628666", "wamid.2"))
         return original_save(*objs, **kw)
 
-    container.app.save = customer_writes_first  # type: ignore[method-assign]
+    container.event_store.save = customer_writes_first  # type: ignore[method-assign]
     result = container.rooms.reply(AGENT_A, room_id, text="Halo, ada yang bisa dibantu?")
 
-    room = container.app.repository.get(room_id)
+    room = container.event_store.repository.get(room_id)
     assert raced["done"] and room.version == result.version == 5  # opened, msg1, msg2, assigned, sent
     assert room.assignee == "agent-a"
 
@@ -237,8 +237,8 @@ def test_long_room_history_is_loaded_from_a_snapshot(db_settings: Settings, cont
 
     cold = Container.build(db_settings)  # no aggregate cache
     try:
-        room = cold.app.repository.get(room_id)
+        room = cold.event_store.repository.get(room_id)
         assert room.version == 122 and room.message_count == 121
-        assert room == container.app.repository.get(room_id)
+        assert room == container.event_store.repository.get(room_id)
     finally:
         cold.close()

@@ -10,17 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import socket
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import faust
 from psycopg_pool import AsyncConnectionPool
 
 from inbox.config import Settings
-from inbox.adapters.postgres import async_pool
 from inbox.adapters.event_log import WireEventLog
-from inbox.adapters.eventstore import InboxApplication
 from inbox.adapters.wire import InvalidWireEvent, decode
 from inbox.adapters.read_models.writer import BatchStats, ProjectionWriter, is_transient
 from inbox.adapters.kafka.faust_transport import LowLatencyApp
@@ -31,12 +28,20 @@ HEARTBEAT_S = 2.0
 RETRY_BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)  # then every 5 s until the database is back
 
 
-class ProjectorRuntime:
-    """Connections of one worker process, opened on first use (never at import time)."""
+OpenPool = Callable[[], Awaitable[AsyncConnectionPool]]
 
-    def __init__(self, settings: Settings, worker_id: str) -> None:
+
+class ProjectorRuntime:
+    """Connections of one worker process, opened on first use (never at import time) with the
+    openers the bootstrap gives it: the pool needs the worker's event loop."""
+
+    def __init__(
+        self, settings: Settings, worker_id: str, *, open_pool: OpenPool, open_event_log: Callable[[], WireEventLog]
+    ) -> None:
         self.settings = settings
         self.worker_id = worker_id
+        self._open_pool = open_pool
+        self._open_event_log = open_event_log
         self._pool: AsyncConnectionPool | None = None
         self._writer: ProjectionWriter | None = None
         self._event_log: WireEventLog | None = None
@@ -47,13 +52,13 @@ class ProjectorRuntime:
     async def writer(self) -> ProjectionWriter:
         async with self._lock:
             if self._writer is None:
-                self._pool = await async_pool(self.settings, min_size=1, max_size=3)
+                self._pool = await self._open_pool()
                 self._writer = ProjectionWriter(self._pool, fill_gap=self._fill_gap)
             return self._writer
 
     async def _fill_gap(self, room_id: str, first: int, last: int) -> list[dict[str, Any]]:
         if self._event_log is None:
-            self._event_log = WireEventLog(InboxApplication.from_settings(self.settings))
+            self._event_log = self._open_event_log()
         return await asyncio.to_thread(self._event_log.room_events, room_id, first, last)
 
     async def apply(self, raw_values: list[bytes]) -> BatchStats:
@@ -111,14 +116,16 @@ class ProjectorRuntime:
     async def close(self) -> None:
         if self._pool is not None:
             await self._pool.close()
+        if self._event_log is not None:
+            self._event_log.close()
 
 
-def create_app(settings: Settings, worker_id: str | None = None) -> faust.App:
+def create_faust_app(settings: Settings, runtime: ProjectorRuntime) -> faust.App:
+    """The Faust app of one worker: one agent applying batches through `runtime`, one heartbeat timer."""
     assert settings.kafka_bootstrap, "INBOX_KAFKA_BOOTSTRAP is required"
-    worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
     datadir = settings.data_dir / "faust"
     datadir.mkdir(parents=True, exist_ok=True)
-    app = LowLatencyApp(
+    faust_app = LowLatencyApp(
         settings.worker_group,
         broker=[f"kafka://{h.strip()}" for h in settings.kafka_bootstrap.split(",")],
         store="memory://",
@@ -133,26 +140,23 @@ def create_app(settings: Settings, worker_id: str | None = None) -> faust.App:
         broker_rebalance_timeout=settings.worker_session_timeout_s,
         broker_heartbeat_interval=max(0.5, settings.worker_session_timeout_s / 10),
     )
-    runtime = ProjectorRuntime(settings, worker_id)
-    topic = app.topic(
+    topic = faust_app.topic(
         settings.events_topic, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw",
         partitions=settings.topic_partitions,
     )
 
-    @app.agent(topic, concurrency=1)
+    @faust_app.agent(topic, concurrency=1)
     async def project(stream: faust.StreamT[bytes]) -> None:
         async for values in stream.take(settings.worker_batch_size, within=0.02):
             await runtime.apply(list(values))
 
-    @app.timer(interval=HEARTBEAT_S)
+    @faust_app.timer(interval=HEARTBEAT_S)
     async def heartbeat() -> None:
         await runtime.heartbeat()
 
-    app.inbox_runtime = runtime  # type: ignore[attr-defined]
-    return app
+    return faust_app
 
 
-def run_worker(settings: Settings, loglevel: str = "info") -> None:
-    app = create_app(settings)
-    worker = faust.Worker(app, loglevel=loglevel, quiet=True)
+def run_worker(faust_app: faust.App, loglevel: str = "info") -> None:
+    worker = faust.Worker(faust_app, loglevel=loglevel, quiet=True)
     worker.execute_from_commandline()

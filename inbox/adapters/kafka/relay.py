@@ -36,7 +36,7 @@ from aiokafka.structs import RecordMetadata, TopicPartition
 from inbox.config import Settings
 from inbox.adapters.postgres import conninfo
 from inbox.adapters.event_log import Unreadable, WireEventLog, is_transient
-from inbox.adapters.eventstore import EVENTS_TABLE, InboxApplication
+from inbox.adapters.eventstore import EVENTS_TABLE
 from inbox.adapters.wire import encode, event_id
 
 log = logging.getLogger(__name__)
@@ -106,8 +106,12 @@ async def topic_end_offsets(bootstrap: str, topic: str) -> int:
 
 
 class Relay:
-    def __init__(self, settings: Settings, *, page_size: int = 2000, max_request_size: int = 1_048_576) -> None:
+    def __init__(
+        self, settings: Settings, event_log: WireEventLog, *, page_size: int = 2000, max_request_size: int = 1_048_576
+    ) -> None:
+        """The caller (inbox/bootstrap.py) owns `event_log` and closes it after `run`."""
         self._settings = settings
+        self._event_log = event_log
         self._name = settings.events_topic  # one position per topic the store is published to
         self._page_size = page_size
         self.published = 0
@@ -138,18 +142,12 @@ class Relay:
     async def _run_connected(self, stop: asyncio.Event, ready: asyncio.Event | None) -> None:
         settings = self._settings
         assert settings.kafka_bootstrap
-        app = InboxApplication.from_settings(settings)
-        reader = WireEventLog(app)
-        try:
-            lock_conn = await psycopg.AsyncConnection.connect(conninfo(settings), autocommit=True)
-        except BaseException:
-            app.close()
-            raise
+        reader = self._event_log
+        lock_conn = await psycopg.AsyncConnection.connect(conninfo(settings), autocommit=True)
         try:
             listen_conn = await psycopg.AsyncConnection.connect(conninfo(settings), autocommit=True)
         except BaseException:
             await lock_conn.close()
-            app.close()
             raise
         producer = AIOKafkaProducer(
             bootstrap_servers=settings.kafka_bootstrap,
@@ -217,7 +215,6 @@ class Relay:
             await producer.stop()
             await listen_conn.close()
             await lock_conn.close()
-            app.close()
 
     async def _wait_for_lock(self, conn: psycopg.AsyncConnection[Any], stop: asyncio.Event) -> None:
         waiting_logged = False

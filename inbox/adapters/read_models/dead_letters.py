@@ -25,7 +25,6 @@ from psycopg.rows import dict_row
 from inbox.config import Settings
 from inbox.adapters.postgres import conninfo
 from inbox.adapters.event_log import WireEventLog
-from inbox.adapters.eventstore import InboxApplication
 from inbox.adapters.wire import decode
 from inbox.adapters.read_models.writer import PROJECTION_LOCK, apply_in_transaction
 
@@ -86,24 +85,20 @@ def list_relay_dead_letters(settings: Settings, *, limit: int = 100) -> list[dic
         return cur.fetchall()
 
 
-async def retry(settings: Settings, ids: list[int] | None = None) -> RetryResult:
-    """Re-apply the given unresolved dead letters (all of them when `ids` is None)."""
-    app = InboxApplication.from_settings(settings)
-    reader = WireEventLog(app)
+async def retry(settings: Settings, reader: WireEventLog, ids: list[int] | None = None) -> RetryResult:
+    """Re-apply the given unresolved dead letters (all of them when `ids` is None) from `reader`
+    (opened and closed by the caller, inbox/bootstrap.py)."""
     result = RetryResult()
-    try:
-        async with await psycopg.AsyncConnection.connect(conninfo(settings)) as conn:
-            async with conn.transaction():
-                await conn.execute("SELECT pg_advisory_xact_lock(%s)", (PROJECTION_LOCK,))
-                rooms = await _rooms_to_retry(conn, ids)
-                for room_id in rooms:
-                    events = await asyncio.to_thread(reader.room_events, room_id, 1, 2**62)
-                    resolved, failing = await _reproject_room(conn, room_id, events)
-                    result.rooms += 1
-                    result.resolved += resolved
-                    result.still_failing += failing
-    finally:
-        app.close()
+    async with await psycopg.AsyncConnection.connect(conninfo(settings)) as conn:
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (PROJECTION_LOCK,))
+            rooms = await _rooms_to_retry(conn, ids)
+            for room_id in rooms:
+                events = await asyncio.to_thread(reader.room_events, room_id, 1, 2**62)
+                resolved, failing = await _reproject_room(conn, room_id, events)
+                result.rooms += 1
+                result.resolved += resolved
+                result.still_failing += failing
     return result
 
 

@@ -245,7 +245,9 @@ def message_json(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-class InboxQueries:
+class ReadModelReader:
+    """Reads over the API's read pool, rows as dicts."""
+
     def __init__(self, pool: ConnectionPool) -> None:
         self._pool = pool
 
@@ -254,8 +256,8 @@ class InboxQueries:
             cur.execute(sql, params)
             return cur.fetchall()
 
-    def now(self) -> datetime:
-        return self._fetch("SELECT now() AS now", [])[0]["now"]
+
+class InboxQueries(ReadModelReader):
 
     # ---- counters ---------------------------------------------------------------------------
     def counters(self, actor: Actor) -> dict[str, Any]:

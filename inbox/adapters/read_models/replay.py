@@ -24,7 +24,6 @@ from inbox.config import Settings
 from inbox.adapters.postgres import conninfo
 from inbox.adapters.event_log import Unreadable, WireEventLog
 from inbox.adapters.wire import event_id
-from inbox.adapters.eventstore import InboxApplication
 from inbox.adapters.read_models.writer import PROJECTION_LOCK, apply_in_transaction
 
 log = logging.getLogger(__name__)
@@ -45,41 +44,39 @@ class ReplayStats:
         return self.events / self.seconds if self.seconds else 0.0
 
 
-async def replay(settings: Settings, *, page_size: int = 5000, progress: Progress | None = None) -> ReplayStats:
-    app = InboxApplication.from_settings(settings)
-    reader = WireEventLog(app)
+async def replay(
+    settings: Settings, reader: WireEventLog, *, page_size: int = 5000, progress: Progress | None = None
+) -> ReplayStats:
+    """Rebuild from `reader` (opened and closed by the caller, inbox/bootstrap.py)."""
     started = time.perf_counter()
     events = 0
-    try:
-        total = await asyncio.to_thread(reader.max_notification_id)
-        async with await psycopg.AsyncConnection.connect(conninfo(settings)) as conn:
-            async with conn.transaction():
-                await conn.execute("SELECT pg_advisory_xact_lock(%s)", (PROJECTION_LOCK,))
-                await conn.execute(f"TRUNCATE {', '.join(PROJECTION_TABLES)}")
-                position = 0
-                while True:
-                    unreadable: list[Unreadable] = []
-                    page, rows = await asyncio.to_thread(reader.read, position, page_size, unreadable)
-                    if rows == 0:
-                        break
-                    for u in unreadable:  # a stored event that cannot be read does not abort the replay
-                        log.error("replay: dead-lettering unreadable stored event %s v%s: %s", u.room_id, u.version,
-                                  u.reason.splitlines()[0])
-                        await conn.execute(
-                            "INSERT INTO projection_dead_letters (event_id, reason, event, room_id, version, event_type)"
-                            " VALUES (%s, %s, %s, %s, %s, %s)",
-                            (event_id(u.room_id, u.version), u.reason, u.state, u.room_id, u.version,
-                             u.topic.rsplit(".", 1)[-1]),
-                        )
-                    if page.events:
-                        await apply_in_transaction(conn, [e for _, e in page.events], fill_gap=None)
-                    events += len(page.events)
-                    position = page.last_id
-                    if progress:
-                        elapsed = time.perf_counter() - started
-                        progress(position, max(total, position), events / elapsed if elapsed else 0.0)
-                row = await (await conn.execute("SELECT count(*) FROM rooms")).fetchone()
-                rooms = row[0] if row else 0
-    finally:
-        app.close()
+    total = await asyncio.to_thread(reader.max_notification_id)
+    async with await psycopg.AsyncConnection.connect(conninfo(settings)) as conn:
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (PROJECTION_LOCK,))
+            await conn.execute(f"TRUNCATE {', '.join(PROJECTION_TABLES)}")
+            position = 0
+            while True:
+                unreadable: list[Unreadable] = []
+                page, rows = await asyncio.to_thread(reader.read, position, page_size, unreadable)
+                if rows == 0:
+                    break
+                for u in unreadable:  # a stored event that cannot be read does not abort the replay
+                    log.error("replay: dead-lettering unreadable stored event %s v%s: %s", u.room_id, u.version,
+                              u.reason.splitlines()[0])
+                    await conn.execute(
+                        "INSERT INTO projection_dead_letters (event_id, reason, event, room_id, version, event_type)"
+                        " VALUES (%s, %s, %s, %s, %s, %s)",
+                        (event_id(u.room_id, u.version), u.reason, u.state, u.room_id, u.version,
+                         u.topic.rsplit(".", 1)[-1]),
+                    )
+                if page.events:
+                    await apply_in_transaction(conn, [e for _, e in page.events], fill_gap=None)
+                events += len(page.events)
+                position = page.last_id
+                if progress:
+                    elapsed = time.perf_counter() - started
+                    progress(position, max(total, position), events / elapsed if elapsed else 0.0)
+            row = await (await conn.execute("SELECT count(*) FROM rooms")).fetchone()
+            rooms = row[0] if row else 0
     return ReplayStats(events=events, rooms=rooms, seconds=time.perf_counter() - started)

@@ -32,13 +32,13 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from psycopg.rows import dict_row
-from psycopg_pool import ConnectionPool
 
 from domain.errors import InvalidCommand
 from domain.staff import Actor
 from domain.visibility import counter_keys, sql_predicate
-from inbox.adapters.read_models.queries import RoomFilter, decode_cursor, encode_cursor, filter_clauses, room_json
+from inbox.adapters.read_models.queries import (
+    ReadModelReader, RoomFilter, decode_cursor, encode_cursor, filter_clauses, room_json,
+)
 from projections.text import has_words, name_query, phone_query
 
 MAX_OFFSET = 10_000
@@ -224,15 +224,7 @@ def conversation_hits_sql(hits: Sequence[tuple[str, str]]) -> tuple[str, list[An
     return sql, [[h[0] for h in hits], [h[1] for h in hits]]
 
 
-class RoomSearch:
-    def __init__(self, pool: ConnectionPool) -> None:
-        self._pool = pool
-
-    def _fetch(self, sql: str, params: Sequence[Any]) -> list[dict[str, Any]]:
-        with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-            cur.execute(sql, params)
-            return cur.fetchall()
-
+class RoomSearch(ReadModelReader):
     def tsquery(self, q: str) -> tuple[str, list[str]]:
         """(tsquery text, lexemes) of a conversation search."""
         row = self._fetch(TSQUERY_SQL, [q])[0] if has_words(q) else {"tsq": ""}

@@ -11,30 +11,30 @@ from fastapi import FastAPI
 from inbox.entrypoints.api import errors
 from inbox.entrypoints.api.limits import BodySizeLimit
 from inbox.entrypoints.api.observe import RequestMetrics
-from inbox.entrypoints.api.routers import channel_accounts, health, inbound, inbox, rooms, search, webhooks
+from inbox.entrypoints.api.routers import channel_accounts, counters, health, inbound, rooms, search, webhooks
 from inbox.bootstrap import Container
 
 # Sync endpoints (commands, queries) run in the thread pool; let many wait on PostgreSQL at once.
 THREAD_TOKENS = 200
 
 
-def create_app(container: Container) -> FastAPI:
+def create_api(container: Container) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         anyio.to_thread.current_default_thread_limiter().total_tokens = THREAD_TOKENS
         yield
 
-    app = FastAPI(
+    api = FastAPI(
         title="Inbox API",
         version="1.0",
         description="Omnichannel customer-service inbox: commands, queries and ingestion (see SPEC §3).",
         lifespan=lifespan,
     )
-    app.state.container = container
-    errors.install(app)
-    for module in (channel_accounts, inbound, rooms, inbox, search, webhooks, health):
-        app.include_router(module.router)
+    api.state.container = container
+    errors.install(api)
+    for module in (channel_accounts, inbound, rooms, counters, search, webhooks, health):
+        api.include_router(module.router)
 
-    app.add_middleware(RequestMetrics, metrics=container.metrics)
-    app.add_middleware(BodySizeLimit, max_bytes=container.settings.max_body_bytes)
-    return app
+    api.add_middleware(RequestMetrics, metrics=container.metrics)
+    api.add_middleware(BodySizeLimit, max_bytes=container.settings.max_body_bytes)
+    return api

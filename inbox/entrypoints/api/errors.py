@@ -49,8 +49,8 @@ def _validation_message(exc: RequestValidationError) -> str:
     return "; ".join(parts) or "invalid request"
 
 
-def install(app: FastAPI) -> None:
-    @app.exception_handler(DomainError)
+def install(api: FastAPI) -> None:
+    @api.exception_handler(DomainError)
     async def domain_error(_: Request, exc: DomainError) -> JSONResponse:
         status = next((code for kind, code in STATUS_BY_ERROR if isinstance(exc, kind)), 400)
         return JSONResponse({"detail": str(exc)}, status_code=status)
@@ -61,13 +61,13 @@ def install(app: FastAPI) -> None:
                                     "the database is unavailable; retry later")
 
     for kind in UNAVAILABLE_ERRORS:
-        app.add_exception_handler(kind, unavailable)
+        api.add_exception_handler(kind, unavailable)
 
-    @app.exception_handler(Exception)
+    @api.exception_handler(Exception)
     async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return JSONResponse({"detail": "internal error; it has been logged"}, status_code=500)
 
-    @app.exception_handler(RequestValidationError)
+    @api.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse({"detail": _validation_message(exc)}, status_code=422)

@@ -80,7 +80,7 @@ CREATE TABLE IF NOT EXISTS projection_dead_letters (
 -- Inbox features (tabs, filters, search, history): added in place so existing databases migrate.
 -- Rooms are ordered by updated_at = recorded time of their latest message (assignments and
 -- resolutions do not reorder); a list cursor re-derives a changed room's position as of its
--- first page from messages.recorded_at (projections/queries.py).
+-- first page from messages.recorded_at (inbox/adapters/read_models/queries.py).
 ALTER TABLE rooms ADD COLUMN IF NOT EXISTS search_name text;   -- folded contact name + handle
 ALTER TABLE rooms ADD COLUMN IF NOT EXISTS phone_digits text;  -- national significant number
 ALTER TABLE messages ADD COLUMN IF NOT EXISTS recorded_at timestamptz;

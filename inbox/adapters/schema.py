@@ -1,0 +1,45 @@
+"""Schema migration: the one place that creates every table the system needs.
+
+In order: the schema and pg_trgm; the event store's tables (created by the eventsourcing library's
+recorder: `stored_events`/snapshots plus `inbound_dedup` and `delivery_statuses`, whose DDL lives
+next to the inserts that use them in `InboxRecorder`, since the recorder writes them in the event
+transaction); older room events stamped with their `org_id`; then the SQL files in
+`inbox/adapters/sql/`: `read_models.sql` (projections, dead letters) and `pipeline.sql` (relay
+position and dead letters, worker heartbeats).
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+
+import psycopg
+from psycopg import sql
+
+from inbox.adapters.eventstore import InboxApplication, stamp_org_ids
+from inbox.adapters.postgres import conninfo, ensure_pg_trgm, use_search_path
+from inbox.config import Settings
+
+SQL_FILES = ("read_models.sql", "pipeline.sql")
+
+
+def sql_file(name: str) -> str:
+    return resources.files("inbox.adapters.sql").joinpath(name).read_text()
+
+
+def migrate(settings: Settings) -> None:
+    """Create the schema and every table the system needs; safe to run repeatedly and concurrently."""
+    with psycopg.connect(conninfo(settings), autocommit=True) as conn:
+        conn.execute("SELECT pg_advisory_lock(hashtext('inbox-migrate'))")
+        try:
+            conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(settings.db_schema)))
+            ensure_pg_trgm(conn)
+            use_search_path(conn, settings.db_schema)
+            event_store = InboxApplication.from_settings(settings, create_tables=True)
+            try:
+                stamp_org_ids(event_store)
+            finally:
+                event_store.close()
+            for name in SQL_FILES:
+                conn.execute(sql_file(name))
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(hashtext('inbox-migrate'))")

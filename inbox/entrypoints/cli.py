@@ -108,15 +108,22 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     from inbox.adapters.postgres import migrate
+    from inbox.adapters.export import ExportError, parse_time
     from inbox.adapters.read_models.replay import replay
 
+    try:
+        until = parse_time(args.until) if args.until else None
+    except ExportError as e:
+        print(f"inbox replay: {e}", file=sys.stderr)
+        return 2
     settings = Settings.from_env()
     with _embedded_database(settings) as settings:
         settings = settings.require("database_url")
         migrate(settings)
-        stats = asyncio.run(replay(settings, progress=_progress_bar))
+        stats = asyncio.run(replay(settings, progress=_progress_bar, until=until, into=args.into))
+        where = f" in schema {args.into}" if args.into else ""
         print(
-            f"\nreplayed {stats.events:,} events into {stats.rooms:,} rooms in {stats.seconds:.1f}s"
+            f"\nreplayed {stats.events:,} events into {stats.rooms:,} rooms{where} in {stats.seconds:.1f}s"
             f" ({stats.events_per_s:,.0f} events/s)"
         )
     return 0
@@ -325,7 +332,10 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("relay", help="publish the event store to Kafka (production)").set_defaults(func=cmd_relay)
     sub.add_parser("worker", help="run a Faust projection worker (production)").set_defaults(func=cmd_worker)
     sub.add_parser("migrate", help="create or update the database schema").set_defaults(func=cmd_migrate)
-    sub.add_parser("replay", help="rebuild every projection from the event store").set_defaults(func=cmd_replay)
+    replay = sub.add_parser("replay", help="rebuild every projection from the event store")
+    replay.add_argument("--until", help="only events that occurred at or before this ISO-8601 time (UTC if no offset)")
+    replay.add_argument("--into", help="build the projections in this separate schema; the live ones are not touched")
+    replay.set_defaults(func=cmd_replay)
     export = sub.add_parser("export", help="write the room-event history to Parquet or JSON Lines")
     export.add_argument("--format", required=True, choices=["parquet", "jsonl"])
     export.add_argument("--out", required=True, help="file to write (replaced only when complete)")

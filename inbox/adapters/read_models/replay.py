@@ -18,13 +18,18 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import psycopg
+from dataclasses import replace
+from datetime import datetime
 
-from inbox.config import Settings
-from inbox.adapters.postgres import conninfo
+import psycopg
+from psycopg import sql
+
+from inbox.config import ConfigError, Settings
+from inbox.adapters.postgres import conninfo, migrate_read_models
 from inbox.adapters.event_log import Unreadable, WireEventLog
 from inbox.adapters.wire import event_id
 from inbox.adapters.eventstore import InboxApplication
+from inbox.adapters.read_models.reports_writer import REPORT_TABLES, apply_reports
 from inbox.adapters.read_models.writer import PROJECTION_LOCK, apply_in_transaction
 
 log = logging.getLogger(__name__)
@@ -45,17 +50,34 @@ class ReplayStats:
         return self.events / self.seconds if self.seconds else 0.0
 
 
-async def replay(settings: Settings, *, page_size: int = 5000, progress: Progress | None = None) -> ReplayStats:
+async def replay(
+    settings: Settings, *, page_size: int = 5000, progress: Progress | None = None,
+    until: datetime | None = None, into: str | None = None,
+) -> ReplayStats:
+    """Rebuild the projections (and the reports) from the event store.
+
+    `until`: only events with occurred_at <= until (the inbox as it stood then). Events of one
+    room are in version order and their occurred_at grows with it, so each room stops at its last
+    event up to then; the store is read in notification order to the end, since rooms interleave.
+    `into`: write the read models into that schema (created and migrated) instead of the live
+    ones; the live projections are neither locked nor touched.
+    """
     app = InboxApplication.from_settings(settings)
     reader = WireEventLog(app)
     started = time.perf_counter()
     events = 0
+    target = settings
+    if into is not None:
+        await asyncio.to_thread(check_target_schema, settings, into)
+        target = replace(settings, db_schema=into)
+        await asyncio.to_thread(migrate_read_models, target)
     try:
         total = await asyncio.to_thread(reader.max_notification_id)
-        async with await psycopg.AsyncConnection.connect(conninfo(settings)) as conn:
+        async with await psycopg.AsyncConnection.connect(conninfo(target)) as conn:
             async with conn.transaction():
-                await conn.execute("SELECT pg_advisory_xact_lock(%s)", (PROJECTION_LOCK,))
-                await conn.execute(f"TRUNCATE {', '.join(PROJECTION_TABLES)}")
+                if into is None:
+                    await conn.execute("SELECT pg_advisory_xact_lock(%s)", (PROJECTION_LOCK,))
+                await conn.execute(f"TRUNCATE {', '.join(PROJECTION_TABLES + REPORT_TABLES)}")
                 position = 0
                 while True:
                     unreadable: list[Unreadable] = []
@@ -71,9 +93,13 @@ async def replay(settings: Settings, *, page_size: int = 5000, progress: Progres
                             (event_id(u.room_id, u.version), u.reason, u.state, u.room_id, u.version,
                              u.topic.rsplit(".", 1)[-1]),
                         )
-                    if page.events:
-                        await apply_in_transaction(conn, [e for _, e in page.events], fill_gap=None)
-                    events += len(page.events)
+                    batch = [e for _, e in page.events]
+                    if until is not None:
+                        batch = [e for e in batch if datetime.fromisoformat(e["occurred_at"]) <= until]
+                    if batch:
+                        await apply_in_transaction(conn, batch, fill_gap=None)
+                        await apply_reports(conn, batch)
+                    events += len(batch)
                     position = page.last_id
                     if progress:
                         elapsed = time.perf_counter() - started
@@ -83,3 +109,16 @@ async def replay(settings: Settings, *, page_size: int = 5000, progress: Progres
     finally:
         app.close()
     return ReplayStats(events=events, rooms=rooms, seconds=time.perf_counter() - started)
+
+
+def check_target_schema(settings: Settings, into: str) -> None:
+    """Refuse a target that is the live schema or holds an event store: replay --into never touches those."""
+    if into == settings.db_schema:
+        raise ConfigError(f"--into {into!r} is the live schema; give a separate schema")
+    with psycopg.connect(conninfo(settings), autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT to_regclass(%s) IS NOT NULL",
+            (sql.Identifier(into, "stored_events").as_string(conn),),
+        ).fetchone()
+    if row and row[0]:
+        raise ConfigError(f"schema {into!r} holds an event store; --into needs a schema of its own")

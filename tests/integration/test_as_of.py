@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import uuid
@@ -13,6 +14,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from inbox.adapters.postgres import migrate
 from inbox.adapters.read_models.replay import replay
 from inbox.config import ConfigError, Settings
 from inbox.bootstrap import Container
@@ -141,8 +143,6 @@ def test_replay_until_into_builds_the_inbox_as_it_stood_then_without_touching_th
     settings = db_settings
     story = storied
     live_before = counters_table(settings)
-    import asyncio
-
     stats = asyncio.run(replay(settings, until=story.before_staff, into=target))
     then = replace(settings, db_schema=target)
     assert stats.rooms == 6
@@ -156,10 +156,19 @@ def test_replay_until_into_builds_the_inbox_as_it_stood_then_without_touching_th
 
 
 def test_replay_into_refuses_the_live_schema(db_settings: Settings) -> None:
-    import asyncio
-
     with pytest.raises(ConfigError, match="live schema"):
         asyncio.run(replay(db_settings, into=db_settings.db_schema))
+
+
+def test_replay_into_refuses_a_schema_holding_an_event_store(db_settings: Settings, database_url: str) -> None:
+    other = f"t_{uuid.uuid4().hex[:10]}"
+    migrate(replace(db_settings, db_schema=other))
+    try:
+        with pytest.raises(ConfigError, match="event store"):
+            asyncio.run(replay(db_settings, into=other))
+    finally:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(other)))
 
 
 def test_inbox_replay_until_into_runs_from_the_command_line(

@@ -28,7 +28,7 @@ from inbox.config import ConfigError, Settings
 from inbox.adapters.postgres import conninfo, migrate_read_models
 from inbox.adapters.event_log import Unreadable, WireEventLog
 from inbox.adapters.wire import event_id
-from inbox.adapters.eventstore import InboxApplication
+from inbox.adapters.eventstore import EVENTS_TABLE, InboxApplication
 from inbox.adapters.read_models.reports_writer import REPORT_TABLES, apply_reports
 from inbox.adapters.read_models.writer import PROJECTION_LOCK, apply_in_transaction
 
@@ -118,7 +118,7 @@ def check_target_schema(settings: Settings, into: str) -> None:
     with psycopg.connect(conninfo(settings), autocommit=True) as conn:
         row = conn.execute(
             "SELECT to_regclass(%s) IS NOT NULL",
-            (sql.Identifier(into, "stored_events").as_string(conn),),
+            (sql.Identifier(into, EVENTS_TABLE).as_string(conn),),
         ).fetchone()
     if row and row[0]:
         raise ConfigError(f"schema {into!r} holds an event store; --into needs a schema of its own")

@@ -12,6 +12,7 @@ from inbox.entrypoints.api import errors
 from inbox.entrypoints.api.limits import BodySizeLimit
 from inbox.entrypoints.api.observe import RequestMetrics
 from inbox.entrypoints.api.routers import channel_accounts, health, inbound, inbox, rooms, search, webhooks
+from inbox.entrypoints.api.routers import reports
 from inbox.bootstrap import Container
 
 # Sync endpoints (commands, queries) run in the thread pool; let many wait on PostgreSQL at once.
@@ -34,6 +35,7 @@ def create_app(container: Container) -> FastAPI:
     errors.install(app)
     for module in (channel_accounts, inbound, rooms, inbox, search, webhooks, health):
         app.include_router(module.router)
+    app.include_router(reports.router)
 
     app.add_middleware(RequestMetrics, metrics=container.metrics)
     app.add_middleware(BodySizeLimit, max_bytes=container.settings.max_body_bytes)

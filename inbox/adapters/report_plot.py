@@ -11,7 +11,7 @@ def draw(
     out: Path, *, title: str, first_response_s: list[float], resolution_s: list[float],
     backlog: list[dict[str, Any]],
 ) -> None:
-    """Three panels: first-response and resolution-time histograms (minutes), the backlog over the day."""
+    """Three panels: first-response and resolution-time histograms, the backlog over the day."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
@@ -21,17 +21,18 @@ def draw(
     fig, (a, b, c) = plt.subplots(3, 1, figsize=(9, 10), constrained_layout=True)
     fig.suptitle(title)
     for ax, samples, name in ((a, first_response_s, "First response"), (b, resolution_s, "Resolution")):
-        minutes = [s / 60 for s in samples]
+        unit, scale = ("minutes", 60.0) if samples and max(samples) >= 120 else ("seconds", 1.0)
+        minutes = [s / scale for s in samples]
         if minutes:
             ax.hist(minutes, bins=min(40, max(5, len(minutes) // 3)), color="#4472c4")
             for q, style in ((0.5, "--"), (0.9, ":")):
                 value = sorted(minutes)[min(len(minutes) - 1, int(q * len(minutes)))]
-                ax.axvline(value, color="black", linestyle=style, label=f"p{int(q * 100)} ≈ {value:.1f} min")
+                ax.axvline(value, color="black", linestyle=style, label=f"p{int(q * 100)} ≈ {value:.3g} {unit}")
             ax.legend()
         else:
             ax.text(0.5, 0.5, "no samples", ha="center", va="center", transform=ax.transAxes)
         ax.set_title(f"{name} time ({len(minutes)} room cycles)")
-        ax.set_xlabel("minutes")
+        ax.set_xlabel(unit)
         ax.set_ylabel("room cycles")
     times: list[datetime] = [p["at"] for p in backlog]
     c.step(times, [p["unassigned"] for p in backlog], where="post", color="#c0504d")

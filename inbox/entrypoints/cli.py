@@ -115,7 +115,8 @@ def cmd_report(args: argparse.Namespace) -> int:
             viewer = Actor("inbox-report", args.org, Role.ADMIN)
             first, resolution = queries.samples(viewer, start, end)
             day_start = datetime.combine(day, dtime(), tzinfo=UTC)
-            backlog = queries.backlog(viewer, day_start, day_start + timedelta(days=1), 900)
+            day_end = min(day_start + timedelta(days=1), max(day_start, datetime.now(UTC)))  # not the future
+            backlog = queries.backlog(viewer, day_start, day_end, 900)
         finally:
             pool.close()
     draw(Path(args.plot), title=f"{args.org}: rooms started {start}..{end}; backlog on {day}",

@@ -92,7 +92,7 @@ class ReportQueries:
         ]
 
     def backlog(self, actor: Actor, start: datetime, end: datetime, step_s: int) -> list[dict[str, Any]]:
-        """The organization's unassigned rooms at `start`, `start + step`, ... up to `end` (included)."""
+        """The organization's unassigned rooms at `start`, `start + step`, ... and at `end`."""
         if actor.role not in (Role.ADMIN, Role.SUPERVISOR):
             raise NotAllowed("only admins and supervisors see the backlog")
         if end < start:
@@ -113,7 +113,10 @@ class ReportQueries:
             """,
             [start, end, step_s, actor.org_id, start, actor.org_id, start, step_s],
         )
-        return [{"at": r["at"], "unassigned": int(r["unassigned"])} for r in rows]
+        points = [{"at": r["at"], "unassigned": int(r["unassigned"])} for r in rows]
+        if points and points[-1]["at"] < end:  # `to` itself is always the last point
+            points.append({"at": end, **self.backlog(actor, end, end, 1)[0]} | {"at": end})
+        return points
 
     def samples(self, actor: Actor, start: date, end: date) -> tuple[list[float], list[float]]:
         """First-response and resolution times (seconds) of the cycles started those days (the plot)."""

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -120,10 +122,15 @@ def target(db_settings: Settings) -> Iterator[str]:
         conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(name)))
 
 
+DOC = Path(__file__).parents[2] / "docs" / "analytics.md"
+
+
 def _unassigned_badge(settings: Settings, org: str) -> int:
-    rows = query(settings, "SELECT coalesce(sum(rooms), 0) FROM counters WHERE org_id = %s AND status = 'unassigned'"
-                 " AND assignee = '*'", (org,))
-    return int(rows[0][0])
+    """docs/analytics.md's query (`replay:unassigned_badge`), run on the schema of `settings`."""
+    block = re.search(r"^```sql replay:unassigned_badge\n(.*?)^```", DOC.read_text(), flags=re.S | re.M)
+    assert block, "docs/analytics.md lost its replay:unassigned_badge query"
+    rows = query(settings, block.group(1).replace("inbox_at_0900.", "").replace("%", "%%"))
+    return int(dict(rows).get(org, 0))
 
 
 @pytest.fixture
@@ -158,6 +165,13 @@ def test_replay_until_into_builds_the_inbox_as_it_stood_then_without_touching_th
 def test_replay_into_refuses_the_live_schema(db_settings: Settings) -> None:
     with pytest.raises(ConfigError, match="live schema"):
         asyncio.run(replay(db_settings, into=db_settings.db_schema))
+
+
+def test_replay_until_without_into_is_refused(db_settings: Settings) -> None:
+    done = subprocess.run([sys.executable, "-m", "inbox.entrypoints.cli", "replay", "--until", "2025-03-01"],
+                          env=env_for(db_settings), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert "--until needs --into" in done.stderr
 
 
 def test_replay_into_refuses_a_schema_holding_an_event_store(db_settings: Settings, database_url: str) -> None:

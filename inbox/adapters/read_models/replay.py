@@ -62,6 +62,9 @@ async def replay(
     `into`: write the read models into that schema (created and migrated) instead of the live
     ones; the live projections are neither locked nor touched.
     """
+    if until is not None and into is None:
+        # The live projections as of a past moment would stay there: the workers only add new events.
+        raise ConfigError("--until needs --into SCHEMA: the live projections are always rebuilt to the end")
     app = InboxApplication.from_settings(settings)
     reader = WireEventLog(app)
     started = time.perf_counter()

@@ -188,3 +188,16 @@ def test_report_plot_writes_a_png(inbox: Inbox, day: dict[str, str], tmp_path: P
     out = tmp_path / "report.png"
     assert main(["report", "--plot", str(out), "--org", inbox.org]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_an_event_the_database_refuses_is_dead_lettered_and_the_rest_of_the_batch_is_counted(inbox: Inbox) -> None:
+    inbox.inbound("whatsapp_cloud", "c7")
+    inbox.inbound("whatsapp_cloud", "c8")
+    events = store_events(inbox.settings)
+    poisoned = [{**e, "data": {**e["data"], "channel": "whats\x00app"}} if e["type"] == "RoomOpened"
+                and e["room_id"] == events[0]["room_id"] else e for e in events]
+    stats = report(inbox.settings, poisoned)
+    assert stats.dead_letters == 2  # its RoomOpened (text with NUL), then its message (room never opened)
+    assert query(inbox.settings, "SELECT event_type FROM report_dead_letters ORDER BY version") == [
+        ("RoomOpened",), ("MessageReceived",)]
+    assert query(inbox.settings, "SELECT channel, opened, messages_in FROM report_counts") == [("whatsapp_cloud", 1, 1)]

@@ -68,6 +68,7 @@ class ReportStats:
 @dataclass
 class _Step:
     event: dict[str, Any]
+    before: ReportRoom | None
     after: ReportRoom | None
     counts: tuple[Count, ...] = ()
     backlog: BacklogChange | None = None
@@ -140,19 +141,23 @@ def _step(state: ReportRoom | None, event: dict[str, Any]) -> _Step:
         after, changes = apply(state, event)
     except Exception as e:
         return _refused(state, event, e)
-    return _Step(event, after, changes.counts, changes.backlog, changes.cycle)
+    return _Step(event, state, after, changes.counts, changes.backlog, changes.cycle)
 
 
 def _refused(state: ReportRoom | None, event: dict[str, Any], error: BaseException) -> _Step:
     log.error("reports: dead-lettering event %s (%s v%s): %s: %s", event.get("id"), event.get("type"),
               event.get("version"), type(error).__name__, next(iter(str(error).splitlines()), ""))
     after = replace(state, version=event["version"]) if state is not None else None
-    return _Step(event, after, dead_letter=dead_letter_row(event, f"{type(error).__name__}: {error}"))
+    return _Step(event, state, after, dead_letter=dead_letter_row(event, f"{type(error).__name__}: {error}"))
 
 
 async def _write_one_by_one(conn: AsyncConnection, steps: list[_Step]) -> list[_Step]:
+    """Each event under its own savepoint; a refused one is dead-lettered and the rest of its room
+    is folded again without it (from the state before it), like the main writer does."""
     done: list[_Step] = []
-    for step in steps:
+    pending = list(steps)
+    while pending:
+        step = pending.pop(0)
         rows = _Rows()
         rows.add(step)
         try:
@@ -163,12 +168,21 @@ async def _write_one_by_one(conn: AsyncConnection, steps: list[_Step]) -> list[_
         except Exception as e:
             if is_transient(e):
                 raise
-            refused = _refused(step.after, step.event, e)  # keep the fold state; skip this event's rows
+            refused = _refused(step.before, step.event, e)
         rows = _Rows()
         rows.add(refused)
         async with conn.transaction():
             await _write(conn, rows)
         done.append(refused)
+        room = str(step.event["room_id"])
+        state = refused.after
+        refolded = []
+        for s in pending:
+            if str(s.event["room_id"]) == room:
+                s = _step(state, s.event)
+                state = s.after
+            refolded.append(s)
+        pending = refolded
     return done
 
 

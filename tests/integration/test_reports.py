@@ -20,7 +20,7 @@ from inbox.adapters.read_models.reports_writer import ReportStats, apply_reports
 from inbox.config import Settings
 from inbox.entrypoints.cli import main
 from tests.integration.inbox_helpers import Inbox, agent, spv
-from tests.support import query
+from tests.support import execute, query
 
 pytestmark = pytest.mark.integration
 
@@ -201,3 +201,9 @@ def test_an_event_the_database_refuses_is_dead_lettered_and_the_rest_of_the_batc
     assert query(inbox.settings, "SELECT event_type FROM report_dead_letters ORDER BY version") == [
         ("RoomOpened",), ("MessageReceived",)]
     assert query(inbox.settings, "SELECT channel, opened, messages_in FROM report_counts") == [("whatsapp_cloud", 1, 1)]
+
+
+def test_readyz_reports_live_report_workers_without_depending_on_them(inbox: Inbox) -> None:
+    assert inbox.client.get("/readyz").json()["checks"]["report_workers"] == 0
+    execute(inbox.settings, "INSERT INTO worker_heartbeats (worker_id, kind) VALUES ('reports-1', 'reports')")
+    assert inbox.client.get("/readyz").json()["checks"]["report_workers"] == 1

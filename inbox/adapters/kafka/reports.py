@@ -52,8 +52,10 @@ class ReportsConsumer:
         self.worker_id = worker_id or f"reports-{socket.gethostname()}-{os.getpid()}"
         self.events = 0
         self._pool: AsyncConnectionPool | None = None
+        self._stop: asyncio.Event | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
+        self._stop = stop
         self._pool = await async_pool(self.settings, min_size=1, max_size=2)
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.settings.kafka_bootstrap, enable_auto_commit=False, group_id=None,
@@ -155,13 +157,18 @@ class ReportsConsumer:
             try:
                 return await step()
             except Exception as e:
+                if self._stop is not None and self._stop.is_set():
+                    raise  # shutting down: the batch's offset is not stored, it is read again next time
                 backoff = RETRY_BACKOFF_S[min(attempt, len(RETRY_BACKOFF_S) - 1)]
                 attempt += 1
                 log.warning("reports: %s failed (attempt %s, %s): %s: %s; retrying in %ss",
                             getattr(step, "__name__", "batch"), attempt,
                             "transient" if is_transient(e) else "unexpected", type(e).__name__, e, backoff,
                             exc_info=not is_transient(e))
-                await asyncio.sleep(backoff)
+                if self._stop is not None:
+                    await _wait(self._stop, backoff)
+                else:
+                    await asyncio.sleep(backoff)
 
 
 async def _wait(stop: asyncio.Event, seconds: float) -> None:

@@ -12,6 +12,7 @@ import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from psycopg_pool import ConnectionPool
@@ -106,13 +107,17 @@ def projection_worker(settings: Settings, worker_id: str | None = None) -> faust
     return create_faust_app(settings, runtime)
 
 
-async def replay(settings: Settings, *, page_size: int = 5000, progress: Progress | None = None) -> ReplayStats:
+async def replay(
+    settings: Settings, *, page_size: int = 5000, progress: Progress | None = None,
+    until: datetime | None = None, into: str | None = None,
+) -> ReplayStats:
     """Rebuild every projection from the event store (see inbox/adapters/read_models/replay.py)."""
     from inbox.adapters.read_models import replay as replaying
 
     event_log = open_event_log(settings)
     try:
-        return await replaying.replay(settings, event_log, page_size=page_size, progress=progress)
+        return await replaying.replay(settings, event_log, page_size=page_size, progress=progress,
+                                      until=until, into=into)
     finally:
         event_log.close()
 

@@ -43,3 +43,12 @@ def migrate(settings: Settings) -> None:
                 conn.execute(sql_file(name))
         finally:
             conn.execute("SELECT pg_advisory_unlock(hashtext('inbox-migrate'))")
+
+
+def migrate_read_models(settings: Settings) -> None:
+    """Create the read-model tables alone in `settings.db_schema` (e.g. `inbox replay --into`): no event store."""
+    with psycopg.connect(conninfo(settings), autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(settings.db_schema)))
+        ensure_pg_trgm(conn)
+        use_search_path(conn, settings.db_schema)
+        conn.execute(sql_file("read_models.sql"))

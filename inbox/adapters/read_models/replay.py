@@ -18,12 +18,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import psycopg
+from dataclasses import replace
+from datetime import datetime
 
-from inbox.config import Settings
+import psycopg
+from psycopg import sql
+
+from inbox.config import ConfigError, Settings
 from inbox.adapters.postgres import conninfo
+from inbox.adapters.schema import migrate_read_models
 from inbox.adapters.event_log import Unreadable, WireEventLog
 from inbox.adapters.wire import event_id
+from inbox.adapters.eventstore import EVENTS_TABLE
+from inbox.adapters.read_models.reports_writer import REPORT_TABLES, apply_reports
 from inbox.adapters.read_models.writer import PROJECTION_LOCK, apply_in_transaction
 
 log = logging.getLogger(__name__)
@@ -45,16 +52,34 @@ class ReplayStats:
 
 
 async def replay(
-    settings: Settings, reader: WireEventLog, *, page_size: int = 5000, progress: Progress | None = None
+    settings: Settings, reader: WireEventLog, *, page_size: int = 5000, progress: Progress | None = None,
+    until: datetime | None = None, into: str | None = None,
 ) -> ReplayStats:
-    """Rebuild from `reader` (opened and closed by the caller, inbox/bootstrap.py)."""
+    """Rebuild the projections (and the reports) from `reader` (opened and closed by the caller,
+    inbox/bootstrap.py).
+
+    `until`: only events with occurred_at <= until (the inbox as it stood then). Events of one
+    room are in version order and their occurred_at grows with it, so each room stops at its last
+    event up to then; the store is read in notification order to the end, since rooms interleave.
+    `into`: write the read models into that schema (created and migrated) instead of the live
+    ones; the live projections are neither locked nor touched.
+    """
+    if until is not None and into is None:
+        # The live projections as of a past moment would stay there: the workers only add new events.
+        raise ConfigError("--until needs --into SCHEMA: the live projections are always rebuilt to the end")
     started = time.perf_counter()
     events = 0
+    target = settings
+    if into is not None:
+        await asyncio.to_thread(check_target_schema, settings, into)
+        target = replace(settings, db_schema=into)
+        await asyncio.to_thread(migrate_read_models, target)
     total = await asyncio.to_thread(reader.max_notification_id)
-    async with await psycopg.AsyncConnection.connect(conninfo(settings)) as conn:
+    async with await psycopg.AsyncConnection.connect(conninfo(target)) as conn:
         async with conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (PROJECTION_LOCK,))
-            await conn.execute(f"TRUNCATE {', '.join(PROJECTION_TABLES)}")
+            if into is None:
+                await conn.execute("SELECT pg_advisory_xact_lock(%s)", (PROJECTION_LOCK,))
+            await conn.execute(f"TRUNCATE {', '.join(PROJECTION_TABLES + REPORT_TABLES)}")
             position = 0
             while True:
                 unreadable: list[Unreadable] = []
@@ -70,9 +95,13 @@ async def replay(
                         (event_id(u.room_id, u.version), u.reason, u.state, u.room_id, u.version,
                          u.topic.rsplit(".", 1)[-1]),
                     )
-                if page.events:
-                    await apply_in_transaction(conn, [e for _, e in page.events], fill_gap=None)
-                events += len(page.events)
+                batch = [e for _, e in page.events]
+                if until is not None:
+                    batch = [e for e in batch if datetime.fromisoformat(e["occurred_at"]) <= until]
+                if batch:
+                    await apply_in_transaction(conn, batch, fill_gap=None)
+                    await apply_reports(conn, batch)
+                events += len(batch)
                 position = page.last_id
                 if progress:
                     elapsed = time.perf_counter() - started
@@ -80,3 +109,16 @@ async def replay(
             row = await (await conn.execute("SELECT count(*) FROM rooms")).fetchone()
             rooms = row[0] if row else 0
     return ReplayStats(events=events, rooms=rooms, seconds=time.perf_counter() - started)
+
+
+def check_target_schema(settings: Settings, into: str) -> None:
+    """Refuse a target that is the live schema or holds an event store: replay --into never touches those."""
+    if into == settings.db_schema:
+        raise ConfigError(f"--into {into!r} is the live schema; give a separate schema")
+    with psycopg.connect(conninfo(settings), autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT to_regclass(%s) IS NOT NULL",
+            (sql.Identifier(into, EVENTS_TABLE).as_string(conn),),
+        ).fetchone()
+    if row and row[0]:
+        raise ConfigError(f"schema {into!r} holds an event store; --into needs a schema of its own")

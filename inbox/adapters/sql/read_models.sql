@@ -113,3 +113,69 @@ ALTER TABLE projection_dead_letters ADD COLUMN IF NOT EXISTS retried_at timestam
 ALTER TABLE projection_dead_letters ADD COLUMN IF NOT EXISTS resolved_at timestamptz;
 CREATE INDEX IF NOT EXISTS projection_dead_letters_unresolved ON projection_dead_letters (room_id, version)
     WHERE resolved_at IS NULL;
+
+-- Service reports (issue 13; projections/reports.py), built by `inbox reports` from the topic alone,
+-- rebuilt by `inbox replay`. Idempotent on (room_id, version): report_rooms holds each room's fold state.
+CREATE TABLE IF NOT EXISTS report_rooms (
+    room_id text PRIMARY KEY,
+    version bigint NOT NULL,
+    state jsonb NOT NULL
+);
+-- One row per room cycle (opened or reopened .. resolved): the samples p50/p90 are computed from.
+CREATE TABLE IF NOT EXISTS report_cycles (
+    org_id text NOT NULL,
+    room_id text NOT NULL,
+    cycle integer NOT NULL,
+    channel text NOT NULL,
+    started_at timestamptz NOT NULL,
+    inbound_at timestamptz,
+    first_response_at timestamptz,
+    first_response_s double precision,
+    responder text,
+    resolved_at timestamptz,
+    resolution_s double precision,
+    agent text,
+    PRIMARY KEY (room_id, cycle)
+);
+CREATE INDEX IF NOT EXISTS report_cycles_by_start ON report_cycles (org_id, started_at);
+-- Counts per (org, UTC day, channel, agent); agent '-' = nobody.
+CREATE TABLE IF NOT EXISTS report_counts (
+    org_id text NOT NULL,
+    day date NOT NULL,
+    channel text NOT NULL,
+    agent text NOT NULL,
+    opened bigint NOT NULL DEFAULT 0,
+    reopened bigint NOT NULL DEFAULT 0,
+    resolved bigint NOT NULL DEFAULT 0,
+    messages_in bigint NOT NULL DEFAULT 0,
+    messages_out bigint NOT NULL DEFAULT 0,
+    PRIMARY KEY (org_id, day, channel, agent)
+);
+-- Changes of the unassigned backlog (+1/-1); the count at a moment is the sum of changes up to it.
+CREATE TABLE IF NOT EXISTS report_backlog (
+    org_id text NOT NULL,
+    at timestamptz NOT NULL,
+    room_id text NOT NULL,
+    version bigint NOT NULL,
+    delta smallint NOT NULL,
+    PRIMARY KEY (room_id, version)
+);
+CREATE INDEX IF NOT EXISTS report_backlog_by_time ON report_backlog (org_id, at);
+-- The reports consumer's position per partition, committed with the report rows it produced.
+CREATE TABLE IF NOT EXISTS report_offsets (
+    topic text NOT NULL,
+    partition integer NOT NULL,
+    next_offset bigint NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (topic, partition)
+);
+CREATE TABLE IF NOT EXISTS report_dead_letters (
+    id bigserial PRIMARY KEY,
+    event_id text,
+    room_id text,
+    version bigint,
+    event_type text,
+    reason text NOT NULL,
+    event bytea NOT NULL,
+    recorded_at timestamptz NOT NULL DEFAULT now()
+);

@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from inbox.entrypoints.api import errors
 from inbox.entrypoints.api.limits import BodySizeLimit
 from inbox.entrypoints.api.observe import RequestMetrics
-from inbox.entrypoints.api.routers import channel_accounts, counters, health, inbound, rooms, search, webhooks
+from inbox.entrypoints.api.routers import channel_accounts, counters, health, inbound, reports, rooms, search, webhooks
 from inbox.bootstrap import Container
 
 # Sync endpoints (commands, queries) run in the thread pool; let many wait on PostgreSQL at once.
@@ -32,7 +32,7 @@ def create_api(container: Container) -> FastAPI:
     )
     api.state.container = container
     errors.install(api)
-    for module in (channel_accounts, inbound, rooms, counters, search, webhooks, health):
+    for module in (channel_accounts, inbound, rooms, counters, search, webhooks, health, reports):
         api.include_router(module.router)
 
     api.add_middleware(RequestMetrics, metrics=container.metrics)

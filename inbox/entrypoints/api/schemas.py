@@ -237,3 +237,31 @@ class Counters(BaseModel):
 class Readiness(BaseModel):
     ready: bool
     checks: dict[str, Any]
+
+
+# ---- reports (issue 13) ----------------------------------------------------------------------
+class Percentiles(BaseModel):
+    p50: float | None
+    p90: float | None
+
+
+class ResponseTimesItem(BaseModel):
+    key: str
+    rooms: int
+    first_response_s: Percentiles
+    resolution_s: Percentiles
+    messages_in: int
+    messages_out: int
+
+
+class ResponseTimesReport(BaseModel):
+    items: list[ResponseTimesItem]
+
+
+class BacklogPoint(BaseModel):
+    at: datetime
+    unassigned: int
+
+
+class BacklogReport(BaseModel):
+    items: list[BacklogPoint]

@@ -33,7 +33,8 @@ def _database_checks(container: ContainerDep) -> dict[str, Any]:
             (HEARTBEAT_FRESH_S,),
         ).fetchall()
     live = {kind: n for kind, n in rows}
-    return {"database": True, "relay": live.get("relay", 0) > 0, "stream_workers": live.get("projector", 0)}
+    return {"database": True, "relay": live.get("relay", 0) > 0, "stream_workers": live.get("projector", 0),
+            "report_workers": live.get("reports", 0)}  # informational: the reports are not on the serving path
 
 
 async def _broker_ok(bootstrap: str) -> bool:

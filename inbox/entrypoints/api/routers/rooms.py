@@ -19,6 +19,7 @@ from inbox.entrypoints.api.schemas import (
     RoomPage,
     SendReply,
 )
+from inbox.adapters.read_models.as_of import RoomsAsOf
 from inbox.adapters.read_models.queries import RoomFilter
 
 router = APIRouter(prefix="/v1/rooms", tags=["rooms"])
@@ -58,7 +59,12 @@ def resolve_expired_rooms(body: ResolveExpired, actor: StaffDep, container: Cont
 
 
 @router.get("/{room_id}", response_model=RoomOut)
-def get_room(room_id: str, actor: StaffDep, queries: QueriesDep) -> dict[str, Any]:
+def get_room(
+    room_id: str, actor: StaffDep, queries: QueriesDep, container: ContainerDep, as_of: datetime | None = None
+) -> dict[str, Any]:
+    """With `as_of`: the room as it was then, folded from its events (docs/analytics.md)."""
+    if as_of is not None:
+        return RoomsAsOf(container.event_store, queries).room(actor, room_id, as_of)
     return queries.room(actor, room_id)
 
 
@@ -67,10 +73,15 @@ def room_history(
     room_id: str,
     actor: StaffDep,
     queries: QueriesDep,
+    container: ContainerDep,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     before: str | None = None,
+    as_of: datetime | None = None,
 ) -> dict[str, Any]:
-    """Newest page first; pass `next_before` back as `before` to load older dialogs."""
+    """Newest page first; pass `next_before` back as `before` to load older dialogs.
+    With `as_of`: the history as it was then (edits and removals up to then)."""
+    if as_of is not None:
+        return RoomsAsOf(container.event_store, queries).messages(actor, room_id, as_of, limit=limit, before=before)
     return queries.messages(actor, room_id, limit=limit, before=before)
 
 

@@ -55,7 +55,7 @@ class RoomsAsOf:
         if as_of.tzinfo is None:
             as_of = as_of.replace(tzinfo=UTC)  # like the CLI: no offset means UTC
         room_id = self._queries.room(actor, room_id)["id"]  # 404 unless the viewer sees it now
-        if as_of > self._queries.now():
+        if as_of > datetime.now(UTC):
             raise InvalidCommand("as_of is in the future")
         view: RoomView | None = None
         messages: dict[str, dict[str, Any]] = {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from psycopg_pool import ConnectionPool
 
@@ -14,6 +15,9 @@ from inbox.adapters.lag import LagTracker
 from inbox.adapters.metrics import Metrics
 from inbox.usecases.ingest import ChannelAccounts, InboundCommitter, RoomCommands
 from inbox.adapters.read_models.queries import InboxQueries
+
+if TYPE_CHECKING:
+    from inbox.adapters.live import ChangeHub
 
 
 @dataclass
@@ -27,6 +31,19 @@ class Container:
     expired: ExpiredRooms
     metrics: Metrics = field(default_factory=Metrics)
     lag: LagTracker = field(default_factory=LagTracker.create)
+    # Live updates (GET /v1/stream): needs the event loop, so the API's lifespan starts it.
+    stream_hub: ChangeHub | None = None
+
+    async def start_stream_hub(self) -> ChangeHub:
+        from inbox.adapters.live import ChangeHub
+
+        self.stream_hub = ChangeHub(self.settings)
+        await self.stream_hub.start()
+        return self.stream_hub
+
+    async def stop_stream_hub(self) -> None:
+        if self.stream_hub is not None:
+            await self.stream_hub.stop()
 
     @classmethod
     def build(cls, settings: Settings) -> Container:

@@ -25,6 +25,7 @@ from inbox.adapters.postgres import conninfo
 from inbox.adapters.event_log import Unreadable, WireEventLog
 from inbox.adapters.wire import event_id
 from inbox.adapters.eventstore import InboxApplication
+from inbox.adapters.read_models.changes import record_reset
 from inbox.adapters.read_models.writer import PROJECTION_LOCK, apply_in_transaction
 
 log = logging.getLogger(__name__)
@@ -72,12 +73,15 @@ async def replay(settings: Settings, *, page_size: int = 5000, progress: Progres
                              u.topic.rsplit(".", 1)[-1]),
                         )
                     if page.events:
-                        await apply_in_transaction(conn, [e for _, e in page.events], fill_gap=None)
+                        # No change rows per room: one `reset` row below tells every live stream to re-fetch.
+                        await apply_in_transaction(conn, [e for _, e in page.events], fill_gap=None,
+                                                   log_changes=False)
                     events += len(page.events)
                     position = page.last_id
                     if progress:
                         elapsed = time.perf_counter() - started
                         progress(position, max(total, position), events / elapsed if elapsed else 0.0)
+                await record_reset(conn)
                 row = await (await conn.execute("SELECT count(*) FROM rooms")).fetchone()
                 rooms = row[0] if row else 0
     finally:

@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from inbox.entrypoints.api import errors
 from inbox.entrypoints.api.limits import BodySizeLimit
 from inbox.entrypoints.api.observe import RequestMetrics
-from inbox.entrypoints.api.routers import channel_accounts, health, inbound, inbox, rooms, search, webhooks
+from inbox.entrypoints.api.routers import channel_accounts, health, inbound, inbox, rooms, search, stream, webhooks
 from inbox.bootstrap import Container
 
 # Sync endpoints (commands, queries) run in the thread pool; let many wait on PostgreSQL at once.
@@ -22,7 +22,11 @@ def create_app(container: Container) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         anyio.to_thread.current_default_thread_limiter().total_tokens = THREAD_TOKENS
-        yield
+        await container.start_stream_hub()
+        try:
+            yield
+        finally:
+            await container.stop_stream_hub()
 
     app = FastAPI(
         title="Inbox API",
@@ -32,7 +36,7 @@ def create_app(container: Container) -> FastAPI:
     )
     app.state.container = container
     errors.install(app)
-    for module in (channel_accounts, inbound, rooms, inbox, search, webhooks, health):
+    for module in (channel_accounts, inbound, rooms, inbox, search, stream, webhooks, health):
         app.include_router(module.router)
 
     app.add_middleware(RequestMetrics, metrics=container.metrics)

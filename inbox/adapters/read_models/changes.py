@@ -20,8 +20,8 @@ from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 
 from domain.staff import Actor
-from domain.visibility import counter_keys
-from inbox.adapters.read_models.queries import counters_json, counters_sql, message_json, room_json
+from domain.visibility import ALL, counter_keys
+from inbox.adapters.read_models.queries import counters_json, message_json, room_json
 from inbox.adapters.read_models.writer import CHANGES_LOCK
 
 CHANNEL_PREFIX = "inbox_changes:"
@@ -117,12 +117,18 @@ async def read_changes(
                 await cur.execute("SELECT * FROM messages WHERE id = ANY(%s::uuid[])", (message_ids,))
                 page.messages = {str(r["id"]): message_json(r) for r in await cur.fetchall()}
             orgs = {c.org_id for c in changes}
-            for actor in viewers:
-                key = counter_key(actor)
-                if key in page.counters or not (all_counters or actor.org_id in orgs):
-                    continue
-                await cur.execute(*counters_sql(actor))
-                page.counters[key] = counters_json(actor, await cur.fetchall())
+            wanted = {counter_key(a): a for a in viewers if all_counters or a.org_id in orgs}
+            if wanted:  # one read for every viewer: counters_json keeps the rows of each viewer's keys
+                await cur.execute(
+                    "SELECT org_id, tab, status, assignee, rooms, awaiting FROM counters"
+                    " WHERE org_id = ANY(%s) AND assignee = ANY(%s)",
+                    (list({a.org_id for a in wanted.values()}), list({ALL, *(k for key in wanted for k in key[1])})),
+                )
+                by_org: dict[str, list[dict[str, Any]]] = {}
+                for r in await cur.fetchall():
+                    by_org.setdefault(r["org_id"], []).append(r)
+                for key, actor in wanted.items():
+                    page.counters[key] = counters_json(actor, by_org.get(actor.org_id, []))
     return page
 
 

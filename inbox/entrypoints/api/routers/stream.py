@@ -43,33 +43,6 @@ only. `: hb` comment lines are heartbeats; `retry: 2000` comes first.
 """
 
 
-@router.get(
-    "/stream",
-    summary="Live updates (Server-Sent Events)",
-    response_model=None,
-    description=_DESCRIPTION,
-    responses={200: {"content": {"text/event-stream": {"schema": {"type": "string"}}},
-                     "description": "an endless event stream"}},
-)
-async def stream(
-    viewer: ViewerDep,
-    container: ContainerDep,
-    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
-) -> Response:
-    hub = container.stream_hub
-    if hub is None:
-        raise HTTPException(503, "live updates are not running in this process", headers={"Retry-After": "5"})
-    last: int | None = None
-    if last_event_id not in (None, ""):
-        try:
-            last = int(last_event_id)
-        except ValueError:
-            raise HTTPException(400, "Last-Event-ID must be a position (an integer)") from None
-        if last < 0:
-            raise HTTPException(400, "Last-Event-ID must be a position (an integer >= 0)")
-    return EventStream(Feed(hub, viewer, last), hub, container.settings.stream_heartbeat_s)
-
-
 def _frame(events: list[LiveEvent]) -> bytes:
     """SSE frames; the id goes on the last event of each position only (resuming skips no event)."""
     parts: list[bytes] = []
@@ -126,3 +99,30 @@ class EventStream(Response):
         """A stream told to end (slow client, shutdown) whose sender does not finish: drop it."""
         await self.feed.sub.ended.wait()
         await anyio.sleep(SLOW_CLIENT_GRACE_S if self.feed.sub.overflowed.is_set() else 0.5)
+
+
+@router.get(
+    "/stream",
+    summary="Live updates (Server-Sent Events)",
+    response_model=None,
+    description=_DESCRIPTION,
+    responses={200: {"content": {"text/event-stream": {"schema": {"type": "string"}}},
+                     "description": "an endless event stream"}},
+)
+async def stream(
+    viewer: ViewerDep,
+    container: ContainerDep,
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+) -> Response:
+    hub = container.stream_hub
+    if hub is None:
+        raise HTTPException(503, "live updates are not running in this process", headers={"Retry-After": "5"})
+    last: int | None = None
+    if last_event_id not in (None, ""):
+        try:
+            last = int(last_event_id)
+        except ValueError:
+            raise HTTPException(400, "Last-Event-ID must be a position (an integer)") from None
+        if last < 0:
+            raise HTTPException(400, "Last-Event-ID must be a position (an integer >= 0)")
+    return EventStream(Feed(hub, viewer, last), hub, container.settings.stream_heartbeat_s)

@@ -210,22 +210,32 @@ class Feed:
         self.sub = hub.subscribe(actor)
         self.cursor = 0
         self._counters: dict[str, Any] | None = None
+        self._opening: list[LiveEvent] = []
 
     def close(self) -> None:
         self.hub.unsubscribe(self.sub)
 
-    async def events(self, heartbeat_s: float) -> AsyncIterator[list[LiveEvent] | None]:
-        """Lists of events to send in order; None when `heartbeat_s` passed without any."""
+    async def start(self) -> None:
+        """Where to start: the log's end, the Last-Event-ID, or a `reset` when that is not in the log.
+
+        Called before the response starts, so a database that is away is a 503, not a broken stream.
+        """
         marks = await self.hub.read(0, actors=[], all_counters=False, limit=0)
         last = self.last_event_id
         if last is None:
             self.cursor = marks.head
         elif last > marks.head or last < marks.horizon:
-            yield [LiveEvent("reset", _json({"reason": "expired" if last < marks.horizon else "unknown position",
-                                             "position": marks.head}), None)]
+            self._opening = [LiveEvent("reset", _json({
+                "reason": "expired" if last < marks.horizon else "unknown position", "position": marks.head,
+            }), None)]
             self.cursor = marks.head
         else:
             self.cursor = last
+
+    async def events(self, heartbeat_s: float) -> AsyncIterator[list[LiveEvent] | None]:
+        """Lists of events to send in order; None when `heartbeat_s` passed without any."""
+        if self._opening:
+            yield self._opening
         async for batch in self._catch_up(None):
             yield batch
         while True:

@@ -226,7 +226,7 @@ def test_a_slow_reader_gets_reset_and_is_disconnected(settings: Settings, tmp_pa
         big = "x" * 3000
         n = 0
         while "fell" not in p.log_tail("api", 200):  # write until the API gives up on this stream
-            for _ in range(20):
+            for _ in range(5):
                 customers.write(f"c{n % 50}", f"{n} {big}")
                 n += 1
             assert n < 3000, "the API never bounded the slow stream"

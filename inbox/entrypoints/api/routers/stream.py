@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["stream"])
 
 # After `reset` for a slow client, the server waits this long for the socket to take it, then drops the connection.
-SLOW_CLIENT_GRACE_S = 2.0
+SLOW_CLIENT_GRACE_S = 5.0
 
 _DESCRIPTION = """Server-Sent Events for the signed-in viewer (`text/event-stream`); see docs/live-updates.md.
 
@@ -125,4 +125,10 @@ async def stream(
             raise HTTPException(400, "Last-Event-ID must be a position (an integer)") from None
         if last < 0:
             raise HTTPException(400, "Last-Event-ID must be a position (an integer >= 0)")
-    return EventStream(Feed(hub, viewer, last), hub, container.settings.stream_heartbeat_s)
+    feed = Feed(hub, viewer, last)
+    try:
+        await feed.start()
+    except BaseException:
+        feed.close()
+        raise
+    return EventStream(feed, hub, container.settings.stream_heartbeat_s)

@@ -312,7 +312,8 @@ def run_freshness_phase(
     assert api_pid is not None
     cpu = CpuMeter(standard_groups(infra, pipeline))
     cpu.start()
-    r = freshness(pipeline.base_url, ingest_token, tokens, api_pid, rate=rate_, seconds=seconds, tag=tag)
+    r = freshness(pipeline.base_url, ingest_token, tokens, api_pid, rate=rate_, seconds=seconds, tag=tag,
+                  clients=args.clients)
     usage = cpu.stop()
     s = r.summary()
     say(f"  sent {s['sent']:,} messages at {s['achieved_rate']:,.0f} msg/s"

@@ -20,6 +20,7 @@ from typing import Any
 from bench.baselines import insert_baseline, kafka_baseline, kafka_latency
 from bench.commands import command_bench
 from bench.expiry import resolve_expired_under_load, write_expired_rooms
+from bench.freshness import freshness
 from bench.infra import Infra, infrastructure
 from bench.ingest import (
     ORG,
@@ -90,6 +91,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--counter-read", choices=("sql", "http"), default="sql",
                    help="how (b) reads the counter: the counters table (default) or GET /v1/inbox/counters")
     p.add_argument("--expired-rooms", type=int, help="rooms for (e) resolve all expired (default 10000; quick 1000)")
+    p.add_argument("--freshness", action="store_true",
+                   help="also run (f): inbound 202 → event on open GET /v1/stream clients, and API memory per stream")
+    p.add_argument("--freshness-only", action="store_true", help="run only (f) (implies --freshness)")
+    p.add_argument("--streams", type=int, help="(f) open streams (default 200; quick 50)")
+    p.add_argument("--stream-rate", type=float, help="(f) inbound messages per second (default 500; quick 100)")
+    p.add_argument("--stream-seconds", type=float, help="(f) seconds of steady inbound load (default 20; quick 5)")
     p.add_argument("--quick", action="store_true", help="small sizes for a smoke run (< 60 s)")
     p.add_argument("--json", type=Path, help="also write every figure as JSON to this path")
     p.add_argument("--keep-logs", action="store_true", help="keep the work directory (process logs) at the end")
@@ -287,6 +294,40 @@ def run_visibility(
     out["visibility"] = s
 
 
+def run_freshness_phase(
+    infra: Infra, pipeline: Pipeline, args: argparse.Namespace, ingest_token: str, tag: str, out: dict[str, Any]
+) -> None:
+    streams = args.streams or (50 if args.quick else 200)
+    rate_ = args.stream_rate or (100.0 if args.quick else 500.0)
+    seconds = args.stream_seconds or (5.0 if args.quick else 20.0)
+    say(f"== (f) live-update freshness: {streams} open streams, {rate_:,.0f} inbound msg/s for {seconds:.0f}s ==")
+    secret = infra.settings.jwt_secret
+    assert secret
+    tokens = [
+        mint_token(secret, org=ORG, user="bench-admin", role="admin") if i % 4 == 0
+        else mint_token(secret, org=ORG, user=f"bench-agent-{i}", role="agent")
+        for i in range(streams)
+    ]
+    api_pid = pipeline.pid("api")
+    assert api_pid is not None
+    cpu = CpuMeter(standard_groups(infra, pipeline))
+    cpu.start()
+    r = freshness(pipeline.base_url, ingest_token, tokens, api_pid, rate=rate_, seconds=seconds, tag=tag,
+                  clients=args.clients)
+    usage = cpu.stop()
+    s = r.summary()
+    say(f"  sent {s['sent']:,} messages at {s['achieved_rate']:,.0f} msg/s"
+        + (f"; errors {s['errors']}" if s["errors"] else ""))
+    say(f"  202 → message event on a stream: {fmt_ms(s['latency'])}"
+        + (f"; MISSING {s['missing_deliveries']:,} deliveries" if s["missing_deliveries"] else ""))
+    say(f"  API memory: {s['api_rss_before_mb']:.1f} MB before the streams, {s['api_rss_with_streams_mb']:.1f} MB"
+        f" with {streams} open = {s['api_kb_per_stream']:.1f} KB per open stream")
+    if usage:
+        say(f"  CPU: {usage.describe()}")
+        warn_if_disturbed(usage, "(f) freshness")
+    out["freshness"] = s
+
+
 def run_replay_phase(infra: Infra, pipeline: Pipeline, out: dict[str, Any]) -> None:
     say("== (c) replay ==")
     wait_projected(infra, pipeline, timeout=300, what="projections to catch up before replay")
@@ -432,6 +473,12 @@ def summary_rows(out: dict[str, Any], sizes: Sizes) -> list[tuple[str, str, str]
         add(f"(e) resolve all expired, {e['rooms']:,} rooms", e["rooms_per_s"], "rooms/s")
         add("(e) reads during it p99", e["reads"]["p99_ms"], "ms", ".1f")
         add("(e) inbound POSTs during it p99", e["writes"]["p99_ms"], "ms", ".1f")
+    f = out.get("freshness")
+    if f:
+        n = f["streams"]
+        add(f"(f) 202 → stream event p50 ({n} streams, {f['achieved_rate']:.0f} msg/s)", f["latency"]["p50_ms"], "ms", ".1f")
+        add(f"(f) 202 → stream event p99 ({n} streams, {f['achieved_rate']:.0f} msg/s)", f["latency"]["p99_ms"], "ms", ".1f")
+        add("(f) API memory per open stream", f["api_kb_per_stream"], "KB", ".1f")
     ratios = out.get("ratios", {})
     for key, (label, _) in RATIO_LABELS.items():
         if key in ratios:
@@ -515,7 +562,8 @@ def main(argv: list[str] | None = None) -> int:
         admin_token = mint_token(settings.jwt_secret, org=ORG, user="bench-admin", role="admin")
         ingest_token = mint_token(settings.jwt_secret, org=ORG, user="bench-integration", role="integration")
         try:
-            run_baselines(infra, sizes, out)
+            if not args.freshness_only:
+                run_baselines(infra, sizes, out)
             pipeline = Pipeline(infra)
             try:
                 start_pipeline(infra, pipeline, out)
@@ -526,10 +574,13 @@ def main(argv: list[str] | None = None) -> int:
                              contacts=sizes.warmup // 2, tag=f"{tag}w", client=args.client)
                 wait_projected(infra, pipeline, timeout=180, what="warm-up messages to be projected")
                 say(f"  warm-up: {sizes.warmup} messages through the whole pipeline in {time.perf_counter() - t0:.1f}s")
-                run_ingest(infra, pipeline, sizes, ingest_token, tag, args.client, out)
-                run_visibility(infra, pipeline, sizes, ingest_token, admin_token, tag, args.counter_read, out)
-                run_replay_phase(infra, pipeline, out)
-                run_expiry_phase(infra, pipeline, sizes, ingest_token, out)
+                if not args.freshness_only:
+                    run_ingest(infra, pipeline, sizes, ingest_token, tag, args.client, out)
+                    run_visibility(infra, pipeline, sizes, ingest_token, admin_token, tag, args.counter_read, out)
+                    run_replay_phase(infra, pipeline, out)
+                    run_expiry_phase(infra, pipeline, sizes, ingest_token, out)
+                if args.freshness or args.freshness_only:
+                    run_freshness_phase(infra, pipeline, args, ingest_token, tag, out)
             except BaseException:
                 for role in list(pipeline.processes.running):
                     sys.stderr.write(f"---- last lines of `inbox {role}` ----\n{pipeline.log_tail(role)}\n")
@@ -538,7 +589,8 @@ def main(argv: list[str] | None = None) -> int:
                 t0 = time.perf_counter()
                 pipeline.stop_all()
                 say(f"  (pipeline processes stopped in {time.perf_counter() - t0:.1f}s)")
-            run_command_phase(infra, sizes, out)
+            if not args.freshness_only:
+                run_command_phase(infra, sizes, out)
         except Exception:
             failed = True
             traceback.print_exc()

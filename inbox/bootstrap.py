@@ -32,6 +32,8 @@ from inbox.adapters.read_models.queries import InboxQueries
 if TYPE_CHECKING:
     import faust
 
+    from inbox.adapters.live import ChangeHub
+
     from inbox.adapters.kafka.relay import Relay
     from inbox.adapters.read_models.dead_letters import RetryResult
     from inbox.adapters.read_models.replay import Progress, ReplayStats
@@ -59,6 +61,19 @@ class Container:
     expired: ExpiredRooms
     metrics: Metrics = field(default_factory=Metrics)
     lag: LagTracker = field(default_factory=LagTracker.create)
+    # Live updates (GET /v1/stream): needs the event loop, so the API's lifespan starts it.
+    stream_hub: ChangeHub | None = None
+
+    async def start_stream_hub(self) -> ChangeHub:
+        from inbox.adapters.live import ChangeHub
+
+        self.stream_hub = ChangeHub(self.settings)
+        await self.stream_hub.start()
+        return self.stream_hub
+
+    async def stop_stream_hub(self) -> None:
+        if self.stream_hub is not None:
+            await self.stream_hub.stop()
 
     @classmethod
     def build(cls, settings: Settings) -> Container:

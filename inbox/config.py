@@ -63,6 +63,12 @@ class Settings:
     read_statement_timeout_ms: int = 5000
     # /readyz: the relay or the projections are "stuck" when behind and not moving for this long.
     stall_after_s: float = 30.0
+    # Live stream (GET /v1/stream): change-log retention (older Last-Event-IDs get `reset`),
+    # heartbeat interval, and how many pages of changes may wait for one slow client before it
+    # gets `reset` and is disconnected.
+    stream_retention_s: float = 86400.0
+    stream_heartbeat_s: float = 15.0
+    stream_buffer: int = 256
 
     @property
     def events_topic(self) -> str:
@@ -118,6 +124,9 @@ class Settings:
             inbound_queue_max=get_int("INBOX_INBOUND_QUEUE_MAX", 5000),
             read_statement_timeout_ms=get_int("INBOX_READ_STATEMENT_TIMEOUT_MS", 5000),
             stall_after_s=float(get_int("INBOX_STALL_AFTER_S", 30)),
+            stream_retention_s=get_float("INBOX_STREAM_RETENTION_S", 86400.0),
+            stream_heartbeat_s=get_float("INBOX_STREAM_HEARTBEAT_S", 15.0),
+            stream_buffer=get_int("INBOX_STREAM_BUFFER", 256),
         )
 
     def to_env(self) -> dict[str, str]:
@@ -145,6 +154,9 @@ class Settings:
             "INBOX_INBOUND_QUEUE_MAX": str(self.inbound_queue_max),
             "INBOX_READ_STATEMENT_TIMEOUT_MS": str(self.read_statement_timeout_ms),
             "INBOX_STALL_AFTER_S": str(int(self.stall_after_s)),
+            "INBOX_STREAM_RETENTION_S": str(self.stream_retention_s),
+            "INBOX_STREAM_HEARTBEAT_S": str(self.stream_heartbeat_s),
+            "INBOX_STREAM_BUFFER": str(self.stream_buffer),
         }
         return {k: v or "" for k, v in values.items()}
 

@@ -41,10 +41,19 @@ def cmd_api(args: argparse.Namespace) -> int:
     container = Container.build(settings)
     try:
         verbose = os.environ.get(_DEV_VERBOSE) == "1"  # `inbox dev --verbose`: uvicorn's own and access logs
-        uvicorn.run(
-            create_api(container), host=settings.http_host, port=settings.http_port,
-            log_level="info" if verbose else "warning", access_log=verbose,
-        )
+        api = create_api(container)
+
+        class Server(uvicorn.Server):
+            def handle_exit(self, sig: int, frame: object) -> None:
+                # uvicorn waits for open responses before the lifespan ends: end the live streams now.
+                if container.stream_hub is not None:
+                    container.stream_hub.end_streams_threadsafe()
+                super().handle_exit(sig, frame)  # type: ignore[arg-type]
+
+        Server(uvicorn.Config(
+            api, host=settings.http_host, port=settings.http_port,
+            log_level="info" if verbose else "warning", access_log=verbose, timeout_graceful_shutdown=10,
+        )).run()
     finally:
         container.close()
     return 0

@@ -19,6 +19,7 @@ from psycopg_pool import AsyncConnectionPool
 from inbox.config import Settings
 from inbox.adapters.event_log import WireEventLog
 from inbox.adapters.wire import InvalidWireEvent, decode
+from inbox.adapters.read_models.changes import prune
 from inbox.adapters.read_models.writer import BatchStats, ProjectionWriter, is_transient
 from inbox.adapters.kafka.faust_transport import LowLatencyApp
 
@@ -48,6 +49,7 @@ class ProjectorRuntime:
         self._lock = asyncio.Lock()
         self.batches = 0
         self.events = 0
+        self._pruned_at = 0.0
 
     async def writer(self) -> ProjectionWriter:
         async with self._lock:
@@ -112,6 +114,20 @@ class ProjectorRuntime:
                 " ON CONFLICT (worker_id) DO UPDATE SET beat_at = now(), events = EXCLUDED.events",
                 (self.worker_id, self.events),
             )
+        await self.prune_changes()
+
+    async def prune_changes(self) -> None:
+        """Keep the stream's change log to its retention window (every worker may; it is idempotent)."""
+        retention = self.settings.stream_retention_s
+        now = asyncio.get_running_loop().time()
+        if now - self._pruned_at < min(60.0, retention / 4):
+            return
+        self._pruned_at = now
+        assert self._pool is not None
+        async with self._pool.connection() as conn:
+            deleted = await prune(conn, retention)
+        if deleted:
+            log.info("pruned %s change-log rows older than %ss", deleted, retention)
 
     async def close(self) -> None:
         if self._pool is not None:

@@ -245,6 +245,32 @@ def message_json(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def counters_json(actor: Actor, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The viewer's badges (GET /v1/inbox/counters) from the rows of `counters_sql(actor)`."""
+    mine = counter_keys(actor)
+    per_tab = {tab: {"awaiting": 0, **{s: 0 for s in STATUSES}} for tab in TABS}
+    org_unassigned = 0
+    for r in rows:
+        if r["assignee"] == ALL and r["status"] == "unassigned":
+            org_unassigned += r["rooms"]
+        if r["assignee"] not in mine or r["tab"] not in per_tab:
+            continue
+        per_tab[r["tab"]][r["status"]] += r["rooms"]
+        per_tab[r["tab"]]["awaiting"] += r["awaiting"]
+    statuses = {s: sum(per_tab[t][s] for t in TABS) for s in STATUSES}
+    return {
+        "messages": per_tab["messages"]["awaiting"],
+        "comments": per_tab["comments"]["awaiting"],
+        "unassigned": org_unassigned,
+        "statuses": {"all": sum(statuses.values()), **statuses},
+        "tabs": {
+            t: {"awaiting_reply": per_tab[t]["awaiting"],
+                "statuses": {"all": sum(per_tab[t][s] for s in STATUSES), **{s: per_tab[t][s] for s in STATUSES}}}
+            for t in TABS
+        },
+    }
+
+
 class ReadModelReader:
     """Reads over the API's read pool, rows as dicts."""
 
@@ -262,29 +288,7 @@ class InboxQueries(ReadModelReader):
     # ---- counters ---------------------------------------------------------------------------
     def counters(self, actor: Actor) -> dict[str, Any]:
         """Badge numbers for the viewer: a lookup of maintained counter rows, no COUNT over rooms."""
-        mine = counter_keys(actor)
-        rows = self._fetch(*counters_sql(actor))
-        per_tab = {tab: {"awaiting": 0, **{s: 0 for s in STATUSES}} for tab in TABS}
-        org_unassigned = 0
-        for r in rows:
-            if r["assignee"] == ALL and r["status"] == "unassigned":
-                org_unassigned += r["rooms"]
-            if r["assignee"] not in mine or r["tab"] not in per_tab:
-                continue
-            per_tab[r["tab"]][r["status"]] += r["rooms"]
-            per_tab[r["tab"]]["awaiting"] += r["awaiting"]
-        statuses = {s: sum(per_tab[t][s] for t in TABS) for s in STATUSES}
-        return {
-            "messages": per_tab["messages"]["awaiting"],
-            "comments": per_tab["comments"]["awaiting"],
-            "unassigned": org_unassigned,
-            "statuses": {"all": sum(statuses.values()), **statuses},
-            "tabs": {
-                t: {"awaiting_reply": per_tab[t]["awaiting"],
-                    "statuses": {"all": sum(per_tab[t][s] for s in STATUSES), **{s: per_tab[t][s] for s in STATUSES}}}
-                for t in TABS
-            },
-        }
+        return counters_json(actor, self._fetch(*counters_sql(actor)))
 
     # ---- rooms --------------------------------------------------------------------------------
     def room(self, actor: Actor, room_id: str) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from inbox.adapters.event_log import Unreadable, WireEventLog
 from inbox.adapters.wire import event_id
 from inbox.adapters.eventstore import EVENTS_TABLE
 from inbox.adapters.read_models.reports_writer import REPORT_TABLES, apply_reports
+from inbox.adapters.read_models.changes import record_reset
 from inbox.adapters.read_models.writer import PROJECTION_LOCK, apply_in_transaction
 
 log = logging.getLogger(__name__)
@@ -99,13 +100,16 @@ async def replay(
                 if until is not None:
                     batch = [e for e in batch if datetime.fromisoformat(e["occurred_at"]) <= until]
                 if batch:
-                    await apply_in_transaction(conn, batch, fill_gap=None)
+                    # No change rows per room: one `reset` row below tells every live stream to re-fetch.
+                    await apply_in_transaction(conn, batch, fill_gap=None, log_changes=False)
                     await apply_reports(conn, batch)
                 events += len(batch)
                 position = page.last_id
                 if progress:
                     elapsed = time.perf_counter() - started
                     progress(position, max(total, position), events / elapsed if elapsed else 0.0)
+            if into is None:
+                await record_reset(conn)
             row = await (await conn.execute("SELECT count(*) FROM rooms")).fetchone()
             rooms = row[0] if row else 0
     return ReplayStats(events=events, rooms=rooms, seconds=time.perf_counter() - started)

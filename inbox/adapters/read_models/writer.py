@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 
 # Held shared by every batch, exclusively by `inbox replay` while it rebuilds.
 PROJECTION_LOCK = 0x1B0C5
+# Held from a batch's first change-log row to its commit: positions are handed out in commit
+# order, so a reader that sees position n committed has seen every position below it.
+CHANGES_LOCK = 0x1B0C6
 
 GapFiller = Callable[[str, int, int], Awaitable[list[dict[str, Any]]]]
 """(room_id, first_missing_version, last_missing_version) → those wire events, in order."""
@@ -90,7 +93,8 @@ class ProjectionWriter:
 
 
 async def apply_in_transaction(
-    conn: AsyncConnection, events: Sequence[dict[str, Any]], fill_gap: GapFiller | None
+    conn: AsyncConnection, events: Sequence[dict[str, Any]], fill_gap: GapFiller | None, *,
+    log_changes: bool = True,
 ) -> BatchStats:
     """Apply a batch inside the caller's transaction; an event that cannot be stored is dead-lettered.
 
@@ -145,12 +149,48 @@ async def apply_in_transaction(
                     len(events), type(e).__name__, _first_line(e))
         for plan in plans:
             await _write_isolated(conn, plan)
+    if log_changes:
+        await record_changes(conn, plans)
 
     steps = [s for p in plans for s in p.steps]
     stats.dead_letters = sum(1 for s in steps if s.dead_letter is not None)
     stats.applied = len(steps) - stats.dead_letters
     stats.rooms_changed = sum(1 for p in plans if p.transition is not None)
     return stats
+
+
+_INSERT_CHANGE = (
+    "INSERT INTO room_changes (kind, org_id, room_id, version, existed_before, assignee_before, assignee_after,"
+    " message_ids) VALUES ('room', %s, %s, %s, %s, %s, %s, %s::uuid[])"
+)
+# The doorbell: rings on commit for every stream listener of this schema; payload = last position.
+NOTIFY_LAST_CHANGE = (
+    "SELECT pg_notify('inbox_changes:' || current_schema(),"
+    " currval(pg_get_serial_sequence('room_changes', 'position'))::text)"
+)
+
+
+async def record_changes(conn: AsyncConnection, plans: Sequence[_RoomPlan]) -> None:
+    """One change-log row per room that changed, and the doorbell, in the caller's transaction.
+
+    A re-applied (duplicate) event changes no room, so it writes no row: the log is as
+    idempotent as the read models. The row names the messages added or changed, so the stream
+    renders them from the same snapshot as the room (`read_models.changes`).
+    """
+    rows = []
+    for plan in plans:
+        if (t := plan.transition) is None:
+            continue
+        before, after = t
+        ids = [r.id if isinstance(r, MessageRow) else r.message_id for s in plan.steps for r in s.rows]
+        rows.append((after.org_id, after.id, after.version, before is not None,
+                     before.assignee if before else None, after.assignee, list(dict.fromkeys(ids))))
+    if not rows:
+        return
+    await conn.execute("SELECT pg_advisory_xact_lock(%s)", (CHANGES_LOCK,))
+    async with conn.cursor() as cur:
+        await cur.executemany(_INSERT_CHANGE, rows)
+    await conn.execute(NOTIFY_LAST_CHANGE)
 
 
 def is_transient(error: BaseException) -> bool:

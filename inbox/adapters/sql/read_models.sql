@@ -179,3 +179,27 @@ CREATE TABLE IF NOT EXISTS report_dead_letters (
     event bytea NOT NULL,
     recorded_at timestamptz NOT NULL DEFAULT now()
 );
+-- Live updates (issue 10): one row per room change, written by the projection in the same
+-- transaction as the read models (writer.record_changes), announced by NOTIFY on
+-- 'inbox_changes:<schema>' with the position as payload. GET /v1/stream reads it from a
+-- client's Last-Event-ID. kind 'room': a room changed (message_ids: messages added or changed);
+-- kind 'reset': the projections were rebuilt (`inbox replay`), every client must re-fetch.
+-- Pruned to a retention window by the workers; `room_changes_horizon` remembers up to where.
+CREATE TABLE IF NOT EXISTS room_changes (
+    position bigserial PRIMARY KEY,
+    kind text NOT NULL,
+    org_id text,
+    room_id uuid,
+    version bigint,
+    existed_before boolean NOT NULL DEFAULT false,
+    assignee_before text,
+    assignee_after text,
+    message_ids uuid[] NOT NULL DEFAULT '{}',
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS room_changes_by_created ON room_changes (created_at);
+CREATE TABLE IF NOT EXISTS room_changes_horizon (
+    id int PRIMARY KEY DEFAULT 1 CHECK (id = 1),
+    pruned_upto bigint NOT NULL DEFAULT 0
+);
+INSERT INTO room_changes_horizon (id, pruned_upto) VALUES (1, 0) ON CONFLICT DO NOTHING;

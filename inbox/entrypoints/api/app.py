@@ -11,7 +11,9 @@ from fastapi import FastAPI
 from inbox.entrypoints.api import errors
 from inbox.entrypoints.api.limits import BodySizeLimit
 from inbox.entrypoints.api.observe import RequestMetrics
-from inbox.entrypoints.api.routers import channel_accounts, counters, health, inbound, reports, rooms, search, webhooks
+from inbox.entrypoints.api.routers import (
+    channel_accounts, counters, health, inbound, reports, rooms, search, stream, webhooks,
+)
 from inbox.bootstrap import Container
 
 # Sync endpoints (commands, queries) run in the thread pool; let many wait on PostgreSQL at once.
@@ -22,7 +24,11 @@ def create_api(container: Container) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         anyio.to_thread.current_default_thread_limiter().total_tokens = THREAD_TOKENS
-        yield
+        await container.start_stream_hub()
+        try:
+            yield
+        finally:
+            await container.stop_stream_hub()
 
     api = FastAPI(
         title="Inbox API",
@@ -32,7 +38,7 @@ def create_api(container: Container) -> FastAPI:
     )
     api.state.container = container
     errors.install(api)
-    for module in (channel_accounts, inbound, rooms, counters, search, webhooks, health, reports):
+    for module in (channel_accounts, inbound, rooms, counters, search, stream, webhooks, health, reports):
         api.include_router(module.router)
 
     api.add_middleware(RequestMetrics, metrics=container.metrics)

@@ -54,6 +54,14 @@ async def staff_actor(actor: ActorDep) -> Actor:
 StaffDep = Annotated[Actor, Depends(staff_actor)]
 
 
+async def viewer_actor(actor: StaffDep) -> Actor:
+    """The signed-in staff viewer of the live stream (bearer token; the session cookie joins here)."""
+    return actor
+
+
+ViewerDep = Annotated[Actor, Depends(viewer_actor)]
+
+
 async def ingesting_actor(actor: ActorDep) -> Actor:
     if actor.role not in (Role.INTEGRATION, Role.ADMIN):
         raise HTTPException(403, "only integrations and admins record inbound messages")

@@ -96,6 +96,10 @@ async def readyz(container: ContainerDep, response: Response) -> dict[str, Any]:
             checks["projections_moving"] = (
                 lag["projection_lag_seconds"] is not None and lag["projection_lag_seconds"] < stall
             )
+    # Live updates (GET /v1/stream): this process's LISTEN connection is up, and how many streams are open.
+    hub = container.stream_hub
+    checks["live_updates_listening"] = hub is not None and hub.listening
+    checks["live_update_streams"] = hub.streams if hub is not None else 0
     ready = all(checks[k] for k in (
         "database", "broker", "relay", "stream_workers", "write_path", "relay_moving", "projections_moving"
     ))

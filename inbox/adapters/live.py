@@ -1,0 +1,309 @@
+"""Live updates for one API process: one LISTEN connection, one reader, fan-out to every open stream.
+
+`ChangeHub` keeps a single connection LISTENing on the schema's doorbell (`inbox_changes:<schema>`,
+application_name `inbox-stream:<schema>`) and a reader task that, on each ring (and every
+`poll_s` anyway), reads the change log after the last position it published, as pages of
+`read_changes` (one snapshot each), and puts every page on every subscriber's bounded queue.
+When the listening connection drops, it reconnects with backoff and rings itself: the reader
+catches up from the log by position, so nothing is missed — the doorbell is only a hint.
+
+`Feed` is one viewer's stream: it resumes from a Last-Event-ID (or starts at the log's end),
+catches up from the log on its own connection, then follows the hub's pages, and turns each page
+into the events this viewer may see (domain.visibility). A subscriber whose queue is full gets
+`overflowed` and its feed ends with `reset`: memory per stream stays bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import psycopg
+from psycopg import sql
+from psycopg_pool import AsyncConnectionPool
+
+from domain.staff import Actor
+from domain.visibility import can_see
+from inbox.adapters.postgres import conninfo
+from inbox.adapters.read_models.changes import ChangePage, channel, counter_key, read_changes
+from inbox.config import Settings
+
+log = logging.getLogger(__name__)
+
+RECONNECT_BACKOFF_S = (0.1, 0.5, 1.0, 2.0, 5.0)
+
+
+def listener_name(schema: str) -> str:
+    """application_name of a hub's LISTEN connection (operators and tests find it by this)."""
+    return f"inbox-stream:{schema}"[:63]
+
+
+@dataclass(frozen=True)
+class LiveEvent:
+    name: str  # counters | room | room_hidden | message | reset
+    json: bytes  # the data, as the matching GET route renders it (orjson, UTC as "Z" like pydantic)
+    position: int | None  # the SSE id (None: no id line)
+
+
+def _json(data: dict[str, Any]) -> bytes:
+    return orjson.dumps(data, option=orjson.OPT_UTC_Z)
+
+
+class Subscription:
+    def __init__(self, actor: Actor, buffer: int) -> None:
+        self.actor = actor
+        self.queue: asyncio.Queue[ChangePage | None] = asyncio.Queue(buffer)
+        self.overflowed = asyncio.Event()  # the client fell behind by `buffer` pages
+        self.ended = asyncio.Event()  # overflowed or the process is shutting down: stop soon
+
+
+class ChangeHub:
+    def __init__(self, settings: Settings, *, page_size: int = 1000, poll_s: float = 5.0) -> None:
+        self.settings = settings
+        self.page_size = page_size
+        self.poll_s = poll_s
+        self.position = 0  # everything up to here was published
+        self.listening = False
+        self._subs: set[Subscription] = set()
+        self._doorbell = asyncio.Event()
+        self._pool: AsyncConnectionPool | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # ---- lifecycle ------------------------------------------------------------------------------
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._pool = AsyncConnectionPool(
+            conninfo(self.settings), min_size=1, max_size=4, open=False,
+            kwargs={"autocommit": True, "application_name": "inbox-stream-reader"}, timeout=5.0,
+        )
+        await self._pool.open(wait=False)
+        self._doorbell.set()  # the reader starts by finding the log's end
+        self._tasks = [asyncio.create_task(self._listen(), name="stream-listen"),
+                       asyncio.create_task(self._read_loop(), name="stream-read")]
+
+    def end_streams(self) -> None:
+        """Tell every open stream to finish (shutdown): they return at once, not at the next event."""
+        self._closing = True
+        for sub in list(self._subs):
+            self._end(sub)
+
+    def end_streams_threadsafe(self) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self.end_streams)
+
+    async def stop(self) -> None:
+        self.end_streams()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._pool is not None:
+            await self._pool.close()
+
+    # ---- subscribers ----------------------------------------------------------------------------
+    def subscribe(self, actor: Actor) -> Subscription:
+        sub = Subscription(actor, self.settings.stream_buffer)
+        self._subs.add(sub)
+        if self._closing:
+            self._end(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        self._subs.discard(sub)
+
+    @property
+    def streams(self) -> int:
+        return len(self._subs)
+
+    @staticmethod
+    def _end(sub: Subscription) -> None:
+        sub.ended.set()
+        if sub.queue.full():
+            sub.queue.get_nowait()
+        sub.queue.put_nowait(None)
+
+    def _publish(self, page: ChangePage) -> None:
+        for sub in list(self._subs):
+            if sub.ended.is_set():
+                continue
+            try:
+                sub.queue.put_nowait(page)
+            except asyncio.QueueFull:
+                log.warning("stream of %s fell %s pages behind; sending reset", sub.actor.user_id, sub.queue.maxsize)
+                sub.overflowed.set()
+                self._end(sub)
+
+    async def read(self, after: int, *, actors: list[Actor], all_counters: bool, limit: int | None = None) -> ChangePage:
+        assert self._pool is not None
+        async with self._pool.connection() as conn:
+            return await read_changes(
+                conn, after, limit=self.page_size if limit is None else limit, viewers=actors,
+                all_counters=all_counters,
+            )
+
+    # ---- loops ----------------------------------------------------------------------------------
+    async def _listen(self) -> None:
+        attempt = 0
+        while True:
+            try:
+                conn = await psycopg.AsyncConnection.connect(
+                    conninfo(self.settings), autocommit=True, application_name=listener_name(self.settings.db_schema),
+                )
+                async with conn:
+                    await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel(self.settings.db_schema))))
+                    self.listening = True
+                    attempt = 0
+                    self._doorbell.set()  # catch up on whatever committed while we were not listening
+                    async for _ in conn.notifies():
+                        self._doorbell.set()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                backoff = RECONNECT_BACKOFF_S[min(attempt, len(RECONNECT_BACKOFF_S) - 1)]
+                attempt += 1
+                log.warning("stream listener lost its connection (%s: %s); reconnecting in %ss",
+                            type(e).__name__, e, backoff)
+            finally:
+                self.listening = False
+            await asyncio.sleep(RECONNECT_BACKOFF_S[min(attempt, len(RECONNECT_BACKOFF_S) - 1)] if attempt else 0.1)
+
+    async def _read_loop(self) -> None:
+        first = True
+        while True:
+            try:
+                await asyncio.wait_for(self._doorbell.wait(), self.poll_s)
+            except TimeoutError:
+                pass
+            self._doorbell.clear()
+            try:
+                if first:  # start at the log's end: streams catch up on their own from their Last-Event-ID
+                    self.position = (await self.read(0, actors=[], all_counters=False, limit=0)).head
+                    first = False
+                    continue
+                while True:
+                    page = await self.read(self.position, actors=[s.actor for s in self._subs], all_counters=False)
+                    if page.upto > self.position:
+                        self._publish(page)
+                        self.position = page.upto
+                    if not page.more:
+                        break
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # the database is away: keep the position, try again on the next ring/poll
+                log.warning("stream reader could not read the change log (%s: %s)", type(e).__name__, e)
+                await asyncio.sleep(1.0)
+                self._doorbell.set()
+
+
+class Feed:
+    """One viewer's events: catch up from `last_event_id`, then follow the hub."""
+
+    def __init__(self, hub: ChangeHub, actor: Actor, last_event_id: int | None) -> None:
+        self.hub = hub
+        self.actor = actor
+        self.last_event_id = last_event_id
+        self.sub = hub.subscribe(actor)
+        self.cursor = 0
+        self._counters: dict[str, Any] | None = None
+        self._opening: list[LiveEvent] = []
+
+    def close(self) -> None:
+        self.hub.unsubscribe(self.sub)
+
+    async def start(self) -> None:
+        """Where to start: the log's end, the Last-Event-ID, or a `reset` when that is not in the log.
+
+        Called before the response starts, so a database that is away is a 503, not a broken stream.
+        """
+        marks = await self.hub.read(0, actors=[], all_counters=False, limit=0)
+        last = self.last_event_id
+        if last is None:
+            self.cursor = marks.head
+        elif last > marks.head or last < marks.horizon:
+            self._opening = [LiveEvent("reset", _json({
+                "reason": "expired" if last < marks.horizon else "unknown position", "position": marks.head,
+            }), None)]
+            self.cursor = marks.head
+        else:
+            self.cursor = last
+
+    async def events(self, heartbeat_s: float) -> AsyncIterator[list[LiveEvent] | None]:
+        """Lists of events to send in order; None when `heartbeat_s` passed without any."""
+        if self._opening:
+            yield self._opening
+        async for batch in self._catch_up(None):
+            yield batch
+        while True:
+            if self.sub.ended.is_set() and self.sub.queue.empty():
+                break
+            try:
+                page = await asyncio.wait_for(self.sub.queue.get(), heartbeat_s)
+            except TimeoutError:
+                yield None
+                continue
+            if page is None or self.sub.overflowed.is_set():
+                break
+            if page.upto <= self.cursor:
+                continue
+            if page.after > self.cursor:  # joined the hub after this page's start: read the gap ourselves
+                async for batch in self._catch_up(page.after):
+                    yield batch
+                if page.upto <= self.cursor:
+                    continue
+            out = self.render(page)
+            if out:
+                yield out
+        if self.sub.overflowed.is_set():
+            yield [LiveEvent("reset", _json({"reason": "too slow", "position": self.hub.position}), None)]
+
+    async def _catch_up(self, until: int | None) -> AsyncIterator[list[LiveEvent]]:
+        """Read the log after the cursor on our own (up to `until`, or its end) and render it."""
+        first = True
+        while until is None or self.cursor < until:
+            page = await self.hub.read(self.cursor, actors=[self.actor], all_counters=first)
+            first = False
+            out = self.render(page)
+            if out:
+                yield out
+            if not page.more:
+                break
+
+    def render(self, page: ChangePage) -> list[LiveEvent]:
+        """The events of `page` after the cursor that this viewer may see; advances the cursor."""
+        actor = self.actor
+        changes = [c for c in page.changes if c.position > self.cursor]
+        self.cursor = max(self.cursor, page.upto)
+        out: list[LiveEvent] = []
+        resets = [c for c in changes if c.kind == "reset"]
+        if resets:  # the projections were rebuilt: what came before is moot
+            out.append(LiveEvent("reset", _json({"reason": "rebuilt", "position": resets[-1].position}), None))
+            self._counters = None
+            changes = [c for c in changes if c.position > resets[-1].position]
+        groups: dict[str, list[Any]] = {}
+        for c in changes:
+            if c.kind != "room" or c.room_id is None or c.org_id != actor.org_id:
+                continue
+            groups.setdefault(c.room_id, []).append(c)
+        for room_id, group in sorted(groups.items(), key=lambda g: g[1][-1].position):
+            first, latest = group[0], group[-1]
+            room = page.rooms.get(room_id)
+            seen_before = first.existed_before and can_see(actor, first.org_id or "", first.assignee_before)
+            if room is not None and can_see(actor, latest.org_id or "", room["assignee"]):
+                for message_id in dict.fromkeys(m for c in group for m in c.message_ids):
+                    if (message := page.messages.get(message_id)) is not None:
+                        out.append(LiveEvent("message", page.encode(("m", message_id), message), latest.position))
+                out.append(LiveEvent("room", page.encode(("r", room_id), room), latest.position))
+            elif seen_before:
+                version = room["version"] if room is not None else latest.version
+                out.append(LiveEvent("room_hidden", _json({"id": room_id, "version": version}), latest.position))
+        key = counter_key(actor)
+        counters = page.counters.get(key)
+        if counters is not None and counters != self._counters:
+            self._counters = counters
+            out.append(LiveEvent("counters", page.encode(("c", key), counters), page.upto))
+        return out

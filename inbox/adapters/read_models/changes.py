@@ -1,0 +1,158 @@
+"""The change log of the read models (`room_changes`): what the live stream (GET /v1/stream) reads.
+
+The projection writes one row per changed room in the same transaction as the read models
+(`writer.record_changes`), under `CHANGES_LOCK`, so positions are handed out in commit order:
+reading `position > n` never skips a row that commits later with a lower position.
+
+`read_changes` reads a page of rows *and* everything needed to render them — the rooms, the
+messages and the counters of the viewers asking — in one REPEATABLE READ snapshot, so a room
+event, its messages and the counters sent after them describe the same moment.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from psycopg import AsyncConnection
+from psycopg.rows import dict_row
+
+from domain.staff import Actor
+from domain.visibility import ALL, counter_keys
+from inbox.adapters.read_models.queries import counters_json, message_json, room_json
+from inbox.adapters.read_models.writer import CHANGES_LOCK
+
+CHANNEL_PREFIX = "inbox_changes:"
+
+CounterKey = tuple[str, tuple[str, ...]]
+
+
+def channel(schema: str) -> str:
+    """The NOTIFY channel of one Inbox schema (`writer.NOTIFY_LAST_CHANGE` builds the same name)."""
+    return f"{CHANNEL_PREFIX}{schema}"
+
+
+def counter_key(actor: Actor) -> CounterKey:
+    """Viewers with the same key see the same counters (`counters_json` depends on nothing else)."""
+    return actor.org_id, tuple(sorted(counter_keys(actor)))
+
+
+@dataclass(frozen=True)
+class Change:
+    position: int
+    kind: str  # 'room' | 'reset'
+    org_id: str | None
+    room_id: str | None
+    version: int | None
+    existed_before: bool
+    assignee_before: str | None
+    assignee_after: str | None
+    message_ids: tuple[str, ...]
+
+
+@dataclass
+class ChangePage:
+    """Rows in (after, upto] and what renders them, as of one snapshot; `head` is the log's end."""
+
+    after: int
+    upto: int
+    head: int
+    horizon: int  # positions at or below were pruned
+    changes: list[Change] = field(default_factory=list)
+    rooms: dict[str, dict[str, Any]] = field(default_factory=dict)  # room id -> room_json
+    messages: dict[str, dict[str, Any]] = field(default_factory=dict)  # message id -> message_json
+    counters: dict[CounterKey, dict[str, Any]] = field(default_factory=dict)
+    _encoded: dict[Any, bytes] = field(default_factory=dict, repr=False)
+
+    def encode(self, key: Any, data: dict[str, Any]) -> bytes:
+        """`data` as JSON, encoded once per page however many streams send it (`key` names it)."""
+        if (found := self._encoded.get(key)) is None:
+            found = self._encoded[key] = orjson.dumps(data, option=orjson.OPT_UTC_Z)
+        return found
+
+    @property
+    def more(self) -> bool:
+        return self.upto < self.head
+
+
+async def read_changes(
+    conn: AsyncConnection[Any], after: int, *, limit: int, viewers: Iterable[Actor] = (), all_counters: bool = False,
+) -> ChangePage:
+    """Rows after `after` (at most `limit`) with their rooms, messages and the viewers' counters.
+
+    Counters are read for the viewers whose organization has a change in the page (or for all of
+    them with `all_counters`); each distinct `counter_key` once.
+    """
+    async with conn.transaction():
+        await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        async with conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(
+                "SELECT (SELECT pruned_upto FROM room_changes_horizon) AS horizon,"
+                " (SELECT max(position) FROM room_changes) AS head"
+            )
+            marks = await cur.fetchone()
+            assert marks is not None
+            horizon = int(marks["horizon"] or 0)
+            head = max(int(marks["head"] or 0), horizon)
+            await cur.execute(
+                "SELECT position, kind, org_id, room_id::text AS room_id, version, existed_before, assignee_before,"
+                " assignee_after, message_ids::text[] AS message_ids FROM room_changes"
+                " WHERE position > %s ORDER BY position LIMIT %s",
+                (after, limit),
+            )
+            changes = [
+                Change(r["position"], r["kind"], r["org_id"], r["room_id"], r["version"], r["existed_before"],
+                       r["assignee_before"], r["assignee_after"], tuple(r["message_ids"] or ()))
+                for r in await cur.fetchall()
+            ]
+            page = ChangePage(after, changes[-1].position if changes and len(changes) == limit else head, head, horizon, changes)
+            room_ids = list({c.room_id for c in changes if c.room_id})
+            if room_ids:
+                await cur.execute("SELECT r.*, now() AS _now FROM rooms r WHERE r.id = ANY(%s::uuid[])", (room_ids,))
+                page.rooms = {str(r["id"]): room_json(r, r["_now"]) for r in await cur.fetchall()}
+            message_ids = list({m for c in changes for m in c.message_ids})
+            if message_ids:
+                await cur.execute("SELECT * FROM messages WHERE id = ANY(%s::uuid[])", (message_ids,))
+                page.messages = {str(r["id"]): message_json(r) for r in await cur.fetchall()}
+            orgs = {c.org_id for c in changes}
+            wanted = {counter_key(a): a for a in viewers if all_counters or a.org_id in orgs}
+            if wanted:  # one read for every viewer: counters_json keeps the rows of each viewer's keys
+                await cur.execute(
+                    "SELECT org_id, tab, status, assignee, rooms, awaiting FROM counters"
+                    " WHERE org_id = ANY(%s) AND assignee = ANY(%s)",
+                    (list({a.org_id for a in wanted.values()}), list({ALL, *(k for key in wanted for k in key[1])})),
+                )
+                by_org: dict[str, list[dict[str, Any]]] = {}
+                for r in await cur.fetchall():
+                    by_org.setdefault(r["org_id"], []).append(r)
+                for key, actor in wanted.items():
+                    page.counters[key] = counters_json(actor, by_org.get(actor.org_id, []))
+    return page
+
+
+async def record_reset(conn: AsyncConnection[Any]) -> int:
+    """A `reset` row (the projections were rebuilt): streams tell their clients to re-fetch."""
+    await conn.execute("SELECT pg_advisory_xact_lock(%s)", (CHANGES_LOCK,))
+    row = await (await conn.execute("INSERT INTO room_changes (kind) VALUES ('reset') RETURNING position")).fetchone()
+    assert row is not None
+    await conn.execute("SELECT pg_notify('inbox_changes:' || current_schema(), %s::text)", (str(row[0]),))
+    return int(row[0])
+
+
+async def prune(conn: AsyncConnection[Any], retention_s: float) -> int:
+    """Delete rows older than the retention; clients resuming from before them get `reset`."""
+    async with conn.transaction():
+        row = await (await conn.execute(
+            "SELECT max(position) FROM room_changes WHERE created_at < now() - make_interval(secs => %s)",
+            (retention_s,),
+        )).fetchone()
+        upto = row[0] if row else None
+        if upto is None:
+            return 0
+        deleted = await conn.execute("DELETE FROM room_changes WHERE position <= %s", (upto,))
+        await conn.execute(
+            "UPDATE room_changes_horizon SET pruned_upto = greatest(pruned_upto, %s) WHERE id = 1", (upto,)
+        )
+        return deleted.rowcount

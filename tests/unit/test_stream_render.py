@@ -1,0 +1,84 @@
+"""What one viewer's stream makes of a page of the change log (domain visibility, ids, resets)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from domain.staff import Actor, Role
+from inbox.adapters.live import ChangeHub, Feed, LiveEvent
+from inbox.adapters.read_models.changes import Change, ChangePage, counter_key
+from inbox.config import Settings
+from inbox.entrypoints.api.routers.stream import _frame
+
+ROOM = "00000000-0000-0000-0000-000000000001"
+MSG = "00000000-0000-0000-0000-0000000000aa"
+ADMIN = Actor("admin1", "org1", Role.ADMIN)
+AGENT1 = Actor("agent1", "org1", Role.AGENT)
+AGENT2 = Actor("agent2", "org1", Role.AGENT)
+OTHER_ORG = Actor("admin9", "org2", Role.ADMIN)
+
+
+def change(position: int, *, before: str | None = None, after: str | None = None, existed: bool = True,
+           kind: str = "room", messages: tuple[str, ...] = ()) -> Change:
+    return Change(position, kind, "org1" if kind == "room" else None, ROOM if kind == "room" else None, position,
+                  existed, before, after, messages)
+
+
+def page(*changes: Change, assignee: str | None = None, after: int = 0) -> ChangePage:
+    p = ChangePage(after=after, upto=max(c.position for c in changes), head=max(c.position for c in changes),
+                   horizon=0, changes=list(changes))
+    p.rooms = {ROOM: {"id": ROOM, "assignee": assignee, "version": changes[-1].position}}
+    p.messages = {MSG: {"id": MSG, "room_id": ROOM, "text": "hi"}}
+    for actor in (ADMIN, AGENT1, AGENT2):  # read_changes reads counters of the orgs that changed
+        p.counters[counter_key(actor)] = {"unassigned": 1, "who": actor.user_id}
+    return p
+
+
+def render(actor: Actor, p: ChangePage, cursor: int = 0) -> list[tuple[str, Any, int | None]]:
+    feed = Feed(ChangeHub(Settings()), actor, None)
+    feed.cursor = cursor
+    return [(e.name, orjson.loads(e.json), e.position) for e in feed.render(p)]
+
+
+def test_a_new_unassigned_room_reaches_every_staff_viewer_of_the_org_with_its_message() -> None:
+    p = page(change(5, existed=False, messages=(MSG,)))
+    for actor in (ADMIN, AGENT1, AGENT2):
+        assert [(n, pos) for n, _, pos in render(actor, p)] == [("message", 5), ("room", 5), ("counters", 5)]
+
+
+def test_nothing_crosses_organizations() -> None:
+    p = page(change(5, existed=False, messages=(MSG,)))
+    assert [n for n, _, _ in render(OTHER_ORG, p)] == []
+
+
+def test_a_room_assigned_to_another_agent_is_hidden_without_its_content() -> None:
+    p = page(change(7, before=None, after="agent1", messages=(MSG,)), assignee="agent1")
+    assert render(AGENT2, p) == [("room_hidden", {"id": ROOM, "version": 7}, 7),
+                                 ("counters", {"unassigned": 1, "who": "agent2"}, 7)]
+    assert [n for n, _, _ in render(AGENT1, p)] == ["message", "room", "counters"]
+
+
+def test_a_room_never_seen_is_not_announced_as_hidden() -> None:
+    p = page(change(3, existed=False, after="agent1"), assignee="agent1")
+    assert [n for n, _, _ in render(AGENT2, p)] == ["counters"]
+
+
+def test_changes_at_or_before_the_cursor_are_not_sent_again() -> None:
+    p = page(change(4, existed=False, messages=(MSG,)), change(5, messages=()), after=3)
+    assert [(n, pos) for n, _, pos in render(ADMIN, p, cursor=4)] == [("room", 5), ("counters", 5)]
+
+
+def test_a_rebuild_resets_first_and_drops_what_came_before_it() -> None:
+    p = page(change(4, messages=(MSG,)), change(5, kind="reset"))
+    events = render(ADMIN, p)
+    assert events[0] == ("reset", {"reason": "rebuilt", "position": 5}, None)
+    assert [n for n, _, _ in events[1:]] == ["counters"]
+
+
+def test_the_id_goes_on_the_last_event_of_each_position_only() -> None:
+    frames = _frame([LiveEvent("message", b"{}", 5), LiveEvent("room", b"{}", 5), LiveEvent("counters", b"{}", 6),
+                     LiveEvent("reset", b"{}", None)]).decode()
+    assert frames == ("event: message\ndata: {}\n\n" "id: 5\nevent: room\ndata: {}\n\n"
+                      "id: 6\nevent: counters\ndata: {}\n\n" "event: reset\ndata: {}\n\n")

@@ -7,12 +7,14 @@ from contextlib import asynccontextmanager
 
 import anyio.to_thread
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 
 from inbox.entrypoints.api import errors
 from inbox.entrypoints.api.limits import BodySizeLimit
 from inbox.entrypoints.api.observe import RequestMetrics
 from inbox.entrypoints.api.routers import channel_accounts, health, inbound, inbox, rooms, search, webhooks
 from inbox.bootstrap import Container
+from inbox.entrypoints.web import routes as web
 
 # Sync endpoints (commands, queries) run in the thread pool; let many wait on PostgreSQL at once.
 THREAD_TOKENS = 200
@@ -34,6 +36,8 @@ def create_app(container: Container) -> FastAPI:
     errors.install(app)
     for module in (channel_accounts, inbound, rooms, inbox, search, webhooks, health):
         app.include_router(module.router)
+    app.include_router(web.router)  # the reference web UI at `/` (inbox/entrypoints/web)
+    app.mount("/static", StaticFiles(directory=web.STATIC_DIR), name="static")
 
     app.add_middleware(RequestMetrics, metrics=container.metrics)
     app.add_middleware(BodySizeLimit, max_bytes=container.settings.max_body_bytes)

@@ -164,7 +164,8 @@ def test_the_page_follows_the_stream_and_resumes_with_last_event_id(served: Any,
             expect(page.locator(f"#room-{room_id}")).to_contain_text("Lina Live")
 
             # `message` events of the open room are added to (or replace in) its history.
-            page.locator(f"#room-{room_id} a").click()
+            page.locator(f"#room-{room_id} a").focus()
+            page.keyboard.press("Enter")  # keyboard only
             expect(page.get_by_role("heading", name="Lina Live")).to_be_visible()
             [first] = queries.messages(actor, room_id, limit=5, before=None)["items"]
             pushed = {**first, "id": "00000000-0000-4000-8000-000000000002", "seq": first["seq"] + 1,

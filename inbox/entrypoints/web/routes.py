@@ -31,7 +31,7 @@ from inbox.adapters.signin_codes import SigninCodes
 from inbox.bootstrap import Container
 from inbox.entrypoints.api.deps import ContainerDep, ViewerDep
 from inbox.entrypoints.web.session import (
-    CSRF_FIELD, SESSION_COOKIE, actor_from_cookie, clear_session, csrf_ok, csrf_token, set_session,
+    CSRF_FIELD, SESSION_COOKIE, actor_from_cookie, clear_session, csrf_ok, csrf_token, same_origin, set_session,
 )
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -331,8 +331,7 @@ def signin_form(error: str | None = None) -> HTMLResponse:
 @router.post("/session")
 async def sign_in(request: Request, container: ContainerDep) -> Response:
     """The sign-in form posts `token` (a JWT); a valid staff token becomes the session cookie."""
-    origin = request.headers.get("origin")
-    if origin and origin != f"{request.url.scheme}://{request.headers.get('host', '')}":
+    if not same_origin(request):
         raise HTTPException(403, "sign-in from another site refused")
     token = _field(await _form(request), "token")
     settings = container.settings

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
+from urllib.parse import urlsplit
 
 import jwt
 from fastapi import Request, Response
@@ -43,11 +44,17 @@ def csrf_token(settings: Settings, request: Request) -> str:
     return hmac.new(key, b"csrf\0" + token.encode(), hashlib.sha256).hexdigest()
 
 
+def same_origin(request: Request) -> bool:
+    """No Origin header (same-origin GET/HEAD, older browsers: SameSite still applies), or one naming
+    this host. Only the host is compared: behind a TLS proxy the app may see http for an https origin."""
+    origin = request.headers.get("origin")
+    return origin is None or urlsplit(origin).netloc == request.headers.get("host", "")
+
+
 def csrf_ok(settings: Settings, request: Request, submitted: str | None) -> bool:
     """A cookie-authenticated write must carry the session's CSRF token (header or form field) and,
     when the browser names an Origin, come from this origin."""
-    origin = request.headers.get("origin")
-    if origin and origin != f"{request.url.scheme}://{request.headers.get('host', '')}":
+    if not same_origin(request):
         return False
     given = request.headers.get(CSRF_HEADER) or submitted or ""
     return bool(request.cookies.get(SESSION_COOKIE)) and hmac.compare_digest(given, csrf_token(settings, request))

@@ -6,8 +6,10 @@
 (function () {
   const POLL_MS = 3000;
   const STREAM_RETRY_MS = 15000;
+  const GONE = '<p class="placeholder">This room is no longer in your inbox.</p>';
   const body = document.body;
-  const state = { source: null, poll: null, lastCounters: null, listTimer: null, retryTimer: null };
+  const state = { source: null, poll: null, lastCounters: null, listTimer: null, retryTimer: null, anchor: null,
+                  lastListHtml: null };
 
   function $(sel) { return document.querySelector(sel); }
   function openRoom() { const v = $(".room-view"); return v ? v.dataset.room : ""; }
@@ -82,6 +84,12 @@
     li.id = "msg-" + m.id;
     li.dataset.seq = String(m.seq);
     const bubble = document.createElement("div"); bubble.className = "bubble";
+    if (m.kind && m.kind !== "text") {
+      const kind = document.createElement("p"); kind.className = "kind";
+      const n = (m.attachments || []).length;
+      kind.textContent = m.kind + (n ? " · " + n + " attachment" + (n === 1 ? "" : "s") : "");
+      bubble.append(kind);
+    }
     const text = document.createElement("p"); text.className = "text"; text.textContent = m.text;
     const meta = document.createElement("p"); meta.className = "meta";
     if (m.direction === "outbound") {
@@ -101,30 +109,54 @@
     const history = $("#history");
     if (!history) return;
     const existing = document.getElementById(li.id);
-    if (existing) { existing.replaceWith(li); return; }
+    if (existing) { if (existing.outerHTML !== li.outerHTML) existing.replaceWith(li); return; }
     const seq = Number(li.dataset.seq);
     const items = history.querySelectorAll("li.msg");
     const last = items[items.length - 1];
-    if (!last || Number(last.dataset.seq) < seq) { history.append(li); return; }
+    if (!last || Number(last.dataset.seq) < seq) {
+      const atBottom = history.scrollHeight - history.scrollTop - history.clientHeight < 40;
+      history.append(li);
+      if (atBottom) history.scrollTop = history.scrollHeight;  // follow the conversation, unless reading back
+      return;
+    }
     for (const item of items) {  // an older one arriving late: keep the history in order
       if (Number(item.dataset.seq) > seq) { item.before(li); return; }
     }
   }
 
-  async function refreshHistory() {  // polling fallback: merge the newest page into what is shown
+  async function refreshHistory() {  // merge the room's newest page into what is shown; new header if it changed
     const id = openRoom();
     if (!id) return;
     const r = await fetch("/ui/rooms/" + encodeURIComponent(id), { credentials: "same-origin" });
-    if (!r.ok) return;
+    if (r.status === 404) { if (id === openRoom()) $("#room").innerHTML = GONE; return; }
+    if (!r.ok) throw new Error("room: HTTP " + r.status);
     const doc = new DOMParser().parseFromString(await r.text(), "text/html");
+    if (id !== openRoom()) return;  // another room was opened meanwhile
     doc.querySelectorAll("#history li.msg").forEach(function (li) { upsertMessage(document.importNode(li, true)); });
-    refreshRoomHead();
+    const head = doc.querySelector(".room-head"), current = $(".room-head");
+    if (head && current && head.outerHTML !== current.outerHTML) {
+      const fresh = document.importNode(head, true);
+      current.replaceWith(fresh);
+      htmx.process(fresh);
+    }
+  }
+
+  async function pollList() {  // polling fallback: swap the list in only when the server's differs
+    const list = $("#room-list");
+    if (!list) return;
+    const r = await fetch("/ui/list?" + list.dataset.query, { credentials: "same-origin" });
+    if (!r.ok) throw new Error("list: HTTP " + r.status);
+    const html = await r.text();
+    if (html !== state.lastListHtml) {
+      if (state.lastListHtml !== null) refreshList();
+      state.lastListHtml = html;
+    }
   }
 
   function refreshAll() {
     fetchCounters().then(function (c) { if (c) applyCounters(c); }).catch(function () {});
     refreshList();
-    refreshHistory();
+    refreshHistory().catch(function (err) { console.warn("inbox: could not refresh the room", err); });
   }
 
   // ---- the stream --------------------------------------------------------------------------------
@@ -164,7 +196,7 @@
     onEvent("room_hidden", function (h) {
       const li = document.getElementById("room-" + h.id);
       if (li) li.remove();
-      if (h.id === openRoom()) $("#room").innerHTML = '<p class="placeholder">This room is no longer in your inbox.</p>';
+      if (h.id === openRoom()) $("#room").innerHTML = GONE;
     });
     onEvent("message", function (m) { if (m.room_id === openRoom()) upsertMessage(messageElement(m)); });
     onEvent("reset", refreshAll);
@@ -173,14 +205,13 @@
   function startPolling() {
     setLive("polling", "updating every few seconds");
     if (state.poll) return;
-    const tick = async function () {
+    const tick = async function () {  // badges, list and open room; each swapped in only when it changed
       try {
         const c = await fetchCounters();
-        if (c && JSON.stringify(c) !== state.lastCounters) {
-          applyCounters(c);
-          refreshList();
-          refreshHistory();
-        }
+        if (c && JSON.stringify(c) !== state.lastCounters) applyCounters(c);
+        await pollList();
+        await refreshHistory();
+        setLive("polling", "updating every few seconds");
       } catch (err) {
         setLive("offline", "offline, retrying…");
       }
@@ -212,10 +243,22 @@
     fetchCounters().then(function (c) { if (c) applyCounters(c); }).catch(function () {});
     refreshList();
   });
+  // "Load older dialogs": keep the message that was first in view where it was, older ones above it.
+  document.addEventListener("htmx:beforeSwap", function (e) {
+    if (e.detail.target && e.detail.target.id === "older") state.anchor = $("#history li.msg");
+  });
+  document.addEventListener("htmx:afterSettle", function () {
+    const history = $("#history");
+    if (!state.anchor || !history) return;
+    history.scrollTop += state.anchor.getBoundingClientRect().top - history.getBoundingClientRect().top - 48;
+    state.anchor = null;
+  });
   document.addEventListener("htmx:afterSwap", function (e) {
     if (e.detail.target && e.detail.target.id === "room") {
       body.dataset.room = openRoom();
       markCurrent();
+      const history = $("#history");
+      if (history) history.scrollTop = history.scrollHeight;  // newest messages in view
       const reply = $("#reply-text");
       if (e.detail.requestConfig && e.detail.requestConfig.verb === "post" && reply) reply.focus();
     }
@@ -228,5 +271,7 @@
     $("#close-resolve-expired").addEventListener("click", function () { dialog.close(); opener.focus(); });
   }
 
+  const initial = $("#history");
+  if (initial) initial.scrollTop = initial.scrollHeight;
   connect();
 })();

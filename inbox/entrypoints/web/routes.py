@@ -248,7 +248,7 @@ async def _form(request: Request) -> dict[str, list[str]]:
         raise InvalidCommand("the form must be URL-encoded UTF-8") from None
 
 
-async def _writer(request: Request, container: Container, actor: Actor, form: dict[str, list[str]]) -> None:
+def _check_csrf(request: Request, container: Container, form: dict[str, list[str]]) -> None:
     if not csrf_ok(container.settings, request, (form.get(CSRF_FIELD) or [None])[0]):
         raise HTTPException(403, "missing or wrong CSRF token; reload the page")
 
@@ -281,7 +281,7 @@ async def room_command(request: Request, room_id: str, action: str, actor: Viewe
                        container: ContainerDep) -> HTMLResponse:
     """take | assign (agent_id) | reply (text) | resolve, then the room as it now is."""
     form = await _form(request)
-    await _writer(request, container, actor, form)
+    _check_csrf(request, container, form)
     rooms = container.rooms
     if action == "take":
         call = functools.partial(rooms.assign, actor, room_id, agent_id=actor.user_id)
@@ -308,7 +308,7 @@ async def room_command(request: Request, room_id: str, action: str, actor: Viewe
 async def resolve_expired(request: Request, actor: ViewerDep, container: ContainerDep) -> HTMLResponse:
     """The "Resolve all expired chat room" dialog: the chosen channels, and unassigned rooms when asked."""
     form = await _form(request)
-    await _writer(request, container, actor, form)
+    _check_csrf(request, container, form)
     channels = form.get("channel") or []
     for c in channels:
         if c not in DIRECT_CHANNELS:

@@ -328,10 +328,13 @@ def cmd_dev(args: argparse.Namespace) -> int:
                 print(f"started {role} (pid {children.start(role).pid})", file=sys.stderr)
             token = mint_token(settings.jwt_secret or "", org="dev-org", user="dev-admin", role="admin",
                                issuer=settings.jwt_issuer, audience=settings.jwt_audience)
+            signin = _dev_signin_code(settings)
             print(
                 f"\nInbox is starting on http://{settings.http_host}:{settings.http_port}"
                 f"  (OpenAPI: http://{settings.http_host}:{settings.http_port}/docs)\n"
                 f"dev admin token (org dev-org):\n{token}\n"
+                f"open the Inbox (one-time sign-in link, valid 15 min):\n"
+                f"http://{settings.http_host}:{settings.http_port}/session/redeem?code={signin}\n"
                 "Ctrl-C stops everything.\n",
                 flush=True,
             )
@@ -344,6 +347,18 @@ def cmd_dev(args: argparse.Namespace) -> int:
             if broker is not None:
                 broker.stop()
     return 0
+
+
+def _dev_signin_code(settings: Settings) -> str:
+    """A one-time code for the dev admin's one-click sign-in link (the link carries no token)."""
+    from inbox.adapters.postgres import sync_pool
+    from inbox.adapters.signin_codes import SigninCodes, SigninGrant
+
+    pool = sync_pool(settings, min_size=1, max_size=1)
+    try:
+        return SigninCodes(pool).create(SigninGrant(org_id="dev-org", user_id="dev-admin", role="admin", name=None))
+    finally:
+        pool.close()
 
 
 DEV_STOP_GRACE_S = 15.0

@@ -76,6 +76,12 @@ def test_inbox_dev_prints_a_short_log_by_default(tmp_path: Path) -> None:
         token = run.token()
         run.wait_ready()
         assert counters(run, token)["messages"] == 0  # a request was served: access logs stay off
+        link = re.search(r"one-time sign-in link.*:\n(http://\S+/session/redeem\?code=\S+)", run.output())
+        assert link, run.output()
+        with httpx.Client(follow_redirects=True) as browser:  # keeps the session cookie like a browser
+            first = browser.get(link.group(1))
+            assert first.status_code == 200 and "<h1>Inbox</h1>" in first.text, first.text[:500]
+        assert httpx.get(link.group(1)).status_code == 401  # one time only
     finally:
         assert run.stop() == 0, run.output()[-3000:]
 

@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 
 import anyio.to_thread
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 
 from inbox.entrypoints.api import errors
 from inbox.entrypoints.api.limits import BodySizeLimit
@@ -15,6 +16,7 @@ from inbox.entrypoints.api.routers import (
     channel_accounts, counters, health, inbound, reports, rooms, search, stream, webhooks,
 )
 from inbox.bootstrap import Container
+from inbox.entrypoints.web import routes as web
 
 # Sync endpoints (commands, queries) run in the thread pool; let many wait on PostgreSQL at once.
 THREAD_TOKENS = 200
@@ -40,6 +42,8 @@ def create_api(container: Container) -> FastAPI:
     errors.install(api)
     for module in (channel_accounts, inbound, rooms, counters, search, stream, webhooks, health, reports):
         api.include_router(module.router)
+    api.include_router(web.router)  # the reference web UI at `/` (inbox/entrypoints/web)
+    api.mount("/static", StaticFiles(directory=web.STATIC_DIR), name="static")
 
     api.add_middleware(RequestMetrics, metrics=container.metrics)
     api.add_middleware(BodySizeLimit, max_bytes=container.settings.max_body_bytes)

@@ -16,6 +16,7 @@ from inbox.adapters.auth import InvalidToken, verify_token
 from inbox.bootstrap import Container
 from inbox.adapters.read_models.queries import InboxQueries
 from inbox.adapters.read_models.search import RoomSearch
+from inbox.entrypoints.web.session import actor_from_cookie
 
 
 async def get_container(request: Request) -> Container:
@@ -54,9 +55,23 @@ async def staff_actor(actor: ActorDep) -> Actor:
 StaffDep = Annotated[Actor, Depends(staff_actor)]
 
 
-async def viewer_actor(actor: StaffDep) -> Actor:
-    """The signed-in staff viewer of the live stream (bearer token; the session cookie joins here)."""
-    return actor
+async def viewer_actor(
+    request: Request,
+    container: ContainerDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Actor:
+    """A staff viewer from a bearer token OR the browser's session cookie (web UI, EventSource).
+
+    Only reads may use it: cookie-authenticated writes also need the CSRF check of the web UI."""
+    if credentials is not None:
+        actor = await current_actor(container, credentials)
+    else:
+        found = actor_from_cookie(container.settings, request)
+        if found is None:
+            raise HTTPException(401, "sign in: send a bearer token or the session cookie",
+                                headers={"WWW-Authenticate": "Bearer"})
+        actor = found
+    return await staff_actor(actor)
 
 
 ViewerDep = Annotated[Actor, Depends(viewer_actor)]

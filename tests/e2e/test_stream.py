@@ -180,8 +180,8 @@ def test_a_resume_point_older_than_the_retention_gets_reset(settings: Settings, 
 
 
 def test_two_api_processes_both_deliver(pipeline: Pipeline, tmp_path: Path) -> None:
-    second = Pipeline(http_settings(pipeline.settings), tmp_path / "second")
     (tmp_path / "second").mkdir()
+    second = Pipeline(http_settings(pipeline.settings), tmp_path / "second")
     second.start("api")
     try:
         second.wait_for_api()
@@ -243,7 +243,7 @@ def test_a_slow_reader_gets_reset_and_is_disconnected(settings: Settings, tmp_pa
 
 def test_sigterm_with_open_streams_exits_promptly(pipeline: Pipeline) -> None:
     readers = [stream(pipeline, role="admin") for _ in range(3)]
-    proc = pipeline.procs.pop("api")
+    proc = pipeline.processes.running.pop("api").popen
     started = time.monotonic()
     os.killpg(proc.pid, signal.SIGTERM)
     proc.wait(timeout=10)

@@ -113,3 +113,10 @@ ALTER TABLE projection_dead_letters ADD COLUMN IF NOT EXISTS retried_at timestam
 ALTER TABLE projection_dead_letters ADD COLUMN IF NOT EXISTS resolved_at timestamptz;
 CREATE INDEX IF NOT EXISTS projection_dead_letters_unresolved ON projection_dead_letters (room_id, version)
     WHERE resolved_at IS NULL;
+
+-- Outbound delivery (issue 9): a staff reply's delivery (pending, sent, delivered, read, failed) on its
+-- history row, and on the room row when it is the room's last message.
+ALTER TABLE messages ADD COLUMN IF NOT EXISTS delivery_status text;
+ALTER TABLE messages ADD COLUMN IF NOT EXISTS delivery_at timestamptz;
+ALTER TABLE messages ADD COLUMN IF NOT EXISTS delivery_error jsonb;
+ALTER TABLE rooms ADD COLUMN IF NOT EXISTS last_message_delivery jsonb;

@@ -661,6 +661,7 @@ class Room(Aggregate):
     @event(RoomResolved)
     def _resolve(self, reason: str, resolved_by: str, by_role: str) -> None:
         self.status = RESOLVED
+        self.resolved_by = resolved_by
 
     @event(RoomReopened)
     def _reopen(self, reason: str) -> None:

@@ -63,6 +63,10 @@ class Settings:
     read_statement_timeout_ms: int = 5000
     # /readyz: the relay or the projections are "stuck" when behind and not moving for this long.
     stall_after_s: float = 30.0
+    # Outbound delivery (issue 9): Meta's Graph API, and the key sealing channel-account tokens at rest.
+    meta_graph_url: str = "https://graph.facebook.com"
+    meta_graph_version: str = "v21.0"
+    secret_key: str | None = None
 
     @property
     def events_topic(self) -> str:
@@ -118,6 +122,9 @@ class Settings:
             inbound_queue_max=get_int("INBOX_INBOUND_QUEUE_MAX", 5000),
             read_statement_timeout_ms=get_int("INBOX_READ_STATEMENT_TIMEOUT_MS", 5000),
             stall_after_s=float(get_int("INBOX_STALL_AFTER_S", 30)),
+            meta_graph_url=get("INBOX_META_GRAPH_URL") or "https://graph.facebook.com",
+            meta_graph_version=get("INBOX_META_GRAPH_VERSION") or "v21.0",
+            secret_key=get("INBOX_SECRET_KEY"),
         )
 
     def to_env(self) -> dict[str, str]:
@@ -145,6 +152,9 @@ class Settings:
             "INBOX_INBOUND_QUEUE_MAX": str(self.inbound_queue_max),
             "INBOX_READ_STATEMENT_TIMEOUT_MS": str(self.read_statement_timeout_ms),
             "INBOX_STALL_AFTER_S": str(int(self.stall_after_s)),
+            "INBOX_META_GRAPH_URL": self.meta_graph_url,
+            "INBOX_META_GRAPH_VERSION": self.meta_graph_version,
+            "INBOX_SECRET_KEY": self.secret_key,
         }
         return {k: v or "" for k, v in values.items()}
 

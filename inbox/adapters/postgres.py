@@ -134,6 +134,7 @@ def migrate(settings: Settings) -> None:
                 app.close()
             conn.execute(_sql_file("inbox.adapters.read_models", "schema.sql"))
             conn.execute(_sql_file("inbox.adapters.kafka", "schema.sql"))
+            conn.execute(_sql_file("inbox.adapters.outbound", "schema.sql"))
         finally:
             conn.execute("SELECT pg_advisory_unlock(hashtext('inbox-migrate'))")
 

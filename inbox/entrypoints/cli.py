@@ -81,6 +81,21 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sender(args: argparse.Namespace) -> int:
+    from inbox.adapters.postgres import migrate
+    from inbox.bootstrap import run_sender
+
+    settings = Settings.from_env().require("database_url", "kafka_bootstrap").check_secrets()
+    migrate(settings)
+    from inbox.adapters.outbound.sender import SenderOptions
+
+    # Backoff base for retryable Graph errors (tests shorten it; Meta's limits want seconds).
+    options = SenderOptions(backoff_base_s=float(os.environ.get("INBOX_SENDER_BACKOFF_BASE_S") or 1.0),
+                            reauth_poll_s=float(os.environ.get("INBOX_SENDER_REAUTH_POLL_S") or 2.0))
+    _run_until_signalled(lambda stop: run_sender(settings, stop, options))
+    return 0
+
+
 def cmd_migrate(args: argparse.Namespace) -> int:
     from inbox.adapters.postgres import migrate
 
@@ -249,6 +264,10 @@ def cmd_dev(args: argparse.Namespace) -> int:
     log_env = {_DEV_VERBOSE: "1"} if args.verbose else _quiet_dev_logs()
     settings = Settings.from_env().with_dev_defaults()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if not settings.secret_key:  # seals channel-account tokens; kept in the data dir across runs
+        from inbox.adapters.secrets import ensure_key_file
+
+        settings = replace(settings, secret_key=ensure_key_file(settings.data_dir))
     broker = None
     children: list[subprocess.Popen[bytes]] = []
     with _embedded_database(settings) as settings:
@@ -259,7 +278,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
                 print(f"started embedded Tansu broker on {broker.bootstrap}", file=sys.stderr)
             migrate(settings)
             env = {**os.environ, **settings.to_env(), **log_env}
-            for role in ("relay", "worker", "api"):
+            for role in ("relay", "worker", "api", "sender"):
                 children.append(subprocess.Popen([sys.executable, "-m", "inbox.entrypoints.cli", role], env=env))
                 print(f"started {role} (pid {children[-1].pid})", file=sys.stderr)
             token = mint_token(settings.jwt_secret or "", org="dev-org", user="dev-admin", role="admin",
@@ -324,6 +343,8 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("api", help="run the HTTP API (production)").set_defaults(func=cmd_api)
     sub.add_parser("relay", help="publish the event store to Kafka (production)").set_defaults(func=cmd_relay)
     sub.add_parser("worker", help="run a Faust projection worker (production)").set_defaults(func=cmd_worker)
+    sub.add_parser("sender", help="deliver staff replies to Meta's Graph API (production)").set_defaults(
+        func=cmd_sender)
     sub.add_parser("migrate", help="create or update the database schema").set_defaults(func=cmd_migrate)
     sub.add_parser("replay", help="rebuild every projection from the event store").set_defaults(func=cmd_replay)
     export = sub.add_parser("export", help="write the room-event history to Parquet or JSON Lines")

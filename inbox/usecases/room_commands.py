@@ -24,7 +24,12 @@ from inbox.usecases.results import CommandResult
 _IDEMPOTENT_REPLY = uuid.UUID("5d7c8a52-3f0e-4f55-9a51-6c1f0e1a9b7d")  # namespace of keyed reply ids
 
 # Events a customer (not staff) causes: a staff command that raced only with these is re-decided.
-_CUSTOMER_EVENTS = (Room.MessageReceived, Room.RoomReopened, Room.MessageEdited, Room.MessageRemoved)
+# The sender's delivery outcomes and the channel's statuses count as such too: they never change
+# what a staff command decides on.
+_CUSTOMER_EVENTS = (
+    Room.MessageReceived, Room.RoomReopened, Room.MessageEdited, Room.MessageRemoved,
+    Room.ReplyDeliveryAccepted, Room.ReplyDeliveryFailed, Room.ReplyDeliveryUnknown, Room.DeliveryStatusChanged,
+)
 
 
 class RoomCommands:

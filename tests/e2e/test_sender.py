@@ -281,10 +281,9 @@ def test_a_rejected_token_marks_the_account_needs_reauth_and_its_sends_wait_for_
         return bool(listed and listed[0]["needs_reauth"])
 
     wait_until(flagged, timeout=60, what="account needs_reauth")
+    wait_status(outbound, room, message_id, "pending")  # waiting, not failed
     metrics = httpx.get(f"{outbound.base_url}/metrics").text
     assert "inbox_channel_accounts_needs_reauth 1.0" in metrics
-    d, _ = delivery(outbound, room, message_id)
-    assert d is not None and d["status"] == "pending"  # waiting, not failed
     before = len(sends(graph_standin))
     time.sleep(1.0)  # the sender polls the account every 0.2 s here: no request while it needs re-auth
     assert len(sends(graph_standin)) == before
@@ -310,6 +309,7 @@ def test_a_retried_reply_with_the_same_idempotency_key_is_recorded_and_sent_once
     assert first.status_code == again.status_code == 201
     assert first.json()["message_id"] == again.json()["message_id"]
     other = reply(outbound, room, {"text": "twice"}, {"Idempotency-Key": "k-2"})
+    assert other.status_code == 201, other.text
     wait_status(outbound, room, other.json()["message_id"], "sent")
     wait_status(outbound, room, first.json()["message_id"], "sent")
     assert [s.json["text"]["body"] for s in sends(graph_standin)] == ["once", "twice"]

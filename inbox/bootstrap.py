@@ -62,7 +62,9 @@ class Container:
         self.app.close()
 
 
-async def run_sender(settings: Settings, stop: asyncio.Event, options: SenderOptions | None = None) -> None:
+async def run_sender(
+    settings: Settings, stop: asyncio.Event, options: SenderOptions | None = None, *, graph_timeout_s: float = 10.0
+) -> None:
     """The `inbox sender` process: events topic → Graph API → outcome events on the rooms."""
     from inbox.adapters.meta_graph import MetaGraphClient
     from inbox.adapters.outbound.sender import Sender
@@ -74,7 +76,9 @@ async def run_sender(settings: Settings, stop: asyncio.Event, options: SenderOpt
     pool = await async_pool(settings, max_size=8)
     box = SecretBox(settings.secret_key) if settings.secret_key else None
     try:
-        async with MetaGraphClient(settings.meta_graph_url, settings.meta_graph_version) as client:
+        async with MetaGraphClient(
+            settings.meta_graph_url, settings.meta_graph_version, timeout_s=graph_timeout_s
+        ) as client:
             sender = Sender(
                 bootstrap=settings.kafka_bootstrap or "", topic=settings.events_topic, pool=pool,
                 deliveries=Deliveries(EventStore(app)), credentials=PostgresCredentials(read_pool, box),

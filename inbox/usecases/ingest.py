@@ -477,11 +477,12 @@ class BatchDecision:
                 room = self.store.get(room_id)
             except NotFound:
                 return  # a message the business sent before this account was connected
-        if room.message_for_channel_id(status.channel_message_id) is None:
+        if room.message_for_channel_id(status.channel_message_id) is None and status.correlation_id is None:
             return
         error = dict(status.errors[0]) if status.errors else None
         if room.record_delivery_status(
             channel_message_id=status.channel_message_id, status=status.status, at=status.occurred_at, error=error,
+            message_id=status.correlation_id,
         ):
             self.rooms[room_id] = room
 

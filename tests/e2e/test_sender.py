@@ -338,3 +338,55 @@ def test_a_sender_killed_mid_stream_loses_no_reply(
     assert set(bodies) == {m for _, m in ids}
     # Only replies in flight when the sender died (the documented window): at most one per room.
     assert len(duplicates) <= len(rooms)
+
+
+# ---- unknown outcomes and echoes -----------------------------------------------------------------
+@pytest.fixture
+def short_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INBOX_SENDER_GRAPH_TIMEOUT_S", "1")
+
+
+def test_a_timeout_after_the_request_left_is_unknown_until_a_status_webhook_settles_it(
+    short_timeout: None, outbound: Pipeline, graph_standin: GraphStandin  # noqa: F811
+) -> None:
+    connect(outbound, graph_standin, "whatsapp_cloud", WA, verified_name="Acme", display_phone_number="+1")
+    room = inbound(outbound, "whatsapp_cloud", WA, "628666", "wamid.in6")
+    graph_standin.delay_next(3.0)  # answered after the sender's 1 s timeout
+    message_id = reply(outbound, room, {"text": "did it go?"}).json()["message_id"]
+
+    def unknown() -> bool:
+        d, _ = delivery(outbound, room, message_id)
+        return bool(d and d["error"] and "unknown" in d["error"]["title"])
+
+    wait_until(unknown, timeout=60, what="outcome unknown")
+    [sent] = sends(graph_standin)  # never resent on its own
+    # Meta's status webhook names our message id (biz_opaque_callback_data): that settles it.
+    payload = wa_status("wamid.settled-by-webhook", "delivered", "628666", int(time.time()))
+    payload["entry"][0]["changes"][0]["value"]["statuses"][0]["biz_opaque_callback_data"] = message_id
+    post_webhook(outbound, payload)
+    wait_status(outbound, room, message_id, "delivered")
+    _, channel_id = delivery(outbound, room, message_id)
+    assert channel_id == "wamid.settled-by-webhook"
+    assert len(sends(graph_standin)) == 1
+
+
+def test_metas_echo_of_our_messenger_reply_is_that_reply_not_a_second_message(
+    outbound: Pipeline, graph_standin: GraphStandin  # noqa: F811
+) -> None:
+    connect(outbound, graph_standin, "facebook_messenger", PAGE, name="Acme Page")
+    room = inbound(outbound, "facebook_messenger", PAGE, "psid-7", "m_in7")
+    message_id = reply(outbound, room, {"text": "echo me"}).json()["message_id"]
+    wait_status(outbound, room, message_id, "sent")
+    _, mid = delivery(outbound, room, message_id)
+    post_webhook(outbound, {"object": "page", "entry": [{"id": PAGE, "time": 1, "messaging": [{
+        "sender": {"id": PAGE}, "recipient": {"id": "psid-7"}, "timestamp": int(time.time() * 1000),
+        "message": {"is_echo": True, "app_id": 1, "metadata": message_id, "mid": mid, "text": "echo me"}}]}]})
+    marker = inbound(outbound, "facebook_messenger", PAGE, "psid-7", "m_in8")  # projected after the echo
+    assert marker == room
+
+    def history() -> list[dict[str, Any]] | None:
+        items = httpx.get(f"{outbound.base_url}/v1/rooms/{room}/messages", headers=admin(outbound)).json()["items"]
+        return items if any(m["channel_message_id"] == "m_in8" for m in items) else None
+
+    items = wait_until(history, timeout=60, what="the marker message projected")
+    assert [m["direction"] for m in reversed(items)] == ["inbound", "outbound", "inbound"]

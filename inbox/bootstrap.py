@@ -72,8 +72,8 @@ async def run_sender(
     from inbox.usecases.delivery import Deliveries
 
     app = InboxApplication.from_settings(settings)
-    read_pool = sync_pool(settings, max_size=8)
-    pool = await async_pool(settings, max_size=8)
+    read_pool = sync_pool(settings, max_size=16)
+    pool = await async_pool(settings, max_size=16)
     box = SecretBox(settings.secret_key) if settings.secret_key else None
     try:
         async with MetaGraphClient(

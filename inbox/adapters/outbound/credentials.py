@@ -62,6 +62,17 @@ class PostgresCredentials:
             return None
         return self._box.open(row[0], token_context(account_id))
 
+    def sendable_token(self, account_id: str) -> str | None:
+        """The token to send with, or None when there is none or Meta rejected it (sends wait)."""
+        with self._pool.connection() as conn:
+            row = conn.execute(
+                "SELECT access_token_sealed, needs_reauth FROM channel_account_credentials"
+                " WHERE account_id = %s AND disconnected_at IS NULL", (account_id,),
+            ).fetchone()
+        if row is None or row[0] is None or row[1] or self._box is None:
+            return None
+        return self._box.open(row[0], token_context(account_id))
+
     def mark_needs_reauth(self, account_id: str, reason: str) -> None:
         with self._pool.connection() as conn:
             conn.execute(

@@ -30,6 +30,7 @@ import random
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,6 +61,7 @@ log = logging.getLogger(__name__)
 
 RATE_LIMIT_ACCOUNT = {130429, 4, 80007, 613}
 RATE_LIMIT_PAIR = 131056
+TOKEN_CACHE_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -105,9 +107,14 @@ class Sender:
         self._pacer = pacer or Pacer()
         self._options = options
         self._wake = asyncio.Event()
+        self._tokens: dict[str, tuple[str | None, float]] = {}
         self.sent = 0
 
     async def run(self, stop: asyncio.Event) -> None:
+        # The use cases and the credentials are synchronous (threads): enough threads for the
+        # concurrent rooms, not the default handful of a small machine.
+        asyncio.get_running_loop().set_default_executor(
+            ThreadPoolExecutor(self._options.concurrency, thread_name_prefix="sender"))
         intake = asyncio.create_task(self._intake(stop), name="sender-intake")
         dispatch = asyncio.create_task(self._dispatch(stop), name="sender-dispatch")
         try:
@@ -260,8 +267,8 @@ class Sender:
             await self._set(row, "failed", error=plan.reason)
             return True
         account = plan.channel_account_id
-        token = await asyncio.to_thread(self._credentials.access_token, account)
-        if token is None or await asyncio.to_thread(self._credentials.needs_reauth, account):
+        token = await self._token(account)
+        if token is None:
             await self._later(row, self._options.reauth_poll_s, "waiting for a working access token")
             return False
         booked, at = self._pacer.reserve(account, plan.recipient_id, time.monotonic())
@@ -279,6 +286,16 @@ class Sender:
             await self._set(row, "failed", error=str(e))
             return True
         return await self._outcome(row, plan, outcome)
+
+    async def _token(self, account_id: str) -> str | None:
+        """The account's working token, cached for a second (a rotation is seen within that)."""
+        cached = self._tokens.get(account_id)
+        now = time.monotonic()
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        token = await asyncio.to_thread(self._credentials.sendable_token, account_id)
+        self._tokens[account_id] = (token, now + TOKEN_CACHE_S)
+        return token
 
     async def _outcome(self, row: _Row, plan: SendPlan, outcome: Any) -> bool:
         if isinstance(outcome, Accepted):
@@ -298,6 +315,7 @@ class Sender:
         if isinstance(outcome, Reauth):
             await asyncio.to_thread(self._credentials.mark_needs_reauth, plan.channel_account_id,
                                     f"{outcome.code}: {outcome.title}")
+            self._tokens.pop(plan.channel_account_id, None)
             await self._later(row, self._options.reauth_poll_s, "the access token was rejected (190)", back=True)
             return False
         assert isinstance(outcome, RetryAfter)

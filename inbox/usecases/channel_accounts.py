@@ -108,6 +108,10 @@ class ChannelAccounts:
 
     def _own(self, actor: Actor, account_id: str) -> AccountCredentials:
         self._require_admin(actor)
+        try:
+            account_id = str(UUID(account_id))
+        except ValueError:
+            raise NotFound("channel account not found") from None
         found = self._vault().get(account_id)
         if found is None or found.org_id != actor.org_id:
             raise NotFound("channel account not found")

@@ -390,3 +390,22 @@ def test_metas_echo_of_our_messenger_reply_is_that_reply_not_a_second_message(
 
     items = wait_until(history, timeout=60, what="the marker message projected")
     assert [m["direction"] for m in reversed(items)] == ["inbound", "outbound", "inbound"]
+
+
+def test_one_reply_that_cannot_be_handled_is_dead_lettered_and_the_others_still_go_out(
+    outbound: Pipeline, graph_standin: GraphStandin  # noqa: F811
+) -> None:
+    connect(outbound, graph_standin, "whatsapp_cloud", WA, verified_name="Acme", display_phone_number="+1")
+    room = inbound(outbound, "whatsapp_cloud", WA, "628777", "wamid.in7")
+    from tests.support import execute
+
+    execute(outbound.settings,  # a queued reply of a room that does not exist: the use case refuses it
+            "INSERT INTO sender_sends (message_id, room_id, channel_account_id, payload, state)"
+            " VALUES (gen_random_uuid(), gen_random_uuid(), '', '{\"kind\":\"text\",\"text\":\"x\",\"attachments\":[]}',"
+            " 'pending')")
+    message_id = reply(outbound, room, {"text": "still sent"}).json()["message_id"]
+    wait_status(outbound, room, message_id, "sent")
+    [(reason,)] = query(outbound.settings, "SELECT reason FROM sender_dead_letters")
+    assert "NotFound" in reason or "not found" in reason
+    r = httpx.delete(f"{outbound.base_url}/v1/channel-accounts/not-a-uuid", headers=admin(outbound))
+    assert r.status_code == 404

@@ -316,7 +316,7 @@ class Sender:
             await asyncio.to_thread(self._credentials.mark_needs_reauth, plan.channel_account_id,
                                     f"{outcome.code}: {outcome.title}")
             self._tokens.pop(plan.channel_account_id, None)
-            await self._later(row, self._options.reauth_poll_s, "the access token was rejected (190)", back=True)
+            await self._later(row, self._options.reauth_poll_s, "the access token was rejected (190)")
             return False
         assert isinstance(outcome, RetryAfter)
         attempts = row.attempts + 1
@@ -334,7 +334,7 @@ class Sender:
             self._pacer.hold_account(plan.channel_account_id, now + delay)
         elif outcome.code == RATE_LIMIT_PAIR:
             self._pacer.hold_recipient(plan.channel_account_id, plan.recipient_id, now + delay, now)
-        await self._later(row, delay, f"retry: {outcome.reason}", back=True)
+        await self._later(row, delay, f"retry: {outcome.reason}")
         return False
 
     # ---- the queue rows -------------------------------------------------------------------
@@ -349,7 +349,7 @@ class Sender:
                 (state, row.attempts, error, channel_message_id, row.message_id),
             )
 
-    async def _later(self, row: _Row, delay_s: float, why: str, *, back: bool = False) -> None:
+    async def _later(self, row: _Row, delay_s: float, why: str) -> None:
         async with self._pool.connection() as conn:
             await conn.execute(
                 "UPDATE sender_sends SET state = 'pending', last_error = %s, attempts = %s,"

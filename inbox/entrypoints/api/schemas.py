@@ -59,6 +59,10 @@ class Body(BaseModel):
 
 
 # ---- requests -------------------------------------------------------------------------------
+# Meta's tokens are printable ASCII; anything else could not even travel in an Authorization header.
+AccessToken = Annotated[str, Field(min_length=1, max_length=1024, pattern=r"^[\x21-\x7e]+$")]
+
+
 class RegisterChannelAccount(Body):
     channel: ChannelName
     external_id: Id
@@ -66,11 +70,11 @@ class RegisterChannelAccount(Body):
     app_secret: Annotated[Secret, Field(min_length=MIN_APP_SECRET_CHARS)] | None = None
     # The WhatsApp system-user token, or the Page token (Messenger, Instagram, comments): checked
     # with the Graph API before the account is recorded; sealed at rest; never returned.
-    access_token: Annotated[str, Field(min_length=1, max_length=1024)] | None = None
+    access_token: AccessToken | None = None
 
 
 class RotateChannelAccount(Body):
-    access_token: Annotated[str, Field(min_length=1, max_length=1024)]
+    access_token: AccessToken
 
 
 class InboundContact(Body):

@@ -90,6 +90,9 @@ class DeliveryStatus:
     channel_message_id: str | None = None
     recipient_id: str | None = None
     errors: tuple[dict[str, Any], ...] = ()
+    # Our message id, when the channel returns it (WhatsApp `biz_opaque_callback_data`): settles a
+    # reply whose send outcome was unknown.
+    correlation_id: str | None = None
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from eventsourcing.domain import Aggregate, event
 
 from domain.channels import Channel
 from domain.errors import Conflict, InvalidCommand, NotAllowed
+from domain.outbound import ReplyKind, ReplyWindow, decide_send, reply_window
 from domain.limits import (
     MAX_ATTACHMENTS,
     MAX_HANDLE,
@@ -42,9 +43,55 @@ RESOLVE_REASONS = ("manual", "expired")
 # sender_role of a MessageSent that echoes the business's own message sent from the channel's tools.
 CHANNEL_SENDER = "channel"
 
+# Delivery of a staff reply (issue 9): pending until Meta accepts it (sent), then the channel's
+# statuses. Never backwards: a status ranked at or below the current one is ignored.
+PENDING, SENT, DELIVERED, READ, FAILED = "pending", "sent", "delivered", "read", "failed"
+DELIVERY_STATUSES = (PENDING, SENT, DELIVERED, READ, FAILED)
+_DELIVERY_RANK = {PENDING: 0, SENT: 1, DELIVERED: 2, READ: 3}
+TEMPLATE_KIND = "template"
+
 
 class RoomIsResolved(Conflict):
     """Staff cannot act on a resolved room until the customer writes again."""
+
+
+class WindowClosed(Conflict):
+    """The channel's reply window does not allow this reply now (a template is needed)."""
+
+
+def _moves_forward(current: str, new: str) -> bool:
+    """sent → delivered → read, never backwards; failed only before delivery; nothing after failed."""
+    if current == FAILED:
+        return False
+    if new == FAILED:
+        return _DELIVERY_RANK[current] < _DELIVERY_RANK[DELIVERED]
+    return _DELIVERY_RANK[new] > _DELIVERY_RANK[current]
+
+
+def check_template(template: Any) -> dict[str, Any]:
+    """A WhatsApp template reference {"name", "language", "components"}: bounded, storable."""
+    if not isinstance(template, dict):
+        raise InvalidCommand("template must be an object")
+    unknown = set(template) - {"name", "language", "components"}
+    if unknown:
+        raise InvalidCommand(f"unknown template fields: {', '.join(sorted(unknown))}")
+    name = template.get("name")
+    if not isinstance(name, str) or not name.strip():
+        raise InvalidCommand("a template needs a name")
+    check_text(name, "template name", MAX_NAME)
+    language = template.get("language")
+    if isinstance(language, dict):
+        language = language.get("code")
+    if not isinstance(language, str) or not language.strip():
+        raise InvalidCommand("a template needs a language code (e.g. 'en_US')")
+    check_text(language, "template language", MAX_KIND)
+    components = template.get("components", [])
+    if components is None:
+        components = []
+    if not isinstance(components, list):
+        raise InvalidCommand("template components must be a list")
+    check_json(components, "template components")
+    return {"type": TEMPLATE_KIND, "name": name, "language": language, "components": components}
 
 
 class Room(Aggregate):
@@ -170,6 +217,43 @@ class Room(Aggregate):
         def upcast_v1_v2(state: dict[str, Any]) -> None:
             _require_org_id(state)
 
+    # ---- outbound delivery (issue 9): the sender's outcomes and the channel's statuses --------
+    class ReplyDeliveryAccepted(Aggregate.Event):
+        """Meta accepted a staff reply: `channel_message_id` is its wamid / mid / comment id."""
+
+        org_id: str
+        message_id: str
+        channel_message_id: str
+        accepted_at: datetime
+
+    class ReplyDeliveryFailed(Aggregate.Event):
+        """Meta refused a staff reply (or the sender could not send it): never retried."""
+
+        org_id: str
+        message_id: str
+        code: int | None
+        title: str
+        permanent: bool
+        failed_at: datetime
+
+    class ReplyDeliveryUnknown(Aggregate.Event):
+        """The request left and no answer came: reconciled from status/echo webhooks before any resend."""
+
+        org_id: str
+        message_id: str
+        reason: str
+        at: datetime
+
+    class DeliveryStatusChanged(Aggregate.Event):
+        """The channel's status of a reply we sent (sent → delivered → read, or failed)."""
+
+        org_id: str
+        message_id: str
+        channel_message_id: str
+        status: str
+        at: datetime
+        error: dict[str, Any] | None
+
     # ---- creation -------------------------------------------------------------------------
     @event(RoomOpened)
     def __init__(
@@ -197,7 +281,11 @@ class Room(Aggregate):
         self.assignee: str | None = None
         self.last_direction: str | None = None
         self.last_inbound_at: datetime | None = None
+        self.last_inbound_channel_message_id: str | None = None
         self.message_count = 0
+        # Staff replies' delivery: message id -> status; channel message id -> message id.
+        self.deliveries: dict[str, str] = {}
+        self.delivery_ids: dict[str, str] = {}
 
     @classmethod
     def open(
@@ -302,18 +390,43 @@ class Room(Aggregate):
         _check_message(message_id and channel_message_id, removed_at, "removed_at")
         self._remove(message_id=message_id, channel_message_id=channel_message_id, removed_at=removed_at)
 
-    def reply(self, actor: Actor, *, message_id: str, text: str, sent_at: datetime) -> None:
-        """A staff reply; replying to an unassigned room assigns it to the replier."""
+    def reply(
+        self,
+        actor: Actor,
+        *,
+        message_id: str,
+        text: str | None,
+        sent_at: datetime,
+        template: dict[str, Any] | None = None,
+    ) -> None:
+        """A staff reply (a text, or a WhatsApp template); replying to an unassigned room assigns it.
+
+        The channel's window decides what may be sent now (domain.outbound.decide_send): a free-form
+        reply after the window has closed is refused with a message saying a template is needed.
+        """
         if not actor.role.is_staff:
             raise NotAllowed(f"role {actor.role.value!r} cannot reply to customers")
         check_identifier(actor.user_id, "user id")
         check_optional_text(actor.name, "user name", MAX_NAME)
-        check_text(text, "text")
-        if not text.strip():
-            raise InvalidCommand("reply text must not be empty")
+        if (text is None) == (template is None):
+            raise InvalidCommand("a reply has either a text or a template")
+        if template is not None:
+            kind, attachments, text = TEMPLATE_KIND, [check_template(template)], str(template["name"])
+        else:
+            assert text is not None
+            check_text(text, "text")
+            if not text.strip():
+                raise InvalidCommand("reply text must not be empty")
+            kind, attachments = "text", []
         self._check_not_resolved()
         if self.status == ASSIGNED and self.assignee != actor.user_id and not actor.role.manages_rooms:
             raise NotAllowed("this room is assigned to another agent")
+        decision = decide_send(
+            Channel(self.channel), self.last_inbound_at, sent_at,
+            ReplyKind.TEMPLATE if template is not None else ReplyKind.FREE_FORM,
+        )
+        if not decision.allowed:
+            raise WindowClosed(decision.reason or "this reply cannot be sent now")
         if self.status == UNASSIGNED:
             self._assign(
                 assignee=actor.user_id,
@@ -330,9 +443,82 @@ class Room(Aggregate):
             sender_role=actor.role.value,
             sender_name=actor.name,
             channel_message_id=None,
-            kind="text",
-            attachments=[],
+            kind=kind,
+            attachments=attachments,
         )
+
+    # ---- delivery outcomes (the sender) and statuses (the channel's webhooks) ---------------
+    def delivery_status(self, message_id: str) -> str | None:
+        """The delivery status of a staff reply of this room, None for any other message."""
+        return self.deliveries.get(message_id)
+
+    def message_for_channel_id(self, channel_message_id: str) -> str | None:
+        """Our message id of a reply Meta accepted with this wamid / mid / comment id."""
+        return self.delivery_ids.get(channel_message_id)
+
+    def record_delivery_accepted(self, *, message_id: str, channel_message_id: str, at: datetime) -> bool:
+        """Meta accepted the reply; False (nothing recorded) when it was recorded as accepted already."""
+        self._check_reply(message_id)
+        check_identifier(channel_message_id, "channel message id", MAX_MESSAGE_ID)
+        if self.delivery_ids.get(channel_message_id) == message_id:
+            return False
+        if self.deliveries[message_id] != PENDING:
+            return False  # a status webhook settled it first, or it failed: keep what was recorded
+        self._delivery_accepted(message_id=message_id, channel_message_id=channel_message_id, accepted_at=at)
+        return True
+
+    def record_delivery_failed(
+        self, *, message_id: str, code: int | None, title: str, permanent: bool, at: datetime
+    ) -> bool:
+        self._check_reply(message_id)
+        check_text(title, "title", MAX_NAME)
+        if self.deliveries[message_id] != PENDING:
+            return False
+        self._delivery_failed(message_id=message_id, code=code, title=title, permanent=permanent, failed_at=at)
+        return True
+
+    def record_delivery_unknown(self, *, message_id: str, reason: str, at: datetime) -> bool:
+        self._check_reply(message_id)
+        check_text(reason, "reason", MAX_NAME)
+        if self.deliveries[message_id] != PENDING:
+            return False
+        self._delivery_unknown(message_id=message_id, reason=reason, at=at)
+        return True
+
+    def record_delivery_status(
+        self,
+        *,
+        channel_message_id: str,
+        status: str,
+        at: datetime,
+        error: dict[str, Any] | None = None,
+        message_id: str | None = None,
+    ) -> bool:
+        """A channel status for a reply we sent. `message_id` (our correlation id, e.g. WhatsApp's
+        biz_opaque_callback_data) settles a reply whose outcome was unknown. Never backwards:
+        returns False, recording nothing, for a status at or below the current one or a message we
+        did not send."""
+        if status not in (SENT, DELIVERED, READ, FAILED):
+            raise InvalidCommand(f"unknown delivery status {status!r}")
+        if at.tzinfo is None:
+            raise InvalidCommand("status time must carry a timezone")
+        check_identifier(channel_message_id, "channel message id", MAX_MESSAGE_ID)
+        if error is not None:
+            check_json(error, "status error")
+        target = self.delivery_ids.get(channel_message_id)
+        if target is None and message_id is not None and message_id in self.deliveries:
+            target = message_id  # an unknown outcome, settled by the correlation id
+        if target is None:
+            return False
+        if not _moves_forward(self.deliveries[target], status):
+            return False
+        self._delivery_status(message_id=target, channel_message_id=channel_message_id, status=status, at=at,
+                              error=error)
+        return True
+
+    def _check_reply(self, message_id: str) -> None:
+        if message_id not in self.deliveries:
+            raise InvalidCommand(f"message {message_id!r} is not a staff reply of this room")
 
     def assign(self, actor: Actor, *, agent_id: str) -> bool:
         """Admin/SPV assign anyone; an agent may only take an unassigned room for itself.
@@ -378,6 +564,10 @@ class Room(Aggregate):
         super().trigger_event(event_class, org_id=self.org_id, **kwargs)
 
     # ---- queries on state -----------------------------------------------------------------
+    def reply_window(self) -> ReplyWindow:
+        """What staff can send now (SPEC: the room's `reply_window`)."""
+        return reply_window(Channel(self.channel), self.last_inbound_at)
+
     @property
     def awaiting_reply(self) -> bool:
         return self.status != RESOLVED and self.last_direction == "inbound"
@@ -410,6 +600,7 @@ class Room(Aggregate):
         self.last_direction = "inbound"
         if self.last_inbound_at is None or sent_at > self.last_inbound_at:
             self.last_inbound_at = sent_at
+            self.last_inbound_channel_message_id = channel_message_id
         self.message_count += 1
 
     @event(MessageSent)
@@ -427,6 +618,30 @@ class Room(Aggregate):
     ) -> None:
         self.last_direction = "outbound"
         self.message_count += 1
+        if sender_role != CHANNEL_SENDER:
+            self.deliveries[message_id] = PENDING
+
+    @event(ReplyDeliveryAccepted)
+    def _delivery_accepted(self, message_id: str, channel_message_id: str, accepted_at: datetime) -> None:
+        self.deliveries[message_id] = SENT
+        self.delivery_ids[channel_message_id] = message_id
+
+    @event(ReplyDeliveryFailed)
+    def _delivery_failed(
+        self, message_id: str, code: int | None, title: str, permanent: bool, failed_at: datetime
+    ) -> None:
+        self.deliveries[message_id] = FAILED
+
+    @event(ReplyDeliveryUnknown)
+    def _delivery_unknown(self, message_id: str, reason: str, at: datetime) -> None:
+        pass  # still pending: a status/echo webhook or the sender's reconciliation settles it
+
+    @event(DeliveryStatusChanged)
+    def _delivery_status(
+        self, message_id: str, channel_message_id: str, status: str, at: datetime, error: dict[str, Any] | None
+    ) -> None:
+        self.deliveries[message_id] = status
+        self.delivery_ids[channel_message_id] = message_id
 
     @event(MessageEdited)
     def _edit(self, message_id: str, channel_message_id: str, text: str, edited_at: datetime) -> None:
@@ -446,6 +661,7 @@ class Room(Aggregate):
     @event(RoomResolved)
     def _resolve(self, reason: str, resolved_by: str, by_role: str) -> None:
         self.status = RESOLVED
+        self.resolved_by = resolved_by
 
     @event(RoomReopened)
     def _reopen(self, reason: str) -> None:

@@ -7,6 +7,7 @@ arguments and never open their own.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 from collections.abc import Iterator
@@ -28,6 +29,10 @@ from inbox.usecases.channel_accounts import ChannelAccounts
 from inbox.usecases.ingest import InboundCommitter
 from inbox.usecases.room_commands import RoomCommands
 from inbox.adapters.read_models.queries import InboxQueries
+from inbox.adapters.outbound.credentials import PostgresCredentials
+from inbox.adapters.outbound.graph_access import GraphAccessChecker
+from inbox.adapters.secrets import SecretBox
+from inbox.adapters.outbound.sender import SenderOptions
 
 if TYPE_CHECKING:
     import faust
@@ -74,17 +79,21 @@ class Container:
     async def stop_stream_hub(self) -> None:
         if self.stream_hub is not None:
             await self.stream_hub.stop()
+    credentials: PostgresCredentials | None = None
 
     @classmethod
     def build(cls, settings: Settings) -> Container:
         event_store = open_event_store(settings)
         read_pool = sync_pool(settings)
         store = EventStore(event_store)  # the use cases' port on the eventsourcing application
+        credentials = PostgresCredentials(read_pool, SecretBox(settings.secret_key) if settings.secret_key else None)
+        access = GraphAccessChecker(settings.meta_graph_url, settings.meta_graph_version)
         return cls(
             settings=settings,
             event_store=event_store,
             read_pool=read_pool,
-            accounts=ChannelAccounts(store),
+            credentials=credentials,
+            accounts=ChannelAccounts(store, credentials, access),
             inbound=InboundCommitter(
                 store, max_queue=settings.inbound_queue_max, timeout=settings.inbound_timeout_s
             ),
@@ -146,3 +155,32 @@ async def retry_dead_letters(settings: Settings, ids: list[int] | None = None) -
         return await dead_letters.retry(settings, event_log, ids)
     finally:
         event_log.close()
+
+
+async def run_sender(
+    settings: Settings, stop: asyncio.Event, options: SenderOptions | None = None, *, graph_timeout_s: float = 10.0
+) -> None:
+    """The `inbox sender` process: events topic → Graph API → outcome events on the rooms."""
+    from inbox.adapters.meta_graph import MetaGraphClient
+    from inbox.adapters.outbound.sender import Sender
+    from inbox.adapters.postgres import async_pool
+    from inbox.usecases.delivery import Deliveries
+
+    event_store = open_event_store(settings)
+    read_pool = sync_pool(settings, max_size=16)
+    pool = await async_pool(settings, max_size=16)
+    box = SecretBox(settings.secret_key) if settings.secret_key else None
+    try:
+        async with MetaGraphClient(
+            settings.meta_graph_url, settings.meta_graph_version, timeout_s=graph_timeout_s
+        ) as client:
+            sender = Sender(
+                bootstrap=settings.kafka_bootstrap or "", topic=settings.events_topic, pool=pool,
+                deliveries=Deliveries(EventStore(event_store)), credentials=PostgresCredentials(read_pool, box),
+                client=client, options=options or SenderOptions(),
+            )
+            await sender.run(stop)
+    finally:
+        await pool.close()
+        read_pool.close()
+        event_store.close()

@@ -69,6 +69,10 @@ class Settings:
     stream_retention_s: float = 86400.0
     stream_heartbeat_s: float = 15.0
     stream_buffer: int = 256
+    # Outbound delivery (issue 9): Meta's Graph API, and the key sealing channel-account tokens at rest.
+    meta_graph_url: str = "https://graph.facebook.com"
+    meta_graph_version: str = "v21.0"
+    secret_key: str | None = None
 
     @property
     def events_topic(self) -> str:
@@ -127,6 +131,9 @@ class Settings:
             stream_retention_s=get_float("INBOX_STREAM_RETENTION_S", 86400.0),
             stream_heartbeat_s=get_float("INBOX_STREAM_HEARTBEAT_S", 15.0),
             stream_buffer=get_int("INBOX_STREAM_BUFFER", 256),
+            meta_graph_url=get("INBOX_META_GRAPH_URL") or "https://graph.facebook.com",
+            meta_graph_version=get("INBOX_META_GRAPH_VERSION") or "v21.0",
+            secret_key=get("INBOX_SECRET_KEY"),
         )
 
     def to_env(self) -> dict[str, str]:
@@ -157,6 +164,9 @@ class Settings:
             "INBOX_STREAM_RETENTION_S": str(self.stream_retention_s),
             "INBOX_STREAM_HEARTBEAT_S": str(self.stream_heartbeat_s),
             "INBOX_STREAM_BUFFER": str(self.stream_buffer),
+            "INBOX_META_GRAPH_URL": self.meta_graph_url,
+            "INBOX_META_GRAPH_VERSION": self.meta_graph_version,
+            "INBOX_SECRET_KEY": self.secret_key,
         }
         return {k: v or "" for k, v in values.items()}
 

@@ -42,6 +42,8 @@ class RoomView:
     # Search columns (projections.text): folded name + handle, national phone digits.
     search_name: str | None = None
     phone_digits: str | None = None
+    # Delivery of the last message when it is a staff reply: {"status", "at", "error"} (issue 9).
+    last_message_delivery: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,10 @@ class MessageRow:
     recorded_at: datetime | None = None  # when the event was recorded (occurred_at): orders activity
     kind: str = "text"  # text, image, reaction, ... (events before kinds existed: text)
     attachments: tuple[dict[str, Any], ...] = ()  # small metadata dicts about the content
+    # Staff replies: pending → sent (Meta accepted it) → delivered → read, or failed (issue 9).
+    delivery_status: str | None = None
+    delivery_at: datetime | None = None
+    delivery_error: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -70,6 +76,23 @@ class MessageChange:
     text: str | None = None  # the new text of an edit
     edited_at: datetime | None = None
     removed_at: datetime | None = None
+    channel_message_id: str | None = None  # Meta's id of a staff reply it accepted
+    delivery_status: str | None = None
+    delivery_at: datetime | None = None
+    delivery_error: dict[str, Any] | None = None
+
+
+# Delivery events → (status, time field) of the reply's history row.
+DELIVERY_EVENTS = {
+    "ReplyDeliveryAccepted": ("sent", "accepted_at"),
+    "ReplyDeliveryFailed": ("failed", "failed_at"),
+    "ReplyDeliveryUnknown": ("pending", "at"),
+    "DeliveryStatusChanged": (None, "at"),
+}
+
+
+def delivery_json(status: str | None, at: datetime | str | None, error: dict[str, Any] | None) -> dict[str, Any] | None:
+    return None if status is None else {"status": status, "at": at, "error": error}
 
 
 class UnknownEvent(ValueError):
@@ -112,8 +135,16 @@ def apply(view: RoomView | None, event: dict[str, Any]) -> tuple[RoomView, Messa
             sender_id=data["sender_id"], sender_name=data.get("sender_name"),
             sender_role=data["sender_role"], channel_message_id=data.get("channel_message_id"),
             recorded_at=at, kind=data.get("kind") or "text", attachments=tuple(data.get("attachments") or ()),
+            delivery_status=None if data["sender_role"] == "channel" else "pending",
         )
         return _with_last_message(view, message), message
+    if kind in DELIVERY_EVENTS:
+        change = message_change(event)
+        assert change is not None
+        if view.last_message_id == data["message_id"]:
+            view = replace(view, last_message_delivery=_iso(
+                delivery_json(change.delivery_status, change.delivery_at, change.delivery_error)))
+        return view, None
     if kind == "RoomAssigned":
         return replace(view, status="assigned", assignee=data["assignee"]), None
     if kind == "RoomResolved":
@@ -136,6 +167,18 @@ def message_change(event: dict[str, Any]) -> MessageChange | None:
         return MessageChange(data["message_id"], text=data["text"], edited_at=_ts(data["edited_at"]))
     if event["type"] == "MessageRemoved":
         return MessageChange(data["message_id"], removed_at=_ts(data["removed_at"]))
+    if event["type"] in DELIVERY_EVENTS:
+        status, at_field = DELIVERY_EVENTS[event["type"]]
+        if event["type"] == "ReplyDeliveryFailed":
+            error: dict[str, Any] | None = {"code": data["code"], "title": data["title"], "permanent": data["permanent"]}
+        elif event["type"] == "ReplyDeliveryUnknown":
+            error = {"title": f"outcome unknown: {data['reason']}"}
+        else:
+            error = data.get("error")
+        return MessageChange(
+            data["message_id"], channel_message_id=data.get("channel_message_id"),
+            delivery_status=status or data["status"], delivery_at=_ts(data[at_field]), delivery_error=error,
+        )
     return None
 
 
@@ -167,6 +210,7 @@ def _with_last_message(view: RoomView, message: MessageRow) -> RoomView:
         view,
         last_message_id=message.id, last_message_direction=message.direction,
         last_message_text=message.text, last_message_at=message.sent_at,
+        last_message_delivery=delivery_json(message.delivery_status, None, None),
         updated_at=max(view.updated_at, message.recorded_at or view.updated_at),
     )
     return replace(view, awaiting_reply=_awaiting(view, view.status))
@@ -175,6 +219,13 @@ def _with_last_message(view: RoomView, message: MessageRow) -> RoomView:
 def _awaiting(view: RoomView, status: str) -> bool:
     """SPEC §2: not resolved and the latest message is inbound."""
     return status != "resolved" and view.last_message_direction == "inbound"
+
+
+def _iso(delivery: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The room row keeps the delivery as JSON: its time as an ISO string."""
+    if delivery is not None and isinstance(delivery.get("at"), datetime):
+        delivery = dict(delivery, at=delivery["at"].isoformat())
+    return delivery
 
 
 def _ts(value: str | datetime) -> datetime:

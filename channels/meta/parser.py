@@ -199,6 +199,7 @@ def _whatsapp_status(s: dict[str, Any], path: str, account: str) -> DeliveryStat
         channel=Channel.WHATSAPP_CLOUD, channel_account=account, status=status, occurred_at=occurred_at,
         status_key=f"{status}:{mid}:{raw_ts}", channel_message_id=mid,
         recipient_id=_opt_str(s.get("recipient_id"), f"{path}.recipient_id"), errors=errors,
+        correlation_id=_opt_str(s.get("biz_opaque_callback_data"), f"{path}.biz_opaque_callback_data"),
     )
 
 

@@ -34,7 +34,7 @@ class ExportError(ValueError):
 
 
 # ---- the Parquet table: envelope columns + the union of every known `data` field --------------
-# Column name -> kind: "string", "int32", "int64", "timestamp" (UTC, microseconds) or "json"
+# Column name -> kind: "string", "int32", "int64", "bool", "timestamp" (UTC, microseconds) or "json"
 # (a JSON text column for nested values). Data fields are prefixed `data_`; the union is taken
 # over docs/events/*.json (tests/integration/test_export.py checks it against the schemas).
 ENVELOPE_COLUMNS: dict[str, str] = {
@@ -76,6 +76,15 @@ DATA_FIELDS: dict[str, str] = {
     "by_role": "string",
     "reason": "string",
     "resolved_by": "string",
+    # ReplyDeliveryAccepted / ReplyDeliveryFailed / ReplyDeliveryUnknown / DeliveryStatusChanged
+    "accepted_at": "timestamp",
+    "code": "int64",
+    "title": "string",
+    "permanent": "bool",
+    "failed_at": "timestamp",
+    "at": "timestamp",
+    "status": "string",
+    "error": "json",
 }
 # Fields a newer event carries that this exporter does not know yet: kept, as one JSON object.
 EXTRA_COLUMN = "data_extra"
@@ -188,7 +197,7 @@ class ParquetWriter:
         self._kinds = parquet_columns()
         types = {
             "string": pa.string(), "json": pa.string(), "int32": pa.int32(), "int64": pa.int64(),
-            "timestamp": pa.timestamp("us", tz="UTC"),
+            "bool": pa.bool_(), "timestamp": pa.timestamp("us", tz="UTC"),
         }
         self.schema = pa.schema(
             [pa.field(name, types[kind], nullable=name not in ENVELOPE_COLUMNS) for name, kind in self._kinds.items()],

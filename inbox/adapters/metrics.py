@@ -61,5 +61,10 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.channel_accounts_needing_reauth = Gauge(
+            "inbox_channel_accounts_needs_reauth",
+            "Connected channel accounts whose token Meta rejected (code 190): their sends wait", registry=self.registry,
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

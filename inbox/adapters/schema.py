@@ -19,7 +19,7 @@ from inbox.adapters.eventstore import InboxApplication, stamp_org_ids
 from inbox.adapters.postgres import conninfo, ensure_pg_trgm, use_search_path
 from inbox.config import Settings
 
-SQL_FILES = ("read_models.sql", "pipeline.sql", "signin.sql")
+SQL_FILES = ("read_models.sql", "pipeline.sql", "signin.sql", "outbound.sql")
 
 
 def sql_file(name: str) -> str:

@@ -27,6 +27,10 @@ ROOM_EVENT_TYPES: dict[type, str] = {
     Room.RoomReopened: "RoomReopened",
     Room.MessageEdited: "MessageEdited",
     Room.MessageRemoved: "MessageRemoved",
+    Room.ReplyDeliveryAccepted: "ReplyDeliveryAccepted",
+    Room.ReplyDeliveryFailed: "ReplyDeliveryFailed",
+    Room.ReplyDeliveryUnknown: "ReplyDeliveryUnknown",
+    Room.DeliveryStatusChanged: "DeliveryStatusChanged",
 }
 EVENT_TYPE_NAMES = frozenset(ROOM_EVENT_TYPES.values())
 

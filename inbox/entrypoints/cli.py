@@ -137,6 +137,22 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sender(args: argparse.Namespace) -> int:
+    from inbox.adapters.schema import migrate
+    from inbox.bootstrap import run_sender
+
+    settings = Settings.from_env().require("database_url", "kafka_bootstrap").check_secrets()
+    migrate(settings)
+    from inbox.adapters.outbound.sender import SenderOptions
+
+    # Backoff base for retryable Graph errors (tests shorten it; Meta's limits want seconds).
+    options = SenderOptions(backoff_base_s=float(os.environ.get("INBOX_SENDER_BACKOFF_BASE_S") or 1.0),
+                            reauth_poll_s=float(os.environ.get("INBOX_SENDER_REAUTH_POLL_S") or 2.0))
+    timeout_s = float(os.environ.get("INBOX_SENDER_GRAPH_TIMEOUT_S") or 10.0)
+    _run_until_signalled(lambda stop: run_sender(settings, stop, options, graph_timeout_s=timeout_s))
+    return 0
+
+
 def cmd_migrate(args: argparse.Namespace) -> int:
     from inbox.adapters.schema import migrate
 
@@ -313,6 +329,10 @@ def cmd_dev(args: argparse.Namespace) -> int:
     log_env = {_DEV_VERBOSE: "1"} if args.verbose else _quiet_dev_logs()
     settings = Settings.from_env().with_dev_defaults()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if not settings.secret_key:  # seals channel-account tokens; kept in the data dir across runs
+        from inbox.adapters.secrets import ensure_key_file
+
+        settings = replace(settings, secret_key=ensure_key_file(settings.data_dir))
     broker = None
     children: Processes | None = None
     with _embedded_database(settings) as settings:
@@ -324,7 +344,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
             migrate(settings)
             # Same session as `inbox dev`: a Ctrl-C in the terminal reaches every child; output to this terminal.
             children = Processes({**os.environ, **settings.to_env(), **log_env}, own_session=False)
-            for role in ("relay", "worker", "reports", "api"):
+            for role in ("relay", "worker", "reports", "api", "sender"):
                 print(f"started {role} (pid {children.start(role).pid})", file=sys.stderr)
             token = mint_token(settings.jwt_secret or "", org="dev-org", user="dev-admin", role="admin",
                                issuer=settings.jwt_issuer, audience=settings.jwt_audience)
@@ -394,6 +414,8 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("api", help="run the HTTP API (production)").set_defaults(func=cmd_api)
     sub.add_parser("relay", help="publish the event store to Kafka (production)").set_defaults(func=cmd_relay)
     sub.add_parser("worker", help="run a Faust projection worker (production)").set_defaults(func=cmd_worker)
+    sub.add_parser("sender", help="deliver staff replies to Meta's Graph API (production)").set_defaults(
+        func=cmd_sender)
     sub.add_parser("migrate", help="create or update the database schema").set_defaults(func=cmd_migrate)
     sub.add_parser("reports", help="build the service reports from the events topic (production)").set_defaults(
         func=cmd_reports)

@@ -11,9 +11,11 @@ from eventsourcing.persistence import IntegrityError
 
 from domain.channel_account import ChannelAccount, channel_account_id_for
 from domain.channels import Channel
-from domain.errors import AlreadyExists, NotAllowed, NotFound
+from domain.errors import AlreadyExists, InvalidCommand, NotAllowed, NotFound
+from domain.limits import MAX_SECRET, check_text
 from domain.staff import Actor, Role
-from inbox.usecases.ports import EventStore
+from inbox.usecases.ports import AccessChecker, AccountCredentials, Credentials, EventStore
+from inbox.usecases.results import Unavailable
 
 
 @dataclass(frozen=True)
@@ -33,21 +35,30 @@ MISSING_CACHE_SIZE = 10_000
 class ChannelAccounts:
     """Registers accounts and finds them by the channel's external id (cached: accounts are immutable)."""
 
-    def __init__(self, store: EventStore) -> None:
+    def __init__(
+        self, store: EventStore, credentials: Credentials | None = None, access: AccessChecker | None = None
+    ) -> None:
         self._store = store
+        self._credentials = credentials
+        self._access = access
         self._cache: dict[UUID, AccountInfo] = {}
         self._missing: dict[UUID, float] = {}  # negative look-ups (see `find`), id -> expiry (monotonic)
         self._lock = threading.Lock()
 
     def register(
-        self, actor: Actor, *, channel: str, external_id: str, name: str, app_secret: str | None = None
+        self, actor: Actor, *, channel: str, external_id: str, name: str, app_secret: str | None = None,
+        access_token: str | None = None,
     ) -> AccountInfo:
+        """Connect an account. With `access_token`, Meta is asked first whether the token can read
+        the account (so no org claims an account it does not control): 422 when it cannot."""
         if actor.role != Role.ADMIN:
             raise NotAllowed("only admins register channel accounts")
         account = ChannelAccount.register(
             org_id=actor.org_id, channel=Channel.parse(channel), external_id=external_id, name=name,
             app_secret=app_secret,
         )
+        if access_token is not None:
+            self._prove_access(channel, account.external_id, access_token)
         try:
             self._store.save(account)
         except IntegrityError:
@@ -56,7 +67,65 @@ class ChannelAccounts:
             ) from None
         with self._lock:
             self._missing.pop(account.id, None)
+        if self._credentials is not None:
+            self._credentials.record(
+                str(account.id), org_id=account.org_id, channel=account.channel, external_id=account.external_id,
+                name=account.name, access_token=access_token,
+            )
         return self._info(account)
+
+    def _prove_access(self, channel: str, external_id: str, access_token: str) -> None:
+        check_text(access_token, "access_token", MAX_SECRET * 4)
+        if not access_token.strip():
+            raise InvalidCommand("access_token must not be empty")
+        if self._access is None:
+            raise Unavailable("the Graph API is not configured; cannot check the access token")
+        result = self._access.check(channel, external_id, access_token)
+        if result.retry:
+            raise Unavailable(f"could not ask the Graph API whether the token reads {external_id}: {result.reason}")
+        if not result.granted:
+            raise InvalidCommand(f"this access token cannot read {channel} account {external_id!r}: {result.reason}")
+
+    def list(self, actor: Actor) -> list[AccountCredentials]:
+        self._require_admin(actor)
+        return self._vault().list(actor.org_id)
+
+    def rotate_token(self, actor: Actor, account_id: str, *, access_token: str) -> AccountCredentials:
+        """A new token (checked with Meta first); clears needs_reauth, so waiting sends go out."""
+        current = self._own(actor, account_id)
+        self._prove_access(current.channel, current.external_id, access_token)
+        self._vault().record(
+            account_id, org_id=current.org_id, channel=current.channel, external_id=current.external_id,
+            name=current.name, access_token=access_token,
+        )
+        updated = self._vault().get(account_id)
+        assert updated is not None
+        return updated
+
+    def disconnect(self, actor: Actor, account_id: str) -> None:
+        self._own(actor, account_id)
+        self._vault().disconnect(account_id)
+
+    def _own(self, actor: Actor, account_id: str) -> AccountCredentials:
+        self._require_admin(actor)
+        try:
+            account_id = str(UUID(account_id))
+        except ValueError:
+            raise NotFound("channel account not found") from None
+        found = self._vault().get(account_id)
+        if found is None or found.org_id != actor.org_id:
+            raise NotFound("channel account not found")
+        return found
+
+    def _vault(self) -> Credentials:
+        if self._credentials is None:
+            raise Unavailable("channel-account credentials are not configured (INBOX_SECRET_KEY)")
+        return self._credentials
+
+    @staticmethod
+    def _require_admin(actor: Actor) -> None:
+        if actor.role != Role.ADMIN:
+            raise NotAllowed("only admins manage channel accounts")
 
     def find_cached(self, channel: Channel, external_id: str) -> AccountInfo | None:
         """The account if this process has seen it already (no I/O: safe on an event loop)."""

@@ -404,6 +404,12 @@ class BatchDecision:
         if (account.id, key) in self.seen:
             return self._duplicate(account, key)
         room = self._room(account, echo.channel, echo.contact_id, None)
+        ours = room.message_for_channel_id(echo.channel_message_id)
+        if ours is not None:
+            # Meta's echo of a reply the sender delivered (its mid is recorded on the reply): that
+            # message, not a second one.
+            self._remember(account, key, room, ours)
+            return FactResult(FactOutcome.DUPLICATE, str(room.id), room.version, ours)
         message_id = room.record_echo(
             channel_message_id=echo.channel_message_id, text=echo.text, sent_at=echo.sent_at,
             sender_id=echo.sender_id, kind=echo.kind, attachments=echo.attachments,
@@ -455,7 +461,30 @@ class BatchDecision:
             recipient_id=status.recipient_id, occurred_at=status.occurred_at,
             errors=[dict(e) for e in status.errors],
         ))
+        self._status_on_room(account, status)
         return FactResult(FactOutcome.RECORDED)
+
+    def _status_on_room(self, account: AccountInfo, status: DeliveryStatus) -> None:
+        """A status of a reply we sent becomes a DeliveryStatusChanged on its room (issue 9)."""
+        if status.status not in ("sent", "delivered", "read", "failed") or not status.channel_message_id:
+            return
+        if not status.recipient_id or status.channel.is_comment:
+            return
+        room_id = room_id_for(account.org_id, account.id, status.recipient_id, None)
+        room = self.rooms.get(room_id)
+        if room is None:
+            try:
+                room = self.store.get(room_id)
+            except NotFound:
+                return  # a message the business sent before this account was connected
+        if room.message_for_channel_id(status.channel_message_id) is None and status.correlation_id is None:
+            return
+        error = dict(status.errors[0]) if status.errors else None
+        if room.record_delivery_status(
+            channel_message_id=status.channel_message_id, status=status.status, at=status.occurred_at, error=error,
+            message_id=status.correlation_id,
+        ):
+            self.rooms[room_id] = room
 
     # ---- helpers
     def _duplicate(self, account: AccountInfo, key: str) -> FactResult:

@@ -109,3 +109,52 @@ class WebhookMetrics(Protocol):
     webhook_facts: LabelledCounter
     webhook_rejected: LabelledCounter
     webhook_repairs: LabelledCounter
+
+
+# ---- outbound delivery (issue 9) ----------------------------------------------------------------
+@dataclass(frozen=True)
+class AccountCredentials:
+    """What an admin sees of a connected account: never the token itself."""
+
+    account_id: str
+    org_id: str
+    channel: str
+    external_id: str
+    name: str
+    has_access_token: bool
+    needs_reauth: bool
+    reauth_reason: str | None
+
+
+class Credentials(Protocol):
+    """Channel-account tokens, sealed at rest by the adapter; never in events, logs or answers."""
+
+    def record(self, account_id: str, *, org_id: str, channel: str, external_id: str, name: str,
+               access_token: str | None) -> None:
+        """Create or update the account's row; a given token replaces the old one and clears needs_reauth."""
+
+    def access_token(self, account_id: str) -> str | None:
+        """The plaintext token for a send, or None (none given, disconnected)."""
+
+    def mark_needs_reauth(self, account_id: str, reason: str) -> None: ...
+
+    def needs_reauth(self, account_id: str) -> bool: ...
+
+    def list(self, org_id: str) -> list[AccountCredentials]: ...
+
+    def get(self, account_id: str) -> AccountCredentials | None: ...
+
+    def disconnect(self, account_id: str) -> None:
+        """Forget the token; sends of the account fail as disconnected."""
+
+
+@dataclass(frozen=True)
+class AccessCheck:
+    granted: bool
+    retry: bool = False  # Meta could not be asked (rate limit, down): try again later
+    reason: str | None = None
+
+
+class AccessChecker(Protocol):
+    def check(self, channel: str, external_id: str, access_token: str) -> AccessCheck:
+        """Can this token read the phone number / Page / Instagram account? (a GET on the object id)"""

@@ -10,18 +10,26 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 from uuid import UUID
 
 from eventsourcing.persistence import IntegrityError
 
 from domain.errors import Conflict, NotFound
-from domain.room import CHANNEL_SENDER, Room
+from domain.room import CHANNEL_SENDER, RESOLVED, Room
 from domain.staff import Actor
 from inbox.usecases.ports import EventStore
 from inbox.usecases.results import CommandResult
 
+_IDEMPOTENT_REPLY = uuid.UUID("5d7c8a52-3f0e-4f55-9a51-6c1f0e1a9b7d")  # namespace of keyed reply ids
+
 # Events a customer (not staff) causes: a staff command that raced only with these is re-decided.
-_CUSTOMER_EVENTS = (Room.MessageReceived, Room.RoomReopened, Room.MessageEdited, Room.MessageRemoved)
+# The sender's delivery outcomes and the channel's statuses count as such too: they never change
+# what a staff command decides on.
+_CUSTOMER_EVENTS = (
+    Room.MessageReceived, Room.RoomReopened, Room.MessageEdited, Room.MessageRemoved,
+    Room.ReplyDeliveryAccepted, Room.ReplyDeliveryFailed, Room.ReplyDeliveryUnknown, Room.DeliveryStatusChanged,
+)
 
 
 class RoomCommands:
@@ -37,18 +45,41 @@ class RoomCommands:
 
         return self._execute(actor, room_id, expected_version, decide)
 
-    def reply(self, actor: Actor, room_id: str, *, text: str, expected_version: int | None = None) -> CommandResult:
-        message_id = str(uuid.uuid4())
+    def reply(
+        self,
+        actor: Actor,
+        room_id: str,
+        *,
+        text: str | None = None,
+        template: dict[str, Any] | None = None,
+        expected_version: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> CommandResult:
+        """A staff reply. With `idempotency_key` the message id is derived from (room, user, key): a
+        retried request finds its reply recorded and records nothing new."""
+        if idempotency_key is None:
+            message_id = str(uuid.uuid4())
+        else:
+            message_id = str(uuid.uuid5(_IDEMPOTENT_REPLY, f"{room_id}|{actor.org_id}|{actor.user_id}|{idempotency_key}"))
+            room = self._load_visible(actor, room_id)
+            if room.delivery_status(message_id) is not None:
+                return CommandResult(room_id=str(room.id), version=room.version, message_id=message_id)
 
         def decide(room: Room) -> str:
-            room.reply(actor, message_id=message_id, text=text, sent_at=self._clock())
+            room.reply(actor, message_id=message_id, text=text, template=template, sent_at=self._clock())
             return message_id
 
         return self._execute(actor, room_id, expected_version, decide)
 
     def resolve(
-        self, actor: Actor, room_id: str, *, reason: str = "manual", expected_version: int | None = None
+        self, actor: Actor, room_id: str, *, reason: str = "manual", expected_version: int | None = None,
+        idempotency_key: str | None = None,
     ) -> CommandResult:
+        """With `idempotency_key`: a retry after this actor's resolve answers as the first did."""
+        if idempotency_key is not None:
+            room = self._load_visible(actor, room_id)
+            if room.status == RESOLVED and getattr(room, "resolved_by", None) == actor.user_id:
+                return CommandResult(room_id=str(room.id), version=room.version)
         return self._execute(actor, room_id, expected_version, lambda room: room.resolve(actor, reason=reason))
 
     def _execute(

@@ -15,7 +15,9 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from inbox.config import Settings
 from inbox.adapters.embedded import free_port
+from inbox.adapters.secrets import generate_key
 from tests.faults.harness import Figures, register_account
+from tests.graph_standin.server import GraphStandin
 from tests.support import Pipeline
 
 FIGURES = pytest.StashKey[list[Figures]]()
@@ -67,8 +69,10 @@ def start_pipeline(p: Pipeline) -> Pipeline:
 
 @pytest.fixture
 def pipeline(settings: Settings, tmp_path: Path) -> Iterator[Pipeline]:
-    p = Pipeline(fault_settings(settings), tmp_path)
-    try:
-        yield start_pipeline(p)
-    finally:
-        p.stop_all()
+    # Channel-account tokens are checked with the Graph API: the stand-in answers (no token is granted).
+    with GraphStandin() as graph:
+        p = Pipeline(replace(fault_settings(settings), meta_graph_url=graph.url, secret_key=generate_key()), tmp_path)
+        try:
+            yield start_pipeline(p)
+        finally:
+            p.stop_all()

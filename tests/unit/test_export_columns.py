@@ -21,6 +21,8 @@ def column_kind(prop: dict[str, Any]) -> str:
         return "timestamp"
     if types == {"integer"}:
         return "int64"
+    if types == {"boolean"}:
+        return "bool"
     assert types == {"string"}, prop
     return "string"
 

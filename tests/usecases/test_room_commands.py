@@ -124,3 +124,27 @@ def test_a_staff_command_with_an_expected_version_that_raced_a_customer_is_a_con
     with pytest.raises(Conflict):
         rooms.assign(SUPERVISOR, room_id, agent_id="agent-b", expected_version=2)
     assert store.get(UUID(room_id)).assignee is None
+
+
+
+def test_a_reply_racing_only_with_a_delivery_outcome_is_decided_again(
+    rooms: RoomCommands, room_id: str, store: MemoryEventStore
+) -> None:
+    """The sender records outcomes on the room while agents reply: that is no staff conflict."""
+    from datetime import UTC, datetime
+
+    from inbox.usecases.delivery import Deliveries
+
+    first = rooms.reply(AGENT_A, room_id, text="one")
+    raced = []
+
+    def clock() -> datetime:  # called while deciding: the sender records an outcome meanwhile
+        if not raced:
+            raced.append(Deliveries(store).accepted(room_id, first.message_id or "", "wamid.out-1"))
+        return datetime.now(UTC)
+
+    second = RoomCommands(store, clock=clock).reply(AGENT_A, room_id, text="two")
+
+    assert raced == [True]
+    room = store.get(UUID(room_id))
+    assert room.delivery_status(first.message_id) == "sent" and room.delivery_status(second.message_id) == "pending"

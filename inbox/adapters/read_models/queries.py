@@ -30,11 +30,13 @@ import orjson
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
-from domain.channels import TABS
+from domain.channels import TABS, Channel
+from domain.outbound import reply_window
 from domain.errors import InvalidCommand, NotFound
 from domain.room import STATUSES, has_expired, has_expired_sql
 from domain.staff import Actor
 from domain.visibility import ALL, counter_keys, sql_partitions, sql_predicate
+from projections.rooms import delivery_json
 
 
 @dataclass(frozen=True)
@@ -201,6 +203,7 @@ def room_json(row: dict[str, Any], now: datetime) -> dict[str, Any]:
             "direction": row["last_message_direction"],
             "text": row["last_message_text"],
             "at": row["last_message_at"],
+            "delivery": row.get("last_message_delivery"),
         }
     expires_at = row["expires_at"]
     return {
@@ -222,9 +225,19 @@ def room_json(row: dict[str, Any], now: datetime) -> dict[str, Any]:
         "expires_at": expires_at,
         "last_message": last,
         "last_inbound_at": row["last_inbound_at"],
+        "reply_window": _reply_window(row),
         "updated_at": row["updated_at"],
         "version": row["version"],
     }
+
+
+def _reply_window(row: dict[str, Any]) -> dict[str, Any] | None:
+    """What staff can send now: free-form until / human-agent tag until (None: no limit)."""
+    try:
+        channel = Channel(row["channel"])
+    except ValueError:
+        return None
+    return reply_window(channel, row["last_inbound_at"]).to_json()
 
 
 def message_json(row: dict[str, Any]) -> dict[str, Any]:
@@ -242,6 +255,7 @@ def message_json(row: dict[str, Any]) -> dict[str, Any]:
         "edited_at": row.get("edited_at"),
         "removed": row.get("removed_at") is not None,
         "removed_at": row.get("removed_at"),
+        "delivery": delivery_json(row.get("delivery_status"), row.get("delivery_at"), row.get("delivery_error")),
     }
 
 

@@ -51,7 +51,10 @@ _INSERT_MESSAGE = (
 )
 _CHANGE_MESSAGE = (
     "UPDATE messages SET text = coalesce(%s, text), edited_at = coalesce(%s, edited_at),"
-    " removed_at = coalesce(%s, removed_at) WHERE id = %s::uuid"
+    " removed_at = coalesce(%s, removed_at), channel_message_id = coalesce(%s, channel_message_id),"
+    " delivery_status = coalesce(%s, delivery_status), delivery_at = coalesce(%s, delivery_at),"
+    " delivery_error = CASE WHEN %s::text IS NULL THEN delivery_error ELSE %s::jsonb END"
+    " WHERE id = %s::uuid"
 )
 _ADD_COUNTER = (
     "INSERT INTO counters (org_id, tab, status, assignee, rooms, awaiting) VALUES (%s, %s, %s, %s, %s, %s)"
@@ -353,7 +356,7 @@ async def _write_rows(
             await cur.executemany(_INSERT_MESSAGE, rows)
         changes = [m for m in messages if isinstance(m, MessageChange)]
         if changes:  # after the inserts: an edit may follow its message in the same batch
-            await cur.executemany(_CHANGE_MESSAGE, [(c.text, c.edited_at, c.removed_at, c.message_id) for c in changes])
+            await cur.executemany(_CHANGE_MESSAGE, [_change_params(c) for c in changes])
         counter_rows = [(*key, d.rooms, d.awaiting) for key, d in deltas(transitions).items()]
         if counter_rows:
             await cur.executemany(_ADD_COUNTER, counter_rows)
@@ -363,10 +366,18 @@ async def _write_rows(
             await cur.executemany(_INSERT_DEAD_LETTER, dead_letters)
 
 
+def _change_params(c: MessageChange) -> tuple[Any, ...]:
+    error = None if c.delivery_status is None else orjson.dumps(c.delivery_error).decode()
+    return (c.text, c.edited_at, c.removed_at, c.channel_message_id, c.delivery_status, c.delivery_at,
+            error, error, c.message_id)
+
+
 def _message_params(message: MessageRow) -> tuple[Any, ...]:
     # getattr, not dataclasses.asdict: asdict deep-copies every field (50x slower on replay).
     return tuple(
-        Jsonb(list(message.attachments)) if c == "attachments" else getattr(message, c) for c in _MESSAGE_COLUMNS
+        Jsonb(list(message.attachments)) if c == "attachments"
+        else Jsonb(message.delivery_error) if c == "delivery_error" and message.delivery_error is not None
+        else getattr(message, c) for c in _MESSAGE_COLUMNS
     )
 
 
@@ -391,4 +402,7 @@ def row_to_view(row: dict[str, Any]) -> RoomView:
 
 
 def _room_params(view: RoomView) -> tuple[Any, ...]:
-    return tuple(getattr(view, c) for c in _ROOM_COLUMNS)
+    return tuple(
+        Jsonb(view.last_message_delivery) if c == "last_message_delivery" and view.last_message_delivery is not None
+        else getattr(view, c) for c in _ROOM_COLUMNS
+    )

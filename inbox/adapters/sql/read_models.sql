@@ -203,3 +203,9 @@ CREATE TABLE IF NOT EXISTS room_changes_horizon (
     pruned_upto bigint NOT NULL DEFAULT 0
 );
 INSERT INTO room_changes_horizon (id, pruned_upto) VALUES (1, 0) ON CONFLICT DO NOTHING;
+-- Outbound delivery (issue 9): a staff reply's delivery (pending, sent, delivered, read, failed) on its
+-- history row, and on the room row when it is the room's last message.
+ALTER TABLE messages ADD COLUMN IF NOT EXISTS delivery_status text;
+ALTER TABLE messages ADD COLUMN IF NOT EXISTS delivery_at timestamptz;
+ALTER TABLE messages ADD COLUMN IF NOT EXISTS delivery_error jsonb;
+ALTER TABLE rooms ADD COLUMN IF NOT EXISTS last_message_delivery jsonb;

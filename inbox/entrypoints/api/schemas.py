@@ -6,7 +6,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 from domain import limits
 from domain.errors import InvalidCommand
@@ -59,11 +59,22 @@ class Body(BaseModel):
 
 
 # ---- requests -------------------------------------------------------------------------------
+# Meta's tokens are printable ASCII; anything else could not even travel in an Authorization header.
+AccessToken = Annotated[str, Field(min_length=1, max_length=1024, pattern=r"^[\x21-\x7e]+$")]
+
+
 class RegisterChannelAccount(Body):
     channel: ChannelName
     external_id: Id
     name: Annotated[Name, Field(min_length=1)]
     app_secret: Annotated[Secret, Field(min_length=MIN_APP_SECRET_CHARS)] | None = None
+    # The WhatsApp system-user token, or the Page token (Messenger, Instagram, comments): checked
+    # with the Graph API before the account is recorded; sealed at rest; never returned.
+    access_token: AccessToken | None = None
+
+
+class RotateChannelAccount(Body):
+    access_token: AccessToken
 
 
 class InboundContact(Body):
@@ -92,9 +103,24 @@ class AssignRoom(Body):
     expected_version: int | None = Field(default=None, ge=1)
 
 
+class TemplateRef(Body):
+    """A WhatsApp message template: sendable at any time (outside the 24-hour window too)."""
+
+    name: Annotated[Name, Field(min_length=1)]
+    language: Annotated[str, Field(min_length=1, max_length=64)] | dict[str, Any]
+    components: list[dict[str, Any]] = []
+
+
 class SendReply(Body):
-    text: Annotated[Text, Field(min_length=1)]
+    text: Annotated[Text, Field(min_length=1)] | None = None
+    template: TemplateRef | None = None
     expected_version: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _text_xor_template(self) -> SendReply:
+        if (self.text is None) == (self.template is None):
+            raise ValueError("a reply has either a text or a template")
+        return self
 
 
 class ResolveRoom(Body):
@@ -116,6 +142,8 @@ class ChannelAccountOut(BaseModel):
     external_id: str
     name: str
     has_app_secret: bool
+    has_access_token: bool = False
+    needs_reauth: bool = False
 
 
 class InboundAccepted(BaseModel):
@@ -143,6 +171,12 @@ class LastMessage(BaseModel):
     direction: Literal["inbound", "outbound"]
     text: str
     at: datetime
+    delivery: dict[str, Any] | None = None  # staff replies: {"status", "at", "error"}
+
+
+class ReplyWindowOut(BaseModel):
+    free_form_until: datetime | None
+    human_agent_until: datetime | None
 
 
 class RoomOut(BaseModel):
@@ -159,6 +193,7 @@ class RoomOut(BaseModel):
     expires_at: datetime | None
     last_message: LastMessage | None
     last_inbound_at: datetime | None
+    reply_window: ReplyWindowOut | None = None  # what staff can send now (None: no limit)
     updated_at: datetime
     version: int
 
@@ -207,6 +242,8 @@ class MessageOut(BaseModel):
     edited_at: datetime | None = None
     removed: bool = False  # the customer removed it; its text stays visible to staff
     removed_at: datetime | None = None
+    # Staff replies: {"status": pending|sent|delivered|read|failed, "at", "error"}; else null.
+    delivery: dict[str, Any] | None = None
 
 
 class MessagePage(BaseModel):

@@ -123,4 +123,9 @@ async def metrics(container: ContainerDep) -> Response:
         if lag["projection_lag_events"] is not None:
             m.projection_lag_events.set(lag["projection_lag_events"])
             m.projection_lag_seconds.set(lag["projection_lag_seconds"])
+    if container.credentials is not None:
+        try:
+            m.channel_accounts_needing_reauth.set(await asyncio.to_thread(container.credentials.needs_reauth_count))
+        except Exception as e:
+            log.warning("metrics: needs_reauth unknown: %s: %s", type(e).__name__, e)
     return Response(m.render(), media_type="text/plain; version=0.0.4")

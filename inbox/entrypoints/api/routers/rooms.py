@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Header, Query
 
 from inbox.entrypoints.api.deps import ContainerDep, QueriesDep, StaffDep
 from inbox.entrypoints.api.schemas import (
@@ -85,23 +85,37 @@ def room_history(
     return queries.messages(actor, room_id, limit=limit, before=before)
 
 
+# A client's retry key (issue 9): a retried request answers as the first did and records nothing new.
+IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", min_length=1, max_length=255)]
+
+
 @router.post("/{room_id}/assign", response_model=CommandAccepted)
-def assign_room(room_id: str, body: AssignRoom, actor: StaffDep, container: ContainerDep) -> CommandAccepted:
+def assign_room(
+    room_id: str, body: AssignRoom, actor: StaffDep, container: ContainerDep, idempotency_key: IdempotencyKey = None
+) -> CommandAccepted:
+    # Assigning is idempotent by itself: the same agent again records nothing.
     result = container.rooms.assign(actor, room_id, agent_id=body.agent_id, expected_version=body.expected_version)
     return CommandAccepted(**vars(result))
 
 
 @router.post("/{room_id}/messages", response_model=CommandAccepted, status_code=201)
-def reply_to_room(room_id: str, body: SendReply, actor: StaffDep, container: ContainerDep) -> CommandAccepted:
-    result = container.rooms.reply(actor, room_id, text=body.text, expected_version=body.expected_version)
+def reply_to_room(
+    room_id: str, body: SendReply, actor: StaffDep, container: ContainerDep, idempotency_key: IdempotencyKey = None
+) -> CommandAccepted:
+    """A text reply, or (WhatsApp, any time) `{"template": {"name", "language", "components"}}`."""
+    result = container.rooms.reply(
+        actor, room_id, text=body.text, template=body.template.model_dump() if body.template else None,
+        expected_version=body.expected_version, idempotency_key=idempotency_key,
+    )
     return CommandAccepted(**vars(result))
 
 
 @router.post("/{room_id}/resolve", response_model=CommandAccepted)
 def resolve_room(
-    room_id: str, actor: StaffDep, container: ContainerDep, body: ResolveRoom | None = None
+    room_id: str, actor: StaffDep, container: ContainerDep, body: ResolveRoom | None = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> CommandAccepted:
     result = container.rooms.resolve(
-        actor, room_id, expected_version=body.expected_version if body else None
+        actor, room_id, expected_version=body.expected_version if body else None, idempotency_key=idempotency_key
     )
     return CommandAccepted(**vars(result))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 import time
+from collections import OrderedDict
 
 import jwt
 
@@ -33,8 +35,33 @@ def mint_token(
     return jwt.encode(claims, secret, algorithm=ALGORITHM)
 
 
+# Verified tokens by their raw string (with the settings they were checked against), each kept
+# until its own expiry: a client sends the same token on every request, and decoding + HMAC +
+# claim checks cost more than the rest of a small request's auth. Only successes are cached.
+VERIFIED_CACHE_SIZE = 10_000
+_verified: OrderedDict[tuple[str, str, str | None, str | None], tuple[Actor, float]] = OrderedDict()
+_verified_lock = threading.Lock()
+
+
 def verify_token(secret: str, token: str, *, issuer: str | None = None, audience: str | None = None) -> Actor:
     """Check signature and expiry; when `issuer`/`audience` are configured, the token must carry them."""
+    key = (token, secret, issuer, audience)
+    with _verified_lock:
+        hit = _verified.get(key)
+        if hit is not None:
+            if time.time() < hit[1]:
+                _verified.move_to_end(key)
+                return hit[0]
+            del _verified[key]
+    actor, expires = _verify(secret, token, issuer=issuer, audience=audience)
+    with _verified_lock:
+        _verified[key] = (actor, expires)
+        while len(_verified) > VERIFIED_CACHE_SIZE:
+            _verified.popitem(last=False)
+    return actor
+
+
+def _verify(secret: str, token: str, *, issuer: str | None, audience: str | None) -> tuple[Actor, float]:
     required = ["sub", "exp"] + (["iss"] if issuer else []) + (["aud"] if audience else [])
     try:
         claims = jwt.decode(
@@ -57,4 +84,4 @@ def verify_token(secret: str, token: str, *, issuer: str | None = None, audience
         check_identifier(org, "claim 'org'")
     except InvalidCommand as e:
         raise InvalidToken(f"invalid token: {e}") from None
-    return Actor(user_id=sub, org_id=org, role=role, name=claims.get("name"))
+    return Actor(user_id=sub, org_id=org, role=role, name=claims.get("name")), float(claims["exp"])

@@ -100,3 +100,30 @@ def test_a_token_whose_subject_is_a_reserved_or_unstorable_id_is_refused(sub: st
     token = mint_token(GOOD_JWT, org="org1", user=sub, role="agent")
     with pytest.raises(InvalidToken, match="claim 'sub'"):
         verify_token(GOOD_JWT, token)
+
+
+SECRET_A, SECRET_B = "a" * 32, "b" * 32
+
+
+def test_a_verified_token_is_not_accepted_under_another_secret() -> None:
+    token = mint_token(SECRET_A, org="org1", user="u1", role="agent")
+    assert verify_token(SECRET_A, token).user_id == "u1"  # now cached
+
+    with pytest.raises(InvalidToken):
+        verify_token(SECRET_B, token)
+
+
+def test_a_cached_token_is_refused_once_it_expires() -> None:
+    from tests.support import wait_until
+
+    token = mint_token(SECRET_A, org="org1", user="u2", role="agent", ttl_s=1)
+    assert verify_token(SECRET_A, token).user_id == "u2"  # now cached
+
+    def refused() -> str | None:
+        try:
+            verify_token(SECRET_A, token)
+        except InvalidToken as e:
+            return str(e)
+        return None
+
+    assert "expired" in wait_until(refused, timeout=10, interval=0.05, what="the cached token to expire")

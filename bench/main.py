@@ -34,6 +34,7 @@ from bench.ingest import (
     visibility_latency,
 )
 from bench.procs import CpuMeter, Pipeline, standard_groups
+from bench.projecting import worker_catch_up
 from bench.replaying import run_replay
 from bench.stats import fmt_ms, rate, summary_ms
 from inbox.adapters.auth import mint_token
@@ -352,6 +353,18 @@ def run_replay_phase(infra: Infra, pipeline: Pipeline, out: dict[str, Any]) -> N
     out["replay"] = r.as_dict()
 
 
+def run_worker_phase(infra: Infra, out: dict[str, Any]) -> None:
+    say("== (f) one projection worker catching up on a pre-filled topic (the run's whole event store) ==")
+    w = worker_catch_up(infra)
+    per = w.cpu_ms_per_event
+    say(
+        f"  projected {w.events:,} events into {w.rooms:,} rooms in {w.seconds:.2f}s = {w.events_per_s:,.0f} events/s;"
+        f" worker CPU {'n/a' if per is None else f'{per:.3f} ms'} per event"
+        f"{'' if w.postgres_cpu_s is None else f'; PostgreSQL {w.postgres_cpu_s / w.seconds:.2f} cores'}"
+    )
+    out["worker_catch_up"] = w.as_dict()
+
+
 def run_expiry_phase(infra: Infra, pipeline: Pipeline, sizes: Sizes, ingest_token: str, out: dict[str, Any]) -> None:
     say(f"== (e) resolve all expired on {sizes.expired_rooms:,} rooms while one client reads and writes ==")
     write_expired_rooms(infra, ORG, sizes.expired_rooms)
@@ -453,6 +466,10 @@ def summary_rows(out: dict[str, Any], sizes: Sizes) -> list[tuple[str, str, str]
     if r:
         add("(c) replay", r["events_per_s"], "events/s")
         add("(c) replayed == live projections", "OK" if r["equal_to_live"] else "MISMATCH", "")
+    w = out.get("worker_catch_up")
+    if w:
+        add("(f) one worker, pre-filled topic", w["events_per_s"], "events/s")
+        add("(f) worker CPU per event (target ≤ 0.1)", w["worker_cpu_ms_per_event"], "ms", ".3f")
     c = out.get("commands")
     if c:
         for label in ("small", "large"):
@@ -491,6 +508,7 @@ RATIO_LABELS = {
     "ingest_vs_insert_concurrent": ("ratio: ingest msg/s ÷ PG insert tx/s (C conns)", None),
     "projection_vs_consume": ("ratio: projection events/s ÷ raw consume msg/s", None),
     "replay_vs_consume": ("ratio: replay events/s ÷ raw consume msg/s", None),
+    "worker_catch_up_vs_consume": ("ratio: (f) one worker events/s ÷ raw consume msg/s", None),
 }
 
 
@@ -501,6 +519,9 @@ def compute_ratios(out: dict[str, Any]) -> None:
         ratios["ingest_vs_insert_1conn"] = ratio(a["msg_per_s"], b["pg_insert_1conn"]["tx_per_s"])
         ratios["ingest_vs_insert_concurrent"] = ratio(a["msg_per_s"], b["pg_insert_concurrent"]["tx_per_s"])
         ratios["projection_vs_consume"] = ratio(a["projection_events_per_s"], b["kafka"]["consume_msg_per_s"])
+    w = out.get("worker_catch_up")
+    if b and w:
+        ratios["worker_catch_up_vs_consume"] = ratio(w["events_per_s"], b["kafka"]["consume_msg_per_s"])
     if b and r:
         ratios["replay_vs_consume"] = ratio(r["events_per_s"], b["kafka"]["consume_msg_per_s"])
     out["ratios"] = ratios
@@ -590,6 +611,7 @@ def main(argv: list[str] | None = None) -> int:
                 pipeline.stop_all()
                 say(f"  (pipeline processes stopped in {time.perf_counter() - t0:.1f}s)")
             if not args.freshness_only:
+                run_worker_phase(infra, out)
                 run_command_phase(infra, sizes, out)
         except Exception:
             failed = True

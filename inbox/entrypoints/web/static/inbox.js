@@ -101,8 +101,22 @@
     meta.append(t);
     if (m.edited_at) meta.append(" · edited");
     if (m.removed) meta.append(" · removed by the customer");
+    if (m.direction === "outbound" && m.delivery) meta.append(" · ", tickElement(m.delivery));
     bubble.append(text, meta); li.append(bubble);
     return li;
+  }
+
+  const TICKS = {pending: "\u{1F553}", sent: "\u2713", delivered: "\u2713\u2713", read: "\u2713\u2713", failed: "\u26A0", unknown: "?"};
+
+  function tickElement(d) {  // the same as _macros.html `ticks`
+    const span = document.createElement("span");
+    span.className = "tick tick-" + d.status;
+    span.setAttribute("role", "img");
+    span.setAttribute("aria-label", "delivery: " + d.status);
+    const reason = d.error && (d.error.title || d.error.message);
+    span.title = d.status + (reason ? ": " + reason : "");
+    span.textContent = TICKS[d.status] || d.status;
+    return span;
   }
 
   function upsertMessage(li) {

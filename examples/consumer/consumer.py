@@ -234,7 +234,12 @@ def run(
             if checker.summary.messages % report_every == 0:
                 print(checker.summary.line(), file=sys.stderr, flush=True)
         if group and checker.summary.messages:
-            consumer.commit(asynchronous=False)  # the positions reached, before leaving the group
+            try:
+                consumer.commit(asynchronous=False)  # the positions reached, before leaving the group
+            except KafkaException as e:
+                if e.args[0].code() != KafkaError._NO_OFFSET:
+                    raise
+                # "No offset stored": the asynchronous commits above already committed everything.
     finally:
         consumer.close()
     return checker.summary

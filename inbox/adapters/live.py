@@ -35,6 +35,7 @@ from inbox.config import Settings
 log = logging.getLogger(__name__)
 
 RECONNECT_BACKOFF_S = (0.1, 0.5, 1.0, 2.0, 5.0)
+STOP_TIMEOUT_S = 5.0  # how long shutdown waits for the listener, the reader and the pool
 
 
 def listener_name(schema: str) -> str:
@@ -98,12 +99,17 @@ class ChangeHub:
             self._loop.call_soon_threadsafe(self.end_streams)
 
     async def stop(self) -> None:
+        """End the streams and the hub's tasks; bounded, so a shutdown never hangs on them."""
         self.end_streams()
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._tasks:
+            _, pending = await asyncio.wait(self._tasks, timeout=STOP_TIMEOUT_S)
+            if pending:
+                log.warning("stream hub: %s task(s) did not stop within %ss; leaving them", len(pending),
+                            STOP_TIMEOUT_S)
         if self._pool is not None:
-            await self._pool.close()
+            await self._pool.close(timeout=STOP_TIMEOUT_S)
 
     # ---- subscribers ----------------------------------------------------------------------------
     def subscribe(self, actor: Actor) -> Subscription:

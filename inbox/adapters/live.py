@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -74,6 +75,7 @@ class ChangeHub:
         self._pool: AsyncConnectionPool | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
+        self._stopping = False
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # ---- lifecycle ------------------------------------------------------------------------------
@@ -101,13 +103,18 @@ class ChangeHub:
     async def stop(self) -> None:
         """End the streams and the hub's tasks; bounded, so a shutdown never hangs on them."""
         self.end_streams()
-        for task in self._tasks:
-            task.cancel()
-        if self._tasks:
-            _, pending = await asyncio.wait(self._tasks, timeout=STOP_TIMEOUT_S)
-            if pending:
-                log.warning("stream hub: %s task(s) did not stop within %ss; leaving them", len(pending),
-                            STOP_TIMEOUT_S)
+        self._stopping = True
+        # Cancel until they are done: Python 3.11's asyncio.wait_for can swallow a cancellation that
+        # races with its inner wait completing (the reader waits on the doorbell that way).
+        pending = set(self._tasks)
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        while pending and time.monotonic() < deadline:
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=0.1)
+        if pending:
+            log.warning("stream hub: %s task(s) did not stop within %ss; leaving them", len(pending),
+                        STOP_TIMEOUT_S)
         if self._pool is not None:
             await self._pool.close(timeout=STOP_TIMEOUT_S)
 
@@ -180,7 +187,7 @@ class ChangeHub:
 
     async def _read_loop(self) -> None:
         first = True
-        while True:
+        while not self._stopping:
             try:
                 await asyncio.wait_for(self._doorbell.wait(), self.poll_s)
             except TimeoutError:

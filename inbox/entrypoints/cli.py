@@ -65,7 +65,14 @@ def _run_until_signalled(main: object) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await main(stop)  # type: ignore[operator]
+        try:
+            await main(stop)  # type: ignore[operator]
+        finally:
+            # Shutting down: a second signal (inbox dev's SIGTERM after the terminal's SIGINT) has
+            # nothing left to stop, and must not reach a closing loop ("Exception ignored ... wakeup fd").
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+                signal.signal(sig, signal.SIG_IGN)
 
     asyncio.run(runner())
 

@@ -48,6 +48,10 @@ class OutboundEcho:
     sender_id: str  # the page / account id that sent it
     kind: str = "text"
     attachments: Attachments = ()
+    # Messenger's `message.metadata`: the custom string our sender put on the Send API request
+    # (our message id), returned in the echo. Recognises an echo that arrives before the sender
+    # recorded Meta's answer.
+    correlation_id: str | None = None
 
 
 @dataclass(frozen=True)

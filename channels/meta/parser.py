@@ -312,9 +312,11 @@ def _messaging_message(
     if isinstance(msg.get("reply_to"), dict) and msg["reply_to"].get("mid"):
         attachments += ({"type": "reply_to", "message_id": msg["reply_to"]["mid"]},)
     if msg.get("is_echo"):  # the business's own message, sent from Meta's tools or another app
+        metadata = msg.get("metadata")
         return OutboundEcho(
             channel=channel, channel_account=account, contact_id=recipient, channel_message_id=mid, text=text,
             sent_at=at, sender_id=sender, kind=kind, attachments=attachments,
+            correlation_id=metadata if isinstance(metadata, str) and metadata else None,
         )
     return InboundMessage(
         channel=channel, channel_account=account, contact_id=sender, channel_message_id=mid, text=text,

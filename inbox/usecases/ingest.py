@@ -33,7 +33,7 @@ from channels.facts import (
 from domain.channels import Channel
 from domain.errors import Conflict, DomainError, InvalidCommand, NotFound
 from domain.limits import MAX_ID, MAX_MESSAGE_ID, check_identifier, check_json, check_moment, check_text
-from domain.room import Room, check_contact, check_content, room_id_for
+from domain.room import SENT, Room, check_contact, check_content, room_id_for
 from inbox.usecases.channel_accounts import AccountInfo
 from inbox.usecases.ports import DeadlinePassed, DedupKey, DeliveryStatusRecord, EventStore, RecordedFact
 from inbox.usecases.results import FactOutcome, FactResult, InboundResult, Unavailable
@@ -405,9 +405,18 @@ class BatchDecision:
             return self._duplicate(account, key)
         room = self._room(account, echo.channel, echo.contact_id, None)
         ours = room.message_for_channel_id(echo.channel_message_id)
+        if ours is None and echo.correlation_id and room.delivery_status(echo.correlation_id) is not None:
+            # The echo names one of our staff replies in its metadata (the sender put our message
+            # id there) and overtook the sender's record of Meta's answer: that reply, now sent
+            # with this mid. The sender's later ReplyDeliveryAccepted with the same mid records
+            # nothing; a reply already further along (delivered, read, failed) keeps its status.
+            ours = echo.correlation_id
+            room.record_delivery_status(
+                channel_message_id=echo.channel_message_id, status=SENT, at=echo.sent_at, message_id=ours,
+            )
         if ours is not None:
-            # Meta's echo of a reply the sender delivered (its mid is recorded on the reply): that
-            # message, not a second one.
+            # Meta's echo of a reply the sender delivered (its mid or our message id is recorded
+            # on the reply): that message, not a second one.
             self._remember(account, key, room, ours)
             return FactResult(FactOutcome.DUPLICATE, str(room.id), room.version, ours)
         message_id = room.record_echo(

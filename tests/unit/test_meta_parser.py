@@ -131,6 +131,7 @@ def test_messenger_echo_is_outbound_to_the_recipient() -> None:
     echo = only("fb_messenger_echo.json")
     assert isinstance(echo, OutboundEcho)
     assert (echo.contact_id, echo.sender_id) == ("6677889900112233", "104536785812345")
+    assert echo.correlation_id == "DEVELOPER_DEFINED_METADATA_STRING"  # message.metadata of the Send API request
 
 
 def test_messenger_delivery_and_read_are_status_facts() -> None:

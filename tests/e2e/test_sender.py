@@ -392,6 +392,67 @@ def test_metas_echo_of_our_messenger_reply_is_that_reply_not_a_second_message(
     assert [m["direction"] for m in reversed(items)] == ["inbound", "outbound", "inbound"]
 
 
+def messenger_echo(psid: str, mid: str, text: str, metadata: str | None) -> dict[str, Any]:
+    message: dict[str, Any] = {"is_echo": True, "app_id": 1517776481860111, "mid": mid, "text": text}
+    if metadata is not None:
+        message["metadata"] = metadata
+    return {"object": "page", "entry": [{"id": PAGE, "time": int(time.time() * 1000), "messaging": [{
+        "sender": {"id": PAGE}, "recipient": {"id": psid}, "timestamp": int(time.time() * 1000),
+        "message": message}]}]}
+
+
+def room_event_types(p: Pipeline, room_id: str) -> list[str]:
+    rows = query(p.settings, "SELECT topic FROM inbox_events WHERE originator_id = %s ORDER BY originator_version",
+                 (room_id,))
+    return [topic.rsplit(".", 1)[-1] for (topic,) in rows]
+
+
+def test_metas_echo_that_overtakes_the_senders_record_is_still_that_reply_and_settles_it(
+    outbound: Pipeline, graph_standin: GraphStandin  # noqa: F811
+) -> None:
+    connect(outbound, graph_standin, "facebook_messenger", PAGE, name="Acme Page")
+    room = inbound(outbound, "facebook_messenger", PAGE, "psid-9", "m_in9")
+    echoed: list[str] = []
+
+    def echo_before_the_answer(request: Any, answer: Any) -> None:
+        # Meta's echo webhook reaches us (and is recorded: the POST answers after its commit)
+        # while the sender still waits for the Send API's answer.
+        if request.path == f"/v21.0/{PAGE}/messages":
+            sent = request.json["message"]
+            post_webhook(outbound, messenger_echo("psid-9", answer["message_id"], sent["text"], sent.get("metadata")))
+            echoed.append(answer["message_id"])
+
+    graph_standin.before_answer(echo_before_the_answer)
+    message_id = reply(outbound, room, {"text": "overtaken"}).json()["message_id"]
+    wait_until(lambda: query(outbound.settings, "SELECT state FROM sender_sends WHERE message_id = %s",
+                             (message_id,)) == [("accepted",)], timeout=60, what="the sender recorded Meta's answer")
+    [mid] = echoed
+    [sent] = sends(graph_standin)
+    assert sent.json == {"recipient": {"id": "psid-9"}, "messaging_type": "RESPONSE",
+                         "message": {"text": "overtaken", "metadata": message_id}}
+    # One reply, settled by the echo; the sender's later answer recorded nothing more.
+    types = room_event_types(outbound, room)
+    assert types.count("MessageSent") == 1 and types.count("DeliveryStatusChanged") == 1
+    assert "ReplyDeliveryAccepted" not in types
+    d = wait_status(outbound, room, message_id, "sent")
+    assert delivery(outbound, room, message_id)[1] == mid and d["status"] == "sent"
+    post_webhook(outbound, {"object": "page", "entry": [{"id": PAGE, "time": 1, "messaging": [{
+        "sender": {"id": "psid-9"}, "recipient": {"id": PAGE}, "timestamp": int(time.time() * 1000),
+        "delivery": {"mids": [mid], "watermark": int(time.time() * 1000)}}]}]})
+    wait_status(outbound, room, message_id, "delivered")
+    post_webhook(outbound, messenger_echo("psid-9", mid, "overtaken", message_id))  # redelivered echo: nothing
+    marker = inbound(outbound, "facebook_messenger", PAGE, "psid-9", "m_in10")
+    assert marker == room
+
+    def history() -> list[dict[str, Any]] | None:
+        items = httpx.get(f"{outbound.base_url}/v1/rooms/{room}/messages", headers=admin(outbound)).json()["items"]
+        return items if any(m["channel_message_id"] == "m_in10" for m in items) else None
+
+    items = wait_until(history, timeout=60, what="the marker message projected")
+    assert [m["direction"] for m in reversed(items)] == ["inbound", "outbound", "inbound"]
+    assert delivery(outbound, room, message_id)[0]["status"] == "delivered"
+
+
 def test_one_reply_that_cannot_be_handled_is_dead_lettered_and_the_others_still_go_out(
     outbound: Pipeline, graph_standin: GraphStandin  # noqa: F811
 ) -> None:

@@ -15,7 +15,7 @@ import json
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
@@ -122,6 +122,7 @@ class GraphStandin:
         self._thread: threading.Thread | None = None
         self._server: asyncio.base_events.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
+        self._before_answer: Callable[[RecordedRequest, Any], None] | None = None
         self.port = 0
 
     # --- lifecycle --------------------------------------------------------------------------------
@@ -229,6 +230,13 @@ class GraphStandin:
         """The next `times` requests are received and recorded, then the connection is closed unanswered."""
         self._push(times, Fault("drop"))
 
+    def before_answer(self, hook: Callable[[RecordedRequest, Any], None] | None) -> None:
+        """Call `hook(request, answer_json)` (in a thread) before each successful answer is written,
+        e.g. to deliver Meta's echo webhook of a send before the sender hears Meta's answer (the
+        race Meta allows: webhooks and the Send API's answer are not ordered). None removes it."""
+        with self._lock:
+            self._before_answer = hook
+
     def _push(self, times: int, fault: Fault) -> None:
         with self._lock:
             self._faults.extend([fault] * times)
@@ -273,6 +281,10 @@ class GraphStandin:
                     await asyncio.sleep(fault.delay_s)
                     fault = None
                 status, body, extra = self._answer(request, fault)
+                with self._lock:
+                    hook = self._before_answer
+                if hook is not None and status == 200:
+                    await asyncio.get_running_loop().run_in_executor(None, hook, request, json.loads(body))
                 writer.write(_response_bytes(status, body, extra))
                 await writer.drain()
                 if request.headers.get("connection", "").lower() == "close":

@@ -20,6 +20,7 @@ from psycopg import sql
 
 from inbox.config import DEV_JWT_SECRET, DEV_META_APP_SECRET, DEV_META_VERIFY_TOKEN, Settings
 from inbox.adapters.schema import migrate
+from inbox.adapters.secrets import generate_key
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -80,6 +81,7 @@ def db_settings(database_url: str) -> Iterator[Settings]:
         meta_verify_token=DEV_META_VERIFY_TOKEN,
         db_pool_size=8,
         worker_group=f"{name}-projections",
+        secret_key=generate_key(),  # seals channel-account secrets (as `inbox dev` makes one)
     )
     migrate(settings)
     yield settings

@@ -5,7 +5,10 @@ recorder: `stored_events`/snapshots plus `inbound_dedup` and `delivery_statuses`
 next to the inserts that use them in `InboxRecorder`, since the recorder writes them in the event
 transaction); older room events stamped with their `org_id`; then the SQL files in
 `inbox/adapters/sql/`: `read_models.sql` (projections, dead letters) and `pipeline.sql` (relay
-position and dead letters, worker heartbeats).
+position and dead letters, worker heartbeats), ...; last, app secrets that channel accounts
+registered before they were sealed kept in plaintext in their event are moved into the sealed
+credentials and those events rewritten without them (`seal_plaintext_app_secrets`, needs
+INBOX_SECRET_KEY when there are any).
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import psycopg
 from psycopg import sql
 
 from inbox.adapters.eventstore import InboxApplication, stamp_org_ids
+from inbox.adapters.outbound.credentials import seal_plaintext_app_secrets
+from inbox.adapters.secrets import SecretBox
 from inbox.adapters.postgres import conninfo, ensure_pg_trgm, use_search_path
 from inbox.config import Settings
 
@@ -41,6 +46,11 @@ def migrate(settings: Settings) -> None:
                 event_store.close()
             for name in SQL_FILES:
                 conn.execute(sql_file(name))
+            event_store = InboxApplication.from_settings(settings)
+            try:
+                seal_plaintext_app_secrets(event_store, SecretBox(settings.secret_key) if settings.secret_key else None)
+            finally:
+                event_store.close()
         finally:
             conn.execute("SELECT pg_advisory_unlock(hashtext('inbox-migrate'))")
 

@@ -1,4 +1,11 @@
-"""Channel accounts: register one (admins), find one by the channel's external id (cached)."""
+"""Channel accounts: register one (admins), find one by the channel's external id (cached), and
+its secrets (access token, app secret), kept sealed behind the `Credentials` port.
+
+The app secret verifies webhook signatures, so it is read on the webhook path: cached per account
+for APP_SECRET_TTL seconds. A rotation (`rotate`) replaces the cached value in its own process at
+once; other API processes read the new secret when their cached one expires, so a POST signed with
+the old secret may still be taken there for at most APP_SECRET_TTL seconds after the rotation.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +19,7 @@ from eventsourcing.persistence import IntegrityError
 from domain.channel_account import ChannelAccount, channel_account_id_for
 from domain.channels import Channel
 from domain.errors import AlreadyExists, InvalidCommand, NotAllowed, NotFound
-from domain.limits import MAX_SECRET, check_text
+from domain.limits import MAX_SECRET, check_optional_text, check_text
 from domain.staff import Actor, Role
 from inbox.usecases.ports import AccessChecker, AccountCredentials, Credentials, EventStore
 from inbox.usecases.results import Unavailable
@@ -25,11 +32,12 @@ class AccountInfo:
     channel: Channel
     external_id: str
     name: str
-    app_secret: str | None
 
 
 MISSING_TTL = 5.0  # seconds a negative account look-up is remembered (`cache_missing`)
 MISSING_CACHE_SIZE = 10_000
+APP_SECRET_TTL = 5.0  # seconds an account's app secret is cached (other processes see a rotation within it)
+APP_SECRET_CACHE_SIZE = 10_000
 
 
 class ChannelAccounts:
@@ -43,6 +51,7 @@ class ChannelAccounts:
         self._access = access
         self._cache: dict[UUID, AccountInfo] = {}
         self._missing: dict[UUID, float] = {}  # negative look-ups (see `find`), id -> expiry (monotonic)
+        self._secrets: dict[str, tuple[str | None, float]] = {}  # account id -> (app secret, expiry)
         self._lock = threading.Lock()
 
     def register(
@@ -55,8 +64,10 @@ class ChannelAccounts:
             raise NotAllowed("only admins register channel accounts")
         account = ChannelAccount.register(
             org_id=actor.org_id, channel=Channel.parse(channel), external_id=external_id, name=name,
-            app_secret=app_secret,
         )
+        app_secret = self._check_app_secret(app_secret)
+        if app_secret is not None:
+            self._vault()  # no key to seal it with: refuse before anything is recorded
         if access_token is not None:
             self._prove_access(channel, account.external_id, access_token)
         try:
@@ -67,12 +78,37 @@ class ChannelAccounts:
             ) from None
         with self._lock:
             self._missing.pop(account.id, None)
+            self._secrets.pop(str(account.id), None)
         if self._credentials is not None:
             self._credentials.record(
                 str(account.id), org_id=account.org_id, channel=account.channel, external_id=account.external_id,
-                name=account.name, access_token=access_token,
+                name=account.name, access_token=access_token, app_secret=app_secret,
             )
         return self._info(account)
+
+    @staticmethod
+    def _check_app_secret(app_secret: str | None) -> str | None:
+        check_optional_text(app_secret, "app_secret", MAX_SECRET)
+        return app_secret or None
+
+    def app_secret(self, account: AccountInfo) -> str | None:
+        """The account's own Meta app secret, or None (its webhooks are signed by the global app).
+        Cached for APP_SECRET_TTL seconds; without credentials configured, no account has one."""
+        if self._credentials is None:
+            return None
+        now = time.monotonic()
+        with self._lock:
+            cached = self._secrets.get(account.id)
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        secret = self._credentials.app_secret(account.id)
+        with self._lock:
+            if len(self._secrets) >= APP_SECRET_CACHE_SIZE:
+                self._secrets = {k: v for k, v in self._secrets.items() if v[1] > now}
+                if len(self._secrets) >= APP_SECRET_CACHE_SIZE:
+                    self._secrets.clear()
+            self._secrets[account.id] = (secret, now + APP_SECRET_TTL)
+        return secret
 
     def _prove_access(self, channel: str, external_id: str, access_token: str) -> None:
         check_text(access_token, "access_token", MAX_SECRET * 4)
@@ -90,17 +126,33 @@ class ChannelAccounts:
         self._require_admin(actor)
         return self._vault().list(actor.org_id)
 
-    def rotate_token(self, actor: Actor, account_id: str, *, access_token: str) -> AccountCredentials:
-        """A new token (checked with Meta first); clears needs_reauth, so waiting sends go out."""
+    def rotate(
+        self, actor: Actor, account_id: str, *, access_token: str | None = None, app_secret: str | None = None
+    ) -> AccountCredentials:
+        """A new token (checked with Meta first; clears needs_reauth, so waiting sends go out)
+        and/or a new app secret (webhooks signed with the old one are refused from then on: at
+        once in this process, within APP_SECRET_TTL seconds in the others)."""
         current = self._own(actor, account_id)
-        self._prove_access(current.channel, current.external_id, access_token)
+        if access_token is None and app_secret is None:
+            raise InvalidCommand("give an access_token and/or an app_secret to rotate")
+        app_secret = self._check_app_secret(app_secret)
+        if app_secret is None and access_token is None:
+            raise InvalidCommand("app_secret must not be empty")
+        if access_token is not None:
+            self._prove_access(current.channel, current.external_id, access_token)
         self._vault().record(
-            account_id, org_id=current.org_id, channel=current.channel, external_id=current.external_id,
-            name=current.name, access_token=access_token,
+            current.account_id, org_id=current.org_id, channel=current.channel, external_id=current.external_id,
+            name=current.name, access_token=access_token, app_secret=app_secret,
         )
-        updated = self._vault().get(account_id)
+        if app_secret is not None:
+            with self._lock:
+                self._secrets[current.account_id] = (app_secret, time.monotonic() + APP_SECRET_TTL)
+        updated = self._vault().get(current.account_id)
         assert updated is not None
         return updated
+
+    def rotate_token(self, actor: Actor, account_id: str, *, access_token: str) -> AccountCredentials:
+        return self.rotate(actor, account_id, access_token=access_token)
 
     def disconnect(self, actor: Actor, account_id: str) -> None:
         self._own(actor, account_id)
@@ -165,5 +217,5 @@ class ChannelAccounts:
     def _info(account: ChannelAccount) -> AccountInfo:
         return AccountInfo(
             id=str(account.id), org_id=account.org_id, channel=Channel(account.channel),
-            external_id=account.external_id, name=account.name, app_secret=account.app_secret,
+            external_id=account.external_id, name=account.name,
         )

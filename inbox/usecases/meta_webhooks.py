@@ -3,7 +3,9 @@
 Signature rule (`X-Hub-Signature-256: sha256=<hex HMAC-SHA256 of the raw body>`): Meta signs
 each POST with the secret of the app that sends it. We accept a POST whose signature matches
 either the global `INBOX_META_APP_SECRET` or the own `app_secret` of a channel account the
-payload mentions (constant-time comparisons); anything else is refused (401), nothing recorded.
+payload mentions (constant-time comparisons; an account's own secret is read through the
+`Credentials` port, sealed at rest, cached APP_SECRET_TTL seconds: inbox/usecases/channel_accounts.py);
+anything else is refused (401), nothing recorded.
 Then, per fact: an account with its own `app_secret` only takes facts from POSTs signed with that
 secret, and an account without one only from POSTs signed with the global secret; facts for an
 account the signing app does not speak for are acknowledged and dropped (logged, counted as
@@ -203,10 +205,9 @@ class MetaWebhooks:
         except BadPayload:
             raise BadSignature("X-Hub-Signature-256 does not match the body") from None
         for account in self._accounts_of(facts, limit=MAX_SIGNATURE_ACCOUNTS, cache_missing=True).values():
-            if account is not None and account.app_secret and hmac.compare_digest(
-                signature(account.app_secret, body).encode(), given
-            ):
-                return account.app_secret, facts
+            own = self._accounts.app_secret(account) if account is not None else None
+            if own and hmac.compare_digest(signature(own, body).encode(), given):
+                return own, facts
         raise BadSignature("X-Hub-Signature-256 does not match the body")
 
     @staticmethod
@@ -260,7 +261,7 @@ class MetaWebhooks:
                 self._metrics.webhook_unknown_accounts.labels(fact.channel.value).inc()
                 self._metrics.webhook_facts.labels(kind, "unknown_account").inc()
                 continue
-            allowed = account.app_secret or global_secret
+            allowed = self._accounts.app_secret(account) or global_secret
             if not allowed or not hmac.compare_digest(allowed.encode(), secret.encode()):
                 log.warning(
                     "webhook %s for %s account %r was signed by another app: acknowledged, not recorded",

@@ -124,14 +124,20 @@ class AccountCredentials:
     has_access_token: bool
     needs_reauth: bool
     reauth_reason: str | None
+    has_app_secret: bool = False
 
 
 class Credentials(Protocol):
-    """Channel-account tokens, sealed at rest by the adapter; never in events, logs or answers."""
+    """Channel-account secrets (access token, app secret), sealed at rest by the adapter; never in
+    events, logs, answers or on the topic."""
 
     def record(self, account_id: str, *, org_id: str, channel: str, external_id: str, name: str,
-               access_token: str | None) -> None:
-        """Create or update the account's row; a given token replaces the old one and clears needs_reauth."""
+               access_token: str | None, app_secret: str | None = None) -> None:
+        """Create or update the account's row; a given token replaces the old one and clears
+        needs_reauth; a given app secret replaces the old one. None keeps what is there."""
+
+    def app_secret(self, account_id: str) -> str | None:
+        """The account's own Meta app secret (webhook signatures), or None: the global app's."""
 
     def access_token(self, account_id: str) -> str | None:
         """The plaintext token for a send, or None (none given, disconnected)."""

@@ -10,6 +10,7 @@ import pytest
 from channels.facts import InboundMessage
 from domain.channels import Channel
 from domain.staff import Actor, Role
+from inbox.adapters.memory_credentials import MemoryCredentials
 from inbox.adapters.memory_store import MemoryEventStore
 from inbox.usecases.channel_accounts import AccountInfo, ChannelAccounts
 from inbox.usecases.ingest import InboundCommitter
@@ -29,8 +30,13 @@ def store() -> MemoryEventStore:
 
 
 @pytest.fixture
-def accounts(store: MemoryEventStore) -> ChannelAccounts:
-    return ChannelAccounts(store)
+def credentials() -> MemoryCredentials:
+    return MemoryCredentials()
+
+
+@pytest.fixture
+def accounts(store: MemoryEventStore, credentials: MemoryCredentials) -> ChannelAccounts:
+    return ChannelAccounts(store, credentials)
 
 
 @pytest.fixture

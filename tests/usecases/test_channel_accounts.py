@@ -5,10 +5,14 @@ from __future__ import annotations
 import pytest
 
 from domain.channels import Channel
-from domain.errors import AlreadyExists, NotAllowed
+from domain.channel_account import ChannelAccount
+from domain.errors import AlreadyExists, InvalidCommand, NotAllowed, NotFound
 from domain.staff import Actor, Role
+from inbox.adapters.memory_credentials import MemoryCredentials
 from inbox.adapters.memory_store import MemoryEventStore
+from inbox.usecases import channel_accounts as module
 from inbox.usecases.channel_accounts import ChannelAccounts
+from inbox.usecases.results import Unavailable
 from tests.usecases.conftest import ADMIN, SUPERVISOR
 
 
@@ -16,7 +20,8 @@ def test_an_admin_registers_an_account_that_is_then_found_by_its_external_id(acc
     registered = accounts.register(ADMIN, channel="instagram", external_id="ig-1", name="IG", app_secret="s")
 
     assert accounts.find(Channel.INSTAGRAM, "ig-1") == registered
-    assert (registered.org_id, registered.channel, registered.app_secret) == ("org1", Channel.INSTAGRAM, "s")
+    assert (registered.org_id, registered.channel) == ("org1", Channel.INSTAGRAM)
+    assert accounts.app_secret(registered) == "s"
 
 
 def test_only_admins_register_accounts(accounts: ChannelAccounts) -> None:
@@ -64,3 +69,56 @@ def test_registering_an_account_forgets_a_remembered_miss(accounts: ChannelAccou
     accounts.register(ADMIN, channel="instagram", external_id="ig-1", name="IG")
 
     assert accounts.find(Channel.INSTAGRAM, "ig-1", cache_missing=True) is not None
+
+
+# ---- the app secret: sealed behind the Credentials port, never in an event, rotatable ----------
+def test_the_app_secret_is_kept_by_the_credentials_never_in_the_accounts_event(
+    accounts: ChannelAccounts, store: MemoryEventStore
+) -> None:
+    registered = accounts.register(ADMIN, channel="instagram", external_id="ig-1", name="IG",
+                                   app_secret="tenant-app-secret")
+
+    [event] = store.app.events.get(ChannelAccount.create_id("instagram", "ig-1"))
+    assert "tenant-app-secret" not in repr(vars(event)) and not hasattr(event, "app_secret")
+    assert not hasattr(store.get(ChannelAccount.create_id("instagram", "ig-1")), "app_secret")
+    assert "tenant-app-secret" not in repr(registered)
+    [listed] = accounts.list(ADMIN)
+    assert listed.has_app_secret and "tenant-app-secret" not in repr(listed)
+
+
+def test_an_app_secret_cannot_be_kept_without_credentials_and_nothing_is_recorded(store: MemoryEventStore) -> None:
+    with pytest.raises(Unavailable, match="INBOX_SECRET_KEY"):
+        ChannelAccounts(store).register(ADMIN, channel="instagram", external_id="ig-1", name="IG", app_secret="s")
+
+    with pytest.raises(NotFound):
+        store.get(ChannelAccount.create_id("instagram", "ig-1"))
+
+
+def test_a_rotated_app_secret_is_used_at_once_here_and_after_the_cache_time_elsewhere(
+    store: MemoryEventStore, credentials: MemoryCredentials, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    here, elsewhere = ChannelAccounts(store, credentials), ChannelAccounts(store, credentials)
+    account = here.register(ADMIN, channel="instagram", external_id="ig-1", name="IG", app_secret="old-secret")
+    assert elsewhere.app_secret(account) == "old-secret"
+    reads = credentials.app_secret_reads
+    assert elsewhere.app_secret(account) == "old-secret" and credentials.app_secret_reads == reads  # cached
+
+    here.rotate(ADMIN, account.id, app_secret="new-secret")
+
+    assert here.app_secret(account) == "new-secret"  # this process: at once
+    assert elsewhere.app_secret(account) == "old-secret"  # another process: until its cache expires
+    now = module.time.monotonic()
+    monkeypatch.setattr(module.time, "monotonic", lambda: now + module.APP_SECRET_TTL + 0.1)
+    assert elsewhere.app_secret(account) == "new-secret"
+
+
+def test_a_rotation_needs_something_to_rotate_and_only_admins_of_the_org_rotate(accounts: ChannelAccounts) -> None:
+    account = accounts.register(ADMIN, channel="instagram", external_id="ig-1", name="IG", app_secret="s")
+
+    with pytest.raises(InvalidCommand, match="access_token and/or an app_secret"):
+        accounts.rotate(ADMIN, account.id)
+    with pytest.raises(NotAllowed):
+        accounts.rotate(SUPERVISOR, account.id, app_secret="x")
+    with pytest.raises(NotFound):
+        accounts.rotate(Actor("admin2", "org2", Role.ADMIN), account.id, app_secret="x")
+    assert accounts.app_secret(account) == "s"

@@ -86,3 +86,26 @@ def test_a_refused_fact_does_not_sink_the_other_facts_of_its_post(webhooks: Meta
 def test_the_subscription_handshake_echoes_the_challenge_only_for_the_verify_token(webhooks: MetaWebhooks) -> None:
     assert webhooks.verify_subscription("subscribe", "verify", "c-123") == "c-123"
     assert webhooks.verify_subscription("subscribe", "wrong", "c-123") is None
+
+
+# ---- an account's own app secret: read through the Credentials port, rotatable -----------------
+def test_after_a_rotation_of_the_accounts_app_secret_only_posts_signed_with_the_new_one_are_recorded(
+    accounts: ChannelAccounts, committer: InboundCommitter
+) -> None:
+    from tests.usecases.conftest import ADMIN, WA_ACCOUNT
+
+    # The WhatsApp account of the `account` fixture is not used here: this one has its own app.
+    own = accounts.register(ADMIN, channel="whatsapp_cloud", external_id=WA_ACCOUNT, name="Tenant WA",
+                            app_secret="tenant-old-secret")
+    webhooks = MetaWebhooks(Settings(meta_app_secret=SECRET, meta_verify_token="verify"), accounts, committer,
+                            Metrics())
+    first = payload("wamid.r1")
+    assert receive(webhooks, first, signature("tenant-old-secret", first)).recorded == 1
+    assert receive(webhooks, first, signature(SECRET, first)).other_app == 1  # the global app: not this account's
+
+    accounts.rotate(ADMIN, own.id, app_secret="tenant-new-secret")
+
+    second = payload("wamid.r2")
+    with pytest.raises(BadSignature):
+        receive(webhooks, second, signature("tenant-old-secret", second))
+    assert receive(webhooks, second, signature("tenant-new-secret", second)).recorded == 1

@@ -1,7 +1,7 @@
 -- Outbound delivery (issue 9). Written by adapters, never published: tokens stay off the topic.
 
--- Connected accounts' credentials: the access token sealed with INBOX_SECRET_KEY (AES-256-GCM, see
--- inbox/adapters/secrets.py), whether Meta rejected it (code 190: sends wait until a rotation), and
+-- Connected accounts' credentials: the access token and the account's own Meta app secret, each
+-- sealed with INBOX_SECRET_KEY (AES-256-GCM, see inbox/adapters/secrets.py), whether Meta rejected it (code 190: sends wait until a rotation), and
 -- the org's list of accounts (the event store cannot list an org's aggregates).
 CREATE TABLE IF NOT EXISTS channel_account_credentials (
     account_id uuid PRIMARY KEY,
@@ -16,6 +16,8 @@ CREATE TABLE IF NOT EXISTS channel_account_credentials (
     updated_at timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX IF NOT EXISTS channel_account_credentials_by_org ON channel_account_credentials (org_id);
+-- The app secret verifies the account's webhooks; kept on disconnection (see credentials.py).
+ALTER TABLE channel_account_credentials ADD COLUMN IF NOT EXISTS app_secret_sealed text;
 
 -- The sender's position on the events topic, per partition (manual assignment, see inbox/adapters/outbound/sender.py).
 CREATE TABLE IF NOT EXISTS sender_offsets (

@@ -74,7 +74,11 @@ class RegisterChannelAccount(Body):
 
 
 class RotateChannelAccount(Body):
-    access_token: AccessToken
+    """At least one of the two: a new access token (checked with the Graph API first) and/or a new
+    app secret (webhooks signed with the old one are refused from then on)."""
+
+    access_token: AccessToken | None = None
+    app_secret: Annotated[Secret, Field(min_length=MIN_APP_SECRET_CHARS)] | None = None
 
 
 class InboundContact(Body):

@@ -49,6 +49,9 @@ PENDING, SENT, DELIVERED, READ, FAILED = "pending", "sent", "delivered", "read",
 DELIVERY_STATUSES = (PENDING, SENT, DELIVERED, READ, FAILED)
 _DELIVERY_RANK = {PENDING: 0, SENT: 1, DELIVERED: 2, READ: 3}
 TEMPLATE_KIND = "template"
+# Inbound messages a staff reply can name as `reply_to` by our message id: the room's latest ones
+# (older ones are still found by their channel message id, through the inbound dedup keys).
+MAX_REPLY_TARGETS = 1000
 
 
 class RoomIsResolved(Conflict):
@@ -95,6 +98,17 @@ def check_template(template: Any) -> dict[str, Any]:
 
 
 class Room(Aggregate):
+    # Snapshots (every SNAPSHOT_INTERVAL events) keep the state's shape: v2 added `inbound_ids`.
+    class_version = 2
+
+    @staticmethod
+    def upcast_v1_v2(state: dict[str, Any]) -> None:
+        """A snapshot taken before rooms kept their inbound message ids (and, earlier, deliveries):
+        it starts with none; a `reply_to` of an older message is found by its channel message id."""
+        state.setdefault("inbound_ids", {})
+        state.setdefault("deliveries", {})
+        state.setdefault("delivery_ids", {})
+
     # ---- identity -------------------------------------------------------------------------
     @staticmethod
     def create_id(
@@ -140,7 +154,7 @@ class Room(Aggregate):
             _require_org_id(state)
 
     class MessageSent(Aggregate.Event):
-        class_version = 3
+        class_version = 4
         org_id: str  # (v3)
         message_id: str
         text: str
@@ -151,6 +165,9 @@ class Room(Aggregate):
         channel_message_id: str | None
         kind: str  # (v2)
         attachments: list[dict[str, Any]]  # (v2)
+        # (v4) The message a staff reply answers: {"message_id", "channel_message_id"} (our id and
+        # the channel's, e.g. the wamid WhatsApp quotes), or None.
+        reply_to: dict[str, str] | None
 
         @staticmethod
         def upcast_v1_v2(state: dict[str, Any]) -> None:
@@ -160,6 +177,10 @@ class Room(Aggregate):
         @staticmethod
         def upcast_v2_v3(state: dict[str, Any]) -> None:
             _require_org_id(state)
+
+        @staticmethod
+        def upcast_v3_v4(state: dict[str, Any]) -> None:
+            state["reply_to"] = None
 
     class MessageEdited(Aggregate.Event):
         class_version = 2
@@ -286,6 +307,8 @@ class Room(Aggregate):
         # Staff replies' delivery: message id -> status; channel message id -> message id.
         self.deliveries: dict[str, str] = {}
         self.delivery_ids: dict[str, str] = {}
+        # The latest MAX_REPLY_TARGETS inbound messages: our id -> channel message id (reply_to).
+        self.inbound_ids: dict[str, str] = {}
 
     @classmethod
     def open(
@@ -376,6 +399,7 @@ class Room(Aggregate):
             channel_message_id=channel_message_id,
             kind=kind,
             attachments=[dict(a) for a in attachments],
+            reply_to=None,
         )
         return message_id
 
@@ -398,11 +422,14 @@ class Room(Aggregate):
         text: str | None,
         sent_at: datetime,
         template: dict[str, Any] | None = None,
+        reply_to: tuple[str, str] | None = None,
     ) -> None:
         """A staff reply (a text, or a WhatsApp template); replying to an unassigned room assigns it.
 
         The channel's window decides what may be sent now (domain.outbound.decide_send): a free-form
         reply after the window has closed is refused with a message saying a template is needed.
+        `reply_to`: (our message id, channel message id) of the message of this room it answers,
+        as `reply_target` (or the inbound dedup keys) found it.
         """
         if not actor.role.is_staff:
             raise NotAllowed(f"role {actor.role.value!r} cannot reply to customers")
@@ -427,6 +454,9 @@ class Room(Aggregate):
         )
         if not decision.allowed:
             raise WindowClosed(decision.reason or "this reply cannot be sent now")
+        if reply_to is not None:
+            check_identifier(reply_to[0], "reply_to message id", MAX_MESSAGE_ID)
+            check_identifier(reply_to[1], "reply_to channel message id", MAX_MESSAGE_ID)
         if self.status == UNASSIGNED:
             self._assign(
                 assignee=actor.user_id,
@@ -445,7 +475,29 @@ class Room(Aggregate):
             channel_message_id=None,
             kind=kind,
             attachments=attachments,
+            reply_to=None if reply_to is None else {"message_id": reply_to[0], "channel_message_id": reply_to[1]},
         )
+
+    def reply_target(self, ref: str) -> tuple[str, str] | None:
+        """(our message id, channel message id) of the message of this room `ref` names, by either
+        id: one of the latest MAX_REPLY_TARGETS inbound messages, or a staff reply the channel
+        accepted. None when the room does not know it (the caller may still find an older inbound
+        message by its channel message id). A staff reply not yet accepted has no channel id to quote."""
+        if ref in self.inbound_ids:
+            return ref, self.inbound_ids[ref]
+        if ref in self.delivery_ids:
+            return self.delivery_ids[ref], ref
+        for message_id, channel_message_id in self.inbound_ids.items():
+            if channel_message_id == ref:
+                return message_id, ref
+        if ref in self.deliveries:
+            found = next((c for c, m in self.delivery_ids.items() if m == ref), None)
+            if found is None:
+                raise InvalidCommand(
+                    f"reply_to {ref!r} is a reply that has not reached the channel yet: there is no channel message to quote"
+                )
+            return ref, found
+        return None
 
     # ---- delivery outcomes (the sender) and statuses (the channel's webhooks) ---------------
     def delivery_status(self, message_id: str) -> str | None:
@@ -602,6 +654,9 @@ class Room(Aggregate):
             self.last_inbound_at = sent_at
             self.last_inbound_channel_message_id = channel_message_id
         self.message_count += 1
+        self.inbound_ids[message_id] = channel_message_id
+        if len(self.inbound_ids) > MAX_REPLY_TARGETS:
+            del self.inbound_ids[next(iter(self.inbound_ids))]
 
     @event(MessageSent)
     def _send(
@@ -615,6 +670,7 @@ class Room(Aggregate):
         channel_message_id: str | None,
         kind: str,
         attachments: list[dict[str, Any]],
+        reply_to: dict[str, str] | None,
     ) -> None:
         self.last_direction = "outbound"
         self.message_count += 1

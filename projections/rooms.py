@@ -66,6 +66,8 @@ class MessageRow:
     delivery_status: str | None = None
     delivery_at: datetime | None = None
     delivery_error: dict[str, Any] | None = None
+    # A staff reply answering a message of the room: {"message_id", "channel_message_id"}.
+    reply_to: dict[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -136,6 +138,7 @@ def apply(view: RoomView | None, event: dict[str, Any]) -> tuple[RoomView, Messa
             sender_role=data["sender_role"], channel_message_id=data.get("channel_message_id"),
             recorded_at=at, kind=data.get("kind") or "text", attachments=tuple(data.get("attachments") or ()),
             delivery_status=None if data["sender_role"] == "channel" else "pending",
+            reply_to=data.get("reply_to"),
         )
         return _with_last_message(view, message), message
     if kind in DELIVERY_EVENTS:

@@ -69,6 +69,7 @@ DATA_FIELDS: dict[str, str] = {
     "sender_name": "string",
     "edited_at": "timestamp",
     "removed_at": "timestamp",
+    "reply_to": "json",
     # RoomAssigned / RoomResolved / RoomReopened
     "assignee": "string",
     "previous_assignee": "string",

@@ -130,6 +130,9 @@ def upcast(event: dict[str, Any]) -> dict[str, Any]:
     if event["type"] in _CONTENT_TYPES and not {"kind", "attachments"} <= event["data"].keys():
         # Published before messages carried their kind and attachments: plain text, no attachments.
         event = dict(event, data={"kind": "text", "attachments": [], **event["data"]})
+    if event["type"] == "MessageSent" and "reply_to" not in event["data"]:
+        # Published before staff replies could answer a given message.
+        event = dict(event, data={**event["data"], "reply_to": None})
     return event
 
 

@@ -39,6 +39,9 @@ class SendPlan:
     template: dict[str, Any] | None
     messaging_type: str | None
     tag: str | None
+    # WhatsApp: the wamid the reply quotes (`context.message_id`). Meta documents no reply-to for
+    # the Messenger/Instagram Send API nor for comment replies: there the reply goes without it.
+    reply_to_channel_message_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -61,7 +64,7 @@ class Deliveries:
         self._clock = clock
 
     def plan(self, room_id: str, message_id: str, *, kind: str, text: str,
-             attachments: list[dict[str, Any]]) -> SendPlan | Settled | Refused:
+             attachments: list[dict[str, Any]], reply_to: dict[str, Any] | None = None) -> SendPlan | Settled | Refused:
         room = self._room(room_id)
         status = room.delivery_status(message_id)
         if status is None:
@@ -85,6 +88,9 @@ class Deliveries:
             account_external_id=room.channel_account, recipient_id=recipient,
             text=None if template is not None else text, template=template,
             messaging_type=decision.messaging_type.value if decision.messaging_type else None, tag=decision.tag,
+            reply_to_channel_message_id=(
+                reply_to.get("channel_message_id") if reply_to and channel is Channel.WHATSAPP_CLOUD else None
+            ),
         )
 
     def accepted(self, room_id: str, message_id: str, channel_message_id: str) -> bool:

@@ -15,7 +15,7 @@ from uuid import UUID
 
 from eventsourcing.persistence import IntegrityError
 
-from domain.errors import Conflict, NotFound
+from domain.errors import Conflict, InvalidCommand, NotFound
 from domain.room import CHANNEL_SENDER, RESOLVED, Room
 from domain.staff import Actor
 from inbox.usecases.ports import EventStore
@@ -54,9 +54,11 @@ class RoomCommands:
         template: dict[str, Any] | None = None,
         expected_version: int | None = None,
         idempotency_key: str | None = None,
+        reply_to: str | None = None,
     ) -> CommandResult:
         """A staff reply. With `idempotency_key` the message id is derived from (room, user, key): a
-        retried request finds its reply recorded and records nothing new."""
+        retried request finds its reply recorded and records nothing new. `reply_to` names the
+        message of this room it answers, by our message id or the channel's (422 otherwise)."""
         if idempotency_key is None:
             message_id = str(uuid.uuid4())
         else:
@@ -66,7 +68,9 @@ class RoomCommands:
                 return CommandResult(room_id=str(room.id), version=room.version, message_id=message_id)
 
         def decide(room: Room) -> str:
-            room.reply(actor, message_id=message_id, text=text, template=template, sent_at=self._clock())
+            target = None if reply_to is None else self._reply_target(room, reply_to)
+            room.reply(actor, message_id=message_id, text=text, template=template, sent_at=self._clock(),
+                       reply_to=target)
             return message_id
 
         return self._execute(actor, room_id, expected_version, decide)
@@ -100,6 +104,23 @@ class RoomCommands:
                 continue  # only the customer wrote meanwhile: decide again on fresh state
             return CommandResult(room_id=str(room.id), version=room.version, message_id=message_id)
         raise Conflict("the room is changing too fast; retry")
+
+    def _reply_target(self, room: Room, ref: str) -> tuple[str, str]:
+        """(our id, channel id) of the message `ref` names: the room's own state knows its latest
+        inbound messages and its accepted replies; an older inbound message is found by its
+        channel message id in the inbound dedup keys (which also say when it is another room's)."""
+        found = room.reply_target(ref)
+        if found is not None:
+            return found
+        recorded = self._store.recorded_dedup_keys([(room.channel_account_id, ref)]).get((room.channel_account_id, ref))
+        if recorded is not None:
+            if recorded.room_id != str(room.id):
+                raise InvalidCommand(f"reply_to {ref!r} is a message of another room")
+            return recorded.message_id, ref
+        raise InvalidCommand(
+            f"reply_to {ref!r} is not a message of this room: give the id or channel_message_id of a message"
+            " in its history (a customer message, or a reply that reached the channel)"
+        )
 
     def _only_customer_events_since(self, room_id: UUID, version: int) -> bool:
         events = self._store.events_after(room_id, version)

@@ -182,7 +182,7 @@ class Sender:
                 if event["type"] != "MessageSent" or data.get("sender_role") == CHANNEL_SENDER:
                     continue
                 payload = {"kind": data.get("kind") or "text", "text": data["text"],
-                           "attachments": data.get("attachments") or []}
+                           "attachments": data.get("attachments") or [], "reply_to": data.get("reply_to")}
                 rows.append((data["message_id"], event["room_id"], "", orjson.dumps(payload).decode()))
             except (InvalidWireEvent, KeyError, TypeError, ValueError) as e:
                 dead.append((None, None, None, f"unreadable event at {self._topic}/{partition}@{record.offset}: {e}"))
@@ -258,7 +258,7 @@ class Sender:
         payload = row.payload
         plan = await asyncio.to_thread(
             self._deliveries.plan, row.room_id, row.message_id, kind=payload["kind"], text=payload["text"],
-            attachments=payload["attachments"],
+            attachments=payload["attachments"], reply_to=payload.get("reply_to"),
         )
         if isinstance(plan, Settled):
             await self._set(row, "settled", error=f"already {plan.status}")
@@ -372,7 +372,7 @@ class Sender:
 def _reply(plan: SendPlan) -> OutboundReply:
     return OutboundReply(
         channel=plan.channel, account_id=plan.account_external_id, recipient_id=plan.recipient_id,
-        text=plan.text, template=plan.template,
+        text=plan.text, template=plan.template, reply_to_message_id=plan.reply_to_channel_message_id,
         messaging_type=MessagingType(plan.messaging_type) if plan.messaging_type else None, tag=plan.tag,
         correlation_id=plan.message_id if plan.channel in (Channel.WHATSAPP_CLOUD, Channel.FACEBOOK_MESSENGER) else None,
     )

@@ -256,6 +256,7 @@ def message_json(row: dict[str, Any]) -> dict[str, Any]:
         "removed": row.get("removed_at") is not None,
         "removed_at": row.get("removed_at"),
         "delivery": delivery_json(row.get("delivery_status"), row.get("delivery_at"), row.get("delivery_error")),
+        "reply_to": row.get("reply_to"),
     }
 
 

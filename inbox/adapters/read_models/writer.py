@@ -377,6 +377,7 @@ def _message_params(message: MessageRow) -> tuple[Any, ...]:
     return tuple(
         Jsonb(list(message.attachments)) if c == "attachments"
         else Jsonb(message.delivery_error) if c == "delivery_error" and message.delivery_error is not None
+        else Jsonb(message.reply_to) if c == "reply_to" and message.reply_to is not None
         else getattr(message, c) for c in _MESSAGE_COLUMNS
     )
 

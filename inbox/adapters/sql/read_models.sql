@@ -208,4 +208,6 @@ INSERT INTO room_changes_horizon (id, pruned_upto) VALUES (1, 0) ON CONFLICT DO 
 ALTER TABLE messages ADD COLUMN IF NOT EXISTS delivery_status text;
 ALTER TABLE messages ADD COLUMN IF NOT EXISTS delivery_at timestamptz;
 ALTER TABLE messages ADD COLUMN IF NOT EXISTS delivery_error jsonb;
+-- The message a staff reply answers: {"message_id", "channel_message_id"} (MessageSent.reply_to).
+ALTER TABLE messages ADD COLUMN IF NOT EXISTS reply_to jsonb;
 ALTER TABLE rooms ADD COLUMN IF NOT EXISTS last_message_delivery jsonb;

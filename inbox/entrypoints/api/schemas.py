@@ -119,6 +119,9 @@ class SendReply(Body):
     text: Annotated[Text, Field(min_length=1)] | None = None
     template: TemplateRef | None = None
     expected_version: int | None = Field(default=None, ge=1)
+    # The message of this room's history the reply answers: its `id` or its `channel_message_id`
+    # (an inbound message, or a staff reply that reached the channel). WhatsApp quotes it.
+    reply_to: MessageId | None = None
 
     @model_validator(mode="after")
     def _text_xor_template(self) -> SendReply:
@@ -248,6 +251,8 @@ class MessageOut(BaseModel):
     removed_at: datetime | None = None
     # Staff replies: {"status": pending|sent|delivered|read|failed, "at", "error"}; else null.
     delivery: dict[str, Any] | None = None
+    # The message a staff reply answers: {"message_id", "channel_message_id"}; else null.
+    reply_to: dict[str, str] | None = None
 
 
 class MessagePage(BaseModel):

@@ -102,10 +102,12 @@ def assign_room(
 def reply_to_room(
     room_id: str, body: SendReply, actor: StaffDep, container: ContainerDep, idempotency_key: IdempotencyKey = None
 ) -> CommandAccepted:
-    """A text reply, or (WhatsApp, any time) `{"template": {"name", "language", "components"}}`."""
+    """A text reply, or (WhatsApp, any time) `{"template": {"name", "language", "components"}}`.
+    `reply_to`: the `id` or `channel_message_id` of a message in this room's history; WhatsApp
+    shows the reply quoting it (Messenger, Instagram and comments: recorded, not sent)."""
     result = container.rooms.reply(
         actor, room_id, text=body.text, template=body.template.model_dump() if body.template else None,
-        expected_version=body.expected_version, idempotency_key=idempotency_key,
+        expected_version=body.expected_version, idempotency_key=idempotency_key, reply_to=body.reply_to,
     )
     return CommandAccepted(**vars(result))
 

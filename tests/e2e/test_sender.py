@@ -154,6 +154,60 @@ def test_whatsapp_text_reply_is_sent_then_delivered_then_read_never_backwards(
     assert room_json["reply_window"]["free_form_until"] is not None
 
 
+STANDIN_SAMPLES = Path(__file__).resolve().parents[1] / "graph_standin" / "fixtures"
+
+
+def test_a_whatsapp_reply_to_a_customer_message_is_sent_as_metas_contextual_reply(
+    outbound: Pipeline, graph_standin: GraphStandin  # noqa: F811
+) -> None:
+    connect(outbound, graph_standin, "whatsapp_cloud", WA, verified_name="Acme", display_phone_number="+1 555")
+    wamid = "wamid.HBgLMTY0NjcwNDM1OTUVAgASGBQzQTdCNTg5RjY1MEMyRjlGMjRGNgA="
+    room = inbound(outbound, "whatsapp_cloud", WA, "16505551234", wamid)
+    other_room = inbound(outbound, "whatsapp_cloud", WA, "16505550000", "wamid.other-room")
+    unknown = reply(outbound, room, {"text": "x", "reply_to": "wamid.never-seen"})
+    assert unknown.status_code == 422 and "not a message of this room" in unknown.json()["detail"]
+    elsewhere = reply(outbound, room, {"text": "x", "reply_to": "wamid.other-room"})
+    assert elsewhere.status_code == 422 and "another room" in elsewhere.json()["detail"]
+    assert other_room != room
+
+    r = reply(outbound, room, {"text": "You're welcome, Pablo!", "reply_to": wamid})
+    assert r.status_code == 201, r.text
+    message_id = r.json()["message_id"]
+    wait_status(outbound, room, message_id, "sent")
+
+    [sent] = sends(graph_standin)
+    sample = json.loads((STANDIN_SAMPLES / "whatsapp_contextual_reply_request.json").read_text())
+    assert sent.json == {**sample, "to": "16505551234", "biz_opaque_callback_data": message_id,
+                         "text": {"preview_url": False, "body": "You're welcome, Pablo!"}}
+    assert sent.json["context"] == {"message_id": wamid}
+    items = httpx.get(f"{outbound.base_url}/v1/rooms/{room}/messages", headers=admin(outbound)).json()["items"]
+    [answered] = [m for m in items if m["channel_message_id"] == wamid]
+    [ours] = [m for m in items if m["id"] == message_id]
+    assert ours["reply_to"] == {"message_id": answered["id"], "channel_message_id": wamid}
+    # By our id of the message too (what history calls `id`).
+    again = reply(outbound, room, {"text": "again", "reply_to": answered["id"]})
+    assert again.status_code == 201, again.text
+    wait_status(outbound, room, again.json()["message_id"], "sent")
+    assert sends(graph_standin)[-1].json["context"] == {"message_id": wamid}
+
+
+def test_a_messenger_reply_to_is_recorded_but_sent_without_one(
+    outbound: Pipeline, graph_standin: GraphStandin  # noqa: F811
+) -> None:
+    connect(outbound, graph_standin, "facebook_messenger", PAGE, name="Acme Page")
+    room = inbound(outbound, "facebook_messenger", PAGE, "psid-4", "m_in4")
+    r = reply(outbound, room, {"text": "noted", "reply_to": "m_in4"})
+    assert r.status_code == 201, r.text
+    message_id = r.json()["message_id"]
+    wait_status(outbound, room, message_id, "sent")
+    [sent] = sends(graph_standin)
+    assert sent.json == {"recipient": {"id": "psid-4"}, "messaging_type": "RESPONSE",
+                         "message": {"text": "noted", "metadata": message_id}}
+    items = httpx.get(f"{outbound.base_url}/v1/rooms/{room}/messages", headers=admin(outbound)).json()["items"]
+    [ours] = [m for m in items if m["id"] == message_id]
+    assert ours["reply_to"]["channel_message_id"] == "m_in4"
+
+
 def test_whatsapp_template_outside_the_window_and_free_form_refused(
     outbound: Pipeline, graph_standin: GraphStandin  # noqa: F811
 ) -> None:

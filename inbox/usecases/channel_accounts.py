@@ -151,9 +151,6 @@ class ChannelAccounts:
         assert updated is not None
         return updated
 
-    def rotate_token(self, actor: Actor, account_id: str, *, access_token: str) -> AccountCredentials:
-        return self.rotate(actor, account_id, access_token=access_token)
-
     def disconnect(self, actor: Actor, account_id: str) -> None:
         self._own(actor, account_id)
         self._vault().disconnect(account_id)

@@ -20,7 +20,25 @@ from psycopg import sql
 
 from inbox.config import DEV_JWT_SECRET, DEV_META_APP_SECRET, DEV_META_VERIFY_TOKEN, Settings
 from inbox.adapters.schema import migrate
+from tests.faults.harness import FIGURES_PROPERTY
 from inbox.adapters.secrets import generate_key
+
+
+# Lines the fault cases report (tests/faults), collected in this process — the controller's under
+# pytest-xdist — and printed at session end.
+_fault_figures: list[str] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.when == "teardown":
+        _fault_figures.extend(value for name, value in report.user_properties if name == FIGURES_PROPERTY)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _fault_figures:
+        terminalreporter.section("fault figures")
+        for line in _fault_figures:
+            terminalreporter.write_line(line)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -1,7 +1,9 @@
 """Fault injection on real processes (issue 7, item 8): fixtures, and the figures printed at session end.
 
-Each case records a `Figures` line through the `figures` fixture; `pytest_terminal_summary` prints
-them all in a "fault figures" section, so CI logs show them without `-s`.
+Each case records a `Figures` line through the `figures` fixture; the line travels with the test's
+teardown report (`user_properties`, so it also reaches the controller when pytest-xdist runs the
+case in a worker) and tests/conftest.py prints them all in a "fault figures" section at session
+end, so CI logs show them without `-s`.
 """
 
 from __future__ import annotations
@@ -16,38 +18,27 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from inbox.config import Settings
 from inbox.adapters.embedded import free_port
 from inbox.adapters.secrets import generate_key
-from tests.faults.harness import Figures, register_account
+from tests.faults.harness import FIGURES_PROPERTY, Figures, register_account
 from tests.graph_standin.server import GraphStandin
 from tests.support import Pipeline
-
-FIGURES = pytest.StashKey[list[Figures]]()
 
 # Short enough that a held lock outlasts it within a few seconds of test time.
 INBOUND_TIMEOUT_S = 2.0
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.stash[FIGURES] = []
-
-
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
-    figures = config.stash.get(FIGURES, [])
-    if figures:
-        terminalreporter.section("fault figures")
-        for f in figures:
-            terminalreporter.write_line(f.line())
-
-
 @pytest.fixture
-def figures(request: pytest.FixtureRequest) -> Callable[[str], Figures]:
+def figures(request: pytest.FixtureRequest) -> Iterator[Callable[[str], Figures]]:
     """figures(case) -> a Figures that is printed at session end, filled in or not."""
+    made: list[Figures] = []
 
     def make(case: str) -> Figures:
         f = Figures(case)
-        request.config.stash[FIGURES].append(f)
+        made.append(f)
         return f
 
-    return make
+    yield make
+    for f in made:
+        request.node.user_properties.append((FIGURES_PROPERTY, f.line()))
 
 
 def fault_settings(settings: Settings) -> Settings:

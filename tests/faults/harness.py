@@ -25,6 +25,10 @@ ACCOUNT = "pn-faults"
 TIMEOUT_STATUS = "timeout"  # the client gave up: the outcome is unknown, like a dropped connection
 
 
+# The name under which a case's figure line travels in its test report (tests/conftest.py prints them).
+FIGURES_PROPERTY = "fault_figures"
+
+
 @dataclass
 class Sent:
     """One inbound request: its channel message id, when it went out, and how it was answered."""

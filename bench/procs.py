@@ -32,8 +32,8 @@ class Pipeline:
         self.processes = Processes(child_env(self.settings), log_dir=self.log_dir)
         self.base_url = f"http://{self.settings.http_host}:{self.settings.http_port}"
 
-    def start(self, role: str) -> None:
-        self.processes.start(role)
+    def start(self, role: str, name: str | None = None) -> None:
+        self.processes.start(name or role, role)
 
     def check_alive(self) -> None:
         dead = self.processes.first_dead()
@@ -178,10 +178,10 @@ def standard_groups(infra: Infra, pipeline: Pipeline | None) -> Callable[[], dic
         if infra.broker_pid:
             g["broker"] = [infra.broker_pid]
         if pipeline is not None:
-            for role in ("api", "relay", "worker"):
-                pid = pipeline.pid(role)
+            for name in list(pipeline.processes.running):  # api, relay, worker; api2 with a second API
+                pid = pipeline.pid(name)
                 if pid:
-                    g[role] = [pid]
+                    g[name] = [pid]
         return g
 
     return groups

@@ -13,6 +13,7 @@ import functools
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any
@@ -233,6 +234,11 @@ class InboxApplication(Application):
         return self.recorder.datastore.get_connection()  # type: ignore[attr-defined,no-any-return]
 
 
+# Rooms kept by `EventStore.rooms_for_update` between batches (per process; the library's own
+# cache is separate: it is fast-forwarded in place by other threads' commands).
+WRITE_CACHE_MAXSIZE = 50_000
+
+
 class EventStore:
     """The use cases' event store (`inbox.usecases.ports.EventStore`) on PostgreSQL.
 
@@ -242,6 +248,9 @@ class EventStore:
 
     def __init__(self, app: InboxApplication) -> None:
         self.app = app
+        # Rooms handed back with `cache` after a save, lent out again by `rooms_for_update`.
+        self._rooms: OrderedDict[UUID, Room] = OrderedDict()
+        self._rooms_lock = threading.Lock()
 
     def get(self, aggregate_id: UUID) -> Any:
         try:
@@ -295,11 +304,59 @@ class EventStore:
         return list(self.app.events.get(aggregate_id, gt=version))
 
     def cache(self, aggregates: Mapping[UUID, Any]) -> None:
-        # The library only caches on save when fast-forward is off.
-        cache = self.app.repository.cache
-        if cache is not None:
+        """Keep just-saved rooms for the next `rooms_for_update` (the caller gives up these objects)."""
+        with self._rooms_lock:
             for aggregate_id, aggregate in aggregates.items():
-                cache.put(aggregate_id, aggregate)
+                if isinstance(aggregate, Room):
+                    self._rooms[aggregate_id] = aggregate
+                    self._rooms.move_to_end(aggregate_id)
+            while len(self._rooms) > WRITE_CACHE_MAXSIZE:
+                self._rooms.popitem(last=False)
+
+    def rooms_for_update(self, room_ids: Iterable[UUID]) -> dict[UUID, Room]:
+        """The current state of several rooms in one or two queries; ids without events are left out.
+
+        A room kept by `cache` is lent out (removed from the cache: the caller may change it and
+        gives it back with `cache` after saving it) and brought up to date by the same query that
+        reads the other rooms' events: the events after each room's known version (its cached
+        version, its latest snapshot's, or none). So a room another process (or a staff command)
+        wrote since is folded forward, and one written after this read makes the save fail with
+        an IntegrityError (the events' version key), which the caller answers by deciding again.
+        """
+        wanted = list(dict.fromkeys(room_ids))
+        if not wanted:
+            return {}
+        rooms: dict[UUID, Room | None] = {}
+        with self._rooms_lock:
+            for room_id in wanted:
+                rooms[room_id] = self._rooms.pop(room_id, None)
+        missing = [room_id for room_id, room in rooms.items() if room is None]
+        decode = self.app.mapper.to_domain_event
+        with self.app.connection() as conn:
+            if missing:
+                snapshots_table = self.app.table(self.app.snapshots.recorder.events_table_name)  # type: ignore[union-attr]
+                for r in conn.execute(
+                    f"SELECT DISTINCT ON (originator_id) originator_id, originator_version, topic, state"
+                    f" FROM {snapshots_table} WHERE originator_id = ANY(%s::uuid[])"
+                    " ORDER BY originator_id, originator_version DESC",
+                    (missing,), prepare=True,
+                ):
+                    snapshot = decode(StoredEvent(r["originator_id"], r["originator_version"], r["topic"],
+                                                  bytes(r["state"])))
+                    rooms[r["originator_id"]] = snapshot.mutate(None)
+            known = [(room_id, room.version if room is not None else 0) for room_id, room in rooms.items()]
+            rows = conn.execute(
+                f"SELECT e.originator_id, e.originator_version, e.topic, e.state"
+                f" FROM unnest(%s::uuid[], %s::bigint[]) AS k(id, v) JOIN {self.app.table(EVENTS_TABLE)} e"
+                " ON e.originator_id = k.id AND e.originator_version > k.v"
+                " ORDER BY e.originator_id, e.originator_version",
+                ([k[0] for k in known], [k[1] for k in known]), prepare=True,
+            ).fetchall()
+        for r in rows:
+            room_id = r["originator_id"]
+            event = decode(StoredEvent(room_id, r["originator_version"], r["topic"], bytes(r["state"])))
+            rooms[room_id] = event.mutate(rooms[room_id])
+        return {room_id: room for room_id, room in rooms.items() if isinstance(room, Room)}
 
     def rooms_folded(self, seen: Sequence[tuple[str, int]]) -> dict[str, Room]:
         """Rooms folded from their events, read in one query; only rooms below the snapshot interval

@@ -76,6 +76,15 @@ class MemoryEventStore:
     def cache(self, aggregates: Mapping[UUID, Any]) -> None:
         """No cache: every `get` folds the stored events."""
 
+    def rooms_for_update(self, room_ids: Iterable[UUID]) -> dict[UUID, Room]:
+        rooms = {}
+        for room_id in room_ids:
+            try:
+                rooms[room_id] = self.get(room_id)
+            except NotFound:
+                pass
+        return rooms
+
     def rooms_folded(self, seen: Sequence[tuple[str, int]]) -> dict[str, Room]:
         return {}  # nothing cheaper in bulk: the caller loads each room with `get`
 

@@ -300,8 +300,9 @@ class InboundCommitter:
                 if not self._committed_anyway(decision):
                     raise
                 log.warning("the connection died during COMMIT but the batch of %s was recorded", len(batch))
-            # Cache the rooms just written so the next message for a new room is not a full reconstruction.
-            self._store.cache(decision.rooms)
+        # Hand the rooms back to the store's cache: the next batch reads only what is newer than them.
+        # (After a failure they are not: the next attempt reads them afresh.)
+        self._store.cache(decision.owned_rooms())
         return out
 
     def _committed_anyway(self, decision: BatchDecision) -> bool:
@@ -373,6 +374,46 @@ class BatchDecision:
         self.rooms: dict[UUID, Room] = {}
         self.dedup_keys: list[DedupKey] = []
         self.statuses: list[DeliveryStatusRecord] = []
+        # Every room the batch may write, read at once (not one query per fact).
+        self._prefetched = self._rooms_to_read(facts)
+        self._loaded = store.rooms_for_update(self._prefetched)
+
+    def owned_rooms(self) -> dict[UUID, Room]:
+        """Every room this decision read or opened (to hand back to the store's cache once saved)."""
+        return {**self._loaded, **self.rooms}
+
+    def _rooms_to_read(self, facts: Sequence[tuple[AccountInfo, RecordableFact]]) -> list[UUID]:
+        ids: list[UUID] = []
+        for account, fact in facts:
+            if isinstance(fact, DeliveryStatus):
+                if ((account.id, fact.status_key) not in self.known_statuses and fact.channel_message_id
+                        and fact.recipient_id and not fact.channel.is_comment):
+                    ids.append(room_id_for(account.org_id, account.id, fact.recipient_id, None))
+                continue
+            if isinstance(fact, InboundMessage | OutboundEcho):
+                key = fact.channel_message_id if isinstance(fact, InboundMessage) else f"echo:{fact.channel_message_id}"
+                if (account.id, key) not in self.seen and fact.contact_id:
+                    ids.append(room_id_for(account.org_id, account.id, fact.contact_id,
+                                           fact.post_id if isinstance(fact, InboundMessage) else None))
+                continue
+            original = self.seen.get((account.id, fact.channel_message_id))
+            if original is not None:
+                ids.append(UUID(original.room_id))
+            elif isinstance(fact, MessageEdit) and fact.contact_id:
+                ids.append(room_id_for(account.org_id, account.id, fact.contact_id, fact.post_id))
+        return ids
+
+    def _load(self, room_id: UUID) -> Room | None:
+        """A room as the batch read it (None: it does not exist); one it did not read, from the store."""
+        if room_id in self._loaded:
+            return self._loaded[room_id]
+        if room_id in self._prefetched:
+            return None
+        try:
+            room: Room = self.store.get(room_id)
+        except NotFound:
+            return None
+        return room
 
     def decide(self, account: AccountInfo, fact: RecordableFact) -> FactResult:
         if isinstance(fact, InboundMessage):
@@ -480,12 +521,9 @@ class BatchDecision:
         if not status.recipient_id or status.channel.is_comment:
             return
         room_id = room_id_for(account.org_id, account.id, status.recipient_id, None)
-        room = self.rooms.get(room_id)
+        room = self.rooms.get(room_id) or self._load(room_id)
         if room is None:
-            try:
-                room = self.store.get(room_id)
-            except NotFound:
-                return  # a message the business sent before this account was connected
+            return  # a message the business sent before this account was connected
         if room.message_for_channel_id(status.channel_message_id) is None and status.correlation_id is None:
             return
         error = dict(status.errors[0]) if status.errors else None
@@ -508,23 +546,21 @@ class BatchDecision:
         self, account: AccountInfo, channel: Channel, contact_id: str, post_id: str | None, **contact: str | None
     ) -> Room:
         room_id = room_id_for(account.org_id, account.id, contact_id, post_id)
-        room = self.rooms.get(room_id)
+        room = self.rooms.get(room_id) or self._load(room_id)
         if room is None:
-            try:
-                room = self.store.get(room_id)
-            except NotFound:
-                room = Room.open(
-                    org_id=account.org_id, channel=channel, channel_account_id=account.id,
-                    channel_account=account.external_id, contact_id=contact_id, post_id=post_id, **contact,
-                )
-            self.rooms[room_id] = room
+            room = Room.open(
+                org_id=account.org_id, channel=channel, channel_account_id=account.id,
+                channel_account=account.external_id, contact_id=contact_id, post_id=post_id, **contact,
+            )
+        self.rooms[room_id] = room
         return room
 
     def _existing_room(self, room_id: str) -> Room:
         rid = UUID(room_id)
-        room = self.rooms.get(rid)
+        room = self.rooms.get(rid) or self._load(rid)
         if room is None:
-            room = self.rooms[rid] = self.store.get(rid)
+            raise NotFound(f"aggregate {rid} not found")
+        self.rooms[rid] = room
         return room
 
 

@@ -84,7 +84,14 @@ class EventStore(Protocol):
         """The aggregate's events with a version above `version`, in order."""
 
     def cache(self, aggregates: Mapping[UUID, Any]) -> None:
-        """Keep these just-saved aggregates in the store's cache (a no-op without one)."""
+        """Keep these just-saved rooms for `rooms_for_update` (a no-op without a cache); the caller
+        must not change them afterwards."""
+
+    def rooms_for_update(self, room_ids: Iterable[UUID]) -> dict[UUID, Room]:
+        """The current state of several rooms at once, for a batch of writes; ids of rooms that do not
+        exist are left out. The caller owns the objects (it may change them; saving them hands them
+        back with `cache`). Up to date when read; a write by someone else after that makes `save`
+        raise IntegrityError."""
 
     def rooms_folded(self, seen: Sequence[tuple[str, int]]) -> dict[str, Room]:
         """Several rooms at once, for bulk work: (room id, version the caller saw) → room. Rooms

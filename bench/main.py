@@ -4,20 +4,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import logging
 import math
 import os
 import platform
-import shutil
-import signal
-import subprocess
 import sys
 import time
 import traceback
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,7 +34,7 @@ from bench.ingest import (
     summarize_visibility,
     visibility_latency,
 )
-from bench.procs import CpuMeter, Pipeline, standard_groups
+from bench.procs import CpuMeter, Pipeline, profiled, standard_groups
 from bench.projecting import worker_catch_up
 from bench.replaying import run_replay
 from bench.stats import fmt_ms, rate, summary_ms
@@ -200,10 +195,12 @@ def run_ingest_api(
         row = conn.execute("SELECT coalesce(max(notification_id), 0) FROM inbox_events").fetchone()
     nid0 = int(row[0]) if row else 0
     cpu = CpuMeter(standard_groups(infra, pipeline))
+    threads0 = _thread_cpu(pipeline.pid("api"))
     cpu.start()
     res = ingest_burst(pipeline.base_url, ingest_token, messages=sizes.messages, clients=sizes.clients,
                        contacts=sizes.contacts, tag=tag, client=client)
     usage = cpu.stop()
+    threads = _thread_cpu(pipeline.pid("api"))
     store_events, store_txs = event_store_transactions(infra, nid0)
     http = summary_ms(res.latencies)
     say(
@@ -220,12 +217,27 @@ def run_ingest_api(
         by_api = {name: usage.by_group.get(name, 0.0) for name in apis}
         api_ms = 1000 * sum(by_api.values()) / res.ok if res.ok else math.nan
         say(f"  API CPU per message: {api_ms:.3f} ms ({', '.join(f'{n} {v:.2f}s' for n, v in by_api.items())})")
+        if threads and res.ok:
+            used = sorted(((v - threads0.get(t, 0.0), t) for t, v in threads.items()), reverse=True)
+            main_tid = pipeline.pid("api")
+            say("  `api` CPU per message by thread: " + ", ".join(
+                f"{'event loop' if t == main_tid else f'thread {t}'} {1000 * v / res.ok:.3f} ms" for v, t in used[:3]))
     out[key] = {
         "api_processes": len(apis), "messages": res.messages, "accepted": res.ok, "errors": res.errors,
         "clients": res.clients, "contacts": res.contacts, "seconds": res.seconds, "msg_per_s": res.msg_per_s,
         "http_latency": http, "event_store_events": store_events, "event_store_transactions": store_txs,
         "api_cpu_ms_per_message": api_ms, "api_cpu_s": by_api, "cpu": usage.as_dict() if usage else None,
     }
+
+
+def _thread_cpu(pid: int | None) -> dict[int, float]:
+    """CPU seconds of each thread of a process (empty without psutil)."""
+    try:
+        import psutil
+
+        return {t.id: t.user_time + t.system_time for t in psutil.Process(pid).threads()}
+    except Exception:  # no psutil, process gone: no per-thread figures
+        return {}
 
 
 def start_second_api(pipeline: Pipeline) -> None:
@@ -744,27 +756,6 @@ def run_ingest_only(
         raise
     finally:
         pipeline.stop_all()
-
-
-@contextlib.contextmanager
-def profiled(pid: int | None, path: Path | None) -> Iterator[None]:
-    """py-spy record of `pid` (all threads, native off) while the block runs, written to `path`."""
-    if path is None or pid is None:
-        yield
-        return
-    exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
-    proc = subprocess.Popen([exe, "record", "--pid", str(pid), "--format", "raw", "--rate", "200",
-                             "--output", str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    time.sleep(1.0)  # let it attach
-    try:
-        yield
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        say(f"  profile of the API written to {path}")
 
 
 def run_everything(

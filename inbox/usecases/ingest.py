@@ -365,43 +365,31 @@ class BatchDecision:
 
     def __init__(self, store: EventStore, facts: Sequence[tuple[AccountInfo, RecordableFact]]) -> None:
         self.store = store
-        self.seen: dict[tuple[str, str], RecordedFact] = store.recorded_dedup_keys(
-            {(account.id, key) for account, fact in facts for key in _dedup_lookups(fact)}
+        # Everything the batch reads, at once: its dedup keys, its status keys and the rooms it may
+        # write (not a query per fact). Only an edit or removal of a recorded message needs a
+        # second read, for the room the dedup key names.
+        room_ids = _rooms_to_read(facts)
+        state = store.read_batch(
+            {(account.id, key) for account, fact in facts for key in _dedup_lookups(fact)},
+            {(account.id, fact.status_key) for account, fact in facts if isinstance(fact, DeliveryStatus)},
+            room_ids,
         )
-        self.known_statuses = store.recorded_statuses(
-            {(account.id, fact.status_key) for account, fact in facts if isinstance(fact, DeliveryStatus)}
-        )
+        self.seen: dict[tuple[str, str], RecordedFact] = state.recorded
+        self.known_statuses = state.statuses
+        self._loaded = state.rooms
+        self._prefetched = set(room_ids)
+        originals = {UUID(original.room_id) for account, fact in facts if isinstance(fact, MessageEdit | MessageRemoval)
+                     and (original := self.seen.get((account.id, fact.channel_message_id))) is not None}
+        if originals - self._prefetched:
+            self._loaded.update(store.rooms_for_update(originals - self._prefetched))
+            self._prefetched |= originals
         self.rooms: dict[UUID, Room] = {}
         self.dedup_keys: list[DedupKey] = []
         self.statuses: list[DeliveryStatusRecord] = []
-        # Every room the batch may write, read at once (not one query per fact).
-        self._prefetched = self._rooms_to_read(facts)
-        self._loaded = store.rooms_for_update(self._prefetched)
 
     def owned_rooms(self) -> dict[UUID, Room]:
         """Every room this decision read or opened (to hand back to the store's cache once saved)."""
         return {**self._loaded, **self.rooms}
-
-    def _rooms_to_read(self, facts: Sequence[tuple[AccountInfo, RecordableFact]]) -> list[UUID]:
-        ids: list[UUID] = []
-        for account, fact in facts:
-            if isinstance(fact, DeliveryStatus):
-                if ((account.id, fact.status_key) not in self.known_statuses and fact.channel_message_id
-                        and fact.recipient_id and not fact.channel.is_comment):
-                    ids.append(room_id_for(account.org_id, account.id, fact.recipient_id, None))
-                continue
-            if isinstance(fact, InboundMessage | OutboundEcho):
-                key = fact.channel_message_id if isinstance(fact, InboundMessage) else f"echo:{fact.channel_message_id}"
-                if (account.id, key) not in self.seen and fact.contact_id:
-                    ids.append(room_id_for(account.org_id, account.id, fact.contact_id,
-                                           fact.post_id if isinstance(fact, InboundMessage) else None))
-                continue
-            original = self.seen.get((account.id, fact.channel_message_id))
-            if original is not None:
-                ids.append(UUID(original.room_id))
-            elif isinstance(fact, MessageEdit) and fact.contact_id:
-                ids.append(room_id_for(account.org_id, account.id, fact.contact_id, fact.post_id))
-        return ids
 
     def _load(self, room_id: UUID) -> Room | None:
         """A room as the batch read it (None: it does not exist); one it did not read, from the store."""
@@ -631,6 +619,21 @@ def _check_post(channel: Channel, post_id: str | None, what: str) -> None:
         raise InvalidCommand(f"{channel.value} {what} need a post_id")
     if not channel.is_comment and post_id:
         raise InvalidCommand(f"{channel.value} is a direct-message channel; post_id is not allowed")
+
+
+def _rooms_to_read(facts: Sequence[tuple[AccountInfo, RecordableFact]]) -> list[UUID]:
+    """The rooms a batch's facts name by their contact (an edit or removal of a recorded message
+    names its room through the dedup key instead: read after those)."""
+    ids: list[UUID] = []
+    for account, fact in facts:
+        if isinstance(fact, DeliveryStatus):
+            if fact.channel_message_id and fact.recipient_id and not fact.channel.is_comment:
+                ids.append(room_id_for(account.org_id, account.id, fact.recipient_id, None))
+        elif isinstance(fact, InboundMessage | MessageEdit) and fact.contact_id:
+            ids.append(room_id_for(account.org_id, account.id, fact.contact_id, fact.post_id))
+        elif isinstance(fact, OutboundEcho) and fact.contact_id:
+            ids.append(room_id_for(account.org_id, account.id, fact.contact_id, None))
+    return ids
 
 
 def _dedup_lookups(fact: RecordableFact) -> list[str]:

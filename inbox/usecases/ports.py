@@ -29,6 +29,15 @@ class DedupKey:
     room_version: int
 
 
+@dataclass
+class BatchState:
+    """What deciding a batch of inbound facts reads (`EventStore.read_batch`)."""
+
+    recorded: dict[tuple[str, str], RecordedFact]  # of the dedup keys asked for, the recorded ones
+    statuses: set[tuple[str, str]]  # of the status keys asked for, the recorded ones
+    rooms: dict[UUID, Room]  # of the rooms asked for, the existing ones (as `rooms_for_update` gives them)
+
+
 @dataclass(frozen=True)
 class RecordedFact:
     """What an already recorded dedup key points at."""
@@ -86,6 +95,11 @@ class EventStore(Protocol):
     def cache(self, aggregates: Mapping[UUID, Any]) -> None:
         """Keep these just-saved rooms for `rooms_for_update` (a no-op without a cache); the caller
         must not change them afterwards."""
+
+    def read_batch(
+        self, dedup_keys: Iterable[tuple[str, str]], status_keys: Iterable[tuple[str, str]], room_ids: Iterable[UUID]
+    ) -> BatchState:
+        """`recorded_dedup_keys`, `recorded_statuses` and `rooms_for_update` at once (one round trip)."""
 
     def rooms_for_update(self, room_ids: Iterable[UUID]) -> dict[UUID, Room]:
         """The current state of several rooms at once, for a batch of writes; ids of rooms that do not

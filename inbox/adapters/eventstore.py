@@ -19,8 +19,9 @@ from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 from uuid import UUID
 
-from eventsourcing.application import AggregateNotFoundError, Application
-from eventsourcing.persistence import InterfaceError, OperationalError, StoredEvent
+from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
+from eventsourcing.domain import BaseAggregate
+from eventsourcing.persistence import InterfaceError, OperationalError, Recording, StoredEvent
 from eventsourcing.postgres import PostgresAggregateRecorder, PostgresApplicationRecorder, PostgresFactory
 from psycopg import errors as pg_errors
 from psycopg.conninfo import conninfo_to_dict
@@ -252,6 +253,22 @@ class InboxApplication(Application):
         env = eventsourcing_env(settings)
         env["CREATE_TABLE"] = "y" if create_tables else "n"
         return cls(env=env)
+
+    def save(self, *objs: Any, **kwargs: Any) -> list[Recording[UUID]]:
+        """`Application.save` minus, for aggregates, its two `isinstance` checks against typing
+        Protocols per object (tens of microseconds each: a large part of saving a batch of a few
+        hundred rooms). Anything else goes to the library's save. (eventsourcing 9.5.6, pinned.)"""
+        if not all(isinstance(obj, BaseAggregate) for obj in objs):
+            return super().save(*objs, **kwargs)
+        processing: ProcessingEvent[UUID] = ProcessingEvent()
+        for aggregate in objs:
+            processing.events.extend(aggregate.collect_events())
+            processing.aggregates[aggregate.id] = aggregate
+        processing.saved_kwargs.update(kwargs)
+        recordings = self._record(processing)
+        self._take_snapshots(processing)
+        self._notify(recordings)
+        return recordings
 
     def decode(self, stored: StoredEvent) -> Any:
         return self.mapper.to_domain_event(stored)

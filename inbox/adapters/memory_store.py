@@ -77,7 +77,8 @@ class MemoryEventStore:
         """No cache: every `get` folds the stored events."""
 
     def read_batch(
-        self, dedup_keys: Iterable[tuple[str, str]], status_keys: Iterable[tuple[str, str]], room_ids: Iterable[UUID]
+        self, dedup_keys: Iterable[tuple[str, str]], status_keys: Iterable[tuple[str, str]], room_ids: Iterable[UUID],
+        *, trust_cache: bool = False,
     ) -> BatchState:
         return BatchState(self.recorded_dedup_keys(dedup_keys), self.recorded_statuses(status_keys),
                           self.rooms_for_update(room_ids))

@@ -106,6 +106,7 @@ class InboundCommitter:
         self._queued = 0  # facts waiting in the queue (bounded by max_queue)
         self._queued_lock = threading.Lock()
         self.batches = 0
+        self._optimism = 1.0  # moving share of optimistic first attempts that were not refused
         # Health: when the last commit attempt succeeded / failed for an infrastructure reason.
         self.last_success: float | None = None
         self.last_failure: float | None = None
@@ -239,10 +240,14 @@ class InboundCommitter:
 
     def _commit(self, batch: list[_Group]) -> None:
         attempt = 0
+        # The first attempt trusts the cached rooms (see BatchDecision) while that mostly works:
+        # with another process writing the same rooms, a refused attempt costs a write; then only
+        # every 16th batch tries again.
+        optimistic = self._optimism > 0.5 or self.batches % 16 == 0
         while batch and attempt < self._max_attempts:
             attempt += 1
             try:
-                results = self._record(batch)
+                results = self._record(batch, optimistic=optimistic)
             except _Abandoned as abandoned:
                 batch = abandoned.claimed  # waiters gave up before the write: drop them, re-decide
                 attempt -= 1
@@ -253,6 +258,14 @@ class InboundCommitter:
                 attempt -= 1  # a refused group is not a lost race
                 continue
             except IntegrityError as e:
+                if optimistic:
+                    # A cached room was written elsewhere meanwhile, or a message was a redelivery:
+                    # decide again on state read from the store (not a lost race).
+                    log.debug("inbound batch of %s: optimistic attempt refused: %s", len(batch), e)
+                    self._optimism *= 0.9
+                    optimistic = False
+                    attempt -= 1
+                    continue
                 log.info("inbound batch of %s lost a race (attempt %s): %s", len(batch), attempt, e)
                 continue
             except (DeadlinePassed, OperationalError, InterfaceError) as e:
@@ -274,14 +287,16 @@ class InboundCommitter:
                 return
             self.last_success = time.monotonic()
             self.batches += 1
+            if optimistic:
+                self._optimism = 0.9 * self._optimism + 0.1
             for pending, result in zip(batch, results, strict=True):
                 _settle(pending.future, result=result)
             return
         for pending in batch:
             _settle(pending.future, error=Conflict("could not record the message after repeated conflicts"))
 
-    def _record(self, batch: Sequence[_Group]) -> list[list[FactResult]]:
-        decision = BatchDecision(self._store, [fact for group in batch for fact in group.items])
+    def _record(self, batch: Sequence[_Group], *, optimistic: bool = False) -> list[list[FactResult]]:
+        decision = BatchDecision(self._store, [fact for group in batch for fact in group.items], optimistic=optimistic)
         out: list[list[FactResult]] = []
         for pending in batch:
             try:
@@ -388,16 +403,27 @@ class BatchDecision:
     message id for a message, prefixed keys for an echo, an edit or a removal.
     """
 
-    def __init__(self, store: EventStore, facts: Sequence[tuple[AccountInfo, RecordableFact]]) -> None:
+    def __init__(
+        self, store: EventStore, facts: Sequence[tuple[AccountInfo, RecordableFact]], *, optimistic: bool = False
+    ) -> None:
         self.store = store
         # Everything the batch reads, at once: its dedup keys, its status keys and the rooms it may
         # write (not a query per fact). Only an edit or removal of a recorded message needs a
         # second read, for the room the dedup key names.
+        #
+        # `optimistic`, for a batch of inbound messages only: no dedup keys are read and the rooms
+        # this process wrote last are taken from its cache as they are (only the others are read),
+        # so a batch of known rooms is written without a read. The store's keys catch what that
+        # misses: a redelivered message violates its dedup key, a room written elsewhere meanwhile
+        # the events' version key; the save then fails with IntegrityError and the caller decides
+        # again, not optimistically. (Statuses, echoes, edits and removals are decided on what is
+        # recorded, so their batches are always read.)
         room_ids = _rooms_to_read(facts)
+        self.optimistic = optimistic and all(isinstance(fact, InboundMessage) for _, fact in facts)
         state = store.read_batch(
-            {(account.id, key) for account, fact in facts for key in _dedup_lookups(fact)},
+            () if self.optimistic else {(account.id, key) for account, fact in facts for key in _dedup_lookups(fact)},
             {(account.id, fact.status_key) for account, fact in facts if isinstance(fact, DeliveryStatus)},
-            room_ids,
+            room_ids, trust_cache=self.optimistic,
         )
         self.seen: dict[tuple[str, str], RecordedFact] = state.recorded
         self.known_statuses = state.statuses

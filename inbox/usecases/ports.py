@@ -97,9 +97,13 @@ class EventStore(Protocol):
         must not change them afterwards."""
 
     def read_batch(
-        self, dedup_keys: Iterable[tuple[str, str]], status_keys: Iterable[tuple[str, str]], room_ids: Iterable[UUID]
+        self, dedup_keys: Iterable[tuple[str, str]], status_keys: Iterable[tuple[str, str]], room_ids: Iterable[UUID],
+        *, trust_cache: bool = False,
     ) -> BatchState:
-        """`recorded_dedup_keys`, `recorded_statuses` and `rooms_for_update` at once (one round trip)."""
+        """`recorded_dedup_keys`, `recorded_statuses` and `rooms_for_update` at once (one round trip).
+
+        `trust_cache`: cached rooms are given as they are, not checked against the store (a room
+        written elsewhere since then makes `save` raise IntegrityError)."""
 
     def rooms_for_update(self, room_ids: Iterable[UUID]) -> dict[UUID, Room]:
         """The current state of several rooms at once, for a batch of writes; ids of rooms that do not

@@ -742,7 +742,7 @@ def check_may_resolve_expired(actor: Actor) -> None:
         raise NotAllowed("only supervisors and admins resolve expired rooms")
 
 
-@functools.lru_cache(maxsize=65536)  # a uuid5 (SHA-1) per inbound fact otherwise
+@functools.lru_cache(maxsize=16384)  # a uuid5 (SHA-1) per inbound fact otherwise
 def room_id_for(org_id: str, channel_account_id: str, contact_id: str, post_id: str | None = None) -> UUID:
     return uuid5(ROOM_NAMESPACE, "|".join((org_id, channel_account_id, contact_id, post_id or "")))
 

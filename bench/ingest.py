@@ -246,14 +246,55 @@ async def _burst_raw(
         await asyncio.gather(*(c.close() for c in conns))
 
 
+def post_bodies(
+    base_url: str, path: str, bodies: list[bytes], *, clients: int, headers: dict[str, str] | None = None,
+) -> tuple[dict[int | str, int], float, list[float]]:
+    """POST every body once over `clients` keep-alive connections: (count per status, seconds, latencies)."""
+    url = httpx.URL(base_url)
+    fixed = {"Content-Type": "application/json", **(headers or {})}
+    statuses: dict[int | str, int] = {}
+    latencies: list[float] = []
+
+    async def run() -> float:
+        conns = [RawHTTPConnection(url.host, url.port or 80, fixed) for _ in range(clients)]
+        try:
+            await asyncio.gather(*(c.request("GET", "/healthz") for c in conns))
+            next_index = iter(range(len(bodies)))
+
+            async def worker(conn: RawHTTPConnection) -> None:
+                for i in next_index:
+                    t0 = time.perf_counter()
+                    try:
+                        code: int | str = (await conn.request("POST", path, bodies[i]))[0]
+                    except (OSError, asyncio.IncompleteReadError, ValueError) as e:
+                        code = type(e).__name__
+                        await conn.close()
+                    latencies.append(time.perf_counter() - t0)
+                    statuses[code] = statuses.get(code, 0) + 1
+
+            t0 = time.perf_counter()
+            await asyncio.gather(*(worker(c) for c in conns))
+            return time.perf_counter() - t0
+        finally:
+            await asyncio.gather(*(c.close() for c in conns))
+
+    seconds = asyncio.run(run())
+    return statuses, seconds, latencies
+
+
+def message_bodies(messages: int, contacts: int, tag: str) -> list[bytes]:
+    """The burst's bodies: `messages` messages round-robin over `contacts` contacts, unique ids."""
+    return [
+        message_body(f"62812{i % contacts:07d}", f"wamid.{tag}.{i}", f"Hello, I have a question about my order #{i}")
+        for i in range(messages)
+    ]
+
+
 def ingest_burst(
     base_url: str, token: str, *, messages: int, clients: int, contacts: int, tag: str, client: str = "raw"
 ) -> IngestResult:
     """POST `messages` inbound messages round-robin over `contacts` contacts with `clients` concurrent clients."""
-    bodies = [
-        message_body(f"62812{i % contacts:07d}", f"wamid.{tag}.{i}", f"Hello, I have a question about my order #{i}")
-        for i in range(messages)
-    ]
+    bodies = message_bodies(messages, contacts, tag)
     result = IngestResult(messages=messages, clients=clients, contacts=contacts)
     burst = _burst_raw if client == "raw" else _burst
     asyncio.run(burst(base_url, token, bodies, clients, result))

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.baselines import insert_baseline, kafka_baseline, kafka_latency
+from bench.baselines import insert_baseline, kafka_baseline, kafka_latency, trivial_http_baseline
 from bench.commands import command_bench
 from bench.expiry import resolve_expired_under_load, write_expired_rooms
 from bench.freshness import freshness
@@ -27,13 +27,14 @@ from bench.ingest import (
     ProgressMonitor,
     event_store_transactions,
     ingest_burst,
+    message_bodies,
     projected_total,
     register_account,
     room_event_total,
     summarize_visibility,
     visibility_latency,
 )
-from bench.procs import CpuMeter, Pipeline, standard_groups
+from bench.procs import CpuMeter, Pipeline, profiled, standard_groups
 from bench.projecting import worker_catch_up
 from bench.replaying import run_replay
 from bench.stats import fmt_ms, rate, summary_ms
@@ -98,6 +99,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--streams", type=int, help="(f) open streams (default 200; quick 50)")
     p.add_argument("--stream-rate", type=float, help="(f) inbound messages per second (default 500; quick 100)")
     p.add_argument("--stream-seconds", type=float, help="(f) seconds of steady inbound load (default 20; quick 5)")
+    p.add_argument("--only", choices=("ingest",),
+                   help="ingest: only the trivial-endpoint baseline and (a) through `inbox api` (no relay,"
+                        " worker or other phases): API CPU per message and msg/s vs the baseline")
+    p.add_argument("--api-processes", type=int, choices=(1, 2), default=1,
+                   help="2: after (a), start a second `inbox api` on the same port (SO_REUSEPORT) and run"
+                        " the burst again over new connections; both figures are printed")
+    p.add_argument("--profile", type=Path,
+                   help="with --only ingest: record the API process with py-spy during the single-process burst"
+                        " (raw collapsed stacks to this path; py-spy must be on PATH or next to python)")
     p.add_argument("--quick", action="store_true", help="small sizes for a smoke run (< 60 s)")
     p.add_argument("--json", type=Path, help="also write every figure as JSON to this path")
     p.add_argument("--keep-logs", action="store_true", help="keep the work directory (process logs) at the end")
@@ -153,6 +163,101 @@ def run_baselines(infra: Infra, sizes: Sizes, out: dict[str, Any]) -> None:
         "pg_insert_1conn": one.as_dict(), "pg_insert_concurrent": many.as_dict(), "pg_insert_temp_1conn": temp.as_dict(),
         "kafka": kafka.as_dict(), "kafka_produce_to_consume": latency,
     }
+
+
+def run_http_baseline(sizes: Sizes, tag: str, out: dict[str, Any]) -> None:
+    say(
+        f"== baseline: a trivial FastAPI endpoint parsing the same JSON bodies ({sizes.messages:,} POSTs,"
+        f" {sizes.clients} keep-alive connections, same uvicorn settings) =="
+    )
+    b = trivial_http_baseline(
+        "/v1/inbound-messages", message_bodies(sizes.messages, sizes.contacts, f"{tag}t"), clients=sizes.clients,
+    )
+    per = b.cpu_ms_per_request
+    say(
+        f"  {b.requests:,} POSTs in {b.seconds:.2f}s = {b.req_per_s:,.0f} req/s; {fmt_ms(b.latency)};"
+        f" server CPU {'n/a' if per is None else f'{per:.3f} ms'} per request"
+    )
+    out.setdefault("baselines", {})["trivial_http"] = b.as_dict()
+
+
+def run_ingest_api(
+    infra: Infra, pipeline: Pipeline, sizes: Sizes, ingest_token: str, tag: str, client: str, key: str,
+    out: dict[str, Any],
+) -> None:
+    """A burst through the running `inbox api` process(es): msg/s and API CPU per message (no projection wait)."""
+    apis = [name for name in pipeline.processes.running if name.startswith("api")]
+    say(
+        f"== ({key}) ingest through {len(apis)} `inbox api` process(es): {sizes.messages:,} messages over"
+        f" {sizes.contacts:,} contacts, {sizes.clients} keep-alive connections =="
+    )
+    with infra.connect() as conn:
+        row = conn.execute("SELECT coalesce(max(notification_id), 0) FROM inbox_events").fetchone()
+    nid0 = int(row[0]) if row else 0
+    cpu = CpuMeter(standard_groups(infra, pipeline))
+    threads0 = _thread_cpu(pipeline.pid("api"))
+    cpu.start()
+    res = ingest_burst(pipeline.base_url, ingest_token, messages=sizes.messages, clients=sizes.clients,
+                       contacts=sizes.contacts, tag=tag, client=client)
+    usage = cpu.stop()
+    threads = _thread_cpu(pipeline.pid("api"))
+    store_events, store_txs = event_store_transactions(infra, nid0)
+    http = summary_ms(res.latencies)
+    say(
+        f"  accepted {res.ok:,} of {res.messages:,} in {res.seconds:.2f}s = {res.msg_per_s:,.0f} msg/s"
+        + (f"; errors {res.errors}" if res.errors else "")
+    )
+    say(f"  HTTP latency: {fmt_ms(http)}")
+    say(f"  event store: {store_events:,} events in {store_txs:,} transactions")
+    api_ms = math.nan
+    by_api: dict[str, float] = {}
+    if usage:
+        say(f"  CPU: {usage.describe()}")
+        warn_if_disturbed(usage, f"({key}) ingest")
+        by_api = {name: usage.by_group.get(name, 0.0) for name in apis}
+        api_ms = 1000 * sum(by_api.values()) / res.ok if res.ok else math.nan
+        say(f"  API CPU per message: {api_ms:.3f} ms ({', '.join(f'{n} {v:.2f}s' for n, v in by_api.items())})")
+        if threads and res.ok:
+            used = sorted(((v - threads0.get(t, 0.0), t) for t, v in threads.items()), reverse=True)
+            main_tid = pipeline.pid("api")
+            say("  `api` CPU per message by thread: " + ", ".join(
+                f"{'event loop' if t == main_tid else f'thread {t}'} {1000 * v / res.ok:.3f} ms" for v, t in used[:3]))
+    out[key] = {
+        "api_processes": len(apis), "messages": res.messages, "accepted": res.ok, "errors": res.errors,
+        "clients": res.clients, "contacts": res.contacts, "seconds": res.seconds, "msg_per_s": res.msg_per_s,
+        "http_latency": http, "event_store_events": store_events, "event_store_transactions": store_txs,
+        "api_cpu_ms_per_message": api_ms, "api_cpu_s": by_api, "cpu": usage.as_dict() if usage else None,
+    }
+
+
+def _thread_cpu(pid: int | None) -> dict[int, float]:
+    """CPU seconds of each thread of a process (empty without psutil)."""
+    try:
+        import psutil
+
+        return {t.id: t.user_time + t.system_time for t in psutil.Process(pid).threads()}
+    except Exception:  # no psutil, process gone: no per-thread figures
+        return {}
+
+
+def start_second_api(pipeline: Pipeline) -> None:
+    say("== starting a second `inbox api` on the same port (SO_REUSEPORT) ==")
+    pipeline.start("api", name="api2")
+    pid = pipeline.pid("api2")
+    # /healthz may be answered by either process: wait until the second one listens.
+    pipeline.wait_until(lambda: _listening(pid), timeout=60, what="the second API to listen", interval=0.2)
+
+
+def _listening(pid: int | None) -> bool:
+    try:
+        import psutil
+    except ImportError:
+        time.sleep(5)
+        return True
+    try:
+        return any(c.status == psutil.CONN_LISTEN for c in psutil.Process(pid).net_connections(kind="tcp"))
+    except psutil.Error:
+        return False
 
 
 def start_pipeline(infra: Infra, pipeline: Pipeline, out: dict[str, Any]) -> None:
@@ -434,12 +539,21 @@ def summary_rows(out: dict[str, Any], sizes: Sizes) -> list[tuple[str, str, str]
         rows.append((label, text, unit))
 
     b = out.get("baselines", {})
-    if b:
+    if b and "pg_insert_1conn" in b:
         add("baseline: PG single-row INSERT+COMMIT, 1 conn", b["pg_insert_1conn"]["tx_per_s"], "tx/s")
         add(f"baseline: PG single-row INSERT+COMMIT, {sizes.clients} conns", b["pg_insert_concurrent"]["tx_per_s"], "tx/s")
         add("baseline: Kafka raw produce (acks=all)", b["kafka"]["produce_msg_per_s"], "msg/s")
         add("baseline: Kafka raw consume (aiokafka)", b["kafka"]["consume_msg_per_s"], "msg/s")
         add("baseline: Kafka produce → consume latency p50", b["kafka_produce_to_consume"]["p50_ms"], "ms", ".1f")
+    t = b.get("trivial_http") if b else None
+    if t:
+        add("baseline: trivial FastAPI endpoint, same bodies", t["req_per_s"], "req/s")
+        add("baseline: trivial FastAPI endpoint CPU per request", t["server_cpu_ms_per_request"], "ms", ".3f")
+    for key in ("ingest_api", "ingest_api2"):
+        i = out.get(key)
+        if i:
+            add(f"({key}) ingest, {i['api_processes']} API process(es)", i["msg_per_s"], "msg/s")
+            add(f"({key}) API CPU per message (target ≤ 0.6)", i["api_cpu_ms_per_message"], "ms", ".3f")
     a = out.get("ingest")
     if a:
         add("(a) ingest through HTTP", a["msg_per_s"], "msg/s")
@@ -504,6 +618,10 @@ def summary_rows(out: dict[str, Any], sizes: Sizes) -> list[tuple[str, str, str]
 
 
 RATIO_LABELS = {
+    "ingest_vs_trivial_http": ("ratio: (a) ingest msg/s ÷ trivial FastAPI req/s (target ≥ 0.35)", None),
+    "ingest_api_vs_trivial_http": ("ratio: (ingest_api) msg/s ÷ trivial FastAPI req/s (target ≥ 0.35)", None),
+    "ingest_api2_vs_trivial_http": ("ratio: (ingest_api2) 2 APIs msg/s ÷ trivial FastAPI req/s", None),
+    "ingest_api2_vs_ingest_api": ("ratio: 2 API processes ÷ 1 API process, msg/s", None),
     "ingest_vs_insert_1conn": ("ratio: ingest msg/s ÷ PG insert tx/s (1 conn)", None),
     "ingest_vs_insert_concurrent": ("ratio: ingest msg/s ÷ PG insert tx/s (C conns)", None),
     "projection_vs_consume": ("ratio: projection events/s ÷ raw consume msg/s", None),
@@ -515,11 +633,21 @@ RATIO_LABELS = {
 def compute_ratios(out: dict[str, Any]) -> None:
     b, a, r = out.get("baselines"), out.get("ingest"), out.get("replay")
     ratios: dict[str, float] = {}
-    if b and a:
+    t = (b or {}).get("trivial_http")
+    if t and a:
+        ratios["ingest_vs_trivial_http"] = ratio(a["msg_per_s"], t["req_per_s"])
+    for key in ("ingest_api", "ingest_api2"):
+        if t and out.get(key):
+            ratios[f"{key}_vs_trivial_http"] = ratio(out[key]["msg_per_s"], t["req_per_s"])
+    single = out.get("ingest_api") or a
+    if single and out.get("ingest_api2"):
+        ratios["ingest_api2_vs_ingest_api"] = ratio(out["ingest_api2"]["msg_per_s"], single["msg_per_s"])
+    if b and a and "pg_insert_1conn" in b:
         ratios["ingest_vs_insert_1conn"] = ratio(a["msg_per_s"], b["pg_insert_1conn"]["tx_per_s"])
         ratios["ingest_vs_insert_concurrent"] = ratio(a["msg_per_s"], b["pg_insert_concurrent"]["tx_per_s"])
         ratios["projection_vs_consume"] = ratio(a["projection_events_per_s"], b["kafka"]["consume_msg_per_s"])
     w = out.get("worker_catch_up")
+    b = b if b and "kafka" in b else None
     if b and w:
         ratios["worker_catch_up_vs_consume"] = ratio(w["events_per_s"], b["kafka"]["consume_msg_per_s"])
     if b and r:
@@ -529,6 +657,8 @@ def compute_ratios(out: dict[str, Any]) -> None:
 
 def print_summary(out: dict[str, Any], sizes: Sizes) -> None:
     rows = summary_rows(out, sizes)
+    if not rows:
+        return
     width = max(len(r[0]) for r in rows)
     vwidth = max(len(r[1]) for r in rows)
     say()
@@ -583,36 +713,10 @@ def main(argv: list[str] | None = None) -> int:
         admin_token = mint_token(settings.jwt_secret, org=ORG, user="bench-admin", role="admin")
         ingest_token = mint_token(settings.jwt_secret, org=ORG, user="bench-integration", role="integration")
         try:
-            if not args.freshness_only:
-                run_baselines(infra, sizes, out)
-            pipeline = Pipeline(infra)
-            try:
-                start_pipeline(infra, pipeline, out)
-                register_account(pipeline.base_url, admin_token)
-                # Warm-up through the whole pipeline: proves the consumer group has its partitions.
-                t0 = time.perf_counter()
-                ingest_burst(pipeline.base_url, ingest_token, messages=sizes.warmup, clients=sizes.clients,
-                             contacts=sizes.warmup // 2, tag=f"{tag}w", client=args.client)
-                wait_projected(infra, pipeline, timeout=180, what="warm-up messages to be projected")
-                say(f"  warm-up: {sizes.warmup} messages through the whole pipeline in {time.perf_counter() - t0:.1f}s")
-                if not args.freshness_only:
-                    run_ingest(infra, pipeline, sizes, ingest_token, tag, args.client, out)
-                    run_visibility(infra, pipeline, sizes, ingest_token, admin_token, tag, args.counter_read, out)
-                    run_replay_phase(infra, pipeline, out)
-                    run_expiry_phase(infra, pipeline, sizes, ingest_token, out)
-                if args.freshness or args.freshness_only:
-                    run_freshness_phase(infra, pipeline, args, ingest_token, tag, out)
-            except BaseException:
-                for role in list(pipeline.processes.running):
-                    sys.stderr.write(f"---- last lines of `inbox {role}` ----\n{pipeline.log_tail(role)}\n")
-                raise
-            finally:
-                t0 = time.perf_counter()
-                pipeline.stop_all()
-                say(f"  (pipeline processes stopped in {time.perf_counter() - t0:.1f}s)")
-            if not args.freshness_only:
-                run_worker_phase(infra, out)
-                run_command_phase(infra, sizes, out)
+            if args.only == "ingest":
+                run_ingest_only(infra, sizes, args, ingest_token, admin_token, tag, out)
+            else:
+                run_everything(infra, sizes, args, ingest_token, admin_token, tag, out)
         except Exception:
             failed = True
             traceback.print_exc()
@@ -626,3 +730,69 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps(_clean_nans(out), indent=2, default=_json_default))
         say(f"figures written to {args.json}")
     return 1 if failed else 0
+
+
+def run_ingest_only(
+    infra: Infra, sizes: Sizes, args: argparse.Namespace, ingest_token: str, admin_token: str, tag: str,
+    out: dict[str, Any],
+) -> None:
+    """`--only ingest`: the trivial-endpoint baseline, then bursts through `inbox api` alone (1, then 2 processes)."""
+    run_http_baseline(sizes, tag, out)
+    pipeline = Pipeline(infra)
+    try:
+        pipeline.start("api")
+        pipeline.wait_until(pipeline.api_up, timeout=60, what="API /healthz", interval=0.2)
+        register_account(pipeline.base_url, admin_token)
+        ingest_burst(pipeline.base_url, ingest_token, messages=sizes.warmup * 5, clients=sizes.clients,
+                     contacts=sizes.contacts, tag=f"{tag}w", client=args.client)
+        with profiled(pipeline.pid("api"), args.profile):
+            run_ingest_api(infra, pipeline, sizes, ingest_token, tag, args.client, "ingest_api", out)
+        if args.api_processes == 2:
+            start_second_api(pipeline)
+            run_ingest_api(infra, pipeline, sizes, ingest_token, f"{tag}b", args.client, "ingest_api2", out)
+    except BaseException:
+        for role in list(pipeline.processes.running):
+            sys.stderr.write(f"---- last lines of `inbox {role}` ----\n{pipeline.log_tail(role)}\n")
+        raise
+    finally:
+        pipeline.stop_all()
+
+
+def run_everything(
+    infra: Infra, sizes: Sizes, args: argparse.Namespace, ingest_token: str, admin_token: str, tag: str,
+    out: dict[str, Any],
+) -> None:
+    if not args.freshness_only:
+        run_baselines(infra, sizes, out)
+        run_http_baseline(sizes, tag, out)
+    pipeline = Pipeline(infra)
+    try:
+        start_pipeline(infra, pipeline, out)
+        register_account(pipeline.base_url, admin_token)
+        # Warm-up through the whole pipeline: proves the consumer group has its partitions.
+        t0 = time.perf_counter()
+        ingest_burst(pipeline.base_url, ingest_token, messages=sizes.warmup, clients=sizes.clients,
+                     contacts=sizes.warmup // 2, tag=f"{tag}w", client=args.client)
+        wait_projected(infra, pipeline, timeout=180, what="warm-up messages to be projected")
+        say(f"  warm-up: {sizes.warmup} messages through the whole pipeline in {time.perf_counter() - t0:.1f}s")
+        if not args.freshness_only:
+            run_ingest(infra, pipeline, sizes, ingest_token, tag, args.client, out)
+            if args.api_processes == 2:
+                start_second_api(pipeline)
+                run_ingest_api(infra, pipeline, sizes, ingest_token, f"{tag}b", args.client, "ingest_api2", out)
+            run_visibility(infra, pipeline, sizes, ingest_token, admin_token, tag, args.counter_read, out)
+            run_replay_phase(infra, pipeline, out)
+            run_expiry_phase(infra, pipeline, sizes, ingest_token, out)
+        if args.freshness or args.freshness_only:
+            run_freshness_phase(infra, pipeline, args, ingest_token, tag, out)
+    except BaseException:
+        for role in list(pipeline.processes.running):
+            sys.stderr.write(f"---- last lines of `inbox {role}` ----\n{pipeline.log_tail(role)}\n")
+        raise
+    finally:
+        t0 = time.perf_counter()
+        pipeline.stop_all()
+        say(f"  (pipeline processes stopped in {time.perf_counter() - t0:.1f}s)")
+    if not args.freshness_only:
+        run_worker_phase(infra, out)
+        run_command_phase(infra, sizes, out)

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import signal
+import subprocess
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,8 +38,8 @@ class Pipeline:
         self.processes = Processes(child_env(self.settings), log_dir=self.log_dir)
         self.base_url = f"http://{self.settings.http_host}:{self.settings.http_port}"
 
-    def start(self, role: str) -> None:
-        self.processes.start(role)
+    def start(self, role: str, name: str | None = None) -> None:
+        self.processes.start(name or role, role)
 
     def check_alive(self) -> None:
         dead = self.processes.first_dead()
@@ -178,10 +184,31 @@ def standard_groups(infra: Infra, pipeline: Pipeline | None) -> Callable[[], dic
         if infra.broker_pid:
             g["broker"] = [infra.broker_pid]
         if pipeline is not None:
-            for role in ("api", "relay", "worker"):
-                pid = pipeline.pid(role)
+            for name in list(pipeline.processes.running):  # api, relay, worker; api2 with a second API
+                pid = pipeline.pid(name)
                 if pid:
-                    g[role] = [pid]
+                    g[name] = [pid]
         return g
 
     return groups
+
+
+@contextlib.contextmanager
+def profiled(pid: int | None, path: Path | None) -> Iterator[None]:
+    """py-spy record of `pid` while the block runs (threads holding the GIL only: Python CPU), written to `path`."""
+    if path is None or pid is None:
+        yield
+        return
+    exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    proc = subprocess.Popen([exe, "record", "--pid", str(pid), "--format", "raw", "--rate", "200", "--gil",
+                             "--output", str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    time.sleep(1.0)  # let it attach
+    try:
+        yield
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        print(f"  profile of the API written to {path}", flush=True)

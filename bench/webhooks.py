@@ -18,18 +18,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import math
 import random
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
 
+from bench.baselines import trivial_http_baseline
 from bench.ingest import RawHTTPConnection
 from bench.infra import infrastructure
-from bench.procs import CpuMeter, Pipeline, standard_groups
+from bench.main import start_second_api
+from bench.procs import CpuMeter, Pipeline, profiled, standard_groups
 from bench.stats import fmt_ms, rate, summary_ms
 from channels.meta.signature import signature as sign
 from inbox.adapters.auth import mint_token
@@ -121,6 +126,15 @@ class PhaseResult:
     latencies: list[float]
     errors: dict[int, int]
 
+    @property
+    def msg_per_s(self) -> float:
+        return rate(self.facts, self.seconds)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"requests": self.requests, "facts": self.facts, "seconds": self.seconds,
+                "req_per_s": rate(self.requests, self.seconds), "msg_per_s": self.msg_per_s,
+                "latency": summary_ms(self.latencies), "errors": self.errors}
+
     def describe(self) -> str:
         s = summary_ms(self.latencies)
         return (
@@ -185,11 +199,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.webhooks", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--requests", type=int, default=4000, help="POSTs in the single-message phase (default 4000)")
-    p.add_argument("--batched", type=int, default=400, help="POSTs in the batched phase (default 400)")
-    p.add_argument("--entries", type=int, default=10, help="entries per batched POST (default 10)")
+    p.add_argument("--batched", type=int, default=200, help="POSTs in the batched phase (default 200)")
+    p.add_argument("--entries", type=int, default=100, help="entries (messages) per batched POST (default 100)")
     p.add_argument("--clients", type=int, default=32, help="concurrent HTTP clients (default 32)")
     p.add_argument("--contacts", type=int, default=500, help="distinct contacts, i.e. rooms per channel (default 500)")
     p.add_argument("--warmup", type=int, default=200, help="POSTs before measuring (default 200)")
+    p.add_argument("--api-processes", type=int, choices=(1, 2), default=1,
+                   help="2: then start a second `inbox api` on the same port (SO_REUSEPORT) and run the batched"
+                        " phase again with new messages")
+    p.add_argument("--profile", type=Path, help="py-spy record of the API during the batched phase (raw format)")
+    p.add_argument("--json", type=Path, help="also write the figures as JSON to this path")
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     return p.parse_args(argv)
 
@@ -213,20 +232,51 @@ def main(argv: list[str] | None = None) -> int:
             warm = [payloads.body(1) for _ in range(args.warmup)]
             single = [payloads.body(1) for _ in range(args.requests)]
             batched = [payloads.body(args.entries) for _ in range(args.batched)]
+            again = [payloads.body(args.entries) for _ in range(args.batched)] if args.api_processes == 2 else []
+            out: dict[str, Any] = {"clients": args.clients, "contacts": args.contacts, "entries": args.entries}
+            for name, bodies in (("single", single), ("batched", batched)):
+                b = trivial_http_baseline("/webhooks/meta", [body for body, _ in bodies], clients=args.clients)
+                facts = sum(c for _, c in bodies)
+                out[f"trivial_{name}"] = {**b.as_dict(), "msg_per_s": rate(facts, b.seconds)}
+                print(f"baseline: trivial FastAPI endpoint parsing the {name} bodies: {b.req_per_s:,.0f} req/s,"
+                      f" {rate(facts, b.seconds):,.0f} msg/s; {fmt_ms(b.latency)}", flush=True)
             results = []
             asyncio.run(run_phase("warmup", pipeline.base_url, secret, warm, args.clients))
-            for name, bodies in (("single", single), ("batched", batched), ("redelivery", single)):
+            phases = [("single", single), ("batched", batched), ("redelivery", single)]
+            if again:
+                phases.append(("batched2", again))
+            for name, bodies in phases:
+                if name == "batched2":
+                    start_second_api(pipeline)
                 meter = CpuMeter(standard_groups(infra, pipeline))
                 meter.start()
-                result = asyncio.run(run_phase(name, pipeline.base_url, secret, bodies, args.clients))
+                with profiled(pipeline.pid("api") if name == "batched" else None, args.profile):
+                    result = asyncio.run(run_phase(name, pipeline.base_url, secret, bodies, args.clients))
                 cpu = meter.stop()
                 results.append(result)
-                print(result.describe(), flush=True)
+                print(result.describe() + (" (2 API processes)" if name == "batched2" else ""), flush=True)
+                out[name] = result.as_dict()
                 if cpu is not None:
                     print(f"{'':>12}cpu: {cpu.describe()}", flush=True)
+                    api_s = sum(v for k, v in cpu.by_group.items() if k.startswith("api"))
+                    per = 1000 * api_s / result.facts if result.facts else math.nan
+                    print(f"{'':>12}API CPU per fact: {per:.3f} ms", flush=True)
+                    out[name]["cpu"] = cpu.as_dict()
+                    out[name]["api_cpu_ms_per_fact"] = per
+            ratios = {
+                "single_vs_trivial": rate(out["single"]["msg_per_s"], out["trivial_single"]["msg_per_s"]),
+                "batched_vs_trivial": rate(out["batched"]["msg_per_s"], out["trivial_batched"]["msg_per_s"]),
+                "batched_vs_target_10000": out["batched"]["msg_per_s"] / 10_000,
+            }
+            if "batched2" in out:
+                ratios["batched2_vs_batched"] = rate(out["batched2"]["msg_per_s"], out["batched"]["msg_per_s"])
+                ratios["batched2_vs_trivial"] = rate(out["batched2"]["msg_per_s"], out["trivial_batched"]["msg_per_s"])
+            out["ratios"] = ratios
+            print("ratios: " + ", ".join(f"{k} {v:.3f}" for k, v in ratios.items()), flush=True)
+            expected_extra = sum(c for _, c in again)
             pipeline.check_alive()
 
-            expected = sum(c for _, c in warm + single + batched)
+            expected = sum(c for _, c in warm + single + batched) + expected_extra
             with infra.connect() as conn:
                 row = conn.execute(
                     "SELECT (SELECT count(*) FROM inbound_dedup) + (SELECT count(*) FROM delivery_statuses)"
@@ -234,6 +284,10 @@ def main(argv: list[str] | None = None) -> int:
             recorded = int(row[0]) if row else -1
             ok = recorded == expected and not any(r.errors for r in results)
             print(f"recorded facts: {recorded} (expected {expected}, each exactly once): {'OK' if ok else 'MISMATCH'}")
+            out["recorded_exactly_once"] = ok
+            if args.json:
+                args.json.write_text(json.dumps(out, indent=2, default=str))
+                print(f"figures written to {args.json}")
             return 0 if ok else 1
         finally:
             pipeline.stop_all()

@@ -9,6 +9,7 @@ those stored events without it (`seal_plaintext_app_secrets`).
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 from uuid import NAMESPACE_URL, UUID, uuid5
 
@@ -55,5 +56,6 @@ class ChannelAccount(Aggregate):
         return cls(org_id=org_id, channel=channel.value, external_id=external_id.strip(), name=name.strip())
 
 
+@functools.lru_cache(maxsize=4096)  # a uuid5 (SHA-1) per inbound request otherwise
 def channel_account_id_for(channel: str, external_id: str) -> UUID:
     return uuid5(ACCOUNT_NAMESPACE, f"{channel}:{external_id.strip()}")

@@ -6,6 +6,7 @@ Public methods are commands: they check the rules of SPEC §2 and then trigger p
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -741,6 +742,7 @@ def check_may_resolve_expired(actor: Actor) -> None:
         raise NotAllowed("only supervisors and admins resolve expired rooms")
 
 
+@functools.lru_cache(maxsize=16384)  # a uuid5 (SHA-1) per inbound fact otherwise
 def room_id_for(org_id: str, channel_account_id: str, contact_id: str, post_id: str | None = None) -> UUID:
     return uuid5(ROOM_NAMESPACE, "|".join((org_id, channel_account_id, contact_id, post_id or "")))
 

@@ -42,6 +42,9 @@ class Settings:
     topic_partitions: int = 4
     http_host: str = "127.0.0.1"
     http_port: int = 8000
+    # Bind the API's port with SO_REUSEPORT: several `inbox api` processes on one port share its
+    # connections (the kernel spreads new connections over them; Linux).
+    http_reuse_port: bool = False
     jwt_secret: str | None = None
     meta_app_secret: str | None = None
     meta_verify_token: str | None = None
@@ -113,6 +116,7 @@ class Settings:
             topic_partitions=get_int("INBOX_TOPIC_PARTITIONS", 4),
             http_host=get("INBOX_HTTP_HOST") or "127.0.0.1",
             http_port=get_int("INBOX_HTTP_PORT", 8000),
+            http_reuse_port=(get("INBOX_HTTP_REUSE_PORT") or "0").lower() in ("1", "true", "yes", "y"),
             jwt_secret=get("INBOX_JWT_SECRET"),
             meta_app_secret=get("INBOX_META_APP_SECRET"),
             meta_verify_token=get("INBOX_META_VERIFY_TOKEN"),
@@ -146,6 +150,7 @@ class Settings:
             "INBOX_TOPIC_PARTITIONS": str(self.topic_partitions),
             "INBOX_HTTP_HOST": self.http_host,
             "INBOX_HTTP_PORT": str(self.http_port),
+            "INBOX_HTTP_REUSE_PORT": "1" if self.http_reuse_port else "0",
             "INBOX_JWT_SECRET": self.jwt_secret,
             "INBOX_META_APP_SECRET": self.meta_app_secret,
             "INBOX_META_VERIFY_TOKEN": self.meta_verify_token,

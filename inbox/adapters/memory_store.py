@@ -18,7 +18,7 @@ from eventsourcing.persistence import IntegrityError, OperationalError
 from domain.errors import NotFound
 from domain.room import Room
 from inbox.adapters.eventstore import SNAPSHOT_INTERVAL
-from inbox.usecases.ports import DedupKey, DeliveryStatusRecord, RecordedFact
+from inbox.usecases.ports import BatchState, DedupKey, DeliveryStatusRecord, RecordedFact
 
 
 class MemoryApplication(Application):
@@ -75,6 +75,22 @@ class MemoryEventStore:
 
     def cache(self, aggregates: Mapping[UUID, Any]) -> None:
         """No cache: every `get` folds the stored events."""
+
+    def read_batch(
+        self, dedup_keys: Iterable[tuple[str, str]], status_keys: Iterable[tuple[str, str]], room_ids: Iterable[UUID],
+        *, trust_cache: bool = False,
+    ) -> BatchState:
+        return BatchState(self.recorded_dedup_keys(dedup_keys), self.recorded_statuses(status_keys),
+                          self.rooms_for_update(room_ids))
+
+    def rooms_for_update(self, room_ids: Iterable[UUID]) -> dict[UUID, Room]:
+        rooms = {}
+        for room_id in room_ids:
+            try:
+                rooms[room_id] = self.get(room_id)
+            except NotFound:
+                pass
+        return rooms
 
     def rooms_folded(self, seen: Sequence[tuple[str, int]]) -> dict[str, Room]:
         return {}  # nothing cheaper in bulk: the caller loads each room with `get`

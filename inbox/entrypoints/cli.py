@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 import warnings
@@ -50,13 +51,27 @@ def cmd_api(args: argparse.Namespace) -> int:
                     container.stream_hub.end_streams_threadsafe()
                 super().handle_exit(sig, frame)  # type: ignore[arg-type]
 
-        Server(uvicorn.Config(
+        server = Server(uvicorn.Config(
             api, host=settings.http_host, port=settings.http_port,
             log_level="info" if verbose else "warning", access_log=verbose, timeout_graceful_shutdown=10,
-        )).run()
+        ))
+        server.run(sockets=[_reuse_port_socket(settings.http_host, settings.http_port)]
+                   if settings.http_reuse_port else None)
     finally:
         container.close()
     return 0
+
+
+def _reuse_port_socket(host: str, port: int) -> socket.socket:
+    """A listening socket with SO_REUSEPORT: other `inbox api` processes may bind the same port."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
 
 
 def _run_until_signalled(main: object) -> None:

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import threading
@@ -105,6 +106,7 @@ class InboundCommitter:
         self._queued = 0  # facts waiting in the queue (bounded by max_queue)
         self._queued_lock = threading.Lock()
         self.batches = 0
+        self._optimism = 1.0  # moving share of optimistic first attempts that were not refused
         # Health: when the last commit attempt succeeded / failed for an infrastructure reason.
         self.last_success: float | None = None
         self.last_failure: float | None = None
@@ -162,24 +164,24 @@ class InboundCommitter:
     async def submit_group_async(
         self, items: Sequence[tuple[AccountInfo, RecordableFact]], timeout: float | None = None
     ) -> list[FactResult]:
-        """`submit_group` for an event loop: waits for the commit without holding a thread."""
+        """`submit_group` for an event loop: waits for the commit without holding a thread.
+
+        The committer's future wakes one loop future (no task, shield or wrapped future per call:
+        those were a large part of a request's CPU); a cancelled request leaves its group to the
+        committer, as a shielded wait would.
+        """
         if not items:
             return []
         timeout = self._timeout if timeout is None else timeout
         future = self._enqueue(items, timeout)
-        waiting = asyncio.wrap_future(future)
-        try:
-            # shield: a timeout here must not cancel `future` behind the committer's back.
-            return await asyncio.wait_for(asyncio.shield(waiting), timeout)
-        except TimeoutError:
+        if not await _until_done(future, timeout):
             self.last_failure = time.monotonic()  # not recorded in time: the write path is not healthy
             if future.cancel():  # not claimed by a transaction: certainly not recorded
                 raise Unavailable("the message store is not answering in time; retry later") from None
-        try:
-            return await asyncio.wait_for(waiting, self._backstop)
-        except TimeoutError:
-            log.error("inbound group got no verdict %ss after its deadline", self._backstop)
-            raise Unavailable("the message store is not answering in time; retry later") from None
+            if not await _until_done(future, self._backstop):
+                log.error("inbound group got no verdict %ss after its deadline", self._backstop)
+                raise Unavailable("the message store is not answering in time; retry later") from None
+        return future.result()
 
     async def submit_async(
         self, account: AccountInfo, message: InboundMessage, timeout: float | None = None
@@ -238,10 +240,14 @@ class InboundCommitter:
 
     def _commit(self, batch: list[_Group]) -> None:
         attempt = 0
+        # The first attempt trusts the cached rooms (see BatchDecision) while that mostly works:
+        # with another process writing the same rooms, a refused attempt costs a write; then only
+        # every 16th batch tries again.
+        optimistic = self._optimism > 0.5 or self.batches % 16 == 0
         while batch and attempt < self._max_attempts:
             attempt += 1
             try:
-                results = self._record(batch)
+                results = self._record(batch, optimistic=optimistic)
             except _Abandoned as abandoned:
                 batch = abandoned.claimed  # waiters gave up before the write: drop them, re-decide
                 attempt -= 1
@@ -252,6 +258,14 @@ class InboundCommitter:
                 attempt -= 1  # a refused group is not a lost race
                 continue
             except IntegrityError as e:
+                if optimistic:
+                    # A cached room was written elsewhere meanwhile, or a message was a redelivery:
+                    # decide again on state read from the store (not a lost race).
+                    log.debug("inbound batch of %s: optimistic attempt refused: %s", len(batch), e)
+                    self._optimism *= 0.9
+                    optimistic = False
+                    attempt -= 1
+                    continue
                 log.info("inbound batch of %s lost a race (attempt %s): %s", len(batch), attempt, e)
                 continue
             except (DeadlinePassed, OperationalError, InterfaceError) as e:
@@ -273,14 +287,16 @@ class InboundCommitter:
                 return
             self.last_success = time.monotonic()
             self.batches += 1
+            if optimistic:
+                self._optimism = 0.9 * self._optimism + 0.1
             for pending, result in zip(batch, results, strict=True):
                 _settle(pending.future, result=result)
             return
         for pending in batch:
             _settle(pending.future, error=Conflict("could not record the message after repeated conflicts"))
 
-    def _record(self, batch: Sequence[_Group]) -> list[list[FactResult]]:
-        decision = BatchDecision(self._store, [fact for group in batch for fact in group.items])
+    def _record(self, batch: Sequence[_Group], *, optimistic: bool = False) -> list[list[FactResult]]:
+        decision = BatchDecision(self._store, [fact for group in batch for fact in group.items], optimistic=optimistic)
         out: list[list[FactResult]] = []
         for pending in batch:
             try:
@@ -300,8 +316,9 @@ class InboundCommitter:
                 if not self._committed_anyway(decision):
                     raise
                 log.warning("the connection died during COMMIT but the batch of %s was recorded", len(batch))
-            # Cache the rooms just written so the next message for a new room is not a full reconstruction.
-            self._store.cache(decision.rooms)
+        # Hand the rooms back to the store's cache: the next batch reads only what is newer than them.
+        # (After a failure they are not: the next attempt reads them afresh.)
+        self._store.cache(decision.owned_rooms())
         return out
 
     def _committed_anyway(self, decision: BatchDecision) -> bool:
@@ -342,6 +359,30 @@ class _Abandoned(Exception):
         self.claimed = claimed
 
 
+async def _until_done(future: Future[Any], timeout: float) -> bool:
+    """Wait on the running loop until `future` (settled by another thread) is done or `timeout` passes."""
+    if future.done():
+        return True
+    loop = asyncio.get_running_loop()
+    woken: asyncio.Future[None] = loop.create_future()
+
+    def wake() -> None:
+        if not woken.done():
+            woken.set_result(None)
+
+    def wake_from_thread(_: Future[Any]) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits any more
+            loop.call_soon_threadsafe(wake)
+
+    future.add_done_callback(wake_from_thread)
+    timer = loop.call_later(timeout, wake)
+    try:
+        await woken
+    finally:
+        timer.cancel()
+    return future.done()
+
+
 def _settle(future: Future[Any], *, result: Any = None, error: BaseException | None = None) -> None:
     """Give a waiter its outcome unless it has one already (a waiter that gave up cancelled it)."""
     if future.done():
@@ -362,17 +403,56 @@ class BatchDecision:
     message id for a message, prefixed keys for an echo, an edit or a removal.
     """
 
-    def __init__(self, store: EventStore, facts: Sequence[tuple[AccountInfo, RecordableFact]]) -> None:
+    def __init__(
+        self, store: EventStore, facts: Sequence[tuple[AccountInfo, RecordableFact]], *, optimistic: bool = False
+    ) -> None:
         self.store = store
-        self.seen: dict[tuple[str, str], RecordedFact] = store.recorded_dedup_keys(
-            {(account.id, key) for account, fact in facts for key in _dedup_lookups(fact)}
+        # Everything the batch reads, at once: its dedup keys, its status keys and the rooms it may
+        # write (not a query per fact). Only an edit or removal of a recorded message needs a
+        # second read, for the room the dedup key names.
+        #
+        # `optimistic`, for a batch of inbound messages only: no dedup keys are read and the rooms
+        # this process wrote last are taken from its cache as they are (only the others are read),
+        # so a batch of known rooms is written without a read. The store's keys catch what that
+        # misses: a redelivered message violates its dedup key, a room written elsewhere meanwhile
+        # the events' version key; the save then fails with IntegrityError and the caller decides
+        # again, not optimistically. (Statuses, echoes, edits and removals are decided on what is
+        # recorded, so their batches are always read.)
+        room_ids = _rooms_to_read(facts)
+        self.optimistic = optimistic and all(isinstance(fact, InboundMessage) for _, fact in facts)
+        state = store.read_batch(
+            () if self.optimistic else {(account.id, key) for account, fact in facts for key in _dedup_lookups(fact)},
+            {(account.id, fact.status_key) for account, fact in facts if isinstance(fact, DeliveryStatus)},
+            room_ids, trust_cache=self.optimistic,
         )
-        self.known_statuses = store.recorded_statuses(
-            {(account.id, fact.status_key) for account, fact in facts if isinstance(fact, DeliveryStatus)}
-        )
+        self.seen: dict[tuple[str, str], RecordedFact] = state.recorded
+        self.known_statuses = state.statuses
+        self._loaded = state.rooms
+        self._prefetched = set(room_ids)
+        originals = {UUID(original.room_id) for account, fact in facts if isinstance(fact, MessageEdit | MessageRemoval)
+                     and (original := self.seen.get((account.id, fact.channel_message_id))) is not None}
+        if originals - self._prefetched:
+            self._loaded.update(store.rooms_for_update(originals - self._prefetched))
+            self._prefetched |= originals
         self.rooms: dict[UUID, Room] = {}
         self.dedup_keys: list[DedupKey] = []
         self.statuses: list[DeliveryStatusRecord] = []
+
+    def owned_rooms(self) -> dict[UUID, Room]:
+        """Every room this decision read or opened (to hand back to the store's cache once saved)."""
+        return {**self._loaded, **self.rooms}
+
+    def _load(self, room_id: UUID) -> Room | None:
+        """A room as the batch read it (None: it does not exist); one it did not read, from the store."""
+        if room_id in self._loaded:
+            return self._loaded[room_id]
+        if room_id in self._prefetched:
+            return None
+        try:
+            room: Room = self.store.get(room_id)
+        except NotFound:
+            return None
+        return room
 
     def decide(self, account: AccountInfo, fact: RecordableFact) -> FactResult:
         if isinstance(fact, InboundMessage):
@@ -480,12 +560,9 @@ class BatchDecision:
         if not status.recipient_id or status.channel.is_comment:
             return
         room_id = room_id_for(account.org_id, account.id, status.recipient_id, None)
-        room = self.rooms.get(room_id)
+        room = self.rooms.get(room_id) or self._load(room_id)
         if room is None:
-            try:
-                room = self.store.get(room_id)
-            except NotFound:
-                return  # a message the business sent before this account was connected
+            return  # a message the business sent before this account was connected
         if room.message_for_channel_id(status.channel_message_id) is None and status.correlation_id is None:
             return
         error = dict(status.errors[0]) if status.errors else None
@@ -508,23 +585,21 @@ class BatchDecision:
         self, account: AccountInfo, channel: Channel, contact_id: str, post_id: str | None, **contact: str | None
     ) -> Room:
         room_id = room_id_for(account.org_id, account.id, contact_id, post_id)
-        room = self.rooms.get(room_id)
+        room = self.rooms.get(room_id) or self._load(room_id)
         if room is None:
-            try:
-                room = self.store.get(room_id)
-            except NotFound:
-                room = Room.open(
-                    org_id=account.org_id, channel=channel, channel_account_id=account.id,
-                    channel_account=account.external_id, contact_id=contact_id, post_id=post_id, **contact,
-                )
-            self.rooms[room_id] = room
+            room = Room.open(
+                org_id=account.org_id, channel=channel, channel_account_id=account.id,
+                channel_account=account.external_id, contact_id=contact_id, post_id=post_id, **contact,
+            )
+        self.rooms[room_id] = room
         return room
 
     def _existing_room(self, room_id: str) -> Room:
         rid = UUID(room_id)
-        room = self.rooms.get(rid)
+        room = self.rooms.get(rid) or self._load(rid)
         if room is None:
-            room = self.rooms[rid] = self.store.get(rid)
+            raise NotFound(f"aggregate {rid} not found")
+        self.rooms[rid] = room
         return room
 
 
@@ -595,6 +670,21 @@ def _check_post(channel: Channel, post_id: str | None, what: str) -> None:
         raise InvalidCommand(f"{channel.value} {what} need a post_id")
     if not channel.is_comment and post_id:
         raise InvalidCommand(f"{channel.value} is a direct-message channel; post_id is not allowed")
+
+
+def _rooms_to_read(facts: Sequence[tuple[AccountInfo, RecordableFact]]) -> list[UUID]:
+    """The rooms a batch's facts name by their contact (an edit or removal of a recorded message
+    names its room through the dedup key instead: read after those)."""
+    ids: list[UUID] = []
+    for account, fact in facts:
+        if isinstance(fact, DeliveryStatus):
+            if fact.channel_message_id and fact.recipient_id and not fact.channel.is_comment:
+                ids.append(room_id_for(account.org_id, account.id, fact.recipient_id, None))
+        elif isinstance(fact, InboundMessage | MessageEdit) and fact.contact_id:
+            ids.append(room_id_for(account.org_id, account.id, fact.contact_id, fact.post_id))
+        elif isinstance(fact, OutboundEcho) and fact.contact_id:
+            ids.append(room_id_for(account.org_id, account.id, fact.contact_id, None))
+    return ids
 
 
 def _dedup_lookups(fact: RecordableFact) -> list[str]:

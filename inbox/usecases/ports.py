@@ -29,6 +29,15 @@ class DedupKey:
     room_version: int
 
 
+@dataclass
+class BatchState:
+    """What deciding a batch of inbound facts reads (`EventStore.read_batch`)."""
+
+    recorded: dict[tuple[str, str], RecordedFact]  # of the dedup keys asked for, the recorded ones
+    statuses: set[tuple[str, str]]  # of the status keys asked for, the recorded ones
+    rooms: dict[UUID, Room]  # of the rooms asked for, the existing ones (as `rooms_for_update` gives them)
+
+
 @dataclass(frozen=True)
 class RecordedFact:
     """What an already recorded dedup key points at."""
@@ -84,7 +93,23 @@ class EventStore(Protocol):
         """The aggregate's events with a version above `version`, in order."""
 
     def cache(self, aggregates: Mapping[UUID, Any]) -> None:
-        """Keep these just-saved aggregates in the store's cache (a no-op without one)."""
+        """Keep these just-saved rooms for `rooms_for_update` (a no-op without a cache); the caller
+        must not change them afterwards."""
+
+    def read_batch(
+        self, dedup_keys: Iterable[tuple[str, str]], status_keys: Iterable[tuple[str, str]], room_ids: Iterable[UUID],
+        *, trust_cache: bool = False,
+    ) -> BatchState:
+        """`recorded_dedup_keys`, `recorded_statuses` and `rooms_for_update` at once (one round trip).
+
+        `trust_cache`: cached rooms are given as they are, not checked against the store (a room
+        written elsewhere since then makes `save` raise IntegrityError)."""
+
+    def rooms_for_update(self, room_ids: Iterable[UUID]) -> dict[UUID, Room]:
+        """The current state of several rooms at once, for a batch of writes; ids of rooms that do not
+        exist are left out. The caller owns the objects (it may change them; saving them hands them
+        back with `cache`). Up to date when read; a write by someone else after that makes `save`
+        raise IntegrityError."""
 
     def rooms_folded(self, seen: Sequence[tuple[str, int]]) -> dict[str, Room]:
         """Several rooms at once, for bulk work: (room id, version the caller saw) → room. Rooms

@@ -7,6 +7,7 @@ import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from uuid import UUID
 
 import pytest
 
@@ -15,6 +16,7 @@ from domain.errors import AlreadyExists, Conflict, NotAllowed, NotFound
 from domain.room import Room
 from domain.staff import Actor, Role
 from inbox.config import Settings
+from inbox.adapters.eventstore import EventStore
 from inbox.bootstrap import Container
 from inbox.usecases.channel_accounts import AccountInfo
 from inbox.usecases.ingest import InboundMessage
@@ -240,5 +242,41 @@ def test_long_room_history_is_loaded_from_a_snapshot(db_settings: Settings, cont
         room = cold.event_store.repository.get(room_id)
         assert room.version == 122 and room.message_count == 121
         assert room == container.event_store.repository.get(room_id)
+    finally:
+        cold.close()
+
+
+def test_a_cached_room_written_meanwhile_elsewhere_is_brought_up_to_date(
+    db_settings: Settings, container: Container, account: AccountInfo
+) -> None:
+    """The ingest's room cache is only a starting point: another process's message and a staff
+    command written since are folded in before the next message is decided on the room."""
+    first = container.inbound.submit(account, message("628777", "wamid.c1"))  # the room is now cached here
+    other = Container.build(db_settings)  # a second API process
+    try:
+        other.inbound.submit(account, message("628777", "wamid.c2"))
+        other.rooms.assign(SPV, first.room_id, agent_id="agent-a")
+    finally:
+        other.close()
+    third = container.inbound.submit(account, message("628777", "wamid.c3"))
+    assert third.version == 5  # opened, c1, c2, assigned, c3: no conflict, no lost event
+    room = container.event_store.repository.get(first.room_id)
+    assert room.message_count == 3 and room.assignee == "agent-a"
+
+
+def test_rooms_for_update_reads_snapshots_and_later_events_like_the_repository(
+    db_settings: Settings, container: Container, account: AccountInfo
+) -> None:
+    ids = [container.inbound.submit(account, message(contact, f"wamid.{contact}.{i}")).room_id
+           for contact, count in (("628881", 73), ("628882", 3)) for i in range(count)]
+    long_room, short_room = UUID(ids[0]), UUID(ids[-1])
+    unknown = UUID(int=7)
+    cold = Container.build(db_settings)  # nothing cached: the long room starts from its snapshot at 50
+    try:
+        rooms = EventStore(cold.event_store).rooms_for_update([long_room, short_room, unknown])
+        assert set(rooms) == {long_room, short_room}
+        for room_id, room in rooms.items():
+            assert room == container.event_store.repository.get(room_id)
+        assert rooms[long_room].version == 74 and rooms[short_room].version == 4
     finally:
         cold.close()

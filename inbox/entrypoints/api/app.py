@@ -8,8 +8,11 @@ from contextlib import asynccontextmanager
 import anyio.to_thread
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
+from starlette.types import Receive, Scope, Send
 
 from inbox.entrypoints.api import errors
+from inbox.entrypoints.api.fast_ingest import PATH as INGEST_PATH
+from inbox.entrypoints.api.fast_ingest import FastIngest, error_responder
 from inbox.entrypoints.api.limits import BodySizeLimit
 from inbox.entrypoints.api.observe import RequestMetrics
 from inbox.entrypoints.api.routers import (
@@ -22,6 +25,23 @@ from inbox.entrypoints.web import routes as web
 THREAD_TOKENS = 200
 
 
+class InboxAPI(FastAPI):
+    """The FastAPI application, with the hot ingest path answered before its middleware and router."""
+
+    fast_ingest: FastIngest | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (self.fast_ingest is not None and scope["type"] == "http" and scope["path"] == INGEST_PATH
+                and scope["method"] == "POST"):
+            await self.fast_ingest(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
+
+    async def regular(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The request through FastAPI's middleware and router."""
+        await super().__call__(scope, receive, send)
+
+
 def create_api(container: Container) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -32,7 +52,7 @@ def create_api(container: Container) -> FastAPI:
         finally:
             await container.stop_stream_hub()
 
-    api = FastAPI(
+    api = InboxAPI(
         title="Inbox API",
         version="1.0",
         description="Omnichannel customer-service inbox: commands, queries and ingestion (see SPEC §3).",
@@ -47,4 +67,5 @@ def create_api(container: Container) -> FastAPI:
 
     api.add_middleware(RequestMetrics, metrics=container.metrics)
     api.add_middleware(BodySizeLimit, max_bytes=container.settings.max_body_bytes)
+    api.fast_ingest = FastIngest(container, api.regular, error_responder(api.exception_handlers))
     return api

@@ -7,6 +7,7 @@ Old schema versions are upcast on read (`upcast`), so consumers only ever see th
 
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime
 from typing import Any
 from uuid import NAMESPACE_URL, UUID, uuid5
@@ -38,8 +39,17 @@ EVENT_TYPE_NAMES = frozenset(ROOM_EVENT_TYPES.values())
 _ENVELOPE_FIELDS = {"originator_id", "originator_version", "timestamp", "originator_topic"}
 
 
+_NAMESPACE_BYTES = EVENT_ID_NAMESPACE.bytes
+
+
 def event_id(room_id: UUID | str, version: int) -> str:
-    return str(uuid5(EVENT_ID_NAMESPACE, f"{room_id}:{version}"))
+    """uuid5(EVENT_ID_NAMESPACE, "<room id>:<version>"), computed without building UUID objects
+    (a fifth of reading the event store otherwise; equal to `uuid5`, tests/unit/test_wire.py)."""
+    digest = bytearray(hashlib.sha1(_NAMESPACE_BYTES + f"{room_id}:{version}".encode()).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = digest.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def to_wire(domain_event: Any) -> dict[str, Any]:

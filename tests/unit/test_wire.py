@@ -198,3 +198,14 @@ def test_newer_schema_version_is_rejected() -> None:
 def test_decode_rejects_wrongly_typed_fields(event: dict[str, Any]) -> None:
     with pytest.raises(InvalidWireEvent):
         decode(encode(event))
+
+
+def test_event_id_is_the_uuid5_of_room_and_version() -> None:
+    from uuid import uuid4, uuid5
+
+    from inbox.adapters.wire import EVENT_ID_NAMESPACE, event_id
+
+    for version in (1, 2, 99, 2**62):
+        room = uuid4()
+        expected = str(uuid5(EVENT_ID_NAMESPACE, f"{room}:{version}"))
+        assert event_id(room, version) == expected == event_id(str(room), version)

@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 
     from inbox.adapters.kafka.relay import Relay
     from inbox.adapters.read_models.dead_letters import RetryResult
-    from inbox.adapters.read_models.replay import Progress, ReplayStats
+    from inbox.adapters.read_models.replay import Hook, Progress, ReplayStats
 
 
 def open_event_store(settings: Settings) -> InboxApplication:
@@ -132,8 +132,8 @@ def projection_worker(settings: Settings, worker_id: str | None = None) -> faust
 
 
 async def replay(
-    settings: Settings, *, page_size: int = 5000, progress: Progress | None = None,
-    until: datetime | None = None, into: str | None = None,
+    settings: Settings, *, page_size: int = 20_000, progress: Progress | None = None,
+    until: datetime | None = None, into: str | None = None, before_switch: Hook | None = None,
 ) -> ReplayStats:
     """Rebuild every projection from the event store (see inbox/adapters/read_models/replay.py)."""
     from inbox.adapters.read_models import replay as replaying
@@ -141,7 +141,7 @@ async def replay(
     event_log = open_event_log(settings)
     try:
         return await replaying.replay(settings, event_log, page_size=page_size, progress=progress,
-                                      until=until, into=into)
+                                      until=until, into=into, before_switch=before_switch)
     finally:
         event_log.close()
 

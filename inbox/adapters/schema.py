@@ -62,3 +62,19 @@ def migrate_read_models(settings: Settings) -> None:
         ensure_pg_trgm(conn)
         use_search_path(conn, settings.db_schema)
         conn.execute(sql_file("read_models.sql"))
+
+
+def read_model_ddl() -> tuple[list[str], list[str]]:
+    """`read_models.sql` as (statements creating the tables, the non-unique CREATE INDEX statements).
+
+    `inbox replay` runs the first, loads the rows, then builds the indexes: the same DDL as a
+    migration, with the indexes built once over the loaded tables instead of row by row. Unique
+    indexes stay with the tables: the writer's ON CONFLICT relies on them while loading.
+    """
+    text = "\n".join(line.split("--", 1)[0] for line in sql_file("read_models.sql").splitlines())
+    tables, indexes = [], []
+    for statement in (s.strip() for s in text.split(";")):
+        if statement:
+            is_index = statement.upper().startswith("CREATE INDEX")
+            (indexes if is_index else tables).append(statement)
+    return tables, indexes

@@ -32,7 +32,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from inbox.adapters.postgres import async_pool
 from inbox.adapters.read_models.reports_writer import ReportStats, apply_reports
-from inbox.adapters.read_models.writer import PROJECTION_LOCK, is_transient
+from inbox.adapters.read_models.writer import is_transient, lock_projections
 from inbox.adapters.wire import InvalidWireEvent, decode
 from inbox.config import Settings
 
@@ -113,7 +113,7 @@ class ReportsConsumer:
         """One partition's batch and its next offset in one transaction."""
         assert self._pool is not None
         async with self._pool.connection() as conn, conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock_shared(%s)", (PROJECTION_LOCK,))  # replay rebuilds
+            await lock_projections(conn)  # replay switches the tables
             await conn.execute(
                 "INSERT INTO report_offsets (topic, partition, next_offset) VALUES (%s, %s, 0)"
                 " ON CONFLICT DO NOTHING", (tp.topic, tp.partition),

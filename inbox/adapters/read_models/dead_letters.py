@@ -26,7 +26,7 @@ from inbox.config import Settings
 from inbox.adapters.postgres import conninfo
 from inbox.adapters.event_log import WireEventLog
 from inbox.adapters.wire import decode
-from inbox.adapters.read_models.writer import PROJECTION_LOCK, apply_in_transaction
+from inbox.adapters.read_models.writer import apply_in_transaction, lock_projections
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ async def retry(settings: Settings, reader: WireEventLog, ids: list[int] | None 
     result = RetryResult()
     async with await psycopg.AsyncConnection.connect(conninfo(settings)) as conn:
         async with conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (PROJECTION_LOCK,))
+            await lock_projections(conn, exclusive=True)
             rooms = await _rooms_to_retry(conn, ids)
             for room_id in rooms:
                 events = await asyncio.to_thread(reader.room_events, room_id, 1, 2**62)

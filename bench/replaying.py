@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from bench.infra import Infra
 from inbox.adapters.read_models.replay import ReplayStats
-from inbox.bootstrap import replay
+from bench.stats import rate
+from inbox.bootstrap import open_event_store, replay
 
 
 @dataclass
@@ -42,12 +44,20 @@ class ReplayResult:
     rooms: int = 0
     counter_rows: int = 0
     messages: int = 0
+    cpu_s: float | None = None  # this process (the replay runs in it)
+    store_read_rows_per_s: float | None = None  # baseline: the same notifications read raw, no decoding
+
+    @property
+    def cpu_ms_per_event(self) -> float | None:
+        return 1000 * self.cpu_s / self.stats.events if self.cpu_s is not None and self.stats.events else None
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "events": self.stats.events, "rooms": self.stats.rooms, "seconds": self.stats.seconds,
             "events_per_s": self.stats.events_per_s, "equal_to_live": self.ok, "differences": self.differences,
             "compared": {"rooms": self.rooms, "counter_rows": self.counter_rows, "messages": self.messages},
+            "replay_cpu_s": self.cpu_s, "replay_cpu_ms_per_event": self.cpu_ms_per_event,
+            "store_read_rows_per_s": self.store_read_rows_per_s,
         }
 
 
@@ -69,12 +79,29 @@ def compare(before: ProjectionImage, after: ProjectionImage) -> list[str]:
     return diffs
 
 
+def store_read_baseline(infra: Infra, page_size: int = 20_000) -> float:
+    """Rows/s of reading the whole notification log as replay pages it, without decoding a row."""
+    app = open_event_store(infra.settings)
+    try:
+        rows, position, started = 0, 0, time.perf_counter()
+        while page := app.recorder.select_notifications(start=position, limit=page_size, inclusive_of_start=False):
+            rows += len(page)
+            position = page[-1].id
+        return rate(rows, time.perf_counter() - started)
+    finally:
+        app.close()
+
+
 def run_replay(infra: Infra) -> ReplayResult:
     before = image(infra)
+    read_rate = store_read_baseline(infra)
+    cpu0 = time.process_time()
     stats = asyncio.run(replay(infra.settings))
+    cpu = time.process_time() - cpu0
     after = image(infra)
     diffs = compare(before, after)
     return ReplayResult(
         stats=stats, ok=not diffs, differences=diffs, rooms=len(before.rooms),
-        counter_rows=len(before.counters), messages=before.messages_count,
+        counter_rows=len(before.counters), messages=before.messages_count, cpu_s=cpu,
+        store_read_rows_per_s=read_rate,
     )

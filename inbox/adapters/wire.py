@@ -104,6 +104,28 @@ def decode(raw: bytes | str | dict[str, Any]) -> dict[str, Any]:
     return upcast(event)
 
 
+def decode_batch(raws: list[bytes]) -> list[dict[str, Any] | InvalidWireEvent]:
+    """`decode` of each message, parsing the whole batch as one JSON array (one parser call).
+
+    If that array does not parse into exactly one value per message (a message is not JSON, or
+    not one value), each message is parsed on its own, so every one gets its own verdict.
+    """
+    try:
+        values = orjson.loads(b"[" + b",".join(raws) + b"]") if raws else []
+    except (orjson.JSONDecodeError, TypeError):
+        values = None
+    parsed = values is not None and len(values) == len(raws)
+    out: list[dict[str, Any] | InvalidWireEvent] = []
+    for value in values if parsed else raws:
+        try:
+            if parsed and not isinstance(value, dict):
+                raise InvalidWireEvent("event is not a JSON object")
+            out.append(decode(value))
+        except InvalidWireEvent as e:
+            out.append(e)
+    return out
+
+
 def _check_envelope(event: dict[str, Any]) -> None:
     """The fields a reader keys, sorts and locks by: a bad one would fail a whole batch, not one event."""
     for name in ("id", "type", "org_id", "room_id", "occurred_at"):

@@ -209,3 +209,22 @@ def test_event_id_is_the_uuid5_of_room_and_version() -> None:
         room = uuid4()
         expected = str(uuid5(EVENT_ID_NAMESPACE, f"{room}:{version}"))
         assert event_id(room, version) == expected == event_id(str(room), version)
+
+
+@pytest.mark.parametrize("odd", [b"not json", b"[1, 2]", b'{"a": 1}, {"b": 2}', b"", b"1]", b"null", b'"text"'])
+def test_decode_batch_gives_each_message_the_verdict_decode_gives_it(odd: bytes) -> None:
+    from inbox.adapters.wire import decode_batch
+
+    good = [encode(e) for e in wire_events()]
+    raws = [good[0], odd, *good[1:]]
+    got = decode_batch(raws)
+
+    assert len(got) == len(raws)
+    for raw, verdict in zip(raws, got, strict=True):
+        try:
+            expected: object = decode(raw)
+        except InvalidWireEvent as e:
+            assert isinstance(verdict, InvalidWireEvent) and str(verdict) == str(e)
+        else:
+            assert verdict == expected
+    assert decode_batch(good) == [decode(r) for r in good] and decode_batch([]) == []

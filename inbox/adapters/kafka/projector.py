@@ -18,7 +18,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from inbox.config import Settings
 from inbox.adapters.event_log import WireEventLog
-from inbox.adapters.wire import InvalidWireEvent, decode
+from inbox.adapters.wire import InvalidWireEvent, decode, decode_batch
 from inbox.adapters.read_models.changes import prune
 from inbox.adapters.read_models.writer import BatchStats, ProjectionWriter, is_transient
 from inbox.adapters.kafka.faust_transport import LowLatencyApp
@@ -67,11 +67,15 @@ class ProjectorRuntime:
         """Apply one batch. The writer dead-letters what cannot be projected; only transient
         failures (database unreachable, restarting, timeouts) reach the retry loop here."""
         events, dead = [], []
-        for raw in raw_values:
-            try:
-                events.append(decode(raw))
-            except Exception as e:  # InvalidWireEvent, or anything else an odd message provokes
-                dead.append((raw, e if isinstance(e, InvalidWireEvent) else f"{type(e).__name__}: {e}"))
+        try:
+            decoded = decode_batch(raw_values)
+        except Exception:  # anything else an odd message provokes: find it one by one
+            decoded = [_decode_one(raw) for raw in raw_values]
+        for raw, event in zip(raw_values, decoded, strict=True):
+            if isinstance(event, dict):
+                events.append(event)
+            else:
+                dead.append((raw, event))
         writer = await self.writer()
         attempt = 0
         while True:
@@ -134,6 +138,13 @@ class ProjectorRuntime:
             await self._pool.close()
         if self._event_log is not None:
             self._event_log.close()
+
+
+def _decode_one(raw: bytes) -> dict[str, Any] | InvalidWireEvent | str:
+    try:
+        return decode(raw)
+    except Exception as e:  # InvalidWireEvent, or anything else an odd message provokes
+        return e if isinstance(e, InvalidWireEvent) else f"{type(e).__name__}: {e}"
 
 
 def create_faust_app(settings: Settings, runtime: ProjectorRuntime) -> faust.App:

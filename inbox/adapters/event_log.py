@@ -6,9 +6,11 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
+import orjson
 import psycopg
 from eventsourcing import persistence as es_persistence
-from eventsourcing.persistence import Notification, StoredEvent
+from eventsourcing.persistence import JSONTranscoder, Notification, StoredEvent
+from eventsourcing.utils import resolve_topic
 
 from inbox.adapters.eventstore import InboxApplication
 from inbox.adapters.wire import to_wire
@@ -47,6 +49,29 @@ def is_transient(error: BaseException) -> bool:
         es_persistence.OperationalError, es_persistence.InterfaceError, psycopg.OperationalError,
         psycopg.InterfaceError, OSError, TimeoutError,
     ))
+
+
+def _revive(value: Any, transcodings: dict[str, Any]) -> Any:
+    """The library's JSON object hook, applied bottom-up to an orjson-parsed value."""
+    if type(value) is dict:
+        for k, v in value.items():
+            if type(v) is dict or type(v) is list:
+                value[k] = _revive(v, transcodings)
+        if len(value) == 2 and "_type_" in value and "_data_" in value:
+            return transcodings[value["_type_"]].decode(value["_data_"])
+        return value
+    if type(value) is list:
+        return [_revive(v, transcodings) if type(v) is dict or type(v) is list else v for v in value]
+    return value
+
+
+_EVENT_CLASSES: dict[str, type] = {}
+
+
+def _event_class(topic: str) -> type:
+    if (cls := _EVENT_CLASSES.get(topic)) is None:
+        cls = _EVENT_CLASSES[topic] = resolve_topic(topic)
+    return cls
 
 
 class WireEventLog:
@@ -105,4 +130,31 @@ class WireEventLog:
 
     def _to_wire(self, rows: list[StoredEvent]) -> list[dict[str, Any]]:
         """Each room event carries its room's org_id (older stored ones are upcast): no lookup."""
-        return [to_wire(self._event_store.decode(r)) for r in rows]
+        mapper = self._event_store.mapper
+        if mapper.cipher is not None or mapper.compressor is not None or not isinstance(mapper.transcoder, JSONTranscoder):
+            return [to_wire(self._event_store.decode(r)) for r in rows]
+        return [self._fast_wire(r, mapper.transcoder) for r in rows]
+
+    def _fast_wire(self, row: StoredEvent, transcoder: JSONTranscoder) -> dict[str, Any]:
+        """`to_wire(decode(row))`, the same dict, without the library's JSON decoder and event object.
+
+        The stored state is parsed with orjson and revived as the library's decoder hook does
+        (every {"_type_", "_data_"} object through its registered transcoding), upcast by the
+        event class's own `upcast_v*` methods, then turned into a wire event by `to_wire`'s rules.
+        A state orjson reads differently from the stdlib (NaN, integers over 64 bits, lone
+        surrogates) goes through the library (`tests/integration/test_projections.py` compares).
+        """
+        try:
+            state = _revive(orjson.loads(row.state), transcoder.names)
+        except Exception:
+            return to_wire(self._event_store.decode(row))
+        cls = _event_class(row.topic)
+        state["originator_id"] = row.originator_id if isinstance(row.originator_id, UUID) else UUID(row.originator_id)
+        state["originator_version"] = row.originator_version
+        version = state.pop("class_version", 1)
+        while version < getattr(cls, "class_version", 1):
+            getattr(cls, f"upcast_v{version}_v{version + 1}")(state)
+            version += 1
+        event = object.__new__(cls)
+        object.__setattr__(event, "__dict__", state)
+        return to_wire(event)

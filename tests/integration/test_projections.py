@@ -250,3 +250,28 @@ def test_replay_keeps_reads_answering_and_workers_continue_across_the_switch(
     assert query(db_settings, "SELECT count(*) FROM room_changes WHERE kind = 'reset'")[0][0] == 1
     ids = {r["id"] for r in queries.rooms(ADMIN, RoomFilter(), limit=100, cursor=None)["items"]}
     assert ids == live_rooms | {seen["during"], after_room}
+
+
+def test_the_event_log_reads_the_same_wire_events_as_the_library_decoder(
+    db_settings: Settings, container: Container,
+) -> None:
+    """`WireEventLog` parses stored states itself (orjson, the library's transcodings and upcasts):
+    the wire events equal the library's decode + `to_wire`, old class versions included."""
+    from inbox.adapters.event_log import ROOM_TOPIC_PREFIX
+    from inbox.adapters.wire import to_wire
+
+    populate(container, rooms=6, seed=11)
+    room = all_events(db_settings)[0]["room_id"]
+    # A MessageReceived stored at class version 1 (no kind, attachments, class_version): upcast on read.
+    execute(db_settings, "INSERT INTO inbox_events (originator_id, originator_version, topic, state) VALUES"
+                         " (%s, 1000, 'domain.room:Room.MessageReceived', convert_to(%s, 'UTF8'))",
+            (room, '{"timestamp":{"_type_":"datetime_iso","_data_":"2025-01-02T03:04:05.000006+00:00"},'
+                   '"org_id":"org1","message_id":"0825f889-97da-53d9-9773-1179a247928c","channel_message_id":"x",'
+                   '"text":"old \\u00e9","sent_at":{"_type_":"datetime_iso","_data_":"2025-01-02T03:04:05+07:00"},'
+                   '"contact_name":null}'))
+    app = container.event_store
+    stored = [n for n in app.recorder.select_notifications(start=0, limit=100_000) if n.topic.startswith(ROOM_TOPIC_PREFIX)]
+    page, _ = WireEventLog(app).read(0, 100_000)
+
+    assert [e for _, e in page.events] == [to_wire(app.decode(n)) for n in stored]
+    assert page.events[-1][1]["data"]["kind"] == "text" and page.events[-1][1]["version"] == 1000

@@ -275,3 +275,89 @@ def test_the_event_log_reads_the_same_wire_events_as_the_library_decoder(
 
     assert [e for _, e in page.events] == [to_wire(app.decode(n)) for n in stored]
     assert page.events[-1][1]["data"]["kind"] == "text" and page.events[-1][1]["version"] == 1000
+
+
+def test_a_replay_that_fails_before_its_switch_leaves_the_live_read_models_and_no_shadow(
+    db_settings: Settings, container: Container,
+) -> None:
+    populate(container, rooms=5, seed=2)
+    apply(db_settings, [all_events(db_settings)])
+    live = snapshot(db_settings)
+
+    async def crash() -> None:
+        raise RuntimeError("killed before the switch")
+
+    with pytest.raises(RuntimeError, match="killed before the switch"):
+        asyncio.run(replay(db_settings, before_switch=crash))
+
+    assert snapshot(db_settings) == live
+    assert query(db_settings, "SELECT count(*) FROM pg_namespace WHERE nspname = %s",
+                 (db_settings.db_schema + "__replay",))[0][0] == 0
+    assert query(db_settings, "SELECT count(*) FROM room_changes WHERE kind = 'reset'")[0][0] == 0
+    asyncio.run(replay(db_settings))  # the lock was released: the next one runs
+    assert snapshot(db_settings) == live
+
+
+def test_a_second_replay_of_the_same_schema_is_refused_while_one_runs(
+    db_settings: Settings, container: Container,
+) -> None:
+    from inbox.config import ConfigError
+
+    populate(container, rooms=3, seed=4)
+    refused: list[BaseException] = []
+
+    async def second() -> None:
+        try:
+            await replay(db_settings)
+        except ConfigError as e:
+            refused.append(e)
+
+    stats = asyncio.run(replay(db_settings, before_switch=second))
+
+    assert [str(e) for e in refused] == [f"another `inbox replay` is rebuilding schema {db_settings.db_schema!r}"]
+    assert stats.rooms == 3 and counters_table(db_settings) == recount(db_settings)
+
+
+def test_the_switch_gives_way_to_a_long_read_and_retries(
+    db_settings: Settings, container: Container, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A read holding a live table past the switch's lock timeout makes the switch give up and try
+    again (rather than queue every other read behind it); the replay finishes once it ends."""
+    import logging
+    import threading
+    import time
+
+    import psycopg
+
+    from inbox.adapters.postgres import conninfo
+
+    populate(container, rooms=4, seed=9)
+    apply(db_settings, [all_events(db_settings)])
+    live = snapshot(db_settings)
+    holding, errors = threading.Event(), []
+
+    def long_read() -> None:
+        try:
+            with psycopg.connect(conninfo(db_settings)) as conn:
+                conn.execute("SELECT count(*) FROM rooms").fetchone()  # ACCESS SHARE until the commit
+                holding.set()
+                deadline = time.monotonic() + 60
+                while not any("switching waits for readers" in r.getMessage() for r in list(caplog.records)):
+                    assert time.monotonic() < deadline, "the switch never gave way"
+                    time.sleep(0.05)
+                conn.commit()
+        except BaseException as e:  # reported by the test thread
+            errors.append(e)
+            holding.set()
+
+    reader = threading.Thread(target=long_read)
+
+    async def start_reader() -> None:
+        reader.start()
+        await asyncio.to_thread(holding.wait, 30)
+
+    with caplog.at_level(logging.WARNING, logger="inbox.adapters.read_models.replay"):
+        asyncio.run(replay(db_settings, before_switch=start_reader))
+    reader.join(30)
+
+    assert not errors and snapshot(db_settings) == live

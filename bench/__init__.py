@@ -17,5 +17,9 @@ It prints figures; it is not a test. Phases, in order:
 worker or other phases); `--api-processes 2`: the burst again with a second `inbox api` on the
 same port (SO_REUSEPORT).
 
+`--only projections`: the raw Kafka consume baseline, a data set of `--messages` over `--contacts`
+rooms built through the domain (`bench.dataset.build`), then (f) and (c) on it; replay is compared
+with what the catching-up worker projected.
+
 Everything lives in a fresh schema `bench_<random>` and topic prefix, dropped at the end.
 """

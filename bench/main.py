@@ -99,9 +99,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--streams", type=int, help="(f) open streams (default 200; quick 50)")
     p.add_argument("--stream-rate", type=float, help="(f) inbound messages per second (default 500; quick 100)")
     p.add_argument("--stream-seconds", type=float, help="(f) seconds of steady inbound load (default 20; quick 5)")
-    p.add_argument("--only", choices=("ingest",),
+    p.add_argument("--only", choices=("ingest", "projections"),
                    help="ingest: only the trivial-endpoint baseline and (a) through `inbox api` (no relay,"
-                        " worker or other phases): API CPU per message and msg/s vs the baseline")
+                        " worker or other phases): API CPU per message and msg/s vs the baseline;"
+                        " projections: the raw Kafka baseline, a data set of --messages over --contacts rooms"
+                        " built through the real domain (bench.dataset), then (f) one worker catching up on it"
+                        " and (c) replay, compared with what the worker projected")
     p.add_argument("--api-processes", type=int, choices=(1, 2), default=1,
                    help="2: after (a), start a second `inbox api` on the same port (SO_REUSEPORT) and run"
                         " the burst again over new connections; both figures are printed")
@@ -460,9 +463,9 @@ def run_replay_phase(infra: Infra, pipeline: Pipeline, out: dict[str, Any]) -> N
     out["replay"] = r.as_dict()
 
 
-def run_worker_phase(infra: Infra, out: dict[str, Any]) -> None:
+def run_worker_phase(infra: Infra, out: dict[str, Any], keep: Any = None) -> None:
     say("== (f) one projection worker catching up on a pre-filled topic (the run's whole event store) ==")
-    w = worker_catch_up(infra)
+    w = worker_catch_up(infra, keep=keep)
     per = w.cpu_ms_per_event
     say(
         f"  projected {w.events:,} events into {w.rooms:,} rooms in {w.seconds:.2f}s = {w.events_per_s:,.0f} events/s;"
@@ -547,6 +550,8 @@ def summary_rows(out: dict[str, Any], sizes: Sizes) -> list[tuple[str, str, str]
         add("baseline: Kafka raw produce (acks=all)", b["kafka"]["produce_msg_per_s"], "msg/s")
         add("baseline: Kafka raw consume (aiokafka)", b["kafka"]["consume_msg_per_s"], "msg/s")
         add("baseline: Kafka produce → consume latency p50", b["kafka_produce_to_consume"]["p50_ms"], "ms", ".1f")
+    if b and "pg_insert_1conn" not in b and "kafka" in b:  # --only projections
+        add("baseline: Kafka raw consume (aiokafka)", b["kafka"]["consume_msg_per_s"], "msg/s")
     t = b.get("trivial_http") if b else None
     if t:
         add("baseline: trivial FastAPI endpoint, same bodies", t["req_per_s"], "req/s")
@@ -722,6 +727,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             if args.only == "ingest":
                 run_ingest_only(infra, sizes, args, ingest_token, admin_token, tag, out)
+            elif args.only == "projections":
+                run_projections_only(infra, sizes, out)
             else:
                 run_everything(infra, sizes, args, ingest_token, admin_token, tag, out)
         except Exception:
@@ -737,6 +744,34 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps(_clean_nans(out), indent=2, default=_json_default))
         say(f"figures written to {args.json}")
     return 1 if failed else 0
+
+
+def run_projections_only(infra: Infra, sizes: Sizes, out: dict[str, Any]) -> None:
+    """`--only projections`: (f) and (c) on a data set built through the domain, against raw consume."""
+    from bench.dataset import build
+    from bench.replaying import ProjectionImage, image
+
+    say("== baseline (raw Kafka client, same broker) ==")
+    kafka = asyncio.run(kafka_baseline(infra, messages=sizes.kafka_messages))
+    say(f"  Kafka: consumed {kafka.messages:,} messages = {kafka.consume_per_s:,.0f} msg/s")
+    out["baselines"] = {"kafka": kafka.as_dict()}
+    say(f"== data set: {sizes.messages:,} messages over {sizes.contacts:,} rooms through the domain ==")
+    built = build(infra.settings, sizes.contacts, sizes.messages)
+    say(f"  {built.events:,} events in {built.seconds:.0f}s")
+    worker_image: list[ProjectionImage] = []
+    run_worker_phase(infra, out, keep=lambda catch_up: worker_image.append(image(catch_up)))
+    say("== (c) replay, compared with what the worker projected ==")
+    r = run_replay(infra, live=worker_image[0] if worker_image else None)
+    per = r.cpu_ms_per_event
+    say(
+        f"  replayed {r.stats.events:,} events into {r.stats.rooms:,} rooms in {r.stats.seconds:.2f}s"
+        f" = {r.stats.events_per_s:,.0f} events/s; replay CPU {'n/a' if per is None else f'{per:.3f} ms'} per event"
+        f" (baseline: the same log read raw, no decoding, {r.store_read_rows_per_s or 0:,.0f} rows/s)"
+    )
+    say(f"  replayed projections vs the worker's: {'OK' if r.ok else 'MISMATCH'}")
+    for d in r.differences:
+        say(f"    {d}")
+    out["replay"] = r.as_dict()
 
 
 def run_ingest_only(

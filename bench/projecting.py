@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -82,7 +83,10 @@ async def prefill(bootstrap: str, topic: str, partitions: int, events: list[dict
         await producer.stop()
 
 
-def worker_catch_up(infra: Infra, *, timeout: float = 600, batch_size: int | None = None) -> WorkerCatchUp:
+def worker_catch_up(
+    infra: Infra, *, timeout: float = 600, batch_size: int | None = None, keep: Callable[[Infra], None] | None = None,
+) -> WorkerCatchUp:
+    """`keep(catch-up infra)` is called once the backlog is projected, before its schema is dropped."""
     events = store_events(infra)
     settings = replace(
         infra.settings, db_schema=f"{infra.name}_catchup", topic_prefix=f"{infra.name}.catchup.",
@@ -120,6 +124,8 @@ def worker_catch_up(infra: Infra, *, timeout: float = 600, batch_size: int | Non
                 rooms = conn.execute("SELECT count(*) FROM rooms").fetchone()
         finally:
             pipeline.stop_all()
+        if keep is not None:
+            keep(shadow)
         return WorkerCatchUp(
             events=target - first, rooms=int(rooms[0]) if rooms else 0, seconds=seconds,
             cpu_s=usage.by_group.get("worker") if usage else None,

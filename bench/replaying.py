@@ -92,8 +92,9 @@ def store_read_baseline(infra: Infra, page_size: int = 20_000) -> float:
         app.close()
 
 
-def run_replay(infra: Infra) -> ReplayResult:
-    before = image(infra)
+def run_replay(infra: Infra, live: ProjectionImage | None = None) -> ReplayResult:
+    """Replay `infra`'s store and compare with its live projections (or with `live`, taken elsewhere)."""
+    before = live if live is not None else image(infra)
     read_rate = store_read_baseline(infra)
     cpu0 = time.process_time()
     stats = asyncio.run(replay(infra.settings))

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -168,11 +169,15 @@ class _Loader:
                     return position
                 pending = asyncio.ensure_future(asyncio.to_thread(self._read, page.last_id))  # read ahead
                 await self._apply(page, unreadable)
+                # The rooms kept so far stay: keep the cyclic collector from walking all of them again
+                # on every full collection (refcounting still frees what is dropped).
+                gc.freeze()
                 position = page.last_id
                 if self.progress:
                     elapsed = time.perf_counter() - self.started
                     self.progress(position, max(total, position), self.events / elapsed if elapsed else 0.0)
         finally:
+            gc.unfreeze()
             if not pending.done():
                 with contextlib.suppress(Exception):
                     await pending

@@ -7,12 +7,11 @@ from typing import Any
 from uuid import UUID
 
 import orjson
-import psycopg
-from eventsourcing import persistence as es_persistence
 from eventsourcing.persistence import JSONTranscoder, Notification, StoredEvent
 from eventsourcing.utils import resolve_topic
 
 from inbox.adapters.eventstore import InboxApplication
+from inbox.adapters.postgres import is_transient
 from inbox.adapters.wire import to_wire
 
 ROOM_TOPIC_PREFIX = "domain.room:Room."
@@ -41,14 +40,6 @@ class Unreadable:
     @property
     def reason(self) -> str:
         return f"{type(self.error).__name__}: {self.error}".replace("\x00", "\\0")
-
-
-def is_transient(error: BaseException) -> bool:
-    """A database that is unreachable, restarting or timing out (retry), not a bad stored event."""
-    return isinstance(error, (
-        es_persistence.OperationalError, es_persistence.InterfaceError, psycopg.OperationalError,
-        psycopg.InterfaceError, OSError, TimeoutError,
-    ))
 
 
 def _revive(value: Any, transcodings: dict[str, Any]) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import psycopg
+from eventsourcing import persistence as es_persistence
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
@@ -140,3 +141,23 @@ async def async_pool(settings: Settings, *, min_size: int = 1, max_size: int = 4
     )
     await pool.open()
     return pool
+
+
+def is_transient(error: BaseException) -> bool:
+    """True when a failure is the database's, not the data's: retry, never skip or dead-letter.
+
+    Lost connections, a restarting server, lock and statement timeouts, deadlocks, serialization
+    failures, a full disk or pool (psycopg's and the eventsourcing library's `OperationalError` and
+    `InterfaceError`), and a schema that is not migrated or not accessible. A program limit hit by
+    one value (class 54, e.g. a text too long for a tsvector) is the value's own. The one predicate
+    of the relay, the projection and reports workers, replay and the sender.
+    """
+    if isinstance(error, psycopg.errors.ProgramLimitExceeded):
+        return False
+    return isinstance(error, (
+        es_persistence.OperationalError, es_persistence.InterfaceError,
+        psycopg.OperationalError, psycopg.InterfaceError, OSError, TimeoutError,
+        psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn, psycopg.errors.UndefinedFunction,
+        psycopg.errors.InsufficientPrivilege, psycopg.errors.ReadOnlySqlTransaction,
+        psycopg.errors.InFailedSqlTransaction,
+    ))

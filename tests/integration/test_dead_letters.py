@@ -29,7 +29,8 @@ from inbox.adapters.postgres import async_pool, conninfo
 from inbox.bootstrap import replay, retry_dead_letters
 from inbox.usecases.ingest import InboundMessage
 from inbox.adapters.wire import encode, event_id
-from inbox.adapters.read_models.writer import ProjectionWriter, is_transient
+from inbox.adapters.postgres import is_transient
+from inbox.adapters.read_models.writer import ProjectionWriter
 from inbox.adapters.kafka.relay import ensure_topic
 from tests.support import Pipeline, counters_table, env_for, execute, project_all, query, recount, wait_until
 

@@ -20,7 +20,8 @@ from inbox.config import Settings
 from inbox.adapters.event_log import WireEventLog
 from inbox.adapters.wire import InvalidWireEvent, decode, decode_batch
 from inbox.adapters.read_models.changes import prune
-from inbox.adapters.read_models.writer import BatchStats, ProjectionWriter, is_transient
+from inbox.adapters.postgres import is_transient
+from inbox.adapters.read_models.writer import BatchStats, ProjectionWriter
 from inbox.adapters.kafka.faust_transport import LowLatencyApp
 
 log = logging.getLogger(__name__)

@@ -35,7 +35,8 @@ from aiokafka.structs import RecordMetadata, TopicPartition
 
 from inbox.config import Settings
 from inbox.adapters.postgres import conninfo
-from inbox.adapters.event_log import Unreadable, WireEventLog, is_transient
+from inbox.adapters.event_log import Unreadable, WireEventLog
+from inbox.adapters.postgres import is_transient
 from inbox.adapters.eventstore import EVENTS_TABLE
 from inbox.adapters.wire import encode, event_id
 

@@ -32,7 +32,8 @@ from psycopg_pool import AsyncConnectionPool
 
 from inbox.adapters.postgres import async_pool
 from inbox.adapters.read_models.reports_writer import ReportStats, apply_reports
-from inbox.adapters.read_models.writer import is_transient, lock_projections
+from inbox.adapters.postgres import is_transient
+from inbox.adapters.read_models.writer import lock_projections
 from inbox.adapters.wire import InvalidWireEvent, decode
 from inbox.config import Settings
 

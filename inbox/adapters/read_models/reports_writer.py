@@ -21,7 +21,8 @@ from typing import Any
 import orjson
 from psycopg import AsyncConnection
 
-from inbox.adapters.read_models.writer import dead_letter_row, is_transient
+from inbox.adapters.postgres import is_transient
+from inbox.adapters.read_models.writer import dead_letter_row
 from projections.reports import COUNT_FIELDS, BacklogChange, Count, Cycle, ReportRoom, apply
 
 log = logging.getLogger(__name__)

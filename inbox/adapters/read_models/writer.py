@@ -21,8 +21,9 @@ from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
+from inbox.adapters.postgres import is_transient
 from projections.counters import deltas
-from projections.rooms import MessageChange, MessageRow, RoomView, UnknownEvent, apply, message_change
+from projections.rooms import MessageChange, MessageRow, RoomView, apply, message_change
 
 log = logging.getLogger(__name__)
 
@@ -234,24 +235,6 @@ async def record_changes(conn: AsyncConnection, plans: Sequence[_RoomPlan]) -> N
     async with conn.cursor() as cur:
         await cur.execute(_INSERT_CHANGES, _binary(_columns(rows, 7)))
     await conn.execute(NOTIFY_LAST_CHANGE)
-
-
-def is_transient(error: BaseException) -> bool:
-    """True when the failure is the database's, not the event's: retry the batch, never dead-letter.
-
-    Lost connections, a restarting server, lock and statement timeouts, deadlocks, serialization
-    failures, a full disk or pool (psycopg `OperationalError` and `InterfaceError`), and a schema
-    that is not migrated or not accessible. A program limit hit by one value (class 54, e.g. a
-    text too long for a tsvector) is the event's own.
-    """
-    if isinstance(error, psycopg.errors.ProgramLimitExceeded):
-        return False
-    return isinstance(error, (
-        psycopg.OperationalError, psycopg.InterfaceError, OSError, TimeoutError,
-        psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn, psycopg.errors.UndefinedFunction,
-        psycopg.errors.InsufficientPrivilege, psycopg.errors.ReadOnlySqlTransaction,
-        psycopg.errors.InFailedSqlTransaction,
-    ))
 
 
 @dataclass

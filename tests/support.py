@@ -7,7 +7,8 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -124,22 +125,30 @@ def project_all(settings: Settings) -> None:
     asyncio.run(run())
 
 
-async def read_topic_async(settings: Settings, at_least: int, timeout: float = 30) -> list[tuple[bytes, dict[str, Any]]]:
-    """Everything on the events topic, read like a downstream consumer (manual assignment, from the start)."""
+@asynccontextmanager
+async def events_topic_from_start(settings: Settings) -> AsyncIterator[AIOKafkaConsumer]:
+    """A consumer of the events topic as a downstream team would read it: every partition assigned
+    by hand, from the beginning, nothing committed; stopped when the block ends."""
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False)
     await consumer.start()
     try:
         tps = [TopicPartition(settings.events_topic, p) for p in range(settings.topic_partitions)]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
+        yield consumer
+    finally:
+        await consumer.stop()
+
+
+async def read_topic_async(settings: Settings, at_least: int, timeout: float = 30) -> list[tuple[bytes, dict[str, Any]]]:
+    """Everything on the events topic, read like a downstream consumer (manual assignment, from the start)."""
+    async with events_topic_from_start(settings) as consumer:
         out: list[tuple[bytes, dict[str, Any]]] = []
         deadline = time.monotonic() + timeout
         while len(out) < at_least and time.monotonic() < deadline:
             for records in (await consumer.getmany(timeout_ms=200)).values():
                 out.extend((r.key, orjson.loads(r.value)) for r in records)
         return out
-    finally:
-        await consumer.stop()
 
 
 def read_topic(settings: Settings, at_least: int, timeout: float = 30) -> list[tuple[bytes, dict[str, Any]]]:
@@ -190,6 +199,57 @@ class Pipeline:
 
     def log_tail(self, name: str, lines: int = 40) -> str:
         return self.processes.log_tail(name, lines)
+
+
+@contextmanager
+def running(settings: Settings, log_dir: Path, *names: str) -> Iterator[Pipeline]:
+    """A `Pipeline` with the processes `names` started in that order and its API answering; every
+    process is stopped when the block ends."""
+    p = Pipeline(settings, log_dir)
+    try:
+        for name in names:
+            p.start(name)
+        p.wait_for_api()
+        yield p
+    finally:
+        p.stop_all()
+
+
+# The channel accounts of the three-channel story (tests/e2e/test_story.py, tests/web/test_browser_story.py):
+# customers write on WhatsApp, Instagram and Messenger and comment under posts.
+STORY_ACCOUNTS = {"whatsapp_cloud": "pn-1", "instagram": "ig-1", "facebook_messenger": "page-1",
+                  "instagram_comment": "ig-1", "facebook_comment": "page-1"}
+
+
+class Customers:
+    """The integration side of the story: its channel accounts registered (by admin1), then
+    customers' messages posted through the HTTP API."""
+
+    def __init__(self, p: Pipeline) -> None:
+        self.http = httpx.Client(base_url=p.base_url, timeout=60)
+        self.settings = p.settings
+        self._n = 0
+        admin = auth(p.settings, role="admin", user="admin1")
+        for channel, external_id in STORY_ACCOUNTS.items():
+            r = self.http.post("/v1/channel-accounts", headers=admin,
+                               json={"channel": channel, "external_id": external_id, "name": channel})
+            assert r.status_code == 201, r.text
+
+    def write(self, channel: str, contact: str, text: str, *, name: str, at: datetime | None = None,
+              post: str | None = None) -> str:
+        """The next customer message (ids m1, m2, ...) on `channel`; returns its room's id."""
+        self._n += 1
+        r = self.http.post("/v1/inbound-messages", headers=auth(self.settings, role="integration", user="bridge"),
+                           json={"channel": channel, "channel_account": STORY_ACCOUNTS[channel],
+                                 "contact": {"id": contact, "name": name},
+                                 "message": {"id": f"m{self._n}", "text": text,
+                                             "sent_at": (at or datetime.now(UTC)).isoformat()},
+                                 **({"post_id": post} if post else {})})
+        assert r.status_code == 202, r.text
+        return str(r.json()["room_id"])
+
+    def close(self) -> None:
+        self.http.close()
 
 
 def write_expired_rooms(settings: Settings, org: str, n: int, *, account: str, phone_prefix: str) -> None:

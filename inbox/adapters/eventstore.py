@@ -283,29 +283,38 @@ class InboxApplication(Application):
         return self.recorder.datastore.get_connection()  # type: ignore[attr-defined,no-any-return]
 
 
-# Rooms kept by `EventStore.rooms_for_update` between batches (per process; the library's own
-# cache is separate: it is fast-forwarded in place by other threads' commands).
-WRITE_CACHE_MAXSIZE = 50_000
+class AggregateStore:
+    """What both event stores (this one and inbox/adapters/memory_store.py) share: an aggregate
+    read from the eventsourcing Application's repository, `NotFound` when it has no events."""
 
-
-class EventStore:
-    """The use cases' event store (`inbox.usecases.ports.EventStore`) on PostgreSQL.
-
-    Holds the eventsourcing Application (`app`, its name "Inbox" names the tables) and adds the
-    inbound dedup keys, the delivery statuses and the few bulk reads the use cases need.
-    """
-
-    def __init__(self, app: InboxApplication) -> None:
-        self.app = app
-        # Rooms handed back with `cache` after a save, lent out again by `rooms_for_update`.
-        self._rooms: OrderedDict[UUID, Room] = OrderedDict()
-        self._rooms_lock = threading.Lock()
+    app: Application
 
     def get(self, aggregate_id: UUID) -> Any:
         try:
             return self.app.repository.get(aggregate_id)
         except AggregateNotFoundError:
             raise NotFound(f"aggregate {aggregate_id} not found") from None
+
+
+# Rooms kept by `EventStore.rooms_for_update` between batches (per process; the library's own
+# cache is separate: it is fast-forwarded in place by other threads' commands).
+WRITE_CACHE_MAXSIZE = 50_000
+
+
+class EventStore(AggregateStore):
+    """The use cases' event store (`inbox.usecases.ports.EventStore`) on PostgreSQL.
+
+    Holds the eventsourcing Application (`app`, its name "Inbox" names the tables) and adds the
+    inbound dedup keys, the delivery statuses and the few bulk reads the use cases need.
+    """
+
+    app: InboxApplication
+
+    def __init__(self, app: InboxApplication) -> None:
+        self.app = app
+        # Rooms handed back with `cache` after a save, lent out again by `rooms_for_update`.
+        self._rooms: OrderedDict[UUID, Room] = OrderedDict()
+        self._rooms_lock = threading.Lock()
 
     def save(
         self, *aggregates: Any, dedup_keys: Sequence[DedupKey] = (),

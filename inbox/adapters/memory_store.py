@@ -12,12 +12,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 from uuid import UUID
 
-from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.application import Application
 from eventsourcing.persistence import IntegrityError, OperationalError
 
 from domain.errors import NotFound
 from domain.room import Room
-from inbox.adapters.eventstore import SNAPSHOT_INTERVAL
+from inbox.adapters.eventstore import SNAPSHOT_INTERVAL, AggregateStore
 from inbox.usecases.ports import BatchState, DedupKey, DeliveryStatusRecord, RecordedFact
 
 
@@ -28,19 +28,13 @@ class MemoryApplication(Application):
     snapshotting_intervals = {Room: SNAPSHOT_INTERVAL}
 
 
-class MemoryEventStore:
+class MemoryEventStore(AggregateStore):
     def __init__(self) -> None:
         self.app = MemoryApplication(env={"PERSISTENCE_MODULE": "eventsourcing.popo"})
         self.dedup: dict[tuple[str, str], DedupKey] = {}
         self.statuses: dict[tuple[str, str], DeliveryStatusRecord] = {}
         self.writable = True  # False: `can_write` says no, `save` fails as a database that is down would
         self._lock = threading.RLock()
-
-    def get(self, aggregate_id: UUID) -> Any:
-        try:
-            return self.app.repository.get(aggregate_id)
-        except AggregateNotFoundError:
-            raise NotFound(f"aggregate {aggregate_id} not found") from None
 
     def save(
         self, *aggregates: Any, dedup_keys: Sequence[DedupKey] = (),

@@ -84,6 +84,48 @@ def assert_unavailable(r: httpx.Response) -> None:
     assert "detail" in r.json()
 
 
+class Burst:
+    """What a `burst` of senders got: each message's answer (202 or a well-formed 503) by message id."""
+
+    def __init__(self, p: Pipeline) -> None:
+        self.outcomes: dict[str, int] = {}
+        self._p = p
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+
+    def count(self, status: int | None = None) -> int:
+        """Answers so far (with `status`: only those)."""
+        with self._lock:
+            return sum(1 for s in self.outcomes.values() if status is None or s == status)
+
+    def _send(self, worker: int) -> None:
+        i = 0
+        while not self._stop.is_set():
+            message_id = f"m.{worker}.{i}"
+            r = post(self._p, message_id, contact=f"62812{worker:05d}")
+            assert r.status_code in (202, 503), r.text
+            if r.status_code == 503:
+                assert_unavailable(r)
+            with self._lock:
+                self.outcomes[message_id] = r.status_code
+            i += 1
+
+
+@contextmanager
+def burst(p: Pipeline, workers: int) -> Iterator[Burst]:
+    """`workers` threads, one contact each, post message after message until the block ends; then
+    each sender's failure (an answer other than 202 or a well-formed 503) is raised."""
+    b = Burst(p)
+    with ThreadPoolExecutor(workers) as pool:
+        senders = [pool.submit(b._send, w) for w in range(workers)]
+        try:
+            yield b
+        finally:
+            b._stop.set()
+        for s in senders:
+            s.result()
+
+
 def assert_exact(settings: Settings, outcomes: dict[str, int]) -> None:
     """Every 202 recorded once, no 503 recorded."""
     recorded = recorded_ids(settings)
@@ -107,40 +149,14 @@ def test_inbound_recovers_after_the_events_table_was_locked_longer_than_the_requ
 
 
 def test_inbound_burst_during_a_held_lock_gets_only_202_or_503_and_every_202_is_recorded_once(api: Pipeline) -> None:
-    outcomes: dict[str, int] = {}
-    lock = threading.Lock()
-    stop = threading.Event()
+    with burst(api, workers=8) as senders:
+        wait_until(lambda: senders.count(202) >= 8, timeout=60, what="202s before the lock")
+        with events_table_locked(api.settings):
+            wait_until(lambda: senders.count(503) >= 8, timeout=60, what="503s while the lock is held")
+        accepted_before = senders.count(202)
+        wait_until(lambda: senders.count(202) >= accepted_before + 16, timeout=60, what="202s after the lock")
 
-    def sender(worker: int) -> None:
-        i = 0
-        while not stop.is_set():
-            message_id = f"m.{worker}.{i}"
-            r = post(api, message_id, contact=f"62812{worker:05d}")
-            assert r.status_code in (202, 503), r.text
-            if r.status_code == 503:
-                assert_unavailable(r)
-            with lock:
-                outcomes[message_id] = r.status_code
-            i += 1
-
-    def count(status: int) -> int:
-        with lock:
-            return sum(1 for s in outcomes.values() if s == status)
-
-    with ThreadPoolExecutor(8) as pool:
-        senders = [pool.submit(sender, w) for w in range(8)]
-        try:
-            wait_until(lambda: count(202) >= 8, timeout=60, what="202s before the lock")
-            with events_table_locked(api.settings):
-                wait_until(lambda: count(503) >= 8, timeout=60, what="503s while the lock is held")
-            accepted_before = count(202)
-            wait_until(lambda: count(202) >= accepted_before + 16, timeout=60, what="202s after the lock")
-        finally:
-            stop.set()
-        for s in senders:
-            s.result()
-
-    assert_exact(api.settings, outcomes)
+    assert_exact(api.settings, senders.outcomes)
 
 
 def test_a_full_ingest_queue_answers_503_without_waiting_for_the_database(settings: Settings, tmp_path: Path) -> None:
@@ -166,25 +182,6 @@ def test_terminated_database_connections_answer_503_and_service_recovers(
     p = Pipeline(replace(http_settings(settings), inbound_timeout_s=REQUEST_TIMEOUT_S), tmp_path)
     p.start("api")
     monkeypatch.delenv("PGAPPNAME")
-    outcomes: dict[str, int] = {}
-    lock = threading.Lock()
-    stop = threading.Event()
-
-    def sender(worker: int) -> None:
-        i = 0
-        while not stop.is_set():
-            message_id = f"m.{worker}.{i}"
-            r = post(p, message_id, contact=f"62812{worker:05d}")
-            assert r.status_code in (202, 503), r.text
-            if r.status_code == 503:
-                assert_unavailable(r)
-            with lock:
-                outcomes[message_id] = r.status_code
-            i += 1
-
-    def answered() -> int:
-        with lock:
-            return len(outcomes)
 
     def terminate() -> int:
         rows = query(settings, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
@@ -196,18 +193,13 @@ def test_terminated_database_connections_answer_503_and_service_recovers(
         r = httpx.post(f"{p.base_url}/v1/channel-accounts", headers=auth(p.settings, role="admin"),
                        json={"channel": "whatsapp_cloud", "external_id": "pn-stall", "name": "Stalls"})
         assert r.status_code == 201, r.text
-        with ThreadPoolExecutor(6) as pool:
-            senders = [pool.submit(sender, w) for w in range(6)]
-            try:
-                for _ in range(3):
-                    seen = answered()
-                    assert terminate() > 0
-                    wait_until(lambda: answered() >= seen + 12, timeout=60, what="answers after terminating")  # noqa: B023
-            finally:
-                stop.set()
-            for s in senders:
-                s.result()
-        wait_until(lambda: post(p, f"m.canary.{answered()}").status_code == 202, timeout=30, what="a 202 again")
+        with burst(p, workers=6) as senders:
+            for _ in range(3):
+                seen = senders.count()
+                assert terminate() > 0
+                wait_until(lambda: senders.count() >= seen + 12, timeout=60, what="answers after terminating")  # noqa: B023
+        outcomes = senders.outcomes
+        wait_until(lambda: post(p, f"m.canary.{len(outcomes)}").status_code == 202, timeout=30, what="a 202 again")
         assert 202 in outcomes.values()
         assert set(outcomes.values()) <= {202, 503}
         assert_exact(settings, outcomes)

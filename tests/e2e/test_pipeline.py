@@ -23,6 +23,7 @@ from tests.support import (
     query,
     read_topic,
     recount,
+    running,
     store_totals,
     wait_until,
 )
@@ -34,15 +35,8 @@ ENVELOPE = {"id", "type", "schema_version", "org_id", "room_id", "version", "occ
 
 @pytest.fixture
 def pipeline(settings: Settings, tmp_path: Path) -> Iterator[Pipeline]:
-    p = Pipeline(http_settings(settings), tmp_path)
-    p.start("worker")
-    p.start("relay")
-    p.start("api")
-    try:
-        p.wait_for_api()
+    with running(http_settings(settings), tmp_path, "worker", "relay", "api") as p:
         yield p
-    finally:
-        p.stop_all()
 
 
 def register_account(p: Pipeline) -> None:

@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from inbox.config import Settings
-from tests.support import Pipeline, auth, http_settings, project_all, query, write_expired_rooms
+from tests.support import Pipeline, auth, http_settings, project_all, query, running, write_expired_rooms
 
 pytestmark = [pytest.mark.e2e, pytest.mark.scale]
 
@@ -33,13 +33,8 @@ ORG = "org1"
 def api(settings: Settings, tmp_path: Path) -> Iterator[Pipeline]:
     write_expired_rooms(settings, ORG, ROOMS, account="pn-scale", phone_prefix="62812")
     project_all(settings)
-    p = Pipeline(http_settings(settings), tmp_path)
-    p.start("api")
-    try:
-        p.wait_for_api()
+    with running(http_settings(settings), tmp_path, "api") as p:
         yield p
-    finally:
-        p.stop_all()
 
 
 def test_ten_thousand_expired_rooms_resolve_while_the_api_keeps_answering(api: Pipeline) -> None:

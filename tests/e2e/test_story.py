@@ -18,25 +18,17 @@ import pytest
 
 from inbox.config import Settings
 from tests.e2e.test_pipeline import read_topic
-from tests.support import Pipeline, auth, counters_table, http_settings, recount, store_totals
+from tests.support import Customers, Pipeline, auth, counters_table, http_settings, recount, running, store_totals
 
 pytestmark = pytest.mark.e2e
 
-ACCOUNTS = {"whatsapp_cloud": "pn-1", "instagram": "ig-1", "facebook_messenger": "page-1",
-            "instagram_comment": "ig-1", "facebook_comment": "page-1"}
 LONG_AGO = datetime.now(UTC) - timedelta(hours=30)
 
 
 @pytest.fixture
 def pipeline(settings: Settings, tmp_path: Path) -> Iterator[Pipeline]:
-    p = Pipeline(http_settings(settings), tmp_path)
-    for name in ("worker", "relay", "api"):
-        p.start(name)
-    try:
-        p.wait_for_api()
+    with running(http_settings(settings), tmp_path, "worker", "relay", "api") as p:
         yield p
-    finally:
-        p.stop_all()
 
 
 class Story:
@@ -47,19 +39,6 @@ class Story:
         self.spv = auth(p.settings, role="supervisor", user="spv1")
         self.agent1 = auth(p.settings, role="agent", user="agent1")
         self.agent2 = auth(p.settings, role="agent", user="agent2")
-        self._n = 0
-
-    def customer(self, channel: str, contact: str, text: str, *, name: str, at: datetime | None = None,
-                 post: str | None = None) -> str:
-        self._n += 1
-        r = self.http.post("/v1/inbound-messages", headers=auth(self.p.settings, role="integration", user="bridge"),
-                           json={"channel": channel, "channel_account": ACCOUNTS[channel],
-                                 "contact": {"id": contact, "name": name},
-                                 "message": {"id": f"m{self._n}", "text": text,
-                                             "sent_at": (at or datetime.now(UTC)).isoformat()},
-                                 **({"post_id": post} if post else {})})
-        assert r.status_code == 202, r.text
-        return str(r.json()["room_id"])
 
     def command(self, path: str, headers: dict[str, str], body: Any = None) -> Any:
         r = self.http.post(path, headers=headers, json=body)
@@ -93,17 +72,16 @@ def badges(messages: int, comments: int, unassigned: int, u: int, a: int, r: int
 
 def test_the_inbox_story(pipeline: Pipeline) -> None:
     s = Story(pipeline)
-    for channel, external_id in ACCOUNTS.items():
-        s.command("/v1/channel-accounts", s.admin, {"channel": channel, "external_id": external_id, "name": channel})
+    customers = Customers(pipeline)
 
     # 1. Customers write on three channels and comment under two posts; two old conversations expired.
-    budi = s.customer("whatsapp_cloud", "6281234567890", "Halo, pesanan INV-77 belum sampai", name="Budí Santoso")
-    siti = s.customer("instagram", "igsid-siti", "kak, warna merah ready?", name="Siti Rahayu")
-    agus = s.customer("facebook_messenger", "psid-agus", "refund saya kapan?", name="Agus Salim")
-    dewi = s.customer("instagram_comment", "igsid-dewi", "harga berapa?", name="Dewi", post="post-1")
-    rina = s.customer("facebook_comment", "psid-rina", "masih ada?", name="Rina", post="post-2")
-    old_wa = s.customer("whatsapp_cloud", "6285700000001", "halo", name="Lama Satu", at=LONG_AGO)
-    old_fb = s.customer("facebook_messenger", "psid-lama", "halo", name="Lama Dua", at=LONG_AGO)
+    budi = customers.write("whatsapp_cloud", "6281234567890", "Halo, pesanan INV-77 belum sampai", name="Budí Santoso")
+    siti = customers.write("instagram", "igsid-siti", "kak, warna merah ready?", name="Siti Rahayu")
+    agus = customers.write("facebook_messenger", "psid-agus", "refund saya kapan?", name="Agus Salim")
+    dewi = customers.write("instagram_comment", "igsid-dewi", "harga berapa?", name="Dewi", post="post-1")
+    rina = customers.write("facebook_comment", "psid-rina", "masih ada?", name="Rina", post="post-2")
+    old_wa = customers.write("whatsapp_cloud", "6285700000001", "halo", name="Lama Satu", at=LONG_AGO)
+    old_fb = customers.write("facebook_messenger", "psid-lama", "halo", name="Lama Dua", at=LONG_AGO)
     s.settle()
 
     direct = {budi, siti, agus, old_wa, old_fb}
@@ -139,7 +117,7 @@ def test_the_inbox_story(pipeline: Pipeline) -> None:
     assert s.ids(s.admin, status="resolved") == {budi}
 
     # 4. Budi writes again: the room reopens unassigned, awaiting a reply; its history continues.
-    assert s.customer("whatsapp_cloud", "6281234567890", "Sudah 5 hari belum datang", name="Budí Santoso") == budi
+    assert customers.write("whatsapp_cloud", "6281234567890", "Sudah 5 hari belum datang", name="Budí Santoso") == budi
     s.settle()
     assert s.badges(s.admin) == badges(5, 2, 6, u=6, a=1, r=0)
     assert s.badges(s.agent1) == badges(4, 2, 6, u=6, a=0, r=0)
@@ -188,3 +166,4 @@ def test_the_inbox_story(pipeline: Pipeline) -> None:
     resolved = {(e["room_id"], e["data"]["reason"]) for e in events if e["type"] == "RoomResolved"}
     assert resolved == {(budi, "manual"), (old_fb, "expired"), (old_wa, "expired")}
     s.http.close()
+    customers.close()

@@ -67,3 +67,19 @@ def pipeline(settings: Settings, tmp_path: Path) -> Iterator[Pipeline]:
             yield start_pipeline(p)
         finally:
             p.stop_all()
+
+
+@pytest.fixture
+def pipeline_on(tmp_path: Path) -> Iterator[Callable[[Settings], Pipeline]]:
+    """pipeline_on(settings) -> a pipeline of those settings (a server of the test's own), started as
+    `start_pipeline` does; its processes are stopped when the test ends."""
+    started: list[Pipeline] = []
+
+    def start(settings: Settings) -> Pipeline:
+        p = Pipeline(settings, tmp_path)
+        started.append(p)
+        return start_pipeline(p)
+
+    yield start
+    for p in started:
+        p.stop_all()

@@ -238,6 +238,18 @@ def canary(p: Pipeline, timeout: float = 60) -> float:
     return time.monotonic() - start
 
 
+def assert_retries_record_each_once(p: Pipeline, load: Load, figures: Figures) -> None:
+    """The sender retries every request not answered 202 (its 503s and unknown outcomes): then each
+    message is recorded exactly once (`figures.recorded`) and every 202 projected once, and a
+    canary comes out of the projections."""
+    resend(p, load.unanswered())
+    after = store_message_ids(p.settings)
+    assert [s.message_id for s in load.sent if after[s.message_id] != 1] == [], "after the retries: once each"
+    figures.recorded = sum(1 for s in load.sent if after[s.message_id])
+    assert_every_accepted_is_projected_once(p, load)
+    canary(p)
+
+
 def terminate_backends(settings: Settings, application_name: str) -> int:
     """pg_terminate_backend on every connection of the application (by its application_name)."""
     with psycopg.connect(settings.database_url or "", autocommit=True, application_name="faults-killer") as conn:

@@ -24,15 +24,13 @@ from inbox.config import Settings
 from inbox.adapters.postgres import conninfo
 from inbox.adapters.schema import migrate
 from inbox.adapters.embedded import EmbeddedPostgres
-from tests.faults.conftest import INBOUND_TIMEOUT_S, fault_settings, start_pipeline
+from tests.faults.conftest import INBOUND_TIMEOUT_S, fault_settings
 from tests.faults.harness import (
     Figures,
     Load,
     account,
-    assert_every_accepted_is_projected_once,
-    canary,
+    assert_retries_record_each_once,
     first_accepted_after,
-    resend,
     steady_load,
     store_message_ids,
     terminate_backends,
@@ -59,12 +57,7 @@ def assert_outcomes(p: Pipeline, load: Load, figures: Figures, fault_end: float,
     assert [s.message_id for s in load.with_status(503) if stored[s.message_id]] == [], "a 503 was recorded"
     assert figures.recover_s is not None, f"no request was accepted after the fault: {answered}"
 
-    resend(p, load.unanswered())
-    after = store_message_ids(p.settings)
-    assert [s.message_id for s in load.sent if after[s.message_id] != 1] == [], "after the retries: once each"
-    figures.recorded = sum(1 for s in load.sent if after[s.message_id])
-    assert_every_accepted_is_projected_once(p, load)
-    canary(p)
+    assert_retries_record_each_once(p, load, figures)
 
 
 def test_steady_load_without_a_fault_is_the_baseline(pipeline: Pipeline, figures: Callable[[str], Figures]) -> None:
@@ -130,11 +123,11 @@ def own_postgres(settings: Settings) -> Iterator[tuple[EmbeddedPostgres, Setting
 
 
 def test_a_postgresql_restart_under_load(
-    own_postgres: tuple[EmbeddedPostgres, Settings], tmp_path: Path, figures: Callable[[str], Figures]
+    own_postgres: tuple[EmbeddedPostgres, Settings], figures: Callable[[str], Figures],
+    pipeline_on: Callable[[Settings], Pipeline],
 ) -> None:
     f = figures("c restart postgresql")
     pg, own = own_postgres
-    p = Pipeline(own, tmp_path)
     back: list[float] = []
 
     async def restart() -> None:
@@ -144,9 +137,6 @@ def test_a_postgresql_restart_under_load(
         await asyncio.to_thread(pg.start)
         back.append(time.monotonic())
 
-    try:
-        start_pipeline(p)
-        load = asyncio.run(steady_load(p, rate=RATE, seconds=8, tag="restart", fault=restart))
-        assert_outcomes(p, load, f, back[0])
-    finally:
-        p.stop_all()
+    p = pipeline_on(own)
+    load = asyncio.run(steady_load(p, rate=RATE, seconds=8, tag="restart", fault=restart))
+    assert_outcomes(p, load, f, back[0])

@@ -2,38 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
-from inbox.entrypoints.api.app import create_api
 from inbox.adapters.auth import mint_token
 from inbox.config import Settings
-from inbox.bootstrap import Container
 from tests.support import auth, project_all
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def client(db_settings: Settings) -> Iterator[TestClient]:
-    container = Container.build(db_settings)
-    with TestClient(create_api(container)) as c:
-        yield c
-    container.close()
-
-
-@pytest.fixture
-def admin(db_settings: Settings) -> dict[str, str]:
-    return auth(db_settings, role="admin", user="admin1")
-
-
-@pytest.fixture
-def integration(db_settings: Settings) -> dict[str, str]:
-    return auth(db_settings, role="integration", user="meta-bridge")
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ stored event without it. Real PostgreSQL; the API in process (TestClient).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -46,14 +45,6 @@ def wa_post(message_id: str) -> bytes:
 def post(client: TestClient, body: bytes, secret: str) -> Any:
     return client.post("/webhooks/meta", content=body, headers={
         "content-type": "application/json", "X-Hub-Signature-256": signature(secret, body)})
-
-
-@pytest.fixture
-def client(db_settings: Settings) -> Iterator[TestClient]:
-    container = Container.build(db_settings)
-    with TestClient(create_api(container)) as c:
-        yield c
-    container.close()
 
 
 def store_old_registration(settings: Settings, org_id: str = "org1") -> UUID:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import psycopg
@@ -23,13 +22,6 @@ from tests.support import execute, project_all, query
 pytestmark = pytest.mark.integration
 
 ADMIN = Actor("admin1", "org1", Role.ADMIN)
-
-
-@pytest.fixture
-def container(db_settings: Settings) -> Iterator[Container]:
-    c = Container.build(db_settings)
-    yield c
-    c.close()
 
 
 def write(container: Container, contact: str, n: int) -> str:

@@ -9,7 +9,6 @@ import asyncio
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -166,13 +165,6 @@ def test_transient_and_event_errors_are_told_apart() -> None:
 
 
 # ---- from the event store: replay and retry -------------------------------------------------
-@pytest.fixture
-def container(db_settings: Settings) -> Iterator[Container]:
-    c = Container.build(db_settings)
-    yield c
-    c.close()
-
-
 def store_conversation(container: Container, texts: list[str]) -> str:
     account = container.accounts.register(ADMIN, channel="whatsapp_cloud", external_id="pn-1", name="WA")
     room_id = ""

@@ -16,8 +16,6 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from aiokafka import AIOKafkaConsumer
-from aiokafka.structs import TopicPartition
 
 from inbox.adapters.export import (
     ENVELOPE_COLUMNS,
@@ -36,15 +34,9 @@ from inbox.bootstrap import open_event_store
 from inbox.adapters.wire import encode
 from tests.integration.history_helpers import ADMIN1, Story, write_inbound, write_story
 from tests.integration.test_relay import caught_up, running_relay
+from tests.support import events_topic_from_start
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def container(db_settings: Settings) -> Iterator[Container]:
-    c = Container.build(db_settings)
-    yield c
-    c.close()
 
 
 @pytest.fixture
@@ -109,12 +101,7 @@ def test_jsonl_lines_are_exactly_what_the_relay_published_to_the_topic(settings:
 
 async def raw_topic_values(settings: Settings, at_least: int, timeout: float = 30) -> list[bytes]:
     """The events topic's message values, byte for byte, read from the start of every partition."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        tps = [TopicPartition(settings.events_topic, p) for p in range(settings.topic_partitions)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
+    async with events_topic_from_start(settings) as consumer:
         values: list[bytes] = []
         deadline = time.monotonic() + timeout
         while len(values) < at_least:
@@ -122,8 +109,6 @@ async def raw_topic_values(settings: Settings, at_least: int, timeout: float = 3
             for records in (await consumer.getmany(timeout_ms=200)).values():
                 values.extend(r.value for r in records)
         return values
-    finally:
-        await consumer.stop()
 
 
 # ---- Parquet --------------------------------------------------------------------------------

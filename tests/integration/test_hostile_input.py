@@ -26,7 +26,7 @@ from inbox.adapters.event_log import WireEventLog
 from inbox.bootstrap import open_event_store
 from channels.meta.signature import signature
 from inbox.usecases.meta_webhooks import MAX_SIGNATURE_ACCOUNTS
-from tests.support import auth, project_all, query
+from tests.support import project_all, query
 
 pytestmark = pytest.mark.integration
 
@@ -42,26 +42,10 @@ def deep(levels: int) -> Any:
 
 
 @pytest.fixture
-def container(db_settings: Settings) -> Iterator[Container]:
-    c = Container.build(db_settings)
-    yield c
-    c.close()
-
-
-@pytest.fixture
 def client(container: Container) -> Iterator[TestClient]:
+    """The conftest's client, except that a server error is answered (a 500 is what these tests look for)."""
     with TestClient(create_api(container), raise_server_exceptions=False) as c:
         yield c
-
-
-@pytest.fixture
-def admin(db_settings: Settings) -> dict[str, str]:
-    return auth(db_settings, role="admin", user="admin1")
-
-
-@pytest.fixture
-def integration(db_settings: Settings) -> dict[str, str]:
-    return auth(db_settings, role="integration", user="meta-bridge")
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import psycopg
@@ -20,13 +19,6 @@ from inbox.usecases.results import Unavailable
 from tests.support import query
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def container(db_settings: Settings) -> Iterator[Container]:
-    c = Container.build(db_settings)
-    yield c
-    c.close()
 
 
 @pytest.fixture

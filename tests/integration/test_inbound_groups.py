@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
@@ -22,13 +21,6 @@ from tests.support import query
 pytestmark = pytest.mark.integration
 
 T0 = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
-
-
-@pytest.fixture
-def container(db_settings: Settings) -> Iterator[Container]:
-    c = Container.build(db_settings)
-    yield c
-    c.close()
 
 
 @pytest.fixture

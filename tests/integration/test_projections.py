@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
@@ -26,13 +25,6 @@ pytestmark = pytest.mark.integration
 
 ADMIN = Actor("admin1", "org1", Role.ADMIN)
 SPV = Actor("spv1", "org1", Role.SUPERVISOR)
-
-
-@pytest.fixture
-def container(db_settings: Settings) -> Iterator[Container]:
-    c = Container.build(db_settings)
-    yield c
-    c.close()
 
 
 def populate(container: Container, *, rooms: int = 12, seed: int = 7) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from dataclasses import replace
 
 import psycopg
@@ -20,14 +19,6 @@ from inbox.bootstrap import open_event_store
 from tests.support import auth
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def client(db_settings: Settings) -> Iterator[TestClient]:
-    container = Container.build(db_settings)
-    with TestClient(create_api(container)) as c:
-        yield c
-    container.close()
 
 
 @pytest.mark.parametrize("secret", ["", "   ", "short-secret"])

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,6 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from inbox.entrypoints.api.app import create_api
 from inbox.config import DEV_META_APP_SECRET, DEV_META_VERIFY_TOKEN, Settings
 from inbox.bootstrap import Container
 from channels.meta.signature import signature
@@ -34,24 +32,6 @@ def fixture(name: str) -> dict[str, Any]:
 
 
 # ---- plumbing ---------------------------------------------------------------------------------
-@pytest.fixture
-def container(db_settings: Settings) -> Iterator[Container]:
-    c = Container.build(db_settings)
-    yield c
-    c.close()
-
-
-@pytest.fixture
-def client(container: Container) -> Iterator[TestClient]:
-    with TestClient(create_api(container)) as c:
-        yield c
-
-
-@pytest.fixture
-def admin(db_settings: Settings) -> dict[str, str]:
-    return auth(db_settings, role="admin", user="admin1")
-
-
 def register(client: TestClient, admin: dict[str, str], channel: str, external_id: str,
              app_secret: str | None = None) -> None:
     body = {"channel": channel, "external_id": external_id, "name": f"{channel} {external_id}"}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from uuid import UUID
@@ -29,13 +28,6 @@ ADMIN = Actor("admin1", "org1", Role.ADMIN)
 SPV = Actor("spv1", "org1", Role.SUPERVISOR)
 AGENT_A = Actor("agent-a", "org1", Role.AGENT)
 AGENT_B = Actor("agent-b", "org1", Role.AGENT)
-
-
-@pytest.fixture
-def container(db_settings: Settings) -> Iterator[Container]:
-    c = Container.build(db_settings)
-    yield c
-    c.close()
 
 
 @pytest.fixture

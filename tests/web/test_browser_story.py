@@ -12,82 +12,34 @@ Screenshots of the main states are saved under the test's tmp dir (printed at th
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from inbox.config import Settings
-from tests.support import Pipeline, auth, http_settings, token
-
-CHROMIUM = os.environ.get("INBOX_TEST_CHROMIUM", "/usr/bin/chromium")
-if not Path(CHROMIUM).exists():
-    pytest.skip(f"browser tests need Chromium at {CHROMIUM} (apt-get install -y chromium); skipped",
-                allow_module_level=True)
-playwright_api = pytest.importorskip("playwright.sync_api", reason="browser tests need playwright==1.64.1 (the test extra)")
-expect = playwright_api.expect
+from tests.support import Customers, Pipeline, http_settings, running, token
+from tests.web.browser import chromium, expect
 
 pytestmark = pytest.mark.e2e
 
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
 LIVE = 60_000  # ms: how long a page may take to show a change (projection via Kafka, then the page)
-ACCOUNTS = {"whatsapp_cloud": "pn-1", "instagram": "ig-1", "facebook_messenger": "page-1",
-            "instagram_comment": "ig-1", "facebook_comment": "page-1"}
 LONG_AGO = datetime.now(UTC) - timedelta(hours=30)
 
 
 @pytest.fixture
 def pipeline(settings: Settings, tmp_path: Path) -> Iterator[Pipeline]:
-    p = Pipeline(http_settings(settings), tmp_path)
-    for name in ("worker", "relay", "api"):
-        p.start(name)
-    try:
-        p.wait_for_api()
+    with running(http_settings(settings), tmp_path, "worker", "relay", "api") as p:
         yield p
-    finally:
-        p.stop_all()
 
 
 @pytest.fixture
 def browser() -> Iterator[Any]:
-    with playwright_api.sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        try:
-            yield b
-        finally:
-            b.close()
-
-
-class Customers:
-    """The integration side: channel accounts and customer messages through the HTTP API."""
-
-    def __init__(self, p: Pipeline) -> None:
-        self.http = httpx.Client(base_url=p.base_url, timeout=60)
-        self.settings = p.settings
-        self._n = 0
-        admin = auth(p.settings, role="admin", user="admin1")
-        for channel, external_id in ACCOUNTS.items():
-            r = self.http.post("/v1/channel-accounts", headers=admin,
-                               json={"channel": channel, "external_id": external_id, "name": channel})
-            assert r.status_code == 201, r.text
-
-    def write(self, channel: str, contact: str, text: str, *, name: str, at: datetime | None = None,
-              post: str | None = None) -> str:
-        self._n += 1
-        r = self.http.post("/v1/inbound-messages", headers=auth(self.settings, role="integration", user="bridge"),
-                           json={"channel": channel, "channel_account": ACCOUNTS[channel],
-                                 "contact": {"id": contact, "name": name},
-                                 "message": {"id": f"m{self._n}", "text": text,
-                                             "sent_at": (at or datetime.now(UTC)).isoformat()},
-                                 **({"post_id": post} if post else {})})
-        assert r.status_code == 202, r.text
-        return str(r.json()["room_id"])
+    with chromium() as b:
+        yield b
 
 
 class Screens:
@@ -267,4 +219,4 @@ def test_the_inbox_story_in_a_browser(pipeline: Pipeline, browser: Any, tmp_path
     screens.shot(spv, "06-inbox")
     print(f"\nscreenshots: {screens.root}")
     assert errors == []
-    customers.http.close()
+    customers.close()

@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import queue
 import re
 import threading
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -36,18 +34,10 @@ from inbox.entrypoints.api.deps import ViewerDep
 from inbox.entrypoints.api.routers import channel_accounts, inbound
 from inbox.entrypoints.web import routes as web
 from tests.support import auth, project_all, token, wait_until
-
-CHROMIUM = os.environ.get("INBOX_TEST_CHROMIUM", "/usr/bin/chromium")
-if not Path(CHROMIUM).exists():
-    pytest.skip(f"browser tests need Chromium at {CHROMIUM} (apt-get install -y chromium); skipped",
-                allow_module_level=True)
-playwright_api = pytest.importorskip("playwright.sync_api", reason="browser tests need playwright==1.64.1 (the test extra)")
-expect = playwright_api.expect
+from tests.web.browser import chromium, expect
 
 pytestmark = pytest.mark.integration
 
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
 DROP = object()  # tells the stream to end the connection (the browser then reconnects)
 
 
@@ -133,64 +123,60 @@ def test_the_page_follows_the_stream_and_resumes_with_last_event_id(served: Any,
     assert http.post("/v1/channel-accounts", headers=admin,
                      json={"channel": "whatsapp_cloud", "external_id": "pn-live", "name": "WA"}).status_code == 201
 
-    with playwright_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        try:
-            page = browser.new_context(base_url=base_url).new_page()
-            page_errors: list[str] = []
-            page.on("pageerror", lambda e: page_errors.append(str(e)))
-            page.goto("/session/new")
-            page.get_by_label("Access token").fill(token(db_settings, role="supervisor", user="spv1"))
-            page.get_by_role("button", name="Sign in").click()
-            expect(page.locator("#live")).to_have_text("live")
-            assert stream.connections == [{"user": "spv1", "last_event_id": None}]  # the cookie authenticated it
+    with chromium() as browser:
+        page = browser.new_context(base_url=base_url).new_page()
+        page_errors: list[str] = []
+        page.on("pageerror", lambda e: page_errors.append(str(e)))
+        page.goto("/session/new")
+        page.get_by_label("Access token").fill(token(db_settings, role="supervisor", user="spv1"))
+        page.get_by_role("button", name="Sign in").click()
+        expect(page.locator("#live")).to_have_text("live")
+        assert stream.connections == [{"user": "spv1", "last_event_id": None}]  # the cookie authenticated it
 
-            # A customer writes: `counters` moves badges and title, `room` brings the room into the list.
-            r = http.post("/v1/inbound-messages", headers=auth(db_settings, role="integration", user="bridge"),
-                          json={"channel": "whatsapp_cloud", "channel_account": "pn-live",
-                                "contact": {"id": "628111", "name": "Lina Live"},
-                                "message": {"id": "wamid.1", "text": "are you there?",
-                                            "sent_at": datetime.now(UTC).isoformat()}})
-            assert r.status_code == 202, r.text
-            room_id = r.json()["room_id"]
-            project_in_thread(db_settings)
-            actor = Actor(user_id="spv1", org_id="org1", role=Role.SUPERVISOR, name=None)
-            queries = InboxQueries(container.read_pool)
-            stream.send("counters", queries.counters(actor))
-            expect(page).to_have_title("(1) Inbox")
-            expect(page.locator("#badge-messages")).to_have_text("1")
-            expect(page.locator("#count-unassigned")).to_have_text("1")
-            stream.send("room", queries.room(actor, room_id))
-            expect(page.locator(f"#room-{room_id}")).to_contain_text("Lina Live")
+        # A customer writes: `counters` moves badges and title, `room` brings the room into the list.
+        r = http.post("/v1/inbound-messages", headers=auth(db_settings, role="integration", user="bridge"),
+                      json={"channel": "whatsapp_cloud", "channel_account": "pn-live",
+                            "contact": {"id": "628111", "name": "Lina Live"},
+                            "message": {"id": "wamid.1", "text": "are you there?",
+                                        "sent_at": datetime.now(UTC).isoformat()}})
+        assert r.status_code == 202, r.text
+        room_id = r.json()["room_id"]
+        project_in_thread(db_settings)
+        actor = Actor(user_id="spv1", org_id="org1", role=Role.SUPERVISOR, name=None)
+        queries = InboxQueries(container.read_pool)
+        stream.send("counters", queries.counters(actor))
+        expect(page).to_have_title("(1) Inbox")
+        expect(page.locator("#badge-messages")).to_have_text("1")
+        expect(page.locator("#count-unassigned")).to_have_text("1")
+        stream.send("room", queries.room(actor, room_id))
+        expect(page.locator(f"#room-{room_id}")).to_contain_text("Lina Live")
 
-            # `message` events of the open room are added to (or replace in) its history.
-            page.locator(f"#room-{room_id} a").focus()
-            page.keyboard.press("Enter")  # keyboard only
-            expect(page.get_by_role("heading", name="Lina Live")).to_be_visible()
-            [first] = queries.messages(actor, room_id, limit=5, before=None)["items"]
-            pushed = {**first, "id": "00000000-0000-4000-8000-000000000002", "seq": first["seq"] + 1,
-                      "text": "hello? <b>still here</b>", "sent_at": datetime.now(UTC).isoformat()}
-            stream.send("message", pushed)
-            expect(page.locator("#history li.msg").last).to_contain_text("hello? <b>still here</b>")  # as text
-            stream.send("message", {**pushed, "removed": True, "removed_at": datetime.now(UTC).isoformat()})
-            expect(page.locator("#msg-" + pushed["id"])).to_have_class(re.compile(r"\bremoved\b"))
-            expect(page.locator("#history li.msg")).to_have_count(2)
+        # `message` events of the open room are added to (or replace in) its history.
+        page.locator(f"#room-{room_id} a").focus()
+        page.keyboard.press("Enter")  # keyboard only
+        expect(page.get_by_role("heading", name="Lina Live")).to_be_visible()
+        [first] = queries.messages(actor, room_id, limit=5, before=None)["items"]
+        pushed = {**first, "id": "00000000-0000-4000-8000-000000000002", "seq": first["seq"] + 1,
+                  "text": "hello? <b>still here</b>", "sent_at": datetime.now(UTC).isoformat()}
+        stream.send("message", pushed)
+        expect(page.locator("#history li.msg").last).to_contain_text("hello? <b>still here</b>")  # as text
+        stream.send("message", {**pushed, "removed": True, "removed_at": datetime.now(UTC).isoformat()})
+        expect(page.locator("#msg-" + pushed["id"])).to_have_class(re.compile(r"\bremoved\b"))
+        expect(page.locator("#history li.msg")).to_have_count(2)
 
-            # `room_hidden`: gone from the list and from the room pane.
-            stream.send("room_hidden", {"id": room_id, "version": 2})
-            expect(page.locator(f"#room-{room_id}")).to_have_count(0)
-            expect(page.locator("#room")).to_contain_text("no longer in your inbox")
+        # `room_hidden`: gone from the list and from the room pane.
+        stream.send("room_hidden", {"id": room_id, "version": 2})
+        expect(page.locator(f"#room-{room_id}")).to_have_count(0)
+        expect(page.locator("#room")).to_contain_text("no longer in your inbox")
 
-            # The connection drops: EventSource comes back by itself with Last-Event-ID.
-            last = stream.position
-            stream.events.put(DROP)
-            wait_until(lambda: len(stream.connections) == 2, timeout=30, what="the page to reconnect")
-            assert stream.connections[1] == {"user": "spv1", "last_event_id": str(last)}
+        # The connection drops: EventSource comes back by itself with Last-Event-ID.
+        last = stream.position
+        stream.events.put(DROP)
+        wait_until(lambda: len(stream.connections) == 2, timeout=30, what="the page to reconnect")
+        assert stream.connections[1] == {"user": "spv1", "last_event_id": str(last)}
 
-            # `reset`: the page re-fetches everything (the room is back in the list).
-            stream.send("reset", {"reason": "too far behind", "position": stream.position}, with_id=False)
-            expect(page.locator(f"#room-{room_id}")).to_contain_text("Lina Live")
-            assert page_errors == []
-        finally:
-            browser.close()
+        # `reset`: the page re-fetches everything (the room is back in the list).
+        stream.send("reset", {"reason": "too far behind", "position": stream.position}, with_id=False)
+        expect(page.locator(f"#room-{room_id}")).to_contain_text("Lina Live")
+        assert page_errors == []
     http.close()

@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from psycopg.rows import dict_row
-from psycopg_pool import ConnectionPool
-
 from domain.errors import InvalidCommand, NotAllowed
 from domain.staff import Actor, Role
+from inbox.adapters.read_models.queries import ReadModelReader
 
 GROUPS = {
     "day": ("to_char(started_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')", "to_char(day, 'YYYY-MM-DD')"),
@@ -39,15 +36,7 @@ def day_range(start: date, end: date) -> tuple[datetime, datetime]:
             datetime(end.year, end.month, end.day, tzinfo=UTC) + timedelta(days=1))
 
 
-class ReportQueries:
-    def __init__(self, pool: ConnectionPool) -> None:
-        self._pool = pool
-
-    def _fetch(self, sql: str, params: Sequence[Any]) -> list[dict[str, Any]]:
-        with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-            cur.execute(sql, params)
-            return cur.fetchall()
-
+class ReportQueries(ReadModelReader):
     def response_times(self, actor: Actor, start: date, end: date, group_by: str) -> list[dict[str, Any]]:
         """One item per group over the cycles that started in the days `start`..`end` (UTC, inclusive)
         and the messages of those days."""

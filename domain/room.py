@@ -505,6 +505,10 @@ class Room(Aggregate):
         """The delivery status of a staff reply of this room, None for any other message."""
         return self.deliveries.get(message_id)
 
+    def has_reply_in_flight(self) -> bool:
+        """A staff reply of this room is still pending (queued, being sent, or its outcome unknown)."""
+        return any(status == PENDING for status in self.deliveries.values())
+
     def message_for_channel_id(self, channel_message_id: str) -> str | None:
         """Our message id of a reply Meta accepted with this wamid / mid / comment id."""
         return self.delivery_ids.get(channel_message_id)

@@ -61,6 +61,19 @@ class DeliveryStatusRecord:
     errors: list[dict[str, Any]] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class ParkedEcho:
+    """An echo of the business's own message whose mid no reply of its room knows yet, set aside
+    (Instagram echoes carry no id of ours: it may be the echo of a reply the sender is still
+    recording). `fact` is the echo as `channels.facts.OutboundEcho` fields (JSON-able)."""
+
+    channel_account_id: str
+    channel_message_id: str
+    room_id: str
+    fact: dict[str, Any]
+    parked_at: datetime | None = None  # set by the store
+
+
 class DeadlinePassed(Exception):
     """A write with a deadline was not attempted (again): its deadline has passed. Nothing was written."""
 
@@ -75,8 +88,11 @@ class EventStore(Protocol):
     def save(
         self, *aggregates: Any, dedup_keys: Sequence[DedupKey] = (),
         statuses: Sequence[DeliveryStatusRecord] = (), deadline: float | None = None,
+        parked: Sequence[ParkedEcho] = (), unparked: Sequence[tuple[str, str]] = (),
     ) -> None:
-        """Save every aggregate's new events, the dedup keys and the statuses atomically.
+        """Save every aggregate's new events, the dedup keys and the statuses atomically; with them,
+        park echoes (`parked`; one parked already is kept) and drop parked ones (`unparked`:
+        (channel account id, channel message id) pairs).
 
         IntegrityError (nothing written) when an aggregate or a dedup key was written meanwhile; a
         status recorded before is skipped. `deadline` (a `time.monotonic()` value) bounds the write:
@@ -114,6 +130,9 @@ class EventStore(Protocol):
     def rooms_folded(self, seen: Sequence[tuple[str, int]]) -> dict[str, Room]:
         """Several rooms at once, for bulk work: (room id, version the caller saw) → room. Rooms
         the store cannot load cheaply in bulk may be missing: the caller loads those with `get`."""
+
+    def parked_echoes(self, limit: int) -> list[ParkedEcho]:
+        """The oldest parked echoes, at most `limit`."""
 
     def can_write(self) -> bool:
         """Could a write commit now? Writes nothing, takes a couple of seconds at most."""

@@ -61,6 +61,7 @@ from inbox.adapters.event_log import is_transient
 from inbox.adapters.outbound.credentials import PostgresCredentials
 from inbox.adapters.wire import InvalidWireEvent, decode
 from inbox.usecases.delivery import Deliveries, Refused, SendPlan, Settled
+from inbox.usecases.echoes import ParkedEchoes
 from inbox.usecases.pacing import Pacer
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,8 @@ class SenderOptions:
     reauth_poll_s: float = 2.0
     concurrency: int = 32
     batch: int = 200
+    echo_sweep_s: float = 0.5  # how often parked echoes are decided again (inbox/usecases/echoes.py)
+    echo_hold_s: float = 30.0  # how long a parked echo waits for the reply it may be the echo of
 
 
 @dataclass
@@ -105,6 +108,7 @@ class Sender:
         client: MetaGraphClient,
         pacer: Pacer | None = None,
         options: SenderOptions = SenderOptions(),
+        echoes: ParkedEchoes | None = None,
     ) -> None:
         self._bootstrap = bootstrap
         self._topic = topic
@@ -114,6 +118,7 @@ class Sender:
         self._client = client
         self._pacer = pacer or Pacer()
         self._options = options
+        self._echoes = echoes
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._tokens: dict[str, tuple[str | None, float]] = {}
@@ -126,13 +131,37 @@ class Sender:
             ThreadPoolExecutor(self._options.concurrency, thread_name_prefix="sender"))
         intake = asyncio.create_task(self._intake(stop), name="sender-intake")
         dispatch = asyncio.create_task(self._dispatch(stop), name="sender-dispatch")
+        tasks = [intake, dispatch]
+        if self._echoes is not None:
+            tasks.append(asyncio.create_task(self._sweep_echoes(stop), name="sender-echoes"))
         try:
             await stop.wait()
         finally:
             self._stopping.set()
-            for task in (intake, dispatch):
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(intake, dispatch, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    # ---- parked echoes ----------------------------------------------------------------------
+    async def _sweep_echoes(self, stop: asyncio.Event) -> None:
+        """Parked Instagram echoes decided again (dropped when the sender recorded their reply,
+        recorded as the business's own message after the hold): here because the sender runs
+        anyway, and what the API parked survives the API."""
+        assert self._echoes is not None
+        while not stop.is_set():
+            try:
+                tally = await asyncio.to_thread(self._echoes.sweep)
+                if tally["dropped"] or tally["recorded"]:
+                    log.info("parked echoes: %s", tally)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                log.warning("sweeping parked echoes failed (%s: %s); again in %ss", type(e).__name__, e,
+                            self._options.echo_sweep_s, exc_info=not is_transient(e))
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=self._options.echo_sweep_s)
+            except TimeoutError:
+                pass
 
     # ---- intake ---------------------------------------------------------------------------
     async def _intake(self, stop: asyncio.Event) -> None:

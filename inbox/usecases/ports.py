@@ -9,6 +9,7 @@ a dedup key recorded meanwhile) raises `eventsourcing.persistence.IntegrityError
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -179,6 +180,15 @@ class Credentials(Protocol):
                access_token: str | None, app_secret: str | None = None) -> None:
         """Create or update the account's row; a given token replaces the old one and clears
         needs_reauth; a given app secret replaces the old one. None keeps what is there."""
+
+    def register(self, account_id: str, *, org_id: str, channel: str, external_id: str, name: str,
+                 access_token: str | None, app_secret: str | None) -> None:
+        """The whole row of an account being registered, written BEFORE its Registered event (so a
+        failure in between leaves no account without its secrets); a row there already (a
+        registration that failed after it) is overwritten. Only under `exclusive(account_id)`."""
+
+    def exclusive(self, account_id: str) -> AbstractContextManager[None]:
+        """Registrations of one account id one at a time, across processes."""
 
     def app_secret(self, account_id: str) -> str | None:
         """The account's own Meta app secret (webhook signatures), or None: the global app's."""

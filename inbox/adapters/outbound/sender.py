@@ -57,7 +57,7 @@ from inbox.adapters.meta_graph import (
     RetryAfter,
     Unknown,
 )
-from inbox.adapters.event_log import is_transient
+from inbox.adapters.postgres import is_transient
 from inbox.adapters.outbound.credentials import PostgresCredentials
 from inbox.adapters.wire import InvalidWireEvent, decode
 from inbox.usecases.delivery import Deliveries, Refused, SendPlan, Settled

@@ -52,7 +52,16 @@ _DELIVERY_RANK = {PENDING: 0, SENT: 1, DELIVERED: 2, READ: 3}
 TEMPLATE_KIND = "template"
 # Inbound messages a staff reply can name as `reply_to` by our message id: the room's latest ones
 # (older ones are still found by their channel message id, through the inbound dedup keys).
-MAX_REPLY_TARGETS = 1000
+MAX_REPLY_TARGETS = 100
+# Staff replies whose delivery is settled for good (read, failed; on comment channels, which send
+# no statuses, accepted) that a room remembers: the latest ones. No later status can change an
+# older one (`_moves_forward`: nothing after read or failed), so forgetting it records nothing
+# differently; an echo of one is still that reply (its dedup key is recorded when the sender
+# records Meta's answer, inbox/usecases/delivery.py). A `reply_to` naming one (or an inbound
+# message older than MAX_REPLY_TARGETS by our id) is no longer found: 422, quote it by its
+# channel message id if it is an inbound message.
+# Replies still pending, sent or delivered are all kept (a later status needs them).
+MAX_SETTLED_DELIVERIES = 100
 
 
 class RoomIsResolved(Conflict):
@@ -99,8 +108,9 @@ def check_template(template: Any) -> dict[str, Any]:
 
 
 class Room(Aggregate):
-    # Snapshots (every SNAPSHOT_INTERVAL events) keep the state's shape: v2 added `inbound_ids`.
-    class_version = 2
+    # Snapshots (every SNAPSHOT_INTERVAL events) keep the state's shape: v2 added `inbound_ids`,
+    # v3 `settled_deliveries`.
+    class_version = 3
 
     @staticmethod
     def upcast_v1_v2(state: dict[str, Any]) -> None:
@@ -109,6 +119,14 @@ class Room(Aggregate):
         state.setdefault("inbound_ids", {})
         state.setdefault("deliveries", {})
         state.setdefault("delivery_ids", {})
+
+    @staticmethod
+    def upcast_v2_v3(state: dict[str, Any]) -> None:
+        """The replies settled for good, in the order the room knew them (trimmed on the next one)."""
+        final = (READ, FAILED, SENT) if Channel(state["channel"]).is_comment else (READ, FAILED)
+        state.setdefault("settled_deliveries", {
+            m: None for m, status in state.get("deliveries", {}).items() if status in final
+        })
 
     # ---- identity -------------------------------------------------------------------------
     @staticmethod
@@ -308,6 +326,8 @@ class Room(Aggregate):
         # Staff replies' delivery: message id -> status; channel message id -> message id.
         self.deliveries: dict[str, str] = {}
         self.delivery_ids: dict[str, str] = {}
+        # The latest MAX_SETTLED_DELIVERIES replies settled for good, oldest first (an ordered set).
+        self.settled_deliveries: dict[str, None] = {}
         # The latest MAX_REPLY_TARGETS inbound messages: our id -> channel message id (reply_to).
         self.inbound_ids: dict[str, str] = {}
 
@@ -505,6 +525,10 @@ class Room(Aggregate):
         """The delivery status of a staff reply of this room, None for any other message."""
         return self.deliveries.get(message_id)
 
+    def has_reply_in_flight(self) -> bool:
+        """A staff reply of this room is still pending (queued, being sent, or its outcome unknown)."""
+        return any(status == PENDING for status in self.deliveries.values())
+
     def message_for_channel_id(self, channel_message_id: str) -> str | None:
         """Our message id of a reply Meta accepted with this wamid / mid / comment id."""
         return self.delivery_ids.get(channel_message_id)
@@ -656,7 +680,7 @@ class Room(Aggregate):
             self.last_inbound_channel_message_id = channel_message_id
         self.message_count += 1
         self.inbound_ids[message_id] = channel_message_id
-        if len(self.inbound_ids) > MAX_REPLY_TARGETS:
+        while len(self.inbound_ids) > MAX_REPLY_TARGETS:  # `while`: older snapshots kept up to 1000
             del self.inbound_ids[next(iter(self.inbound_ids))]
 
     @event(MessageSent)
@@ -682,12 +706,15 @@ class Room(Aggregate):
     def _delivery_accepted(self, message_id: str, channel_message_id: str, accepted_at: datetime) -> None:
         self.deliveries[message_id] = SENT
         self.delivery_ids[channel_message_id] = message_id
+        if Channel(self.channel).is_comment:
+            self._settled(message_id)  # comments get no statuses: accepted is as far as they go
 
     @event(ReplyDeliveryFailed)
     def _delivery_failed(
         self, message_id: str, code: int | None, title: str, permanent: bool, failed_at: datetime
     ) -> None:
         self.deliveries[message_id] = FAILED
+        self._settled(message_id)
 
     @event(ReplyDeliveryUnknown)
     def _delivery_unknown(self, message_id: str, reason: str, at: datetime) -> None:
@@ -699,6 +726,19 @@ class Room(Aggregate):
     ) -> None:
         self.deliveries[message_id] = status
         self.delivery_ids[channel_message_id] = message_id
+        if status in (READ, FAILED):
+            self._settled(message_id)
+
+    def _settled(self, message_id: str) -> None:
+        """Remember a reply settled for good; forget the oldest beyond MAX_SETTLED_DELIVERIES."""
+        self.settled_deliveries.pop(message_id, None)
+        self.settled_deliveries[message_id] = None
+        while len(self.settled_deliveries) > MAX_SETTLED_DELIVERIES:
+            oldest = next(iter(self.settled_deliveries))
+            del self.settled_deliveries[oldest]
+            self.deliveries.pop(oldest, None)
+            for channel_message_id in [c for c, m in self.delivery_ids.items() if m == oldest]:
+                del self.delivery_ids[channel_message_id]
 
     @event(MessageEdited)
     def _edit(self, message_id: str, channel_message_id: str, text: str, edited_at: datetime) -> None:

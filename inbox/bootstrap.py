@@ -165,6 +165,7 @@ async def run_sender(
     from inbox.adapters.outbound.sender import Sender
     from inbox.adapters.postgres import async_pool
     from inbox.usecases.delivery import Deliveries
+    from inbox.usecases.echoes import ParkedEchoes
 
     event_store = open_event_store(settings)
     read_pool = sync_pool(settings, max_size=16)
@@ -174,10 +175,12 @@ async def run_sender(
         async with MetaGraphClient(
             settings.meta_graph_url, settings.meta_graph_version, timeout_s=graph_timeout_s
         ) as client:
+            options = options or SenderOptions()
             sender = Sender(
                 bootstrap=settings.kafka_bootstrap or "", topic=settings.events_topic, pool=pool,
                 deliveries=Deliveries(EventStore(event_store)), credentials=PostgresCredentials(read_pool, box),
-                client=client, options=options or SenderOptions(),
+                client=client, options=options,
+                echoes=ParkedEchoes(EventStore(event_store), hold_s=options.echo_hold_s),
             )
             await sender.run(stop)
     finally:

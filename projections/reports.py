@@ -89,6 +89,8 @@ class UnknownEvent(ValueError):
 KNOWN = frozenset({
     "RoomOpened", "MessageReceived", "MessageSent", "RoomAssigned", "RoomResolved", "RoomReopened",
     "MessageEdited", "MessageRemoved",
+    # Delivery outcomes of staff replies (issue 9): known, and they change no report number.
+    "ReplyDeliveryAccepted", "ReplyDeliveryFailed", "ReplyDeliveryUnknown", "DeliveryStatusChanged",
 })
 
 
@@ -139,7 +141,7 @@ def apply(state: ReportRoom | None, event: dict[str, Any]) -> tuple[ReportRoom, 
         after = replace(state, status="unassigned", assignee=None, cycle=cycle)
         backlog = _backlog(after, at, +1) if before.status != "unassigned" else None
         return after, Changes((_count(after, at, "reopened"),), backlog, cycle)
-    return state, Changes()  # edits and removals change no report number
+    return state, Changes()  # edits, removals and delivery outcomes change no report number
 
 
 def _count(state: ReportRoom, at: datetime, field: str, agent: str | None = None) -> Count:

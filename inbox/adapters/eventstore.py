@@ -4,7 +4,8 @@ The recorder is the library's PostgreSQL application recorder (table lock, so no
 follow commit order, and NOTIFY on insert) plus one addition: inbound channel message ids are
 inserted into `inbound_dedup` in the same transaction as the events, so a redelivered message is
 never recorded twice, even across API processes; channel delivery statuses go to
-`delivery_statuses` in that same transaction.
+`delivery_statuses`, and parked echoes (see inbox/usecases/echoes.py) to `parked_echoes`, in
+that same transaction.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from domain.errors import NotFound
 from domain.room import Room
 from inbox.config import Settings
 from inbox.adapters.postgres import eventsourcing_env
-from inbox.usecases.ports import BatchState, DeadlinePassed, DedupKey, DeliveryStatusRecord, RecordedFact
+from inbox.usecases.ports import BatchState, DeadlinePassed, DedupKey, DeliveryStatusRecord, ParkedEcho, RecordedFact
 
 logger = logging.getLogger(__name__)
 
@@ -162,6 +163,26 @@ class InboxRecorder(PostgresApplicationRecorder):
             " channel_message_id, recipient_id, occurred_at, errors) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
             " ON CONFLICT DO NOTHING"
         ).format(schema=schema)
+        # Echoes set aside until the sender recorded the reply they may be the echo of (Instagram:
+        # no id of ours on them), written and dropped in the event transaction like the dedup keys.
+        self.sql_create_statements.append(
+            SQL(
+                "CREATE TABLE IF NOT EXISTS {schema}.parked_echoes ("
+                " channel_account_id uuid NOT NULL,"
+                " channel_message_id text NOT NULL,"
+                " room_id uuid NOT NULL,"
+                " fact jsonb NOT NULL,"
+                " parked_at timestamptz NOT NULL DEFAULT now(),"
+                " PRIMARY KEY (channel_account_id, channel_message_id))"
+            ).format(schema=schema)
+        )
+        self._insert_parked = SQL(
+            "INSERT INTO {schema}.parked_echoes (channel_account_id, channel_message_id, room_id, fact)"
+            " VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING"
+        ).format(schema=schema)
+        self._delete_parked = SQL(
+            "DELETE FROM {schema}.parked_echoes WHERE channel_account_id = %s AND channel_message_id = %s"
+        ).format(schema=schema)
 
     @_retry_unless_timed_out
     def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
@@ -199,6 +220,8 @@ class InboxRecorder(PostgresApplicationRecorder):
         *,
         dedup_keys: Sequence[DedupKey] = (),
         delivery_statuses: Sequence[DeliveryStatusRecord] = (),
+        parked: Sequence[ParkedEcho] = (),
+        unparked: Sequence[tuple[str, str]] = (),
         **kwargs: Any,
     ) -> None:
         """Extra rows of the same transaction as the events: inbound dedup keys, delivery statuses.
@@ -218,6 +241,12 @@ class InboxRecorder(PostgresApplicationRecorder):
                  s.occurred_at, Jsonb(list(s.errors)))
                 for s in delivery_statuses
             ])
+        if parked:
+            curs.executemany(self._insert_parked, [
+                (p.channel_account_id, p.channel_message_id, p.room_id, Jsonb(p.fact)) for p in parked
+            ])
+        if unparked:
+            curs.executemany(self._delete_parked, list(unparked))
         super()._insert_events(curs, stored_events, **kwargs)
 
 
@@ -319,12 +348,17 @@ class EventStore(AggregateStore):
     def save(
         self, *aggregates: Any, dedup_keys: Sequence[DedupKey] = (),
         statuses: Sequence[DeliveryStatusRecord] = (), deadline: float | None = None,
+        parked: Sequence[ParkedEcho] = (), unparked: Sequence[tuple[str, str]] = (),
     ) -> None:
         extra: dict[str, Any] = {}
         if dedup_keys:
             extra["dedup_keys"] = dedup_keys
         if statuses:
             extra["delivery_statuses"] = statuses
+        if parked:
+            extra["parked"] = parked
+        if unparked:
+            extra["unparked"] = unparked
         if deadline is None:
             self.app.save(*aggregates, **extra)
             return
@@ -339,6 +373,14 @@ class EventStore(AggregateStore):
 
     def events_after(self, aggregate_id: UUID, version: int) -> Sequence[Any]:
         return list(self.app.events.get(aggregate_id, gt=version))
+
+    def parked_echoes(self, limit: int) -> list[ParkedEcho]:
+        with self.app.connection() as conn:
+            rows = conn.execute(
+                "SELECT channel_account_id::text AS a, channel_message_id AS m, room_id::text AS r, fact, parked_at"
+                f" FROM {self.app.table('parked_echoes')} ORDER BY parked_at LIMIT %s", (limit,),
+            ).fetchall()
+        return [ParkedEcho(r["a"], r["m"], r["r"], r["fact"], r["parked_at"]) for r in rows]
 
     def cache(self, aggregates: Mapping[UUID, Any]) -> None:
         """Keep just-saved rooms for the next `rooms_for_update` (the caller gives up these objects)."""

@@ -7,7 +7,11 @@ Plaintext in a dict: nothing here is at rest. PostgreSQL's adapter
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+
+from eventsourcing.persistence import OperationalError
 
 from inbox.usecases.ports import AccountCredentials
 
@@ -29,6 +33,8 @@ class MemoryCredentials:
     def __init__(self) -> None:
         self._rows: dict[str, _Row] = {}
         self._lock = threading.Lock()
+        self._registering = threading.RLock()
+        self.failing = False  # True: `register` fails as a database that is down would
         self.app_secret_reads = 0  # how often `app_secret` was asked (tests of the callers' cache)
 
     def record(self, account_id: str, *, org_id: str, channel: str, external_id: str, name: str,
@@ -40,6 +46,18 @@ class MemoryCredentials:
                 row.access_token, row.needs_reauth, row.reauth_reason = access_token, False, None
             if app_secret is not None:
                 row.app_secret = app_secret
+
+    def register(self, account_id: str, *, org_id: str, channel: str, external_id: str, name: str,
+                 access_token: str | None, app_secret: str | None) -> None:
+        with self._lock:
+            if self.failing:
+                raise OperationalError("the in-memory credentials are set failing")
+            self._rows[account_id] = _Row(org_id, channel, external_id, name, access_token, app_secret)
+
+    @contextmanager
+    def exclusive(self, account_id: str) -> Iterator[None]:
+        with self._registering:
+            yield
 
     def app_secret(self, account_id: str) -> str | None:
         with self._lock:

@@ -8,7 +8,9 @@ recorded meanwhile raises the library's `IntegrityError` and writes nothing, as 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
@@ -18,7 +20,7 @@ from eventsourcing.persistence import IntegrityError, OperationalError
 from domain.errors import NotFound
 from domain.room import Room
 from inbox.adapters.eventstore import SNAPSHOT_INTERVAL, AggregateStore
-from inbox.usecases.ports import BatchState, DedupKey, DeliveryStatusRecord, RecordedFact
+from inbox.usecases.ports import BatchState, DedupKey, DeliveryStatusRecord, ParkedEcho, RecordedFact
 
 
 class MemoryApplication(Application):
@@ -33,12 +35,15 @@ class MemoryEventStore(AggregateStore):
         self.app = MemoryApplication(env={"PERSISTENCE_MODULE": "eventsourcing.popo"})
         self.dedup: dict[tuple[str, str], DedupKey] = {}
         self.statuses: dict[tuple[str, str], DeliveryStatusRecord] = {}
+        self.parked: dict[tuple[str, str], ParkedEcho] = {}
+        self.clock: Callable[[], datetime] = lambda: datetime.now(UTC)  # parked_at of a parked echo
         self.writable = True  # False: `can_write` says no, `save` fails as a database that is down would
         self._lock = threading.RLock()
 
     def save(
         self, *aggregates: Any, dedup_keys: Sequence[DedupKey] = (),
         statuses: Sequence[DeliveryStatusRecord] = (), deadline: float | None = None,
+        parked: Sequence[ParkedEcho] = (), unparked: Sequence[tuple[str, str]] = (),
     ) -> None:
         with self._lock:
             if not self.writable:
@@ -52,6 +57,11 @@ class MemoryEventStore(AggregateStore):
                 self.dedup[(k.channel_account_id, k.key)] = k
             for s in statuses:
                 self.statuses.setdefault((s.channel_account_id, s.status_key), s)
+            for p in parked:
+                self.parked.setdefault((p.channel_account_id, p.channel_message_id),
+                                       replace(p, parked_at=self.clock()))
+            for key in unparked:
+                self.parked.pop(key, None)
 
     def recorded_dedup_keys(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], RecordedFact]:
         with self._lock:
@@ -66,6 +76,10 @@ class MemoryEventStore(AggregateStore):
 
     def events_after(self, aggregate_id: UUID, version: int) -> Sequence[Any]:
         return list(self.app.events.get(aggregate_id, gt=version))
+
+    def parked_echoes(self, limit: int) -> list[ParkedEcho]:
+        with self._lock:
+            return sorted(self.parked.values(), key=lambda p: p.parked_at or datetime.min.replace(tzinfo=UTC))[:limit]
 
     def cache(self, aggregates: Mapping[UUID, Any]) -> None:
         """No cache: every `get` folds the stored events."""

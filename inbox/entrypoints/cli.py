@@ -169,7 +169,10 @@ def cmd_sender(args: argparse.Namespace) -> int:
 
     # Backoff base for retryable Graph errors (tests shorten it; Meta's limits want seconds).
     options = SenderOptions(backoff_base_s=float(os.environ.get("INBOX_SENDER_BACKOFF_BASE_S") or 1.0),
-                            reauth_poll_s=float(os.environ.get("INBOX_SENDER_REAUTH_POLL_S") or 2.0))
+                            reauth_poll_s=float(os.environ.get("INBOX_SENDER_REAUTH_POLL_S") or 2.0),
+                            # Parked Instagram echoes (inbox/usecases/echoes.py): how often, how long.
+                            echo_sweep_s=float(os.environ.get("INBOX_ECHO_SWEEP_S") or 0.5),
+                            echo_hold_s=float(os.environ.get("INBOX_ECHO_HOLD_S") or 30.0))
     timeout_s = float(os.environ.get("INBOX_SENDER_GRAPH_TIMEOUT_S") or 10.0)
     _run_until_signalled(lambda stop: run_sender(settings, stop, options, graph_timeout_s=timeout_s))
     return 0

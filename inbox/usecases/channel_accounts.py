@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from uuid import UUID
 
@@ -70,21 +71,35 @@ class ChannelAccounts:
             self._vault()  # no key to seal it with: refuse before anything is recorded
         if access_token is not None:
             self._prove_access(channel, account.external_id, access_token)
-        try:
-            self._store.save(account)
-        except IntegrityError:
-            raise AlreadyExists(
-                f"{channel} account {external_id!r} is already registered"
-            ) from None
+        already = AlreadyExists(f"{channel} account {external_id!r} is already registered")
+        # The secrets first, then the Registered event: a failure in between leaves a credentials
+        # row without an account (overwritten by the retry, listed nowhere), never an account
+        # without its secrets. One registration of an id at a time, and none once it exists, so
+        # a registration never overwrites the secrets of an account that exists.
+        with self._credentials.exclusive(str(account.id)) if self._credentials is not None else nullcontext():
+            if self._exists(account.id):
+                raise already
+            if self._credentials is not None:
+                self._credentials.register(
+                    str(account.id), org_id=account.org_id, channel=account.channel,
+                    external_id=account.external_id, name=account.name, access_token=access_token,
+                    app_secret=app_secret,
+                )
+            try:
+                self._store.save(account)
+            except IntegrityError:
+                raise already from None
         with self._lock:
             self._missing.pop(account.id, None)
             self._secrets.pop(str(account.id), None)
-        if self._credentials is not None:
-            self._credentials.record(
-                str(account.id), org_id=account.org_id, channel=account.channel, external_id=account.external_id,
-                name=account.name, access_token=access_token, app_secret=app_secret,
-            )
         return self._info(account)
+
+    def _exists(self, account_id: UUID) -> bool:
+        try:
+            self._store.get(account_id)
+        except NotFound:
+            return False
+        return True
 
     @staticmethod
     def _check_app_secret(app_secret: str | None) -> str | None:
@@ -124,7 +139,8 @@ class ChannelAccounts:
 
     def list(self, actor: Actor) -> list[AccountCredentials]:
         self._require_admin(actor)
-        return self._vault().list(actor.org_id)
+        # A row whose registration failed before its event was saved is no account.
+        return [c for c in self._vault().list(actor.org_id) if self._exists(UUID(c.account_id))]
 
     def rotate(
         self, actor: Actor, account_id: str, *, access_token: str | None = None, app_secret: str | None = None
@@ -162,7 +178,7 @@ class ChannelAccounts:
         except ValueError:
             raise NotFound("channel account not found") from None
         found = self._vault().get(account_id)
-        if found is None or found.org_id != actor.org_id:
+        if found is None or found.org_id != actor.org_id or not self._exists(UUID(account_id)):
             raise NotFound("channel account not found")
         return found
 

@@ -20,9 +20,13 @@ from domain.channels import Channel
 from domain.errors import Conflict, NotFound
 from domain.outbound import ReplyKind, decide_send
 from domain.room import PENDING, TEMPLATE_KIND, Room
-from inbox.usecases.ports import EventStore
+from inbox.usecases.echoes import echo_key
+from inbox.usecases.ports import DedupKey, EventStore
 
 log = logging.getLogger(__name__)
+
+# Channels whose webhooks echo the business's own messages (`is_echo`).
+ECHOING_CHANNELS = frozenset({Channel.FACEBOOK_MESSENGER, Channel.INSTAGRAM})
 
 
 @dataclass(frozen=True)
@@ -94,8 +98,12 @@ class Deliveries:
         )
 
     def accepted(self, room_id: str, message_id: str, channel_message_id: str) -> bool:
+        """Meta accepted the reply. On channels that echo our messages, the echo's dedup key is
+        recorded with it, pointing at the reply: an echo arriving whenever (even after the room
+        forgot a reply settled long ago, domain.room.MAX_SETTLED_DELIVERIES) is that reply."""
         return self._record(room_id, lambda room: room.record_delivery_accepted(
-            message_id=message_id, channel_message_id=channel_message_id, at=self._clock()))
+            message_id=message_id, channel_message_id=channel_message_id, at=self._clock()),
+            echo_of=(message_id, channel_message_id))
 
     def failed(self, room_id: str, message_id: str, *, code: int | None, title: str, permanent: bool) -> bool:
         return self._record(room_id, lambda room: room.record_delivery_failed(
@@ -105,18 +113,29 @@ class Deliveries:
         return self._record(room_id, lambda room: room.record_delivery_unknown(
             message_id=message_id, reason=reason[:256] or "unknown", at=self._clock()))
 
-    def _record(self, room_id: str, decide: Callable[[Room], bool]) -> bool:
+    def _record(self, room_id: str, decide: Callable[[Room], bool],
+                echo_of: tuple[str, str] | None = None) -> bool:
         """Decide on fresh state and save; a race with any other writer is decided again."""
         for _ in range(10):
             room = self._room(room_id)
             if not decide(room):
                 return False
+            keys = self._echo_keys(room, echo_of) if echo_of else []
             try:
-                self._store.save(room)
+                self._store.save(room, dedup_keys=keys)
             except IntegrityError:
                 continue
             return True
         raise Conflict(f"room {room_id} is changing too fast to record a delivery outcome")
+
+    def _echo_keys(self, room: Room, echo_of: tuple[str, str]) -> list[DedupKey]:
+        message_id, channel_message_id = echo_of
+        if Channel(room.channel) not in ECHOING_CHANNELS:
+            return []
+        key = (room.channel_account_id, echo_key(channel_message_id))
+        if self._store.recorded_dedup_keys([key]):
+            return []  # the echo came first (and named this reply, or was recorded as it)
+        return [DedupKey(key[0], key[1], str(room.id), message_id, room.version)]
 
     def _room(self, room_id: str) -> Room:
         room = self._store.get(UUID(room_id))

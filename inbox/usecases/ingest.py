@@ -36,7 +36,8 @@ from domain.errors import Conflict, DomainError, InvalidCommand, NotFound
 from domain.limits import MAX_ID, MAX_MESSAGE_ID, check_identifier, check_json, check_moment, check_text
 from domain.room import SENT, Room, check_contact, check_content, room_id_for
 from inbox.usecases.channel_accounts import AccountInfo
-from inbox.usecases.ports import DeadlinePassed, DedupKey, DeliveryStatusRecord, EventStore, RecordedFact
+from inbox.usecases.echoes import park, should_park
+from inbox.usecases.ports import DeadlinePassed, DedupKey, DeliveryStatusRecord, EventStore, ParkedEcho, RecordedFact
 from inbox.usecases.results import FactOutcome, FactResult, InboundResult, Unavailable
 
 __all__ = ["BatchDecision", "InboundCommitter", "InboundMessage", "validate_fact"]
@@ -308,10 +309,11 @@ class InboundCommitter:
         claimed = [p for p in batch if p.future.running() or p.future.set_running_or_notify_cancel()]
         if len(claimed) < len(batch):
             raise _Abandoned(claimed)
-        if decision.rooms or decision.dedup_keys or decision.statuses:
+        if decision.rooms or decision.dedup_keys or decision.statuses or decision.parked:
             try:
                 self._store.save(*decision.rooms.values(), dedup_keys=decision.dedup_keys,
-                                 statuses=decision.statuses, deadline=min(p.deadline for p in batch))
+                                 statuses=decision.statuses, parked=decision.parked,
+                                 deadline=min(p.deadline for p in batch))
             except (OperationalError, InterfaceError):
                 if not self._committed_anyway(decision):
                     raise
@@ -437,6 +439,7 @@ class BatchDecision:
         self.rooms: dict[UUID, Room] = {}
         self.dedup_keys: list[DedupKey] = []
         self.statuses: list[DeliveryStatusRecord] = []
+        self.parked: list[ParkedEcho] = []
 
     def owned_rooms(self) -> dict[UUID, Room]:
         """Every room this decision read or opened (to hand back to the store's cache once saved)."""
@@ -499,6 +502,11 @@ class BatchDecision:
             # on the reply): that message, not a second one.
             self._remember(account, key, room, ours)
             return FactResult(FactOutcome.DUPLICATE, str(room.id), room.version, ours)
+        if should_park(room, echo):
+            # Maybe the echo of a reply whose answer the sender has not recorded yet: decided
+            # later (inbox/usecases/echoes.py), kept durably until then.
+            self.parked.append(park(account.id, room, echo))
+            return FactResult(FactOutcome.PARKED, str(room.id), room.version)
         message_id = room.record_echo(
             channel_message_id=echo.channel_message_id, text=echo.text, sent_at=echo.sent_at,
             sender_id=echo.sender_id, kind=echo.kind, attachments=echo.attachments,

@@ -292,7 +292,9 @@ class MetaWebhooks:
             if result.outcome is FactOutcome.REFUSED:
                 self._refused(fact, result.reason or "refused", tally)
                 continue
-            tally[{FactOutcome.RECORDED: "recorded", FactOutcome.DUPLICATE: "duplicates"}.get(result.outcome, "ignored")] += 1
+            # A parked echo is durably kept (inbox/usecases/echoes.py): counted as recorded.
+            tally[{FactOutcome.RECORDED: "recorded", FactOutcome.PARKED: "recorded",
+                   FactOutcome.DUPLICATE: "duplicates"}.get(result.outcome, "ignored")] += 1
             self._metrics.webhook_facts.labels(_kind(fact), result.outcome.value).inc()
             if result.outcome is FactOutcome.IGNORED:
                 log.info("webhook %s not recorded: %s", _kind(fact), result.reason)

@@ -9,6 +9,7 @@ a dedup key recorded meanwhile) raises `eventsourcing.persistence.IntegrityError
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -61,6 +62,19 @@ class DeliveryStatusRecord:
     errors: list[dict[str, Any]] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class ParkedEcho:
+    """An echo of the business's own message whose mid no reply of its room knows yet, set aside
+    (Instagram echoes carry no id of ours: it may be the echo of a reply the sender is still
+    recording). `fact` is the echo as `channels.facts.OutboundEcho` fields (JSON-able)."""
+
+    channel_account_id: str
+    channel_message_id: str
+    room_id: str
+    fact: dict[str, Any]
+    parked_at: datetime | None = None  # set by the store
+
+
 class DeadlinePassed(Exception):
     """A write with a deadline was not attempted (again): its deadline has passed. Nothing was written."""
 
@@ -75,8 +89,11 @@ class EventStore(Protocol):
     def save(
         self, *aggregates: Any, dedup_keys: Sequence[DedupKey] = (),
         statuses: Sequence[DeliveryStatusRecord] = (), deadline: float | None = None,
+        parked: Sequence[ParkedEcho] = (), unparked: Sequence[tuple[str, str]] = (),
     ) -> None:
-        """Save every aggregate's new events, the dedup keys and the statuses atomically.
+        """Save every aggregate's new events, the dedup keys and the statuses atomically; with them,
+        park echoes (`parked`; one parked already is kept) and drop parked ones (`unparked`:
+        (channel account id, channel message id) pairs).
 
         IntegrityError (nothing written) when an aggregate or a dedup key was written meanwhile; a
         status recorded before is skipped. `deadline` (a `time.monotonic()` value) bounds the write:
@@ -114,6 +131,9 @@ class EventStore(Protocol):
     def rooms_folded(self, seen: Sequence[tuple[str, int]]) -> dict[str, Room]:
         """Several rooms at once, for bulk work: (room id, version the caller saw) → room. Rooms
         the store cannot load cheaply in bulk may be missing: the caller loads those with `get`."""
+
+    def parked_echoes(self, limit: int) -> list[ParkedEcho]:
+        """The oldest parked echoes, at most `limit`."""
 
     def can_write(self) -> bool:
         """Could a write commit now? Writes nothing, takes a couple of seconds at most."""
@@ -160,6 +180,15 @@ class Credentials(Protocol):
                access_token: str | None, app_secret: str | None = None) -> None:
         """Create or update the account's row; a given token replaces the old one and clears
         needs_reauth; a given app secret replaces the old one. None keeps what is there."""
+
+    def register(self, account_id: str, *, org_id: str, channel: str, external_id: str, name: str,
+                 access_token: str | None, app_secret: str | None) -> None:
+        """The whole row of an account being registered, written BEFORE its Registered event (so a
+        failure in between leaves no account without its secrets); a row there already (a
+        registration that failed after it) is overwritten. Only under `exclusive(account_id)`."""
+
+    def exclusive(self, account_id: str) -> AbstractContextManager[None]:
+        """Registrations of one account id one at a time, across processes."""
 
     def app_secret(self, account_id: str) -> str | None:
         """The account's own Meta app secret (webhook signatures), or None: the global app's."""

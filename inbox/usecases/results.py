@@ -11,6 +11,7 @@ class FactOutcome(StrEnum):
     DUPLICATE = "duplicate"  # recorded before: nothing new written
     IGNORED = "ignored"  # nothing to record (see `FactResult.reason`)
     REFUSED = "refused"  # a domain rule refused it (see `FactResult.reason`)
+    PARKED = "parked"  # kept aside, durably, until it can be decided (inbox/usecases/echoes.py)
 
 
 @dataclass(frozen=True)

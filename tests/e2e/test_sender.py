@@ -524,3 +524,77 @@ def test_one_reply_that_cannot_be_handled_is_dead_lettered_and_the_others_still_
     assert "NotFound" in reason or "not found" in reason
     r = httpx.delete(f"{outbound.base_url}/v1/channel-accounts/not-a-uuid", headers=admin(outbound))
     assert r.status_code == 404
+
+
+# ---- Instagram: echoes carry nothing of ours, so one that overtakes the sender is parked -------------
+def instagram_echo(igsid: str, mid: str, text: str) -> dict[str, Any]:
+    """Meta's Instagram echo (tests/fixtures/meta/ig_dm_echo.json): no metadata."""
+    now = int(time.time() * 1000)
+    return {"object": "instagram", "entry": [{"time": now, "id": IG, "messaging": [{
+        "sender": {"id": IG}, "recipient": {"id": igsid}, "timestamp": now,
+        "message": {"mid": mid, "text": text, "is_echo": True}}]}]}
+
+
+def parked(p: Pipeline) -> list[tuple[Any, ...]]:
+    return query(p.settings, "SELECT channel_message_id FROM parked_echoes")
+
+
+def test_an_instagram_echo_that_overtakes_the_senders_record_is_parked_then_dropped_as_that_reply(
+    outbound: Pipeline, graph_standin: GraphStandin  # noqa: F811
+) -> None:
+    connect(outbound, graph_standin, "instagram", IG, username="acme")
+    room = inbound(outbound, "instagram", IG, "igsid-9", "m_ig_in9")
+    parked_while_sending: list[list[tuple[Any, ...]]] = []
+
+    def echo_before_the_answer(request: Any, answer: Any) -> None:
+        if request.path == f"/v21.0/{IG}/messages":
+            post_webhook(outbound, instagram_echo("igsid-9", answer["message_id"], request.json["message"]["text"]))
+            parked_while_sending.append(parked(outbound))  # the POST answered: the echo is durable
+
+    graph_standin.before_answer(echo_before_the_answer)
+    message_id = reply(outbound, room, {"text": "overtaken on instagram"}).json()["message_id"]
+    wait_status(outbound, room, message_id, "sent")
+    _, mid = delivery(outbound, room, message_id)
+    assert parked_while_sending == [[(mid,)]]
+    wait_until(lambda: parked(outbound) == [], timeout=30, what="the sender's sweep to drop the parked echo")
+    types = room_event_types(outbound, room)
+    assert types.count("MessageSent") == 1 and types.count("ReplyDeliveryAccepted") == 1
+    marker = inbound(outbound, "instagram", IG, "igsid-9", "m_ig_in10")
+    assert marker == room
+
+    def history() -> list[dict[str, Any]] | None:
+        items = httpx.get(f"{outbound.base_url}/v1/rooms/{room}/messages", headers=admin(outbound)).json()["items"]
+        return items if any(m["channel_message_id"] == "m_ig_in10" for m in items) else None
+
+    items = wait_until(history, timeout=60, what="the marker message projected")
+    assert [m["direction"] for m in reversed(items)] == ["inbound", "outbound", "inbound"]
+
+
+@pytest.fixture
+def short_echo_hold(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INBOX_ECHO_HOLD_S", "1")
+
+
+def test_a_parked_instagram_echo_that_matches_no_reply_is_recorded_after_the_hold(
+    short_echo_hold: None, outbound: Pipeline, graph_standin: GraphStandin  # noqa: F811
+) -> None:
+    connect(outbound, graph_standin, "instagram", IG, username="acme")
+    room = inbound(outbound, "instagram", IG, "igsid-8", "m_ig_in8")
+    graph_standin.revoke(IG)  # the reply waits for a new token: in flight all along
+    message_id = reply(outbound, room, {"text": "waiting for a token"}).json()["message_id"]
+    post_webhook(outbound, instagram_echo("igsid-8", "m_from_the_app", "sent from the Instagram app"))
+    wait_until(lambda: parked(outbound) == [], timeout=30, what="the parked echo decided after the 1 s hold")
+    types = room_event_types(outbound, room)
+    assert types.count("MessageSent") == 2  # the reply, and the business's own message from the app
+
+    def history() -> list[dict[str, Any]] | None:
+        r = httpx.get(f"{outbound.base_url}/v1/rooms/{room}/messages", headers=admin(outbound))
+        items = r.json()["items"] if r.status_code == 200 else []
+        return items if any(m["channel_message_id"] == "m_from_the_app" for m in items) else None
+
+    items = wait_until(history, timeout=60, what="the echo in history")
+    [echoed] = [m for m in items if m["channel_message_id"] == "m_from_the_app"]
+    assert echoed["text"] == "sent from the Instagram app" and echoed["direction"] == "outbound"
+    assert delivery(outbound, room, message_id)[0]["status"] == "pending"  # the reply still waits
+    post_webhook(outbound, instagram_echo("igsid-8", "m_from_the_app", "sent from the Instagram app"))
+    assert room_event_types(outbound, room).count("MessageSent") == 2  # redelivered: recorded once

@@ -8,6 +8,7 @@ stored event without it. Real PostgreSQL; the API in process (TestClient).
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -146,3 +147,35 @@ def test_a_registered_app_secret_is_sealed_listed_and_rotated_old_signatures_ref
     agent = client.patch(f"/v1/channel-accounts/{r.json()['id']}", headers=auth(db_settings, role="agent"),
                          json={"app_secret": "tenant-third-secret"})
     assert agent.status_code == 403
+
+
+def test_a_registration_whose_credentials_cannot_be_written_records_no_account(db_settings: Settings) -> None:
+    """A real fault between the two writes: the credentials table is locked longer than the write
+    may wait (statement timeout). The secrets are written first, so nothing is registered; once
+    the lock is gone the retry registers the account with its secret."""
+    import psycopg
+
+    from domain.channels import Channel
+    from domain.staff import Actor, Role
+    from inbox.adapters.postgres import conninfo
+
+    settings = replace(db_settings, read_statement_timeout_ms=300)
+    container = Container.build(settings)
+    admin = Actor("admin1", "org1", Role.ADMIN)
+    try:
+        with psycopg.connect(conninfo(settings)) as locker:
+            locker.execute("LOCK TABLE channel_account_credentials IN ACCESS EXCLUSIVE MODE")
+            with pytest.raises(psycopg.errors.QueryCanceled):
+                container.accounts.register(admin, channel="whatsapp_cloud", external_id=WA, name="WA",
+                                            app_secret="tenant-secret")
+            locker.rollback()
+        assert query(settings, "SELECT count(*) FROM inbox_events WHERE topic LIKE %s",
+                     ("%ChannelAccount.Registered",))[0][0] == 0
+        assert container.accounts.find(Channel.WHATSAPP_CLOUD, WA) is None
+
+        registered = container.accounts.register(admin, channel="whatsapp_cloud", external_id=WA, name="WA",
+                                                 app_secret="tenant-secret")
+        assert container.accounts.app_secret(registered) == "tenant-secret"
+        assert [a.has_app_secret for a in container.accounts.list(admin)] == [True]
+    finally:
+        container.close()

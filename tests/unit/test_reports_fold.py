@@ -159,3 +159,15 @@ def test_report_fold_equals_a_recount_from_the_events(scripts: list[Any], rnd: A
         for m in moments:
             got = sum(d for o, at, d in backlog if o == org and at <= m)
             assert got == unassigned_at(events, org, m), (org, m)
+
+
+def test_delivery_outcomes_of_replies_are_known_and_change_no_report_number() -> None:
+    """Issue 9's delivery events reach the reports consumer too: folded (version moves), never dead-lettered."""
+    base = {"org_id": "org1", "room_id": "r", "occurred_at": T0.isoformat()}
+    state, _ = apply(None, {**base, "type": "RoomOpened", "version": 1, "data": {"channel": "whatsapp_cloud"}})
+    for version, kind in enumerate(("ReplyDeliveryAccepted", "ReplyDeliveryFailed", "ReplyDeliveryUnknown",
+                                    "DeliveryStatusChanged"), start=2):
+        after, changes = apply(state, {**base, "type": kind, "version": version, "data": {"message_id": "m"}})
+        assert (changes.counts, changes.backlog, changes.cycle) == ((), None, None)
+        assert after.version == version and after.cycle == state.cycle
+        state = after

@@ -122,3 +122,47 @@ def test_a_rotation_needs_something_to_rotate_and_only_admins_of_the_org_rotate(
     with pytest.raises(NotFound):
         accounts.rotate(Actor("admin2", "org2", Role.ADMIN), account.id, app_secret="x")
     assert accounts.app_secret(account) == "s"
+
+
+def test_a_failed_credentials_write_leaves_no_account_and_the_retry_registers_it_with_its_secret(
+    accounts: ChannelAccounts, credentials: MemoryCredentials, store: MemoryEventStore
+) -> None:
+    from eventsourcing.persistence import OperationalError
+
+    credentials.failing = True
+    with pytest.raises(OperationalError):
+        accounts.register(ADMIN, channel="instagram", external_id="ig-9", name="IG", app_secret="s9")
+    assert accounts.find(Channel.INSTAGRAM, "ig-9") is None  # no account without its secret
+    with pytest.raises(NotFound):
+        store.get(ChannelAccount.create_id("instagram", "ig-9"))
+
+    credentials.failing = False
+    registered = accounts.register(ADMIN, channel="instagram", external_id="ig-9", name="IG", app_secret="s9")
+    assert accounts.app_secret(registered) == "s9"
+    assert [a.external_id for a in accounts.list(ADMIN)] == ["ig-9"]
+
+
+def test_a_row_left_by_a_failed_registration_is_no_account_and_the_next_registration_overwrites_it(
+    accounts: ChannelAccounts, credentials: MemoryCredentials
+) -> None:
+    # What a registration that died between its credentials and its event leaves behind.
+    account_id = str(ChannelAccount.create_id("instagram", "ig-7"))
+    credentials.register(account_id, org_id="org2", channel="instagram", external_id="ig-7", name="theirs",
+                         access_token=None, app_secret="their-secret")
+    assert accounts.list(Actor("admin2", "org2", Role.ADMIN)) == []
+    with pytest.raises(NotFound):
+        accounts.rotate(Actor("admin2", "org2", Role.ADMIN), account_id, app_secret="x")
+
+    registered = accounts.register(ADMIN, channel="instagram", external_id="ig-7", name="ours", app_secret="ours")
+    assert accounts.app_secret(registered) == "ours"
+    assert [(a.org_id, a.name) for a in accounts.list(ADMIN)] == [("org1", "ours")]
+
+
+def test_registering_an_existing_account_never_touches_its_secrets(
+    accounts: ChannelAccounts
+) -> None:
+    first = accounts.register(ADMIN, channel="instagram", external_id="ig-8", name="IG", app_secret="mine")
+    with pytest.raises(AlreadyExists):
+        accounts.register(Actor("admin2", "org2", Role.ADMIN), channel="instagram", external_id="ig-8",
+                          name="x", app_secret="attacker")
+    assert accounts.app_secret(first) == "mine"

@@ -104,3 +104,27 @@ def test_an_echo_whose_metadata_is_not_a_reply_of_that_room_is_the_business_own_
     assert result.outcome is FactOutcome.RECORDED
     sent = [e for e in events(store, room_id) if isinstance(e, Room.MessageSent)]
     assert [e.sender_role for e in sent] == ["channel"]
+
+
+def test_an_echo_of_a_reply_the_room_has_forgotten_is_that_reply_by_the_dedup_key_recorded_when_accepted(
+    committer: InboundCommitter, page: AccountInfo, rooms: RoomCommands, store: MemoryEventStore
+) -> None:
+    from channels.facts import DeliveryStatus
+    from domain.room import MAX_SETTLED_DELIVERIES
+
+    room_id = customer_writes(committer, page)
+    deliveries = Deliveries(store)
+    for i in range(MAX_SETTLED_DELIVERIES + 1):
+        reply = rooms.reply(AGENT_A, room_id, text=f"r{i}").message_id
+        assert reply is not None and deliveries.accepted(room_id, reply, f"m_old{i}")
+        read = DeliveryStatus(Channel.FACEBOOK_MESSENGER, PAGE, "read", datetime.now(UTC), f"read:m_old{i}",
+                              channel_message_id=f"m_old{i}", recipient_id="psid-1")
+        assert committer.submit_group([(page, read)])[0].outcome is FactOutcome.RECORDED
+    room: Room = store.get(UUID(room_id))
+    assert room.message_for_channel_id("m_old0") is None  # read long ago: forgotten by the room
+    sent_before = sum(isinstance(e, Room.MessageSent) for e in events(store, room_id))
+
+    [result] = committer.submit_group([(page, echo("m_old0", None))])  # a very late echo of it
+
+    assert result.outcome is FactOutcome.DUPLICATE
+    assert sum(isinstance(e, Room.MessageSent) for e in events(store, room_id)) == sent_before

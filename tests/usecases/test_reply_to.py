@@ -90,7 +90,7 @@ def test_an_inbound_message_older_than_the_rooms_latest_is_still_found_by_its_ch
     rooms.reply(AGENT_A, oldest.room_id, text="that one", reply_to="wamid.1")  # through the dedup keys
 
     assert last_sent(store, oldest.room_id).reply_to == {"message_id": oldest.message_id, "channel_message_id": "wamid.1"}
-    assert MAX_REPLY_TARGETS == 1000
+    assert MAX_REPLY_TARGETS == 100
 
 
 def test_the_sender_quotes_the_wamid_on_whatsapp_and_nothing_on_messenger(

@@ -180,7 +180,12 @@ def create_faust_app(settings: Settings, runtime: ProjectorRuntime) -> faust.App
 
     @faust_app.timer(interval=HEARTBEAT_S)
     async def heartbeat() -> None:
-        await runtime.heartbeat()
+        # An exception here would crash the whole Faust app (a restarted PostgreSQL did exactly
+        # that): a missed beat is only a missed beat, the next tick tries again.
+        try:
+            await runtime.heartbeat()
+        except Exception as e:
+            log.warning("worker heartbeat failed (%s: %s); next try in %ss", type(e).__name__, e, HEARTBEAT_S)
 
     return faust_app
 

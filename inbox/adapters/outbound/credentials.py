@@ -15,6 +15,8 @@ without them.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from psycopg.rows import dict_row
@@ -68,6 +70,36 @@ class PostgresCredentials:
                 " disconnected_at = NULL, updated_at = now()",
                 (account_id, org_id, channel, external_id, name, sealed, sealed_secret),
             )
+
+    def register(self, account_id: str, *, org_id: str, channel: str, external_id: str, name: str,
+                 access_token: str | None, app_secret: str | None) -> None:
+        sealed = self._seal(account_id, access_token) if access_token is not None else None
+        sealed_secret = None
+        if app_secret is not None:
+            if self._box is None:
+                raise Unavailable("INBOX_SECRET_KEY is not set: app secrets cannot be stored")
+            sealed_secret = self._box.seal(app_secret, app_secret_context(account_id))
+        with self._pool.connection() as conn:
+            conn.execute(
+                "INSERT INTO channel_account_credentials (account_id, org_id, channel, external_id, name,"
+                " access_token_sealed, app_secret_sealed, needs_reauth) VALUES (%s, %s, %s, %s, %s, %s, %s, false)"
+                " ON CONFLICT (account_id) DO UPDATE SET org_id = EXCLUDED.org_id, channel = EXCLUDED.channel,"
+                " external_id = EXCLUDED.external_id, name = EXCLUDED.name,"
+                " access_token_sealed = EXCLUDED.access_token_sealed, app_secret_sealed = EXCLUDED.app_secret_sealed,"
+                " needs_reauth = false, reauth_reason = NULL, disconnected_at = NULL, updated_at = now()",
+                (account_id, org_id, channel, external_id, name, sealed, sealed_secret),
+            )
+
+    @contextmanager
+    def exclusive(self, account_id: str) -> Iterator[None]:
+        """A session advisory lock on the account id, held on one pooled connection meanwhile."""
+        key = f"channel-account:{account_id}"
+        with self._pool.connection() as conn:
+            conn.execute("SELECT pg_advisory_lock(hashtext(%s))", (key,))
+            try:
+                yield
+            finally:
+                conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (key,))
 
     def app_secret(self, account_id: str) -> str | None:
         """The account's own app secret (kept when the account is disconnected: its webhooks

@@ -20,6 +20,11 @@ that window (one HTTP call, at most the client timeout) cannot be closed on our 
 reply the room already shows as accepted / failed / delivered (a status webhook, an echo) is not
 resent. A timeout after the request left is recorded as `ReplyDeliveryUnknown` and never resent
 automatically: status/echo webhooks settle it.
+
+**Database faults** (a terminated connection, a restarting server) never dead-letter a reply:
+before the request leaves, the row is left as it is and taken again later; after it left, the
+outcome is recorded with back-off until the database takes it, so such faults never open the
+duplicate window above.
 """
 
 from __future__ import annotations
@@ -52,9 +57,11 @@ from inbox.adapters.meta_graph import (
     RetryAfter,
     Unknown,
 )
+from inbox.adapters.postgres import is_transient
 from inbox.adapters.outbound.credentials import PostgresCredentials
 from inbox.adapters.wire import InvalidWireEvent, decode
 from inbox.usecases.delivery import Deliveries, Refused, SendPlan, Settled
+from inbox.usecases.echoes import ParkedEchoes
 from inbox.usecases.pacing import Pacer
 
 log = logging.getLogger(__name__)
@@ -62,6 +69,8 @@ log = logging.getLogger(__name__)
 RATE_LIMIT_ACCOUNT = {130429, 4, 80007, 613}
 RATE_LIMIT_PAIR = 131056
 TOKEN_CACHE_S = 1.0
+TRANSIENT_PAUSE_S = 0.5  # a room whose reply met a database failure is taken again after this
+RECORD_BACKOFF_S = (0.1, 0.2, 0.5, 1.0, 2.0)  # retrying an outcome's record until the database takes it
 
 
 @dataclass(frozen=True)
@@ -72,6 +81,8 @@ class SenderOptions:
     reauth_poll_s: float = 2.0
     concurrency: int = 32
     batch: int = 200
+    echo_sweep_s: float = 0.5  # how often parked echoes are decided again (inbox/usecases/echoes.py)
+    echo_hold_s: float = 30.0  # how long a parked echo waits for the reply it may be the echo of
 
 
 @dataclass
@@ -97,6 +108,7 @@ class Sender:
         client: MetaGraphClient,
         pacer: Pacer | None = None,
         options: SenderOptions = SenderOptions(),
+        echoes: ParkedEchoes | None = None,
     ) -> None:
         self._bootstrap = bootstrap
         self._topic = topic
@@ -106,7 +118,9 @@ class Sender:
         self._client = client
         self._pacer = pacer or Pacer()
         self._options = options
+        self._echoes = echoes
         self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
         self._tokens: dict[str, tuple[str | None, float]] = {}
         self.sent = 0
 
@@ -117,12 +131,37 @@ class Sender:
             ThreadPoolExecutor(self._options.concurrency, thread_name_prefix="sender"))
         intake = asyncio.create_task(self._intake(stop), name="sender-intake")
         dispatch = asyncio.create_task(self._dispatch(stop), name="sender-dispatch")
+        tasks = [intake, dispatch]
+        if self._echoes is not None:
+            tasks.append(asyncio.create_task(self._sweep_echoes(stop), name="sender-echoes"))
         try:
             await stop.wait()
         finally:
-            for task in (intake, dispatch):
+            self._stopping.set()
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(intake, dispatch, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    # ---- parked echoes ----------------------------------------------------------------------
+    async def _sweep_echoes(self, stop: asyncio.Event) -> None:
+        """Parked Instagram echoes decided again (dropped when the sender recorded their reply,
+        recorded as the business's own message after the hold): here because the sender runs
+        anyway, and what the API parked survives the API."""
+        assert self._echoes is not None
+        while not stop.is_set():
+            try:
+                tally = await asyncio.to_thread(self._echoes.sweep)
+                if tally["dropped"] or tally["recorded"]:
+                    log.info("parked echoes: %s", tally)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                log.warning("sweeping parked echoes failed (%s: %s); again in %ss", type(e).__name__, e,
+                            self._options.echo_sweep_s, exc_info=not is_transient(e))
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=self._options.echo_sweep_s)
+            except TimeoutError:
+                pass
 
     # ---- intake ---------------------------------------------------------------------------
     async def _intake(self, stop: asyncio.Event) -> None:
@@ -227,7 +266,13 @@ class Sender:
             by_room: OrderedDict[str, list[_Row]] = OrderedDict()
             for row in rows:
                 by_room.setdefault(row.room_id, []).append(row)
-            await asyncio.gather(*(self._room(rows, limit) for rows in by_room.values()))
+            try:
+                await asyncio.gather(*(self._room(rows, limit) for rows in by_room.values()))
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # never ends the loop: the rows are still in the queue
+                log.exception("sender: a round of dispatch failed; retrying in 1 s")
+                await asyncio.sleep(1)
 
     async def _due(self) -> list[_Row]:
         async with self._pool.connection() as conn:
@@ -247,6 +292,13 @@ class Sender:
                 except asyncio.CancelledError:
                     raise
                 except Exception as e:
+                    if is_transient(e):
+                        # The database's fault, not the reply's: the row is untouched (still pending,
+                        # or in_flight before any request left) and is taken again on a later round.
+                        log.warning("sender: reply %s of room %s waits, the database failed: %s: %s",
+                                    row.message_id, row.room_id, type(e).__name__, e)
+                        await asyncio.sleep(TRANSIENT_PAUSE_S)
+                        return
                     log.exception("sender: reply %s of room %s dead-lettered", row.message_id, row.room_id)
                     await self._dead(row, f"{type(e).__name__}: {e}")
                     done = True
@@ -279,13 +331,36 @@ class Sender:
             await asyncio.sleep(at - time.monotonic())
         await self._set(row, "in_flight", attempts=row.attempts + 1)
         try:
-            outcome = await self._client.send(_reply(plan), token)
+            outcome: Any = await self._client.send(_reply(plan), token)
         except InvalidReply as e:
-            await asyncio.to_thread(self._deliveries.failed, row.room_id, row.message_id,
-                                    code=None, title=str(e), permanent=True)
-            await self._set(row, "failed", error=str(e))
-            return True
-        return await self._outcome(row, plan, outcome)
+            outcome = e
+        # From here the request has left: its outcome is recorded whatever the database does
+        # meanwhile (retried until it is), or a row left in_flight would be sent a second time.
+        return await self._recorded(row, plan, outcome)
+
+    async def _recorded(self, row: _Row, plan: SendPlan, outcome: Any) -> bool:
+        attempt = 0
+        while True:
+            try:
+                if isinstance(outcome, InvalidReply):
+                    await asyncio.to_thread(self._deliveries.failed, row.room_id, row.message_id,
+                                            code=None, title=str(outcome), permanent=True)
+                    await self._set(row, "failed", error=str(outcome))
+                    return True
+                return await self._outcome(row, plan, outcome)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                if not is_transient(e) or self._stopping.is_set():
+                    raise  # stopping: the row stays in_flight (the documented window)
+                delay = RECORD_BACKOFF_S[min(attempt, len(RECORD_BACKOFF_S) - 1)]
+                attempt += 1
+                log.warning("sender: recording the outcome of reply %s failed (attempt %s): %s: %s;"
+                            " retrying in %ss", row.message_id, attempt, type(e).__name__, e, delay)
+                try:
+                    await asyncio.wait_for(self._stopping.wait(), timeout=delay)
+                except TimeoutError:
+                    pass
 
     async def _token(self, account_id: str) -> str | None:
         """The account's working token, cached for a second (a rotation is seen within that)."""

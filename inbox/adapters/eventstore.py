@@ -56,8 +56,9 @@ def write_deadline(deadline: float) -> Iterator[None]:
     """Bound the writes of this thread: each transaction gets `SET LOCAL statement_timeout` = time left.
 
     `deadline` is a `time.monotonic()` value. The library retries a timed-out write; once the
-    deadline has passed a retry raises `DeadlinePassed` instead, so the caller knows nothing was
-    committed. (Only this thread's writes: the inbound committer's.)
+    deadline has passed a retry raises `DeadlinePassed` instead. (A retry follows a lost connection,
+    which may have been lost during COMMIT: the caller asks the database what was recorded.) (Only
+    this thread's writes: the inbound committer's.)
     """
     _deadline.value, _deadline.attempts = deadline, 0
     try:

@@ -46,7 +46,11 @@ log = logging.getLogger(__name__)
 
 # How often a write that lost its connection is checked for having committed: a killed server
 # leaves every pooled connection dead and each failed try drops one, so try past the pool's size.
-COMMIT_CHECK_ATTEMPTS = 30
+# How long a write whose connection died (maybe during COMMIT) keeps asking the database whether it
+# committed: long enough to span a server restart (seconds), well within the waiters' backstop, so
+# a message recorded across a restart is answered 202, not a 503 its sender would retry. The
+# committer has nothing else to do meanwhile: the database it writes to is not answering.
+COMMIT_CHECK_S = 10.0
 
 
 @dataclass
@@ -314,7 +318,9 @@ class InboundCommitter:
                 self._store.save(*decision.rooms.values(), dedup_keys=decision.dedup_keys,
                                  statuses=decision.statuses, parked=decision.parked,
                                  deadline=min(p.deadline for p in batch))
-            except (OperationalError, InterfaceError):
+            except (OperationalError, InterfaceError, DeadlinePassed):
+                # The connection died, maybe during COMMIT (a retry that then ran out of time
+                # says so too: only a lost connection is retried): ask what was recorded.
                 if not self._committed_anyway(decision):
                     raise
                 log.warning("the connection died during COMMIT but the batch of %s was recorded", len(batch))
@@ -331,11 +337,16 @@ class InboundCommitter:
         not. If the database cannot even be asked, the answer is 503 and the one window remains
         where a message answered 503 was recorded: its retry is then answered as a duplicate.
         """
-        for attempt in range(COMMIT_CHECK_ATTEMPTS):
+        give_up = time.monotonic() + COMMIT_CHECK_S
+        attempt = 0
+        while True:
+            attempt += 1
             try:
                 return self._all_keys_recorded(decision)
             except Exception as e:  # still unreachable: the outcome stays unknown, answered 503
-                log.info("could not tell whether the batch committed (attempt %s): %s", attempt + 1, e)
+                log.info("could not tell whether the batch committed (attempt %s): %s", attempt, e)
+                if time.monotonic() >= give_up:
+                    break
                 time.sleep(0.01 if attempt < 25 else 0.2)
         log.warning("could not tell whether a batch of %s facts committed: answered 503", len(decision.dedup_keys))
         return False

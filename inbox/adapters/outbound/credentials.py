@@ -15,10 +15,12 @@ without them.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from psycopg import Connection
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
@@ -42,6 +44,23 @@ class PostgresCredentials:
     def __init__(self, pool: ConnectionPool, box: SecretBox | None) -> None:
         self._pool = pool
         self._box = box
+        self._held = threading.local()  # the connection `exclusive` holds in this thread, if any
+
+    @contextmanager
+    def _connection(self) -> Iterator[Connection[Any]]:
+        """A pooled connection, committed when the block ends; inside `exclusive`, the one it
+        holds (taking a second from the pool could wait for ever on a pool of one)."""
+        held: Connection[Any] | None = getattr(self._held, "conn", None)
+        if held is None:
+            with self._pool.connection() as conn:
+                yield conn
+            return
+        try:
+            yield held
+        except BaseException:
+            held.rollback()
+            raise
+        held.commit()
 
     def _seal(self, account_id: str, token: str) -> str:
         if self._box is None:
@@ -56,7 +75,7 @@ class PostgresCredentials:
             if self._box is None:
                 raise Unavailable("INBOX_SECRET_KEY is not set: app secrets cannot be stored")
             sealed_secret = self._box.seal(app_secret, app_secret_context(account_id))
-        with self._pool.connection() as conn:
+        with self._connection() as conn:
             conn.execute(
                 "INSERT INTO channel_account_credentials (account_id, org_id, channel, external_id, name,"
                 " access_token_sealed, app_secret_sealed, needs_reauth) VALUES (%s, %s, %s, %s, %s, %s, %s, false)"
@@ -79,7 +98,7 @@ class PostgresCredentials:
             if self._box is None:
                 raise Unavailable("INBOX_SECRET_KEY is not set: app secrets cannot be stored")
             sealed_secret = self._box.seal(app_secret, app_secret_context(account_id))
-        with self._pool.connection() as conn:
+        with self._connection() as conn:
             conn.execute(
                 "INSERT INTO channel_account_credentials (account_id, org_id, channel, external_id, name,"
                 " access_token_sealed, app_secret_sealed, needs_reauth) VALUES (%s, %s, %s, %s, %s, %s, %s, false)"
@@ -96,15 +115,19 @@ class PostgresCredentials:
         key = f"channel-account:{account_id}"
         with self._pool.connection() as conn:
             conn.execute("SELECT pg_advisory_lock(hashtext(%s))", (key,))
+            conn.commit()
+            self._held.conn = conn
             try:
                 yield
             finally:
+                self._held.conn = None
+                conn.rollback()
                 conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (key,))
 
     def app_secret(self, account_id: str) -> str | None:
         """The account's own app secret (kept when the account is disconnected: its webhooks
         still name it, and must not fall back to the global app's secret)."""
-        with self._pool.connection() as conn:
+        with self._connection() as conn:
             row = conn.execute(
                 "SELECT app_secret_sealed FROM channel_account_credentials WHERE account_id = %s", (account_id,),
             ).fetchone()
@@ -115,7 +138,7 @@ class PostgresCredentials:
         return self._box.open(row[0], app_secret_context(account_id))
 
     def access_token(self, account_id: str) -> str | None:
-        with self._pool.connection() as conn:
+        with self._connection() as conn:
             row = conn.execute(
                 "SELECT access_token_sealed FROM channel_account_credentials"
                 " WHERE account_id = %s AND disconnected_at IS NULL", (account_id,),
@@ -126,7 +149,7 @@ class PostgresCredentials:
 
     def sendable_token(self, account_id: str) -> str | None:
         """The token to send with, or None when there is none or Meta rejected it (sends wait)."""
-        with self._pool.connection() as conn:
+        with self._connection() as conn:
             row = conn.execute(
                 "SELECT access_token_sealed, needs_reauth FROM channel_account_credentials"
                 " WHERE account_id = %s AND disconnected_at IS NULL", (account_id,),
@@ -136,7 +159,7 @@ class PostgresCredentials:
         return self._box.open(row[0], token_context(account_id))
 
     def mark_needs_reauth(self, account_id: str, reason: str) -> None:
-        with self._pool.connection() as conn:
+        with self._connection() as conn:
             conn.execute(
                 "UPDATE channel_account_credentials SET needs_reauth = true, reauth_reason = %s, updated_at = now()"
                 " WHERE account_id = %s", (reason, account_id),
@@ -144,7 +167,7 @@ class PostgresCredentials:
         log.warning("channel account %s needs re-authorisation: %s", account_id, reason)
 
     def needs_reauth(self, account_id: str) -> bool:
-        with self._pool.connection() as conn:
+        with self._connection() as conn:
             row = conn.execute(
                 "SELECT needs_reauth FROM channel_account_credentials WHERE account_id = %s", (account_id,)
             ).fetchone()
@@ -158,21 +181,21 @@ class PostgresCredentials:
         return found[0] if found else None
 
     def disconnect(self, account_id: str) -> None:
-        with self._pool.connection() as conn:
+        with self._connection() as conn:
             conn.execute(
                 "UPDATE channel_account_credentials SET access_token_sealed = NULL, disconnected_at = now(),"
                 " updated_at = now() WHERE account_id = %s", (account_id,),
             )
 
     def needs_reauth_count(self) -> int:
-        with self._pool.connection() as conn:
+        with self._connection() as conn:
             row = conn.execute(
                 "SELECT count(*) FROM channel_account_credentials WHERE needs_reauth AND disconnected_at IS NULL"
             ).fetchone()
         return int(row[0]) if row else 0
 
     def _select(self, where: str, params: tuple[object, ...]) -> list[AccountCredentials]:
-        with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+        with self._connection() as conn, conn.cursor(row_factory=dict_row) as cur:
             cur.execute(
                 "SELECT account_id::text, org_id, channel, external_id, name,"
                 " access_token_sealed IS NOT NULL AS has_access_token, needs_reauth, reauth_reason,"

@@ -11,6 +11,11 @@ catches up from the log by position, so nothing is missed — the doorbell is on
 catches up from the log on its own connection, then follows the hub's pages, and turns each page
 into the events this viewer may see (domain.visibility). A subscriber whose queue is full gets
 `overflowed` and its feed ends with `reset`: memory per stream stays bounded.
+
+Fan-out cost: a page's room and message events are rendered and framed (SSE bytes) once per
+class of viewers that see the same rooms of that page (`_view`: every admin of an organization,
+every agent the page does not name), and the counters once per counter key; each stream then
+adds its counters frame and writes everything waiting for it in one send per wake-up.
 """
 
 from __future__ import annotations
@@ -28,9 +33,9 @@ from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
 from domain.staff import Actor
-from domain.visibility import can_see
+from domain.visibility import Sight, sight
 from inbox.adapters.postgres import conninfo
-from inbox.adapters.read_models.changes import ChangePage, channel, counter_key, read_changes
+from inbox.adapters.read_models.changes import Change, ChangePage, channel, counter_key, read_changes
 from inbox.config import Settings
 
 log = logging.getLogger(__name__)
@@ -199,7 +204,8 @@ class ChangeHub:
                     first = False
                     continue
                 while True:
-                    page = await self.read(self.position, actors=[s.actor for s in self._subs], all_counters=False)
+                    actors = list({s.actor for s in self._subs})  # each viewer once, however many streams
+                    page = await self.read(self.position, actors=actors, all_counters=False)
                     if page.upto > self.position:
                         self._publish(page)
                         self.position = page.upto
@@ -219,6 +225,8 @@ class Feed:
     def __init__(self, hub: ChangeHub, actor: Actor, last_event_id: int | None) -> None:
         self.hub = hub
         self.actor = actor
+        self.sight = sight(actor)
+        self.counter_key = counter_key(actor)
         self.last_event_id = last_event_id
         self.sub = hub.subscribe(actor)
         self.cursor = 0
@@ -245,36 +253,49 @@ class Feed:
         else:
             self.cursor = last
 
-    async def events(self, heartbeat_s: float) -> AsyncIterator[list[LiveEvent] | None]:
-        """Lists of events to send in order; None when `heartbeat_s` passed without any."""
+    async def events(self, heartbeat_s: float) -> AsyncIterator[bytes | None]:
+        """SSE frames to write, in order; None when `heartbeat_s` passed without any.
+
+        Every page waiting in the queue when the stream wakes up goes out in one write.
+        """
         if self._opening:
-            yield self._opening
-        async for batch in self._catch_up(None):
-            yield batch
-        while True:
-            if self.sub.ended.is_set() and self.sub.queue.empty():
+            yield frame(self._opening)
+        async for chunk in self._catch_up(None):
+            yield chunk
+        queue = self.sub.queue
+        stop = False
+        while not stop:
+            if self.sub.ended.is_set() and queue.empty():
                 break
-            try:
-                page = await asyncio.wait_for(self.sub.queue.get(), heartbeat_s)
-            except TimeoutError:
-                yield None
-                continue
-            if page is None or self.sub.overflowed.is_set():
-                break
-            if page.upto <= self.cursor:
-                continue
-            if page.after > self.cursor:  # joined the hub after this page's start: read the gap ourselves
-                async for batch in self._catch_up(page.after):
-                    yield batch
-                if page.upto <= self.cursor:
+            if queue.empty():
+                try:
+                    async with asyncio.timeout(heartbeat_s):
+                        page = await queue.get()
+                except TimeoutError:
+                    yield None
                     continue
-            out = self.render(page)
-            if out:
+            else:
+                page = queue.get_nowait()
+            parts: list[bytes] = []
+            while True:
+                if page is None or self.sub.overflowed.is_set():
+                    stop = True
+                    break
+                if page.upto > self.cursor:
+                    if page.after > self.cursor:  # joined the hub after this page's start: read the gap ourselves
+                        async for chunk in self._catch_up(page.after):
+                            parts.append(chunk)
+                    if page.upto > self.cursor:
+                        parts.append(self.render_frames(page))
+                if queue.empty():
+                    break
+                page = queue.get_nowait()
+            if out := b"".join(parts):
                 yield out
         if self.sub.overflowed.is_set():
-            yield [LiveEvent("reset", _json({"reason": "too slow", "position": self.hub.position}), None)]
+            yield frame([LiveEvent("reset", _json({"reason": "too slow", "position": self.hub.position}), None)])
 
-    async def _catch_up(self, until: int | None) -> AsyncIterator[list[LiveEvent]]:
+    async def _catch_up(self, until: int | None) -> AsyncIterator[bytes]:
         """Read the log after the cursor on our own (up to `until`, or its end) and render it."""
         first = True
         while until is None or self.cursor < until:
@@ -282,13 +303,33 @@ class Feed:
             first = False
             out = self.render(page)
             if out:
-                yield out
+                yield frame(out)
             if not page.more:
                 break
 
+    def render_frames(self, page: ChangePage) -> bytes:
+        """`frame(self.render(page))`, sharing the rendering with every stream of the same sight.
+
+        A page with nothing before the cursor and no `reset` renders the same room and message
+        events for every viewer whose sight decides the same for each room of the page, so they
+        are rendered and framed once per such class (`_view`); the counters are one lookup.
+        """
+        view = _view(page, self.sight) if self.cursor <= page.after else None
+        if view is None:
+            return frame(self.render(page))
+        self.cursor = max(self.cursor, page.upto)
+        counters = page.counters.get(self.counter_key)
+        if counters is None or counters == self._counters:
+            return view.framed
+        self._counters = counters
+        key = ("counters frame", self.counter_key)
+        if (tail := page.views.get(key)) is None:
+            tail = page.views[key] = b"id: %d\nevent: counters\ndata: %s\n\n" % (
+                page.upto, page.encode(("c", self.counter_key), counters))
+        return view.framed_before_counters + tail
+
     def render(self, page: ChangePage) -> list[LiveEvent]:
         """The events of `page` after the cursor that this viewer may see; advances the cursor."""
-        actor = self.actor
         changes = [c for c in page.changes if c.position > self.cursor]
         self.cursor = max(self.cursor, page.upto)
         out: list[LiveEvent] = []
@@ -297,26 +338,80 @@ class Feed:
             out.append(LiveEvent("reset", _json({"reason": "rebuilt", "position": resets[-1].position}), None))
             self._counters = None
             changes = [c for c in changes if c.position > resets[-1].position]
-        groups: dict[str, list[Any]] = {}
-        for c in changes:
-            if c.kind != "room" or c.room_id is None or c.org_id != actor.org_id:
-                continue
-            groups.setdefault(c.room_id, []).append(c)
-        for room_id, group in sorted(groups.items(), key=lambda g: g[1][-1].position):
-            first, latest = group[0], group[-1]
-            room = page.rooms.get(room_id)
-            seen_before = first.existed_before and can_see(actor, first.org_id or "", first.assignee_before)
-            if room is not None and can_see(actor, latest.org_id or "", room["assignee"]):
-                for message_id in dict.fromkeys(m for c in group for m in c.message_ids):
-                    if (message := page.messages.get(message_id)) is not None:
-                        out.append(LiveEvent("message", page.encode(("m", message_id), message), latest.position))
-                out.append(LiveEvent("room", page.encode(("r", room_id), room), latest.position))
-            elif seen_before:
-                version = room["version"] if room is not None else latest.version
-                out.append(LiveEvent("room_hidden", _json({"id": room_id, "version": version}), latest.position))
-        key = counter_key(actor)
+        out.extend(_room_events(page, changes, self.sight))
+        key = self.counter_key
         counters = page.counters.get(key)
         if counters is not None and counters != self._counters:
             self._counters = counters
             out.append(LiveEvent("counters", page.encode(("c", key), counters), page.upto))
         return out
+
+
+def frame(events: list[LiveEvent], next_position: int | None = None) -> bytes:
+    """SSE frames; the id goes on the last event of each position only (resuming skips no event).
+
+    `next_position`: the position of the event that will follow these in the same write, if any.
+    """
+    parts: list[bytes] = []
+    n = len(events)
+    for i, e in enumerate(events):
+        following = events[i + 1].position if i + 1 < n else next_position
+        if e.position is not None and following != e.position:
+            parts.append(b"id: %d\n" % e.position)
+        parts.append(b"event: " + e.name.encode() + b"\ndata: " + e.json + b"\n\n")
+    return b"".join(parts)
+
+
+def _room_events(page: ChangePage, changes: list[Change], s: Sight) -> list[LiveEvent]:
+    """message/room/room_hidden events of `changes` (rooms in order of their latest change) for `s`."""
+    out: list[LiveEvent] = []
+    groups: dict[str, list[Change]] = {}
+    for c in changes:
+        if c.kind != "room" or c.room_id is None or c.org_id != s.org_id:
+            continue
+        groups.setdefault(c.room_id, []).append(c)
+    for room_id, group in sorted(groups.items(), key=lambda g: g[1][-1].position):
+        first, latest = group[0], group[-1]
+        room = page.rooms.get(room_id)
+        seen_before = first.existed_before and s.sees(first.org_id or "", first.assignee_before)
+        if room is not None and s.sees(latest.org_id or "", room["assignee"]):
+            for message_id in dict.fromkeys(m for c in group for m in c.message_ids):
+                if (message := page.messages.get(message_id)) is not None:
+                    out.append(LiveEvent("message", page.encode(("m", message_id), message), latest.position))
+            out.append(LiveEvent("room", page.encode(("r", room_id), room), latest.position))
+        elif seen_before:
+            version = room["version"] if room is not None else latest.version
+            out.append(LiveEvent("room_hidden", _json({"id": room_id, "version": version}), latest.position))
+    return out
+
+
+@dataclass(frozen=True)
+class _View:
+    """The room and message events of one page for one class of sights, framed."""
+
+    framed: bytes  # as sent when no counters event follows
+    framed_before_counters: bytes  # as sent when the counters event (at the page's end) follows
+
+
+def _view(page: ChangePage, s: Sight) -> _View | None:
+    """The shared rendering of `page` for `s` (None when the page has a `reset`: render per stream).
+
+    Viewers whose sights agree on every assignee the page mentions (every admin of an
+    organization; every agent the page does not name) share one class: `s` reduced to those
+    assignees decides every room of the page as `s` itself does.
+    """
+    mentioned = page.views.get("assignees")
+    if mentioned is None:
+        if any(c.kind == "reset" for c in page.changes):
+            mentioned = page.views["assignees"] = False
+        else:
+            mentioned = page.views["assignees"] = frozenset(
+                [c.assignee_before for c in page.changes] + [r["assignee"] for r in page.rooms.values()])
+    if mentioned is False:
+        return None
+    key = (s.org_id, s.whole_org, tuple(a for a in s.assignees if a in mentioned))
+    view = page.views.get(key)
+    if view is None:
+        events = _room_events(page, page.changes, Sight(*key))
+        view = page.views[key] = _View(frame(events), frame(events, page.upto))
+    return view

@@ -393,25 +393,88 @@ class _View:
     framed_before_counters: bytes  # as sent when the counters event (at the page's end) follows
 
 
+@dataclass(frozen=True)
+class _Group:
+    """One room's changes in a page, framed every way a stream may send them (`_view` picks)."""
+
+    org_id: str | None
+    room: dict[str, Any] | None
+    existed_before: bool
+    assignee_before: str | None
+    position: int
+    shown: bytes  # its messages, then `id:` and its room event
+    shown_no_id: bytes  # the same without the `id:` line (the counters event carries it)
+    hidden: bytes  # `id:` and its room_hidden event
+    hidden_no_id: bytes
+
+
+_MISSING = object()
+
+
+def _groups(page: ChangePage) -> list[_Group] | None:
+    """The page's room groups in `_room_events` order, framed once (None: the page has a `reset`)."""
+    found = page.views.get("groups", _MISSING)
+    if found is not _MISSING:
+        return found  # type: ignore[return-value]
+    if any(c.kind == "reset" for c in page.changes):
+        page.views["groups"] = None
+        return None
+    grouped: dict[str, list[Change]] = {}
+    for c in page.changes:
+        if c.kind == "room" and c.room_id is not None:
+            grouped.setdefault(c.room_id, []).append(c)
+    out = []
+    for room_id, group in sorted(grouped.items(), key=lambda g: g[1][-1].position):
+        first, latest = group[0], group[-1]
+        room = page.rooms.get(room_id)
+        shown: list[LiveEvent] = []
+        if room is not None:
+            shown = [LiveEvent("message", page.encode(("m", m), page.messages[m]), latest.position)
+                     for m in dict.fromkeys(m for c in group for m in c.message_ids) if m in page.messages]
+            shown.append(LiveEvent("room", page.encode(("r", room_id), room), latest.position))
+        version = room["version"] if room is not None else latest.version
+        hidden = [LiveEvent("room_hidden", _json({"id": room_id, "version": version}), latest.position)]
+        out.append(_Group(latest.org_id, room, first.existed_before, first.assignee_before, latest.position,
+                          frame(shown), frame(shown, latest.position), frame(hidden), frame(hidden, latest.position)))
+    page.views["groups"] = out
+    return out
+
+
 def _view(page: ChangePage, s: Sight) -> _View | None:
     """The shared rendering of `page` for `s` (None when the page has a `reset`: render per stream).
 
     Viewers whose sights agree on every assignee the page mentions (every admin of an
     organization; every agent the page does not name) share one class: `s` reduced to those
-    assignees decides every room of the page as `s` itself does.
+    assignees decides every room of the page as `s` itself does. Each class is the page's
+    pre-framed room groups that its sight shows or hides (as `_room_events` decides).
     """
     mentioned = page.views.get("assignees")
     if mentioned is None:
-        if any(c.kind == "reset" for c in page.changes):
-            mentioned = page.views["assignees"] = False
-        else:
-            mentioned = page.views["assignees"] = frozenset(
-                [c.assignee_before for c in page.changes] + [r["assignee"] for r in page.rooms.values()])
-    if mentioned is False:
-        return None
+        mentioned = page.views["assignees"] = frozenset(
+            [c.assignee_before for c in page.changes] + [r["assignee"] for r in page.rooms.values()])
     key = (s.org_id, s.whole_org, tuple(a for a in s.assignees if a in mentioned))
-    view = page.views.get(key)
-    if view is None:
-        events = _room_events(page, page.changes, Sight(*key))
-        view = page.views[key] = _View(frame(events), frame(events, page.upto))
+    if (view := page.views.get(key)) is not None:
+        return view
+    groups = _groups(page)
+    if groups is None:
+        return None
+    parts: list[bytes] = []
+    last: _Group | None = None
+    last_shown = False
+    for g in groups:
+        if g.org_id != s.org_id:
+            continue
+        if g.room is not None and s.sees(s.org_id, g.room["assignee"]):
+            parts.append(g.shown)
+            last, last_shown = g, True
+        elif g.existed_before and s.sees(s.org_id, g.assignee_before):
+            parts.append(g.hidden)
+            last, last_shown = g, False
+    framed = b"".join(parts)
+    if last is not None and last.position == page.upto:  # the counters event carries this position's id
+        parts[-1] = last.shown_no_id if last_shown else last.hidden_no_id
+        view = _View(framed, b"".join(parts))
+    else:
+        view = _View(framed, framed)
+    page.views[key] = view
     return view

@@ -91,7 +91,7 @@ def test_the_shared_rendering_sends_exactly_what_each_viewer_renders_alone() -> 
                Actor("sup1", "org1", Role.SUPERVISOR), OTHER_ORG]
     pages: list[ChangePage] = []
     position = 0
-    for round_ in range(4):
+    for round_ in range(5):
         changes = []
         after = position
         for i, (room, assignee) in enumerate(zip(rooms, assignees)):
@@ -101,9 +101,17 @@ def test_the_shared_rendering_sends_exactly_what_each_viewer_renders_alone() -> 
             before = assignees[(i + round_) % len(assignees)] if round_ else None
             changes.append(Change(position, "room", "org1", room, position, round_ > 0, before, assignee,
                                   (f"m{position}",)))
+        if round_ == 1:  # a room of another organization
+            position += 1
+            changes.append(Change(position, "room", "org2", "00000000-0000-0000-0000-0000000000f2", position, False, None,
+                                  None, ("x",)))
+        if round_ == 3:  # the projections were rebuilt after these
+            position += 1
+            changes.insert(1, Change(position, "reset", None, None, None, False, None, None, ()))
+            changes.sort(key=lambda c: c.position)
         p = ChangePage(after=after, upto=position, head=position, horizon=0, changes=changes)
         p.rooms = {c.room_id: {"id": c.room_id, "assignee": c.assignee_after, "version": c.position}
-                   for c in changes if c.room_id}
+                   for c in changes if c.room_id and not (round_ == 2 and c.room_id == rooms[1])}  # one is gone
         p.messages = {m: {"id": m} for c in changes for m in c.message_ids}
         for actor in viewers:
             p.counters[counter_key(actor)] = {"round": round_ // 2, "who": actor.user_id}

@@ -17,8 +17,9 @@ stream, read by real HTTP clients in a separate process (bench/stream_readers.py
 monotonic clock. Deliveries received are checked against those expected (per message, from the
 room's assignee and each stream's role). The API's CPU over the send+drain window gives CPU per
 inbound message and per delivered event; its resident memory before and after the streams open,
-per stream, is the memory one open stream costs. A same-run baseline: one admin stream at a
-trickle (`BASELINE_RATE`) — the pipeline's own latency with no fan-out load.
+per stream, is the memory one open stream costs. The same-run baseline is the same inbound load
+with one admin stream: the pipeline's own latency, and the API CPU without fan-out (a scenario's
+extra CPU per extra delivery is the fan-out's cost).
 """
 
 from __future__ import annotations
@@ -46,7 +47,6 @@ from bench.stats import summary_ms
 
 MANAGER_SHARE = 10  # one stream in MANAGER_SHARE is an admin or supervisor in `mix`
 ASSIGNED_SHARE = 0.8  # of the rooms, assigned to agents in `mix`
-BASELINE_RATE = 20.0
 SEND_CONNECTIONS = 128  # open loop: enough in-flight POSTs to hold the rate through slow answers
 
 
@@ -102,6 +102,7 @@ class FreshnessResult:
     accepted_at: dict[int, float] = field(default_factory=dict)  # message number -> 202 time (monotonic)
     accepted_wall: dict[int, float] = field(default_factory=dict)  # message number -> 202 time (epoch)
     logged: list[float] = field(default_factory=list)  # 202 → its change-log row (the worker's transaction start)
+    answered: list[float] = field(default_factory=list)  # POST sent → its 202 (the API's own lag)
     due: dict[int, int] = field(default_factory=dict)  # message number -> streams that may see it
     latencies: list[float] = field(default_factory=list)
     expected: int = 0
@@ -123,7 +124,7 @@ class FreshnessResult:
             "achieved_rate": self.sent / self.send_seconds if self.send_seconds else 0.0,
             "deliveries_expected": self.expected, "deliveries": self.received,
             "missing_deliveries": self.missing, "extra_deliveries": self.extra,
-            "latency": lat, "to_change_log": summary_ms(self.logged),
+            "latency": lat, "to_change_log": summary_ms(self.logged), "post_to_202": summary_ms(self.answered),
             "api_rss_before_mb": self.rss_before_kb / 1024, "api_rss_with_streams_mb": self.rss_streams_kb / 1024,
             "api_kb_per_stream": per_stream_kb,
             "api_cpu_s": api_cpu_s,
@@ -212,6 +213,7 @@ async def _send(base_url: str, token: str, result: FreshnessResult, tag: str, co
             delay = t0 + i / result.rate - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
+            sent_at = time.monotonic()
             try:
                 code, _ = await conn.request("POST", "/v1/inbound-messages", bodies[i])
             except (OSError, asyncio.IncompleteReadError, ValueError):
@@ -219,6 +221,7 @@ async def _send(base_url: str, token: str, result: FreshnessResult, tag: str, co
                 await conn.close()
             if code == 202:
                 result.accepted_at[i] = time.monotonic()
+                result.answered.append(result.accepted_at[i] - sent_at)
                 result.accepted_wall[i] = time.time()
                 result.sent += 1
             else:

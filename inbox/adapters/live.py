@@ -21,7 +21,9 @@ adds its counters frame and writes everything waiting for it in one send per wak
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -69,6 +71,15 @@ class Subscription:
 
 
 class ChangeHub:
+    """The change log's reader and fan-out of one API process.
+
+    The LISTEN connection and the reader run on an event loop of their own, in a thread
+    (`stream-reader`): under load the API's loop is busy answering POSTs, and a page read of
+    several round trips would wait a turn of that loop for each of them. Only the hand-over of a
+    page (`_publish`) runs on the API's loop, one page at a time: while it waits for its turn, the
+    changes that commit meanwhile go into the next page.
+    """
+
     def __init__(self, settings: Settings, *, page_size: int = 1000, poll_s: float = 5.0) -> None:
         self.settings = settings
         self.page_size = page_size
@@ -76,24 +87,34 @@ class ChangeHub:
         self.position = 0  # everything up to here was published
         self.listening = False
         self._subs: set[Subscription] = set()
-        self._doorbell = asyncio.Event()
-        self._pool: AsyncConnectionPool | None = None
-        self._tasks: list[asyncio.Task[None]] = []
+        self._actors: tuple[Actor, ...] = ()  # the viewers of the open streams, each once (read by the reader)
+        self._pool: AsyncConnectionPool | None = None  # the streams' own reads (start, catch-up), API loop
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._closing = False
         self._stopping = False
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        # The reader's side (its thread's loop):
+        self._reader_loop: asyncio.AbstractEventLoop | None = None
+        self._reader_stop: asyncio.Event | None = None
+        self._doorbell: asyncio.Event | None = None
+        self._reader_pool: AsyncConnectionPool | None = None
+        self._read_position = 0
 
     # ---- lifecycle ------------------------------------------------------------------------------
+    def _new_pool(self, name: str, max_size: int) -> AsyncConnectionPool:
+        return AsyncConnectionPool(
+            conninfo(self.settings), min_size=1, max_size=max_size, open=False,
+            kwargs={"autocommit": True, "application_name": name}, timeout=5.0,
+        )
+
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._pool = AsyncConnectionPool(
-            conninfo(self.settings), min_size=1, max_size=4, open=False,
-            kwargs={"autocommit": True, "application_name": "inbox-stream-reader"}, timeout=5.0,
-        )
+        self._pool = self._new_pool("inbox-stream-reader", 4)
         await self._pool.open(wait=False)
-        self._doorbell.set()  # the reader starts by finding the log's end
-        self._tasks = [asyncio.create_task(self._listen(), name="stream-listen"),
-                       asyncio.create_task(self._read_loop(), name="stream-read")]
+        ready = threading.Event()
+        self._thread = threading.Thread(target=self._run_reader, args=(ready,), name="stream-reader", daemon=True)
+        self._thread.start()
+        await asyncio.to_thread(ready.wait, STOP_TIMEOUT_S)
 
     def end_streams(self) -> None:
         """Tell every open stream to finish (shutdown): they return at once, not at the next event."""
@@ -106,33 +127,32 @@ class ChangeHub:
             self._loop.call_soon_threadsafe(self.end_streams)
 
     async def stop(self) -> None:
-        """End the streams and the hub's tasks; bounded, so a shutdown never hangs on them."""
+        """End the streams and the hub's reader; bounded, so a shutdown never hangs on them."""
         self.end_streams()
         self._stopping = True
-        # Cancel until they are done: Python 3.11's asyncio.wait_for can swallow a cancellation that
-        # races with its inner wait completing (the reader waits on the doorbell that way).
-        pending = set(self._tasks)
-        deadline = time.monotonic() + STOP_TIMEOUT_S
-        while pending and time.monotonic() < deadline:
-            for task in pending:
-                task.cancel()
-            _, pending = await asyncio.wait(pending, timeout=0.1)
-        if pending:
-            log.warning("stream hub: %s task(s) did not stop within %ss; leaving them", len(pending),
-                        STOP_TIMEOUT_S)
+        loop, stop = self._reader_loop, self._reader_stop
+        if loop is not None and stop is not None:
+            with contextlib.suppress(RuntimeError):  # its loop already ended
+                loop.call_soon_threadsafe(stop.set)
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join, 2 * STOP_TIMEOUT_S)
+            if self._thread.is_alive():
+                log.warning("stream hub: the reader did not stop within %ss; leaving it", 2 * STOP_TIMEOUT_S)
         if self._pool is not None:
             await self._pool.close(timeout=STOP_TIMEOUT_S)
 
-    # ---- subscribers ----------------------------------------------------------------------------
+    # ---- subscribers (API loop) -----------------------------------------------------------------
     def subscribe(self, actor: Actor) -> Subscription:
         sub = Subscription(actor, self.settings.stream_buffer)
         self._subs.add(sub)
+        self._actors = tuple({s.actor for s in self._subs})
         if self._closing:
             self._end(sub)
         return sub
 
     def unsubscribe(self, sub: Subscription) -> None:
         self._subs.discard(sub)
+        self._actors = tuple({s.actor for s in self._subs})
 
     @property
     def streams(self) -> int:
@@ -155,17 +175,61 @@ class ChangeHub:
                 log.warning("stream of %s fell %s pages behind; sending reset", sub.actor.user_id, sub.queue.maxsize)
                 sub.overflowed.set()
                 self._end(sub)
+        self.position = max(self.position, page.upto)
 
     async def read(self, after: int, *, actors: list[Actor], all_counters: bool, limit: int | None = None) -> ChangePage:
+        """A page of the log for a stream (API loop)."""
         assert self._pool is not None
-        async with self._pool.connection() as conn:
+        return await self._read(self._pool, after, actors=actors, all_counters=all_counters, limit=limit)
+
+    async def _read(self, pool: AsyncConnectionPool, after: int, *, actors: list[Actor], all_counters: bool,
+                    limit: int | None = None) -> ChangePage:
+        async with pool.connection() as conn:
             return await read_changes(
                 conn, after, limit=self.page_size if limit is None else limit, viewers=actors,
                 all_counters=all_counters,
             )
 
-    # ---- loops ----------------------------------------------------------------------------------
+    # ---- the reader (its own thread and loop) ---------------------------------------------------
+    def _run_reader(self, ready: threading.Event) -> None:
+        loop = asyncio.new_event_loop()
+        try:
+            loop.run_until_complete(self._reader_main(loop, ready))
+        except BaseException as e:  # noqa: BLE001 - the thread must end quietly, the API goes on
+            if not isinstance(e, asyncio.CancelledError):
+                log.exception("stream reader thread failed")
+        finally:
+            ready.set()
+            loop.close()
+
+    async def _reader_main(self, loop: asyncio.AbstractEventLoop, ready: threading.Event) -> None:
+        self._reader_stop = asyncio.Event()
+        self._doorbell = asyncio.Event()
+        self._doorbell.set()  # the reader starts by finding the log's end
+        self._reader_pool = self._new_pool("inbox-stream-reader", 1)
+        await self._reader_pool.open(wait=False)
+        self._reader_loop = loop
+        tasks = [asyncio.create_task(self._listen(), name="stream-listen"),
+                 asyncio.create_task(self._read_loop(), name="stream-read")]
+        ready.set()
+        if self._stopping:
+            self._reader_stop.set()
+        await self._reader_stop.wait()
+        # Cancel until they are done: Python 3.11's asyncio.wait_for can swallow a cancellation that
+        # races with its inner wait completing (the reader waits on the doorbell that way).
+        pending = set(tasks)
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        while pending and time.monotonic() < deadline:
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=0.1)
+        if pending:
+            log.warning("stream hub: %s task(s) did not stop within %ss; leaving them", len(pending),
+                        STOP_TIMEOUT_S)
+        await self._reader_pool.close(timeout=STOP_TIMEOUT_S)
+
     async def _listen(self) -> None:
+        assert self._doorbell is not None
         attempt = 0
         while True:
             try:
@@ -190,7 +254,24 @@ class ChangeHub:
                 self.listening = False
             await asyncio.sleep(RECONNECT_BACKOFF_S[min(attempt, len(RECONNECT_BACKOFF_S) - 1)] if attempt else 0.1)
 
+    async def _hand_over(self, page: ChangePage) -> None:
+        """Publish `page` on the API loop and wait until it is done (one page in flight)."""
+        assert self._loop is not None and self._reader_loop is not None
+        done = asyncio.Event()
+        reader_loop = self._reader_loop
+
+        def publish() -> None:
+            try:
+                self._publish(page)
+            finally:
+                with contextlib.suppress(RuntimeError):  # the reader's loop ended meanwhile
+                    reader_loop.call_soon_threadsafe(done.set)
+
+        self._loop.call_soon_threadsafe(publish)
+        await done.wait()
+
     async def _read_loop(self) -> None:
+        assert self._doorbell is not None and self._reader_pool is not None
         first = True
         while not self._stopping:
             try:
@@ -200,15 +281,16 @@ class ChangeHub:
             self._doorbell.clear()
             try:
                 if first:  # start at the log's end: streams catch up on their own from their Last-Event-ID
-                    self.position = (await self.read(0, actors=[], all_counters=False, limit=0)).head
+                    head = (await self._read(self._reader_pool, 0, actors=[], all_counters=False, limit=0)).head
+                    self._read_position = self.position = head
                     first = False
                     continue
                 while True:
-                    actors = list({s.actor for s in self._subs})  # each viewer once, however many streams
-                    page = await self.read(self.position, actors=actors, all_counters=False)
-                    if page.upto > self.position:
-                        self._publish(page)
-                        self.position = page.upto
+                    page = await self._read(self._reader_pool, self._read_position, actors=list(self._actors),
+                                            all_counters=False)
+                    if page.upto > self._read_position:
+                        await self._hand_over(page)
+                        self._read_position = page.upto
                     if not page.more:
                         break
             except asyncio.CancelledError:

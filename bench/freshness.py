@@ -1,4 +1,4 @@
-"""(f) Live-update freshness: inbound 202 → `message` event received by open GET /v1/stream clients.
+"""(g) Live-update freshness: inbound 202 → `message` event received by open GET /v1/stream clients.
 
 Setup: one message per contact creates `contacts` rooms; in the `mix` scenario most of them are
 then assigned (POST /v1/rooms/{id}/assign) round-robin to the agents who hold streams, the rest
@@ -286,7 +286,7 @@ class Readers:
 
 
 def memory_per_stream(base_url: str, tokens: list[str], api_pid: int) -> tuple[int, int]:
-    """API RSS (KB) before and with `tokens` idle streams open (before any other load of (f))."""
+    """API RSS (KB) before and with `tokens` idle streams open (before any other load of (g))."""
     before = rss_kb(api_pid)
     readers = Readers(base_url, tokens, "-")
     try:

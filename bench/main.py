@@ -94,13 +94,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="how (b) reads the counter: the counters table (default) or GET /v1/inbox/counters")
     p.add_argument("--expired-rooms", type=int, help="rooms for (e) resolve all expired (default 10000; quick 1000)")
     p.add_argument("--freshness", action="store_true",
-                   help="also run (f): inbound 202 → event on open GET /v1/stream clients, and API memory per stream")
-    p.add_argument("--freshness-only", action="store_true", help="run only (f) (implies --freshness)")
-    p.add_argument("--streams", type=int, help="(f) open streams (default 200; quick 50)")
-    p.add_argument("--stream-rate", type=float, help="(f) inbound messages per second (default 500; quick 100)")
-    p.add_argument("--stream-seconds", type=float, help="(f) seconds of steady inbound load (default 20; quick 5)")
+                   help="also run (g): inbound 202 → event on open GET /v1/stream clients, and API memory per stream")
+    p.add_argument("--freshness-only", action="store_true", help="run only (g) (implies --freshness)")
+    p.add_argument("--streams", type=int, help="(g) open streams (default 200; quick 50)")
+    p.add_argument("--stream-rate", type=float, help="(g) inbound messages per second (default 500; quick 100)")
+    p.add_argument("--stream-seconds", type=float, help="(g) seconds of steady inbound load (default 20; quick 5)")
     p.add_argument("--stream-mix", choices=("mix", "all", "both"), default="both",
-                   help="(f) who holds the streams: mix = a tenth admins/supervisors, the rest agents with 80%% of"
+                   help="(g) who holds the streams: mix = a tenth admins/supervisors, the rest agents with 80%% of"
                         " the rooms assigned to them (realistic); all = every stream an admin (worst case: every"
                         " message on every stream); both (default)")
     p.add_argument("--only", choices=("ingest", "projections"),
@@ -114,7 +114,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         " the burst again over new connections; both figures are printed")
     p.add_argument("--profile", type=Path,
                    help="with --only ingest: record the API process with py-spy during the single-process burst;"
-                        " with (f): during its first scenario"
+                        " with (g): during its first scenario"
                         " (raw collapsed stacks to this path; py-spy must be on PATH or next to python)")
     p.add_argument("--quick", action="store_true", help="small sizes for a smoke run (< 60 s)")
     p.add_argument("--json", type=Path, help="also write every figure as JSON to this path")
@@ -416,7 +416,7 @@ def run_freshness_phase(
     seconds = args.stream_seconds or (5.0 if args.quick else 20.0)
     contacts = 500
     scenarios = ["mix", "all"] if args.stream_mix == "both" else [args.stream_mix]
-    say(f"== (f) live-update freshness: {streams} open streams, {rate_:,.0f} inbound msg/s for {seconds:.0f}s,"
+    say(f"== (g) live-update freshness: {streams} open streams, {rate_:,.0f} inbound msg/s for {seconds:.0f}s,"
         f" {contacts} rooms; scenarios: {', '.join(scenarios)} ==")
     secret = infra.settings.jwt_secret
     assert secret
@@ -502,7 +502,7 @@ def run_freshness_phase(
                 + f" (cores; machine {s['cpu']['machine_busy_pct']:.0f}% busy)")
             if cores.get("other", 0.0) > 0.25:
                 say(f"  WARNING: unrelated processes used {cores['other']:.2f} cores meanwhile; these figures are disturbed")
-                DISTURBED.append(f"(f) freshness {scenario}: {cores['other']:.2f} cores")
+                DISTURBED.append(f"(g) freshness {scenario}: {cores['other']:.2f} cores")
     out["freshness"] = results
 
 
@@ -689,23 +689,23 @@ def summary_rows(out: dict[str, Any], sizes: Sizes) -> list[tuple[str, str, str]
         add("(e) inbound POSTs during it p99", e["writes"]["p99_ms"], "ms", ".1f")
     fr = out.get("freshness")
     if fr:
-        add("(f) baseline: 202 → event p50, 1 stream, same load", fr["baseline"]["latency"]["p50_ms"], "ms", ".1f")
-        add("(f) baseline: 202 → event p99, 1 stream, same load", fr["baseline"]["latency"]["p99_ms"], "ms", ".1f")
-        add("(f) baseline: API CPU per inbound message, 1 stream", fr["baseline"]["api_cpu_ms_per_message"], "ms",
+        add("(g) baseline: 202 → event p50, 1 stream, same load", fr["baseline"]["latency"]["p50_ms"], "ms", ".1f")
+        add("(g) baseline: 202 → event p99, 1 stream, same load", fr["baseline"]["latency"]["p99_ms"], "ms", ".1f")
+        add("(g) baseline: API CPU per inbound message, 1 stream", fr["baseline"]["api_cpu_ms_per_message"], "ms",
             ".3f")
-        add(f"(f) API memory per open stream ({fr['memory']['streams']} idle)", fr["memory"]["api_kb_per_stream"],
+        add(f"(g) API memory per open stream ({fr['memory']['streams']} idle)", fr["memory"]["api_kb_per_stream"],
             "KB", ".1f")
         for scenario in ("mix", "all"):
             f = fr.get(scenario)
             if not f:
                 continue
             what = f"{scenario}, {f['streams']} streams, {f['achieved_rate']:.0f} msg/s"
-            add(f"(f) 202 → stream event p50 ({what})", f["latency"]["p50_ms"], "ms", ".1f")
-            add(f"(f) 202 → stream event p99 ({what})", f["latency"]["p99_ms"], "ms", ".1f")
-            add(f"(f) deliveries missing ({scenario})", f["missing_deliveries"], "", ".0f")
-            add(f"(f) API CPU per inbound message ({scenario})", f["api_cpu_ms_per_message"], "ms", ".3f")
-            add(f"(f) API CPU per delivered event ({scenario})", f["api_cpu_us_per_delivery"], "µs", ".1f")
-            add(f"(f) API fan-out CPU per extra delivery ({scenario})", f["api_fanout_us_per_delivery"], "µs", ".1f")
+            add(f"(g) 202 → stream event p50 ({what})", f["latency"]["p50_ms"], "ms", ".1f")
+            add(f"(g) 202 → stream event p99 ({what})", f["latency"]["p99_ms"], "ms", ".1f")
+            add(f"(g) deliveries missing ({scenario})", f["missing_deliveries"], "", ".0f")
+            add(f"(g) API CPU per inbound message ({scenario})", f["api_cpu_ms_per_message"], "ms", ".3f")
+            add(f"(g) API CPU per delivered event ({scenario})", f["api_cpu_us_per_delivery"], "µs", ".1f")
+            add(f"(g) API fan-out CPU per extra delivery ({scenario})", f["api_fanout_us_per_delivery"], "µs", ".1f")
     ratios = out.get("ratios", {})
     for key, (label, _) in RATIO_LABELS.items():
         if key in ratios:

@@ -1,4 +1,4 @@
-"""The open streams of (f), in a process of their own: `python -m bench.stream_readers` (bench/freshness.py runs it).
+"""The open streams of (g), in a process of their own: `python -m bench.stream_readers` (bench/freshness.py runs it).
 
 200 streams receiving every message of a 500 msg/s load are up to 100,000 SSE events a second:
 in the load generator's process they would starve its sender (and its clock readings) of the

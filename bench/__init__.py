@@ -11,7 +11,9 @@ It prints figures; it is not a test. Phases, in order:
 - (c) replay events/s, and the replayed projections compared with the live ones;
 - (d) in-process staff command latency on a 10-event and a 10,000-event room, and cold loads;
 - (e) (after (c), while the pipeline runs) "resolve all expired" on 10,000 rooms, and read/inbound
-  latency through the API meanwhile.
+  latency through the API meanwhile;
+- (g) with `--freshness` / `--freshness-only`: live-update freshness, inbound 202 → event on open
+  GET /v1/stream clients (bench/freshness.py), and API memory per open stream.
 
 `--only ingest`: just the trivial endpoint and the ingest burst through `inbox api` (no relay,
 worker or other phases); `--api-processes 2`: the burst again with a second `inbox api` on the

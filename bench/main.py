@@ -20,7 +20,7 @@ from typing import Any
 from bench.baselines import insert_baseline, kafka_baseline, kafka_latency, trivial_http_baseline
 from bench.commands import command_bench
 from bench.expiry import resolve_expired_under_load, write_expired_rooms
-from bench.freshness import freshness
+from bench.freshness import describe_mix, memory_per_stream, run_scenario, setup_rooms, viewers
 from bench.infra import Infra, infrastructure
 from bench.ingest import (
     ORG,
@@ -94,11 +94,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="how (b) reads the counter: the counters table (default) or GET /v1/inbox/counters")
     p.add_argument("--expired-rooms", type=int, help="rooms for (e) resolve all expired (default 10000; quick 1000)")
     p.add_argument("--freshness", action="store_true",
-                   help="also run (f): inbound 202 → event on open GET /v1/stream clients, and API memory per stream")
-    p.add_argument("--freshness-only", action="store_true", help="run only (f) (implies --freshness)")
-    p.add_argument("--streams", type=int, help="(f) open streams (default 200; quick 50)")
-    p.add_argument("--stream-rate", type=float, help="(f) inbound messages per second (default 500; quick 100)")
-    p.add_argument("--stream-seconds", type=float, help="(f) seconds of steady inbound load (default 20; quick 5)")
+                   help="also run (g): inbound 202 → event on open GET /v1/stream clients, and API memory per stream")
+    p.add_argument("--freshness-only", action="store_true", help="run only (g) (implies --freshness)")
+    p.add_argument("--streams", type=int, help="(g) open streams (default 200; quick 50)")
+    p.add_argument("--stream-rate", type=float, help="(g) inbound messages per second (default 500; quick 100)")
+    p.add_argument("--stream-seconds", type=float, help="(g) seconds of steady inbound load (default 20; quick 5)")
+    p.add_argument("--stream-mix", choices=("mix", "all", "both"), default="both",
+                   help="(g) who holds the streams: mix = a tenth admins/supervisors, the rest agents with 80%% of"
+                        " the rooms assigned to them (realistic); all = every stream an admin (worst case: every"
+                        " message on every stream); both (default)")
     p.add_argument("--only", choices=("ingest", "projections"),
                    help="ingest: only the trivial-endpoint baseline and (a) through `inbox api` (no relay,"
                         " worker or other phases): API CPU per message and msg/s vs the baseline;"
@@ -109,7 +113,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="2: after (a), start a second `inbox api` on the same port (SO_REUSEPORT) and run"
                         " the burst again over new connections; both figures are printed")
     p.add_argument("--profile", type=Path,
-                   help="with --only ingest: record the API process with py-spy during the single-process burst"
+                   help="with --only ingest: record the API process with py-spy during the single-process burst;"
+                        " with (g): during its first scenario"
                         " (raw collapsed stacks to this path; py-spy must be on PATH or next to python)")
     p.add_argument("--quick", action="store_true", help="small sizes for a smoke run (< 60 s)")
     p.add_argument("--json", type=Path, help="also write every figure as JSON to this path")
@@ -409,32 +414,101 @@ def run_freshness_phase(
     streams = args.streams or (50 if args.quick else 200)
     rate_ = args.stream_rate or (100.0 if args.quick else 500.0)
     seconds = args.stream_seconds or (5.0 if args.quick else 20.0)
-    say(f"== (f) live-update freshness: {streams} open streams, {rate_:,.0f} inbound msg/s for {seconds:.0f}s ==")
+    contacts = 500
+    scenarios = ["mix", "all"] if args.stream_mix == "both" else [args.stream_mix]
+    say(f"== (g) live-update freshness: {streams} open streams, {rate_:,.0f} inbound msg/s for {seconds:.0f}s,"
+        f" {contacts} rooms; scenarios: {', '.join(scenarios)} ==")
     secret = infra.settings.jwt_secret
     assert secret
-    tokens = [
-        mint_token(secret, org=ORG, user="bench-admin", role="admin") if i % 4 == 0
-        else mint_token(secret, org=ORG, user=f"bench-agent-{i}", role="agent")
-        for i in range(streams)
-    ]
     api_pid = pipeline.pid("api")
     assert api_pid is not None
-    cpu = CpuMeter(standard_groups(infra, pipeline))
-    cpu.start()
-    r = freshness(pipeline.base_url, ingest_token, tokens, api_pid, rate=rate_, seconds=seconds, tag=tag,
-                  clients=args.clients)
-    usage = cpu.stop()
-    s = r.summary()
-    say(f"  sent {s['sent']:,} messages at {s['achieved_rate']:,.0f} msg/s"
-        + (f"; errors {s['errors']}" if s["errors"] else ""))
-    say(f"  202 → message event on a stream: {fmt_ms(s['latency'])}"
-        + (f"; MISSING {s['missing_deliveries']:,} deliveries" if s["missing_deliveries"] else ""))
-    say(f"  API memory: {s['api_rss_before_mb']:.1f} MB before the streams, {s['api_rss_with_streams_mb']:.1f} MB"
-        f" with {streams} open = {s['api_kb_per_stream']:.1f} KB per open stream")
-    if usage:
-        say(f"  CPU: {usage.describe()}")
-        warn_if_disturbed(usage, "(f) freshness")
-    out["freshness"] = s
+    admin = mint_token(secret, org=ORG, user="bench-setup-admin", role="admin")
+    mix = viewers("mix", streams)
+    agents = [v.user for v in mix if not v.sees_all]
+
+    def wait_assigned(n: int) -> None:
+        def done() -> bool:
+            with infra.connect() as conn:
+                row = conn.execute("SELECT count(*) FROM rooms WHERE assignee LIKE 'bench-agent-%'").fetchone()
+            return bool(row and row[0] >= n)
+        pipeline.wait_until(done, timeout=180, what=f"{n} assigned rooms to be projected", interval=0.2)
+
+    # Memory first, on idle streams, before the setup and the load grow the heap (its free space
+    # would then absorb new streams and hide their cost).
+    before_kb, with_kb = memory_per_stream(
+        pipeline.base_url, [mint_token(secret, org=ORG, user=v.user, role=v.role) for v in mix], api_pid)
+    memory = {"streams": streams, "api_rss_before_mb": before_kb / 1024, "api_rss_with_streams_mb": with_kb / 1024,
+              "api_kb_per_stream": (with_kb - before_kb) / streams}
+    say(f"  API memory: {memory['api_rss_before_mb']:.1f} MB before, {memory['api_rss_with_streams_mb']:.1f} MB with"
+        f" {streams} idle open streams = {memory['api_kb_per_stream']:.1f} KB per open stream (RSS delta / streams)")
+    t0 = time.perf_counter()
+    assignee = setup_rooms(pipeline.base_url, ingest_token, admin, tag=f"{tag}s", contacts=contacts,
+                           agents=agents if "mix" in scenarios else [], wait_assigned=wait_assigned)
+    assigned = sum(a is not None for a in assignee.values())
+    say(f"  setup: {contacts} rooms, {assigned} assigned, in {time.perf_counter() - t0:.1f}s")
+
+    def logged_at(prefix: str) -> dict[int, float]:
+        with infra.connect() as conn:
+            rows = conn.execute(
+                "SELECT m.channel_message_id, extract(epoch FROM min(c.created_at)) FROM room_changes c"
+                " JOIN messages m ON m.id = ANY(c.message_ids) WHERE m.channel_message_id LIKE %s"
+                " GROUP BY m.channel_message_id", (prefix + "%",)).fetchall()
+        return {int(mid[len(prefix):]): float(at) for mid, at in rows}
+
+    def meter(readers_pid: int) -> CpuMeter:
+        groups = standard_groups(infra, pipeline)
+        return CpuMeter(lambda: {**groups(), "readers": [readers_pid]})
+
+    def one(scenario: str, n: int, rate: float, secs: float, run_tag: str) -> dict[str, Any]:
+        vs = viewers(scenario, n)
+        tokens = [mint_token(secret, org=ORG, user=v.user, role=v.role) for v in vs]
+        r = run_scenario(pipeline.base_url, ingest_token, tokens, [v.sees_all for v in vs], assignee,
+                         [v.user for v in vs], api_pid, scenario=scenario,
+                         mix=describe_mix(scenario, vs, assigned if scenario != "all" else 0, contacts),
+                         rate=rate, seconds=secs, tag=run_tag, meter=meter, logged_at=logged_at)
+        return r.summary()
+
+    # Same-run baseline: the same inbound load with one stream: the pipeline's own latency, and the
+    # API CPU without fan-out (the scenarios' extra CPU over it, per extra delivery, is the fan-out's).
+    base = one("one", 1, rate_, seconds, f"{tag}b")
+    say(f"  baseline, 1 admin stream, {base['achieved_rate']:,.0f} msg/s: 202 → message event"
+        f" {fmt_latency(base['latency'])}; API CPU {base['api_cpu_ms_per_message']:.3f} ms per inbound message")
+    results: dict[str, Any] = {"baseline": base, "memory": memory}
+    for scenario in scenarios:
+        with profiled(api_pid, args.profile if scenario == scenarios[0] else None):
+            s = one(scenario, streams, rate_, seconds, f"{tag}{scenario}")
+        results[scenario] = s
+        say(f"  -- {scenario}: {s['mix']}")
+        say(f"  sent {s['sent']:,} messages at {s['achieved_rate']:,.0f} msg/s (asked {rate_:,.0f})"
+            + (f"; errors {s['errors']}" if s["errors"] else ""))
+        say(f"  deliveries: {s['deliveries']:,} received of {s['deliveries_expected']:,} expected"
+            + (f"; MISSING {s['missing_deliveries']:,}" if s["missing_deliveries"] else "")
+            + (f"; UNEXPECTED {s['extra_deliveries']:,}" if s["extra_deliveries"] else ""))
+        say(f"  202 → message event on a stream: {fmt_latency(s['latency'])};"
+            f" p99 ÷ baseline p50 = {ratio(s['latency']['p99_ms'], base['latency']['p50_ms']):.1f}x"
+            f" (target p99 < 100 ms)")
+        say(f"  POST → 202: {fmt_latency(s['post_to_202'])}")
+        say(f"  202 → its change-log row's transaction start (negative: the 202 left the API after the worker"
+            f" began projecting it): {fmt_latency(s['to_change_log'])}")
+        s["api_fanout_us_per_delivery"] = 1e6 * (
+            s["api_cpu_s"] / s["sent"] - base["api_cpu_s"] / base["sent"]) / (
+            s["deliveries"] / s["sent"] - base["deliveries"] / base["sent"]) if s["sent"] and base["sent"] else math.nan
+        say(f"  API CPU: {s['api_cpu_s']:.2f} s = {s['api_cpu_ms_per_message']:.3f} ms per inbound message"
+            f" ({base['api_cpu_ms_per_message']:.3f} with one stream), {s['api_cpu_us_per_delivery']:.1f} µs per"
+            f" delivered event; fan-out alone: {s['api_fanout_us_per_delivery']:.1f} µs per extra delivered event")
+        if s["cpu"]:
+            cores = s["cpu"]["cores_by_group"]
+            say("  CPU: " + ", ".join(f"{k} {v:.2f}" for k, v in sorted(cores.items(), key=lambda kv: -kv[1]))
+                + f" (cores; machine {s['cpu']['machine_busy_pct']:.0f}% busy)")
+            if cores.get("other", 0.0) > 0.25:
+                say(f"  WARNING: unrelated processes used {cores['other']:.2f} cores meanwhile; these figures are disturbed")
+                DISTURBED.append(f"(g) freshness {scenario}: {cores['other']:.2f} cores")
+    out["freshness"] = results
+
+
+def fmt_latency(s: dict[str, float]) -> str:
+    return (f"p50 {s['p50_ms']:.1f} ms, p95 {s['p95_ms']:.1f} ms, p99 {s['p99_ms']:.1f} ms, max {s['max_ms']:.1f} ms"
+            f" (n={s['n']:,})")
 
 
 def run_replay_phase(infra: Infra, pipeline: Pipeline, out: dict[str, Any]) -> None:
@@ -613,12 +687,25 @@ def summary_rows(out: dict[str, Any], sizes: Sizes) -> list[tuple[str, str, str]
         add(f"(e) resolve all expired, {e['rooms']:,} rooms", e["rooms_per_s"], "rooms/s")
         add("(e) reads during it p99", e["reads"]["p99_ms"], "ms", ".1f")
         add("(e) inbound POSTs during it p99", e["writes"]["p99_ms"], "ms", ".1f")
-    f = out.get("freshness")
-    if f:
-        n = f["streams"]
-        add(f"(f) 202 → stream event p50 ({n} streams, {f['achieved_rate']:.0f} msg/s)", f["latency"]["p50_ms"], "ms", ".1f")
-        add(f"(f) 202 → stream event p99 ({n} streams, {f['achieved_rate']:.0f} msg/s)", f["latency"]["p99_ms"], "ms", ".1f")
-        add("(f) API memory per open stream", f["api_kb_per_stream"], "KB", ".1f")
+    fr = out.get("freshness")
+    if fr:
+        add("(g) baseline: 202 → event p50, 1 stream, same load", fr["baseline"]["latency"]["p50_ms"], "ms", ".1f")
+        add("(g) baseline: 202 → event p99, 1 stream, same load", fr["baseline"]["latency"]["p99_ms"], "ms", ".1f")
+        add("(g) baseline: API CPU per inbound message, 1 stream", fr["baseline"]["api_cpu_ms_per_message"], "ms",
+            ".3f")
+        add(f"(g) API memory per open stream ({fr['memory']['streams']} idle)", fr["memory"]["api_kb_per_stream"],
+            "KB", ".1f")
+        for scenario in ("mix", "all"):
+            f = fr.get(scenario)
+            if not f:
+                continue
+            what = f"{scenario}, {f['streams']} streams, {f['achieved_rate']:.0f} msg/s"
+            add(f"(g) 202 → stream event p50 ({what})", f["latency"]["p50_ms"], "ms", ".1f")
+            add(f"(g) 202 → stream event p99 ({what})", f["latency"]["p99_ms"], "ms", ".1f")
+            add(f"(g) deliveries missing ({scenario})", f["missing_deliveries"], "", ".0f")
+            add(f"(g) API CPU per inbound message ({scenario})", f["api_cpu_ms_per_message"], "ms", ".3f")
+            add(f"(g) API CPU per delivered event ({scenario})", f["api_cpu_us_per_delivery"], "µs", ".1f")
+            add(f"(g) API fan-out CPU per extra delivery ({scenario})", f["api_fanout_us_per_delivery"], "µs", ".1f")
     ratios = out.get("ratios", {})
     for key, (label, _) in RATIO_LABELS.items():
         if key in ratios:

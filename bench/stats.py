@@ -16,12 +16,13 @@ def percentile(values: Sequence[float], p: float) -> float:
 
 
 def summary_ms(seconds: Sequence[float]) -> dict[str, float]:
-    """p50 / p90 / p99 / max / mean in milliseconds."""
+    """p50 / p90 / p95 / p99 / max / mean in milliseconds."""
     ms = [s * 1000 for s in seconds]
     return {
         "n": len(ms),
         "p50_ms": percentile(ms, 50),
         "p90_ms": percentile(ms, 90),
+        "p95_ms": percentile(ms, 95),
         "p99_ms": percentile(ms, 99),
         "max_ms": max(ms) if ms else math.nan,
         "mean_ms": sum(ms) / len(ms) if ms else math.nan,

@@ -36,6 +36,10 @@ class Sight:
     whole_org: bool = False
     assignees: tuple[str | None, ...] = ()
 
+    def sees(self, org_id: str, assignee: str | None) -> bool:
+        """Whether this sight covers a room of `org_id` currently assigned to `assignee`."""
+        return org_id == self.org_id and (self.whole_org or assignee in self.assignees)
+
 
 def sight(actor: Actor) -> Sight:
     if actor.role.manages_rooms:
@@ -47,8 +51,7 @@ def sight(actor: Actor) -> Sight:
 
 def can_see(actor: Actor, org_id: str, assignee: str | None) -> bool:
     """Whether `actor` sees a room of `org_id` currently assigned to `assignee` (None: unassigned)."""
-    s = sight(actor)
-    return org_id == s.org_id and (s.whole_org or assignee in s.assignees)
+    return sight(actor).sees(org_id, assignee)
 
 
 def counter_key(assignee: str | None) -> str:

@@ -11,12 +11,19 @@ catches up from the log by position, so nothing is missed — the doorbell is on
 catches up from the log on its own connection, then follows the hub's pages, and turns each page
 into the events this viewer may see (domain.visibility). A subscriber whose queue is full gets
 `overflowed` and its feed ends with `reset`: memory per stream stays bounded.
+
+Fan-out cost: a page's room and message events are rendered and framed (SSE bytes) once per
+class of viewers that see the same rooms of that page (`_view`: every admin of an organization,
+every agent the page does not name), and the counters once per counter key; each stream then
+adds its counters frame and writes everything waiting for it in one send per wake-up.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -28,9 +35,9 @@ from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
 from domain.staff import Actor
-from domain.visibility import can_see
+from domain.visibility import Sight, sight
 from inbox.adapters.postgres import conninfo
-from inbox.adapters.read_models.changes import ChangePage, channel, counter_key, read_changes
+from inbox.adapters.read_models.changes import Change, ChangePage, channel, counter_key, read_changes
 from inbox.config import Settings
 
 log = logging.getLogger(__name__)
@@ -64,6 +71,15 @@ class Subscription:
 
 
 class ChangeHub:
+    """The change log's reader and fan-out of one API process.
+
+    The LISTEN connection and the reader run on an event loop of their own, in a thread
+    (`stream-reader`): under load the API's loop is busy answering POSTs, and a page read of
+    several round trips would wait a turn of that loop for each of them. Only the hand-over of a
+    page (`_publish`) runs on the API's loop, one page at a time: while it waits for its turn, the
+    changes that commit meanwhile go into the next page.
+    """
+
     def __init__(self, settings: Settings, *, page_size: int = 1000, poll_s: float = 5.0) -> None:
         self.settings = settings
         self.page_size = page_size
@@ -71,24 +87,34 @@ class ChangeHub:
         self.position = 0  # everything up to here was published
         self.listening = False
         self._subs: set[Subscription] = set()
-        self._doorbell = asyncio.Event()
-        self._pool: AsyncConnectionPool | None = None
-        self._tasks: list[asyncio.Task[None]] = []
+        self._actors: tuple[Actor, ...] = ()  # the viewers of the open streams, each once (read by the reader)
+        self._pool: AsyncConnectionPool | None = None  # the streams' own reads (start, catch-up), API loop
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._closing = False
         self._stopping = False
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        # The reader's side (its thread's loop):
+        self._reader_loop: asyncio.AbstractEventLoop | None = None
+        self._reader_stop: asyncio.Event | None = None
+        self._doorbell: asyncio.Event | None = None
+        self._reader_pool: AsyncConnectionPool | None = None
+        self._read_position = 0
 
     # ---- lifecycle ------------------------------------------------------------------------------
+    def _new_pool(self, name: str, max_size: int) -> AsyncConnectionPool:
+        return AsyncConnectionPool(
+            conninfo(self.settings), min_size=1, max_size=max_size, open=False,
+            kwargs={"autocommit": True, "application_name": name}, timeout=5.0,
+        )
+
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._pool = AsyncConnectionPool(
-            conninfo(self.settings), min_size=1, max_size=4, open=False,
-            kwargs={"autocommit": True, "application_name": "inbox-stream-reader"}, timeout=5.0,
-        )
+        self._pool = self._new_pool("inbox-stream-reader", 4)
         await self._pool.open(wait=False)
-        self._doorbell.set()  # the reader starts by finding the log's end
-        self._tasks = [asyncio.create_task(self._listen(), name="stream-listen"),
-                       asyncio.create_task(self._read_loop(), name="stream-read")]
+        ready = threading.Event()
+        self._thread = threading.Thread(target=self._run_reader, args=(ready,), name="stream-reader", daemon=True)
+        self._thread.start()
+        await asyncio.to_thread(ready.wait, STOP_TIMEOUT_S)
 
     def end_streams(self) -> None:
         """Tell every open stream to finish (shutdown): they return at once, not at the next event."""
@@ -101,33 +127,32 @@ class ChangeHub:
             self._loop.call_soon_threadsafe(self.end_streams)
 
     async def stop(self) -> None:
-        """End the streams and the hub's tasks; bounded, so a shutdown never hangs on them."""
+        """End the streams and the hub's reader; bounded, so a shutdown never hangs on them."""
         self.end_streams()
         self._stopping = True
-        # Cancel until they are done: Python 3.11's asyncio.wait_for can swallow a cancellation that
-        # races with its inner wait completing (the reader waits on the doorbell that way).
-        pending = set(self._tasks)
-        deadline = time.monotonic() + STOP_TIMEOUT_S
-        while pending and time.monotonic() < deadline:
-            for task in pending:
-                task.cancel()
-            _, pending = await asyncio.wait(pending, timeout=0.1)
-        if pending:
-            log.warning("stream hub: %s task(s) did not stop within %ss; leaving them", len(pending),
-                        STOP_TIMEOUT_S)
+        loop, stop = self._reader_loop, self._reader_stop
+        if loop is not None and stop is not None:
+            with contextlib.suppress(RuntimeError):  # its loop already ended
+                loop.call_soon_threadsafe(stop.set)
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join, 2 * STOP_TIMEOUT_S)
+            if self._thread.is_alive():
+                log.warning("stream hub: the reader did not stop within %ss; leaving it", 2 * STOP_TIMEOUT_S)
         if self._pool is not None:
             await self._pool.close(timeout=STOP_TIMEOUT_S)
 
-    # ---- subscribers ----------------------------------------------------------------------------
+    # ---- subscribers (API loop) -----------------------------------------------------------------
     def subscribe(self, actor: Actor) -> Subscription:
         sub = Subscription(actor, self.settings.stream_buffer)
         self._subs.add(sub)
+        self._actors = tuple({s.actor for s in self._subs})
         if self._closing:
             self._end(sub)
         return sub
 
     def unsubscribe(self, sub: Subscription) -> None:
         self._subs.discard(sub)
+        self._actors = tuple({s.actor for s in self._subs})
 
     @property
     def streams(self) -> int:
@@ -150,17 +175,61 @@ class ChangeHub:
                 log.warning("stream of %s fell %s pages behind; sending reset", sub.actor.user_id, sub.queue.maxsize)
                 sub.overflowed.set()
                 self._end(sub)
+        self.position = max(self.position, page.upto)
 
     async def read(self, after: int, *, actors: list[Actor], all_counters: bool, limit: int | None = None) -> ChangePage:
+        """A page of the log for a stream (API loop)."""
         assert self._pool is not None
-        async with self._pool.connection() as conn:
+        return await self._read(self._pool, after, actors=actors, all_counters=all_counters, limit=limit)
+
+    async def _read(self, pool: AsyncConnectionPool, after: int, *, actors: list[Actor], all_counters: bool,
+                    limit: int | None = None) -> ChangePage:
+        async with pool.connection() as conn:
             return await read_changes(
                 conn, after, limit=self.page_size if limit is None else limit, viewers=actors,
                 all_counters=all_counters,
             )
 
-    # ---- loops ----------------------------------------------------------------------------------
+    # ---- the reader (its own thread and loop) ---------------------------------------------------
+    def _run_reader(self, ready: threading.Event) -> None:
+        loop = asyncio.new_event_loop()
+        try:
+            loop.run_until_complete(self._reader_main(loop, ready))
+        except BaseException as e:  # noqa: BLE001 - the thread must end quietly, the API goes on
+            if not isinstance(e, asyncio.CancelledError):
+                log.exception("stream reader thread failed")
+        finally:
+            ready.set()
+            loop.close()
+
+    async def _reader_main(self, loop: asyncio.AbstractEventLoop, ready: threading.Event) -> None:
+        self._reader_stop = asyncio.Event()
+        self._doorbell = asyncio.Event()
+        self._doorbell.set()  # the reader starts by finding the log's end
+        self._reader_pool = self._new_pool("inbox-stream-reader", 1)
+        await self._reader_pool.open(wait=False)
+        self._reader_loop = loop
+        tasks = [asyncio.create_task(self._listen(), name="stream-listen"),
+                 asyncio.create_task(self._read_loop(), name="stream-read")]
+        ready.set()
+        if self._stopping:
+            self._reader_stop.set()
+        await self._reader_stop.wait()
+        # Cancel until they are done: Python 3.11's asyncio.wait_for can swallow a cancellation that
+        # races with its inner wait completing (the reader waits on the doorbell that way).
+        pending = set(tasks)
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        while pending and time.monotonic() < deadline:
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=0.1)
+        if pending:
+            log.warning("stream hub: %s task(s) did not stop within %ss; leaving them", len(pending),
+                        STOP_TIMEOUT_S)
+        await self._reader_pool.close(timeout=STOP_TIMEOUT_S)
+
     async def _listen(self) -> None:
+        assert self._doorbell is not None
         attempt = 0
         while True:
             try:
@@ -185,7 +254,24 @@ class ChangeHub:
                 self.listening = False
             await asyncio.sleep(RECONNECT_BACKOFF_S[min(attempt, len(RECONNECT_BACKOFF_S) - 1)] if attempt else 0.1)
 
+    async def _hand_over(self, page: ChangePage) -> None:
+        """Publish `page` on the API loop and wait until it is done (one page in flight)."""
+        assert self._loop is not None and self._reader_loop is not None
+        done = asyncio.Event()
+        reader_loop = self._reader_loop
+
+        def publish() -> None:
+            try:
+                self._publish(page)
+            finally:
+                with contextlib.suppress(RuntimeError):  # the reader's loop ended meanwhile
+                    reader_loop.call_soon_threadsafe(done.set)
+
+        self._loop.call_soon_threadsafe(publish)
+        await done.wait()
+
     async def _read_loop(self) -> None:
+        assert self._doorbell is not None and self._reader_pool is not None
         first = True
         while not self._stopping:
             try:
@@ -195,14 +281,16 @@ class ChangeHub:
             self._doorbell.clear()
             try:
                 if first:  # start at the log's end: streams catch up on their own from their Last-Event-ID
-                    self.position = (await self.read(0, actors=[], all_counters=False, limit=0)).head
+                    head = (await self._read(self._reader_pool, 0, actors=[], all_counters=False, limit=0)).head
+                    self._read_position = self.position = head
                     first = False
                     continue
                 while True:
-                    page = await self.read(self.position, actors=[s.actor for s in self._subs], all_counters=False)
-                    if page.upto > self.position:
-                        self._publish(page)
-                        self.position = page.upto
+                    page = await self._read(self._reader_pool, self._read_position, actors=list(self._actors),
+                                            all_counters=False)
+                    if page.upto > self._read_position:
+                        await self._hand_over(page)
+                        self._read_position = page.upto
                     if not page.more:
                         break
             except asyncio.CancelledError:
@@ -219,6 +307,8 @@ class Feed:
     def __init__(self, hub: ChangeHub, actor: Actor, last_event_id: int | None) -> None:
         self.hub = hub
         self.actor = actor
+        self.sight = sight(actor)
+        self.counter_key = counter_key(actor)
         self.last_event_id = last_event_id
         self.sub = hub.subscribe(actor)
         self.cursor = 0
@@ -245,36 +335,49 @@ class Feed:
         else:
             self.cursor = last
 
-    async def events(self, heartbeat_s: float) -> AsyncIterator[list[LiveEvent] | None]:
-        """Lists of events to send in order; None when `heartbeat_s` passed without any."""
+    async def events(self, heartbeat_s: float) -> AsyncIterator[bytes | None]:
+        """SSE frames to write, in order; None when `heartbeat_s` passed without any.
+
+        Every page waiting in the queue when the stream wakes up goes out in one write.
+        """
         if self._opening:
-            yield self._opening
-        async for batch in self._catch_up(None):
-            yield batch
-        while True:
-            if self.sub.ended.is_set() and self.sub.queue.empty():
+            yield frame(self._opening)
+        async for chunk in self._catch_up(None):
+            yield chunk
+        queue = self.sub.queue
+        stop = False
+        while not stop:
+            if self.sub.ended.is_set() and queue.empty():
                 break
-            try:
-                page = await asyncio.wait_for(self.sub.queue.get(), heartbeat_s)
-            except TimeoutError:
-                yield None
-                continue
-            if page is None or self.sub.overflowed.is_set():
-                break
-            if page.upto <= self.cursor:
-                continue
-            if page.after > self.cursor:  # joined the hub after this page's start: read the gap ourselves
-                async for batch in self._catch_up(page.after):
-                    yield batch
-                if page.upto <= self.cursor:
+            if queue.empty():
+                try:
+                    async with asyncio.timeout(heartbeat_s):
+                        page = await queue.get()
+                except TimeoutError:
+                    yield None
                     continue
-            out = self.render(page)
-            if out:
+            else:
+                page = queue.get_nowait()
+            parts: list[bytes] = []
+            while True:
+                if page is None or self.sub.overflowed.is_set():
+                    stop = True
+                    break
+                if page.upto > self.cursor:
+                    if page.after > self.cursor:  # joined the hub after this page's start: read the gap ourselves
+                        async for chunk in self._catch_up(page.after):
+                            parts.append(chunk)
+                    if page.upto > self.cursor:
+                        parts.append(self.render_frames(page))
+                if queue.empty():
+                    break
+                page = queue.get_nowait()
+            if out := b"".join(parts):
                 yield out
         if self.sub.overflowed.is_set():
-            yield [LiveEvent("reset", _json({"reason": "too slow", "position": self.hub.position}), None)]
+            yield frame([LiveEvent("reset", _json({"reason": "too slow", "position": self.hub.position}), None)])
 
-    async def _catch_up(self, until: int | None) -> AsyncIterator[list[LiveEvent]]:
+    async def _catch_up(self, until: int | None) -> AsyncIterator[bytes]:
         """Read the log after the cursor on our own (up to `until`, or its end) and render it."""
         first = True
         while until is None or self.cursor < until:
@@ -282,13 +385,33 @@ class Feed:
             first = False
             out = self.render(page)
             if out:
-                yield out
+                yield frame(out)
             if not page.more:
                 break
 
+    def render_frames(self, page: ChangePage) -> bytes:
+        """`frame(self.render(page))`, sharing the rendering with every stream of the same sight.
+
+        A page with nothing before the cursor and no `reset` renders the same room and message
+        events for every viewer whose sight decides the same for each room of the page, so they
+        are rendered and framed once per such class (`_view`); the counters are one lookup.
+        """
+        view = _view(page, self.sight) if self.cursor <= page.after else None
+        if view is None:
+            return frame(self.render(page))
+        self.cursor = max(self.cursor, page.upto)
+        counters = page.counters.get(self.counter_key)
+        if counters is None or counters == self._counters:
+            return view.framed
+        self._counters = counters
+        key = ("counters frame", self.counter_key)
+        if (tail := page.views.get(key)) is None:
+            tail = page.views[key] = b"id: %d\nevent: counters\ndata: %s\n\n" % (
+                page.upto, page.encode(("c", self.counter_key), counters))
+        return view.framed_before_counters + tail
+
     def render(self, page: ChangePage) -> list[LiveEvent]:
         """The events of `page` after the cursor that this viewer may see; advances the cursor."""
-        actor = self.actor
         changes = [c for c in page.changes if c.position > self.cursor]
         self.cursor = max(self.cursor, page.upto)
         out: list[LiveEvent] = []
@@ -297,26 +420,143 @@ class Feed:
             out.append(LiveEvent("reset", _json({"reason": "rebuilt", "position": resets[-1].position}), None))
             self._counters = None
             changes = [c for c in changes if c.position > resets[-1].position]
-        groups: dict[str, list[Any]] = {}
-        for c in changes:
-            if c.kind != "room" or c.room_id is None or c.org_id != actor.org_id:
-                continue
-            groups.setdefault(c.room_id, []).append(c)
-        for room_id, group in sorted(groups.items(), key=lambda g: g[1][-1].position):
-            first, latest = group[0], group[-1]
-            room = page.rooms.get(room_id)
-            seen_before = first.existed_before and can_see(actor, first.org_id or "", first.assignee_before)
-            if room is not None and can_see(actor, latest.org_id or "", room["assignee"]):
-                for message_id in dict.fromkeys(m for c in group for m in c.message_ids):
-                    if (message := page.messages.get(message_id)) is not None:
-                        out.append(LiveEvent("message", page.encode(("m", message_id), message), latest.position))
-                out.append(LiveEvent("room", page.encode(("r", room_id), room), latest.position))
-            elif seen_before:
-                version = room["version"] if room is not None else latest.version
-                out.append(LiveEvent("room_hidden", _json({"id": room_id, "version": version}), latest.position))
-        key = counter_key(actor)
+        out.extend(_room_events(page, changes, self.sight))
+        key = self.counter_key
         counters = page.counters.get(key)
         if counters is not None and counters != self._counters:
             self._counters = counters
             out.append(LiveEvent("counters", page.encode(("c", key), counters), page.upto))
         return out
+
+
+def frame(events: list[LiveEvent], next_position: int | None = None) -> bytes:
+    """SSE frames; the id goes on the last event of each position only (resuming skips no event).
+
+    `next_position`: the position of the event that will follow these in the same write, if any.
+    """
+    parts: list[bytes] = []
+    n = len(events)
+    for i, e in enumerate(events):
+        following = events[i + 1].position if i + 1 < n else next_position
+        if e.position is not None and following != e.position:
+            parts.append(b"id: %d\n" % e.position)
+        parts.append(b"event: " + e.name.encode() + b"\ndata: " + e.json + b"\n\n")
+    return b"".join(parts)
+
+
+def _room_events(page: ChangePage, changes: list[Change], s: Sight) -> list[LiveEvent]:
+    """message/room/room_hidden events of `changes` (rooms in order of their latest change) for `s`."""
+    out: list[LiveEvent] = []
+    groups: dict[str, list[Change]] = {}
+    for c in changes:
+        if c.kind != "room" or c.room_id is None or c.org_id != s.org_id:
+            continue
+        groups.setdefault(c.room_id, []).append(c)
+    for room_id, group in sorted(groups.items(), key=lambda g: g[1][-1].position):
+        first, latest = group[0], group[-1]
+        room = page.rooms.get(room_id)
+        seen_before = first.existed_before and s.sees(first.org_id or "", first.assignee_before)
+        if room is not None and s.sees(latest.org_id or "", room["assignee"]):
+            for message_id in dict.fromkeys(m for c in group for m in c.message_ids):
+                if (message := page.messages.get(message_id)) is not None:
+                    out.append(LiveEvent("message", page.encode(("m", message_id), message), latest.position))
+            out.append(LiveEvent("room", page.encode(("r", room_id), room), latest.position))
+        elif seen_before:
+            version = room["version"] if room is not None else latest.version
+            out.append(LiveEvent("room_hidden", _json({"id": room_id, "version": version}), latest.position))
+    return out
+
+
+@dataclass(frozen=True)
+class _View:
+    """The room and message events of one page for one class of sights, framed."""
+
+    framed: bytes  # as sent when no counters event follows
+    framed_before_counters: bytes  # as sent when the counters event (at the page's end) follows
+
+
+@dataclass(frozen=True)
+class _Group:
+    """One room's changes in a page, framed every way a stream may send them (`_view` picks)."""
+
+    org_id: str | None
+    room: dict[str, Any] | None
+    existed_before: bool
+    assignee_before: str | None
+    position: int
+    shown: bytes  # its messages, then `id:` and its room event
+    shown_no_id: bytes  # the same without the `id:` line (the counters event carries it)
+    hidden: bytes  # `id:` and its room_hidden event
+    hidden_no_id: bytes
+
+
+_MISSING = object()
+
+
+def _groups(page: ChangePage) -> list[_Group] | None:
+    """The page's room groups in `_room_events` order, framed once (None: the page has a `reset`)."""
+    found = page.views.get("groups", _MISSING)
+    if found is not _MISSING:
+        return found  # type: ignore[return-value]
+    if any(c.kind == "reset" for c in page.changes):
+        page.views["groups"] = None
+        return None
+    grouped: dict[str, list[Change]] = {}
+    for c in page.changes:
+        if c.kind == "room" and c.room_id is not None:
+            grouped.setdefault(c.room_id, []).append(c)
+    out = []
+    for room_id, group in sorted(grouped.items(), key=lambda g: g[1][-1].position):
+        first, latest = group[0], group[-1]
+        room = page.rooms.get(room_id)
+        shown: list[LiveEvent] = []
+        if room is not None:
+            shown = [LiveEvent("message", page.encode(("m", m), page.messages[m]), latest.position)
+                     for m in dict.fromkeys(m for c in group for m in c.message_ids) if m in page.messages]
+            shown.append(LiveEvent("room", page.encode(("r", room_id), room), latest.position))
+        version = room["version"] if room is not None else latest.version
+        hidden = [LiveEvent("room_hidden", _json({"id": room_id, "version": version}), latest.position)]
+        out.append(_Group(latest.org_id, room, first.existed_before, first.assignee_before, latest.position,
+                          frame(shown), frame(shown, latest.position), frame(hidden), frame(hidden, latest.position)))
+    page.views["groups"] = out
+    return out
+
+
+def _view(page: ChangePage, s: Sight) -> _View | None:
+    """The shared rendering of `page` for `s` (None when the page has a `reset`: render per stream).
+
+    Viewers whose sights agree on every assignee the page mentions (every admin of an
+    organization; every agent the page does not name) share one class: `s` reduced to those
+    assignees decides every room of the page as `s` itself does. Each class is the page's
+    pre-framed room groups that its sight shows or hides (as `_room_events` decides).
+    """
+    mentioned = page.views.get("assignees")
+    if mentioned is None:
+        mentioned = page.views["assignees"] = frozenset(
+            [c.assignee_before for c in page.changes] + [r["assignee"] for r in page.rooms.values()])
+    key = (s.org_id, s.whole_org, tuple(a for a in s.assignees if a in mentioned))
+    if (view := page.views.get(key)) is not None:
+        return view
+    groups = _groups(page)
+    if groups is None:
+        return None
+    parts: list[bytes] = []
+    last: _Group | None = None
+    last_shown = False
+    for g in groups:
+        if g.org_id != s.org_id:
+            continue
+        if g.room is not None and s.sees(s.org_id, g.room["assignee"]):
+            parts.append(g.shown)
+            last, last_shown = g, True
+        elif g.existed_before and s.sees(s.org_id, g.assignee_before):
+            parts.append(g.hidden)
+            last, last_shown = g, False
+    framed = b"".join(parts)
+    if last is not None and last.position == page.upto:  # the counters event carries this position's id
+        parts[-1] = last.shown_no_id if last_shown else last.hidden_no_id
+        view = _View(framed, b"".join(parts))
+    else:
+        view = _View(framed, framed)
+    page.views[key] = view
+    return view

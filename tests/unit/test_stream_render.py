@@ -7,10 +7,9 @@ from typing import Any
 import orjson
 
 from domain.staff import Actor, Role
-from inbox.adapters.live import ChangeHub, Feed, LiveEvent
+from inbox.adapters.live import ChangeHub, Feed, LiveEvent, frame
 from inbox.adapters.read_models.changes import Change, ChangePage, counter_key
 from inbox.config import Settings
-from inbox.entrypoints.api.routers.stream import _frame
 
 ROOM = "00000000-0000-0000-0000-000000000001"
 MSG = "00000000-0000-0000-0000-0000000000aa"
@@ -78,7 +77,47 @@ def test_a_rebuild_resets_first_and_drops_what_came_before_it() -> None:
 
 
 def test_the_id_goes_on_the_last_event_of_each_position_only() -> None:
-    frames = _frame([LiveEvent("message", b"{}", 5), LiveEvent("room", b"{}", 5), LiveEvent("counters", b"{}", 6),
+    frames = frame([LiveEvent("message", b"{}", 5), LiveEvent("room", b"{}", 5), LiveEvent("counters", b"{}", 6),
                      LiveEvent("reset", b"{}", None)]).decode()
     assert frames == ("event: message\ndata: {}\n\n" "id: 5\nevent: room\ndata: {}\n\n"
                       "id: 6\nevent: counters\ndata: {}\n\n" "event: reset\ndata: {}\n\n")
+
+
+def test_the_shared_rendering_sends_exactly_what_each_viewer_renders_alone() -> None:
+    """render_frames (one rendering per class of sights, reused) == framing this viewer's own render."""
+    rooms = [f"00000000-0000-0000-0000-00000000000{i}" for i in range(1, 6)]
+    assignees = [None, "agent1", "agent2", "agent3", None]
+    viewers = [ADMIN, AGENT1, AGENT2, Actor("agent3", "org1", Role.AGENT), Actor("agent4", "org1", Role.AGENT),
+               Actor("sup1", "org1", Role.SUPERVISOR), OTHER_ORG]
+    pages: list[ChangePage] = []
+    position = 0
+    for round_ in range(5):
+        changes = []
+        after = position
+        for i, (room, assignee) in enumerate(zip(rooms, assignees)):
+            if (i + round_) % 3 == 0:
+                continue
+            position += 1
+            before = assignees[(i + round_) % len(assignees)] if round_ else None
+            changes.append(Change(position, "room", "org1", room, position, round_ > 0, before, assignee,
+                                  (f"m{position}",)))
+        if round_ == 1:  # a room of another organization
+            position += 1
+            changes.append(Change(position, "room", "org2", "00000000-0000-0000-0000-0000000000f2", position, False, None,
+                                  None, ("x",)))
+        if round_ == 3:  # the projections were rebuilt after these
+            position += 1
+            changes.insert(1, Change(position, "reset", None, None, None, False, None, None, ()))
+            changes.sort(key=lambda c: c.position)
+        p = ChangePage(after=after, upto=position, head=position, horizon=0, changes=changes)
+        p.rooms = {c.room_id: {"id": c.room_id, "assignee": c.assignee_after, "version": c.position}
+                   for c in changes if c.room_id and not (round_ == 2 and c.room_id == rooms[1])}  # one is gone
+        p.messages = {m: {"id": m} for c in changes for m in c.message_ids}
+        for actor in viewers:
+            p.counters[counter_key(actor)] = {"round": round_ // 2, "who": actor.user_id}
+        pages.append(p)
+    for actor in viewers:
+        shared, alone = Feed(ChangeHub(Settings()), actor, None), Feed(ChangeHub(Settings()), actor, None)
+        for p in pages:
+            assert shared.render_frames(p) == frame(alone.render(p)), (actor, p.after)
+            assert shared.cursor == alone.cursor

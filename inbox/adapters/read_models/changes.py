@@ -65,6 +65,7 @@ class ChangePage:
     messages: dict[str, dict[str, Any]] = field(default_factory=dict)  # message id -> message_json
     counters: dict[CounterKey, dict[str, Any]] = field(default_factory=dict)
     _encoded: dict[Any, bytes] = field(default_factory=dict, repr=False)
+    views: dict[Any, Any] = field(default_factory=dict, repr=False)  # renderings shared by streams (adapters.live)
 
     def encode(self, key: Any, data: dict[str, Any]) -> bytes:
         """`data` as JSON, encoded once per page however many streams send it (`key` names it)."""
@@ -124,11 +125,15 @@ async def read_changes(
                     " WHERE org_id = ANY(%s) AND assignee = ANY(%s)",
                     (list({a.org_id for a in wanted.values()}), list({ALL, *(k for key in wanted for k in key[1])})),
                 )
-                by_org: dict[str, list[dict[str, Any]]] = {}
+                # counters_json reads only the rows of the organization's total (ALL) and the
+                # viewer's keys: hand each viewer just those (an organization has a row set per agent).
+                by_key: dict[tuple[str, str], list[dict[str, Any]]] = {}
                 for r in await cur.fetchall():
-                    by_org.setdefault(r["org_id"], []).append(r)
+                    by_key.setdefault((r["org_id"], r["assignee"]), []).append(r)
                 for key, actor in wanted.items():
-                    page.counters[key] = counters_json(actor, by_org.get(actor.org_id, []))
+                    org, keys = key
+                    rows = [r for k in dict.fromkeys((ALL, *keys)) for r in by_key.get((org, k), ())]
+                    page.counters[key] = counters_json(actor, rows)
     return page
 
 

@@ -17,7 +17,7 @@ from fastapi import APIRouter, Header, HTTPException
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from inbox.adapters.live import ChangeHub, Feed, LiveEvent
+from inbox.adapters.live import ChangeHub, Feed
 from inbox.entrypoints.api.deps import ContainerDep, ViewerDep
 
 log = logging.getLogger(__name__)
@@ -41,17 +41,6 @@ Events (`event:` name, `data:` JSON):
 Several events of one position (a room's messages, then the room) carry the id on the last one
 only. `: hb` comment lines are heartbeats; `retry: 2000` comes first.
 """
-
-
-def _frame(events: list[LiveEvent]) -> bytes:
-    """SSE frames; the id goes on the last event of each position only (resuming skips no event)."""
-    parts: list[bytes] = []
-    for i, e in enumerate(events):
-        last_of_position = i == len(events) - 1 or events[i + 1].position != e.position
-        if e.position is not None and last_of_position:
-            parts.append(b"id: %d\n" % e.position)
-        parts.append(b"event: " + e.name.encode() + b"\ndata: " + e.json + b"\n\n")
-    return b"".join(parts)
 
 
 class EventStream(Response):
@@ -84,10 +73,10 @@ class EventStream(Response):
             (b"x-accel-buffering", b"no"),
         ]})
         await send({"type": "http.response.body", "body": b"retry: 2000\n\n", "more_body": True})
-        events: AsyncIterator[list[LiveEvent] | None] = self.feed.events(self.heartbeat_s)
-        async for batch in events:
-            body = b": hb\n\n" if batch is None else _frame(batch)
-            await send({"type": "http.response.body", "body": body, "more_body": True})
+        events: AsyncIterator[bytes | None] = self.feed.events(self.heartbeat_s)
+        async for frames in events:
+            await send({"type": "http.response.body", "body": b": hb\n\n" if frames is None else frames,
+                        "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     @staticmethod

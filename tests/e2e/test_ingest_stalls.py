@@ -32,12 +32,16 @@ REQUEST_TIMEOUT_S = 2
 def start_api(settings: Settings, tmp_path: Path, **overrides: Any) -> Pipeline:
     p = Pipeline(replace(http_settings(settings), inbound_timeout_s=REQUEST_TIMEOUT_S, **overrides), tmp_path)
     p.start("api")
-    p.wait_for_api()
-    r = httpx.post(f"{p.base_url}/v1/channel-accounts", headers=auth(p.settings, role="admin"),
-                   json={"channel": "whatsapp_cloud", "external_id": "pn-stall", "name": "Stalls"})
-    assert r.status_code == 201, r.text
-    # Warm: the account is now cached, so during a stall requests reach the group commit.
-    assert post(p, "m.warm-up").status_code == 202
+    try:
+        p.wait_for_api()
+        r = httpx.post(f"{p.base_url}/v1/channel-accounts", headers=auth(p.settings, role="admin"),
+                       json={"channel": "whatsapp_cloud", "external_id": "pn-stall", "name": "Stalls"})
+        assert r.status_code == 201, r.text
+        # Warm: the account is now cached, so during a stall requests reach the group commit.
+        assert post(p, "m.warm-up").status_code == 202
+    except BaseException:
+        p.stop_all()  # the caller's finally never runs when this fails
+        raise
     return p
 
 

@@ -41,14 +41,31 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
             terminalreporter.write_line(line)
 
 
+# Tests that run real processes for many seconds (most of the suite's wall time).
+_LONG = ("tests/e2e/", "tests/faults/", "tests/web/", "tests/integration/test_consumer_example.py",
+         "tests/integration/test_counters_property.py", "tests/integration/test_relay.py")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Scale tests take minutes on embedded PostgreSQL: opt in with INBOX_TEST_SCALE=1 (`.ci/run` does)."""
-    if os.environ.get("INBOX_TEST_SCALE") == "1":
+    """Scale tests take minutes on embedded PostgreSQL: opt in with INBOX_TEST_SCALE=1 (`.ci/run` does).
+
+    Under pytest-xdist (`worksteal` hands each worker a contiguous share of this list), the long
+    tests are dealt out first, one share to each worker, and the short ones follow: a long test
+    starting last would otherwise keep the whole run waiting on one worker.
+    """
+    if os.environ.get("INBOX_TEST_SCALE") != "1":
+        skip = pytest.mark.skip(reason="scale test: set INBOX_TEST_SCALE=1 to run it")
+        for item in items:
+            if "scale" in item.keywords:
+                item.add_marker(skip)
+    workers = config.getoption("numprocesses", None) if config.pluginmanager.has_plugin("xdist") else None
+    if not isinstance(workers, int) or workers < 2:
         return
-    skip = pytest.mark.skip(reason="scale test: set INBOX_TEST_SCALE=1 to run it")
-    for item in items:
-        if "scale" in item.keywords:
-            item.add_marker(skip)
+    root = str(config.rootpath) + "/"
+    long = [i for i in items if str(i.path).removeprefix(root).startswith(_LONG)]
+    short = [i for i in items if not str(i.path).removeprefix(root).startswith(_LONG)]
+    share = -(-len(short) // workers)
+    items[:] = [i for k in range(workers) for i in long[k::workers] + short[k * share:(k + 1) * share]]
 
 
 @pytest.fixture(scope="session")

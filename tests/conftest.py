@@ -1,7 +1,8 @@
 """Session-wide real parts: one PostgreSQL and one broker; each test gets its own schema and topic prefix.
 
 PostgreSQL: INBOX_TEST_DATABASE_URL or INBOX_DATABASE_URL when set (CI: the machine's server),
-otherwise an embedded PostgreSQL in a temporary directory. Broker: INBOX_KAFKA_BOOTSTRAP when
+otherwise an embedded PostgreSQL in a temporary directory (under pytest-xdist, one for the whole
+run, started by the controller). Broker: INBOX_KAFKA_BOOTSTRAP when
 set, otherwise a Tansu broker started for the session. Tests marked `scale` run only with
 INBOX_TEST_SCALE=1.
 """
@@ -9,10 +10,13 @@ INBOX_TEST_SCALE=1.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -66,6 +70,43 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     short = [i for i in items if not str(i.path).removeprefix(root).startswith(_LONG)]
     share = -(-len(short) // workers)
     items[:] = [i for k in range(workers) for i in long[k::workers] + short[k * share:(k + 1) * share]]
+
+
+def _xdist_controller(config: pytest.Config) -> bool:
+    if not config.pluginmanager.has_plugin("xdist") or hasattr(config, "workerinput"):
+        return False
+    workers = config.getoption("numprocesses", None)
+    return bool(workers) and workers != "0"
+
+
+_SHARED_PG = pytest.StashKey[Any]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under xdist without a given server: one embedded PostgreSQL for the whole run, started by
+    the controller before the workers (they inherit its URL), instead of one initdb per worker."""
+    if not _xdist_controller(config) or os.environ.get("INBOX_TEST_DATABASE_URL") or os.environ.get("INBOX_DATABASE_URL"):
+        return
+    from inbox.adapters.embedded import EmbeddedPostgres
+
+    base = Path(tempfile.mkdtemp(prefix="inbox-test-pg-"))
+    pg = EmbeddedPostgres(base / "data").start()
+    # Every worker's processes connect to it at once (its default is 100 connections).
+    with psycopg.connect(pg.url, autocommit=True) as conn:
+        conn.execute("ALTER SYSTEM SET max_connections = 600")
+    pg.stop()
+    pg.start()
+    config.stash[_SHARED_PG] = (pg, base)
+    os.environ["INBOX_TEST_DATABASE_URL"] = pg.url
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shared = config.stash.get(_SHARED_PG, None)
+    if shared is not None:
+        pg, base = shared
+        os.environ.pop("INBOX_TEST_DATABASE_URL", None)
+        pg.stop()
+        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

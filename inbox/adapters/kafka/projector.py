@@ -167,6 +167,9 @@ def create_faust_app(settings: Settings, runtime: ProjectorRuntime) -> faust.App
         broker_session_timeout=settings.worker_session_timeout_s,
         broker_rebalance_timeout=settings.worker_session_timeout_s,
         broker_heartbeat_interval=max(0.5, settings.worker_session_timeout_s / 10),
+        # A topic that vanished and came back (a broker that lost it; the relay re-creates and
+        # re-publishes it) is seen within seconds, not after the client's default five minutes.
+        consumer_metadata_max_age_ms=5_000,
     )
     topic = faust_app.topic(
         settings.events_topic, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw",

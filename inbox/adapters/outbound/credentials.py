@@ -67,14 +67,19 @@ class PostgresCredentials:
             raise Unavailable("INBOX_SECRET_KEY is not set: access tokens cannot be stored")
         return self._box.seal(token, token_context(account_id))
 
+    def _seal_both(self, account_id: str, access_token: str | None,
+                   app_secret: str | None) -> tuple[str | None, str | None]:
+        """(sealed token, sealed app secret), None for what is not given."""
+        sealed = self._seal(account_id, access_token) if access_token is not None else None
+        if app_secret is None:
+            return sealed, None
+        if self._box is None:
+            raise Unavailable("INBOX_SECRET_KEY is not set: app secrets cannot be stored")
+        return sealed, self._box.seal(app_secret, app_secret_context(account_id))
+
     def record(self, account_id: str, *, org_id: str, channel: str, external_id: str, name: str,
                access_token: str | None, app_secret: str | None = None) -> None:
-        sealed = self._seal(account_id, access_token) if access_token is not None else None
-        sealed_secret = None
-        if app_secret is not None:
-            if self._box is None:
-                raise Unavailable("INBOX_SECRET_KEY is not set: app secrets cannot be stored")
-            sealed_secret = self._box.seal(app_secret, app_secret_context(account_id))
+        sealed, sealed_secret = self._seal_both(account_id, access_token, app_secret)
         with self._connection() as conn:
             conn.execute(
                 "INSERT INTO channel_account_credentials (account_id, org_id, channel, external_id, name,"
@@ -92,12 +97,7 @@ class PostgresCredentials:
 
     def register(self, account_id: str, *, org_id: str, channel: str, external_id: str, name: str,
                  access_token: str | None, app_secret: str | None) -> None:
-        sealed = self._seal(account_id, access_token) if access_token is not None else None
-        sealed_secret = None
-        if app_secret is not None:
-            if self._box is None:
-                raise Unavailable("INBOX_SECRET_KEY is not set: app secrets cannot be stored")
-            sealed_secret = self._box.seal(app_secret, app_secret_context(account_id))
+        sealed, sealed_secret = self._seal_both(account_id, access_token, app_secret)
         with self._connection() as conn:
             conn.execute(
                 "INSERT INTO channel_account_credentials (account_id, org_id, channel, external_id, name,"

@@ -6,17 +6,23 @@ The processes themselves are tests.support.Pipeline's; this module only drives a
 from __future__ import annotations
 
 import asyncio
+import shutil
+import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from pathlib import Path
 
 import httpx
 import psycopg
 from eventsourcing.persistence import StoredEvent
 
+from inbox.adapters.embedded import EmbeddedPostgres
+from inbox.adapters.schema import migrate
 from inbox.config import Settings
 from inbox.bootstrap import open_event_store
 from tests.support import Pipeline, auth, query, wait_until
@@ -258,3 +264,22 @@ def terminate_backends(settings: Settings, application_name: str) -> int:
             (application_name,),
         ).fetchall()
     return len(rows)
+
+
+@contextmanager
+def own_postgres(
+    settings: Settings, adjust: Callable[[Settings], Settings],
+) -> Iterator[tuple[EmbeddedPostgres, Settings]]:
+    """A PostgreSQL server of this test alone, migrated, with `adjust(settings pointed at it)` (a
+    case that restarts the server must not break the other tests sharing the session's one)."""
+    # Not under tmp_path: as root, the library runs pg_ctl as another user, which must reach the directory.
+    base = Path(tempfile.mkdtemp(prefix="inbox-faults-pg-"))
+    base.chmod(0o755)
+    pg = EmbeddedPostgres(base / "pg").start()
+    try:
+        own = adjust(replace(settings, database_url=pg.url))
+        migrate(own)
+        yield pg, own
+    finally:
+        pg.stop()
+        shutil.rmtree(base, ignore_errors=True)

@@ -9,12 +9,8 @@ message is recorded exactly once after the retries, and a canary comes out of th
 from __future__ import annotations
 
 import asyncio
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import replace
-from pathlib import Path
 
 import psycopg
 import pytest
@@ -22,9 +18,9 @@ from psycopg.conninfo import conninfo_to_dict
 
 from inbox.config import Settings
 from inbox.adapters.postgres import conninfo
-from inbox.adapters.schema import migrate
 from inbox.adapters.embedded import EmbeddedPostgres
 from tests.faults.conftest import INBOUND_TIMEOUT_S, fault_settings
+from tests.faults.harness import own_postgres as harness_own_postgres
 from tests.faults.harness import (
     Figures,
     Load,
@@ -109,17 +105,8 @@ def test_terminated_database_connections_under_load(pipeline: Pipeline, figures:
 @pytest.fixture
 def own_postgres(settings: Settings) -> Iterator[tuple[EmbeddedPostgres, Settings]]:
     """A PostgreSQL server of this test alone (restarting the shared one would break other sessions)."""
-    # Not under tmp_path: as root, the library runs pg_ctl as another user, which must reach the directory.
-    base = Path(tempfile.mkdtemp(prefix="inbox-faults-pg-"))
-    base.chmod(0o755)
-    pg = EmbeddedPostgres(base / "pg").start()
-    try:
-        own = fault_settings(replace(settings, database_url=pg.url))
-        migrate(own)
-        yield pg, own
-    finally:
-        pg.stop()
-        shutil.rmtree(base, ignore_errors=True)
+    with harness_own_postgres(settings, fault_settings) as pg_and_settings:
+        yield pg_and_settings
 
 
 def test_a_postgresql_restart_under_load(

@@ -16,8 +16,6 @@ received, `lost` the ones it never received, `duplicates` the ones it received m
 from __future__ import annotations
 
 import asyncio
-import shutil
-import tempfile
 import time
 import uuid
 from collections import Counter
@@ -33,11 +31,11 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from inbox.adapters.embedded import EmbeddedBroker, EmbeddedPostgres, free_port
-from inbox.adapters.schema import migrate
 from inbox.adapters.secrets import generate_key
 from inbox.bootstrap import replay
 from inbox.config import Settings
 from tests.faults.conftest import fault_settings
+from tests.faults.harness import own_postgres as harness_own_postgres
 from tests.faults.harness import Figures, terminate_backends
 from tests.graph_standin.server import GraphStandin
 from tests.support import Pipeline, auth, query, store_totals, wait_until
@@ -226,16 +224,8 @@ def test_terminated_connections_of_the_sender_and_the_reports_consumer(
 @pytest.fixture
 def own_postgres(settings: Settings) -> Iterator[tuple[EmbeddedPostgres, Settings]]:
     """A PostgreSQL server of this test alone (restarting the shared one would break other sessions)."""
-    base = Path(tempfile.mkdtemp(prefix="inbox-faults-pg-"))
-    base.chmod(0o755)
-    pg = EmbeddedPostgres(base / "pg").start()
-    try:
-        own = _settings(replace(settings, database_url=pg.url))
-        migrate(own)
-        yield pg, own
-    finally:
-        pg.stop()
-        shutil.rmtree(base, ignore_errors=True)
+    with harness_own_postgres(settings, _settings) as pg_and_settings:
+        yield pg_and_settings
 
 
 def test_a_postgresql_restart_under_the_sender_and_the_reports_consumer(

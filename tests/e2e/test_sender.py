@@ -17,12 +17,13 @@ from typing import Any
 
 import httpx
 import pytest
+from psycopg.types.json import Jsonb
 
 from inbox.adapters.secrets import generate_key
 from inbox.config import Settings
 from inbox.usecases.meta_webhooks import signature
 from tests.graph_standin import GraphStandin, graph_standin  # noqa: F401  (fixture)
-from tests.support import Pipeline, auth, http_settings, query, wait_until
+from tests.support import Pipeline, auth, execute, http_settings, query, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -512,8 +513,6 @@ def test_one_reply_that_cannot_be_handled_is_dead_lettered_and_the_others_still_
 ) -> None:
     connect(outbound, graph_standin, "whatsapp_cloud", WA, verified_name="Acme", display_phone_number="+1")
     room = inbound(outbound, "whatsapp_cloud", WA, "628777", "wamid.in7")
-    from tests.support import execute
-
     execute(outbound.settings,  # a queued reply of a room that does not exist: the use case refuses it
             "INSERT INTO sender_sends (message_id, room_id, channel_account_id, payload, state)"
             " VALUES (gen_random_uuid(), gen_random_uuid(), '', '{\"kind\":\"text\",\"text\":\"x\",\"attachments\":[]}',"
@@ -582,8 +581,17 @@ def test_a_parked_instagram_echo_that_matches_no_reply_is_recorded_after_the_hol
     room = inbound(outbound, "instagram", IG, "igsid-8", "m_ig_in8")
     graph_standin.revoke(IG)  # the reply waits for a new token: in flight all along
     message_id = reply(outbound, room, {"text": "waiting for a token"}).json()["message_id"]
+    # Ahead of it in the sweep's order, a parked echo its room refuses (a blank message kind): it is
+    # dropped with an error in the log and must not hold the next one back.
+    execute(outbound.settings,
+            "INSERT INTO parked_echoes (channel_account_id, channel_message_id, room_id, fact, parked_at)"
+            " VALUES (gen_random_uuid(), 'm_refused', %s, %s, now() - interval '1 hour')",
+            (room, Jsonb({"channel": "instagram", "channel_account": IG, "contact_id": "igsid-8",
+                          "channel_message_id": "m_refused", "text": "x", "sent_at": "2026-11-26T00:00:00+00:00",
+                          "sender_id": IG, "kind": " ", "attachments": []})))
     post_webhook(outbound, instagram_echo("igsid-8", "m_from_the_app", "sent from the Instagram app"))
-    wait_until(lambda: parked(outbound) == [], timeout=30, what="the parked echo decided after the 1 s hold")
+    wait_until(lambda: parked(outbound) == [], timeout=30, what="both parked echoes decided after the 1 s hold")
+    assert "parked echo m_refused of room" in outbound.log_tail("sender", 200)
     types = room_event_types(outbound, room)
     assert types.count("MessageSent") == 2  # the reply, and the business's own message from the app
 

@@ -10,6 +10,7 @@ that same transaction.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import threading
@@ -22,9 +23,23 @@ from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
 from eventsourcing.domain import BaseAggregate
-from eventsourcing.persistence import InterfaceError, OperationalError, Recording, StoredEvent
+from eventsourcing.persistence import (
+    DatabaseError,
+    DataError,
+    IntegrityError,
+    InterfaceError,
+    InternalError,
+    NotSupportedError,
+    OperationalError,
+    PersistenceError,
+    ProgrammingError,
+    Recording,
+    StoredEvent,
+)
 from eventsourcing.postgres import PostgresAggregateRecorder, PostgresApplicationRecorder, PostgresFactory
+import psycopg
 from psycopg import errors as pg_errors
+from psycopg import pq
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import PoolTimeout
 from psycopg import Connection, Cursor
@@ -102,6 +117,27 @@ def _retry_unless_timed_out(method: Callable[..., Any]) -> Callable[..., Any]:
     return call
 
 
+@contextmanager
+def _library_errors() -> Iterator[None]:
+    """psycopg's errors as the library's errors, as its `get_connection` maps them: for work on a
+    connection held beyond one `get_connection` block (`InboxRecorder.holding`)."""
+    try:
+        yield
+    except psycopg.Error as e:
+        for theirs, ours in _LIBRARY_ERRORS:
+            if isinstance(e, theirs):
+                raise ours(str(e)) from e
+        raise PersistenceError(str(e)) from e
+
+
+_LIBRARY_ERRORS: tuple[tuple[type[psycopg.Error], type[PersistenceError]], ...] = (
+    (psycopg.InterfaceError, InterfaceError), (psycopg.OperationalError, OperationalError),
+    (psycopg.DataError, DataError), (psycopg.IntegrityError, IntegrityError), (psycopg.InternalError, InternalError),
+    (psycopg.ProgrammingError, ProgrammingError), (psycopg.NotSupportedError, NotSupportedError),
+    (psycopg.DatabaseError, DatabaseError),
+)
+
+
 class InboxRecorder(PostgresApplicationRecorder):
     select_events = _retry_unless_timed_out(PostgresAggregateRecorder.select_events)
     select_notifications = _retry_unless_timed_out(PostgresApplicationRecorder.select_notifications)
@@ -114,6 +150,7 @@ class InboxRecorder(PostgresApplicationRecorder):
         timeout = f"-c statement_timeout={WRITE_STATEMENT_TIMEOUT_MS}"
         datastore.pool.kwargs["options"] = f"{given} {timeout}" if given else timeout
         super().__init__(datastore, events_table_name=events_table_name)
+        self._held = threading.local()  # `holding`: this thread's open transaction with the table lock
         schema = Identifier(self.datastore.schema)
         self.sql_create_statements.append(
             SQL(
@@ -185,29 +222,61 @@ class InboxRecorder(PostgresApplicationRecorder):
             "DELETE FROM {schema}.parked_echoes WHERE channel_account_id = %s AND channel_message_id = %s"
         ).format(schema=schema)
 
-    @_retry_unless_timed_out
     def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
-        """The library's pipelined write transaction, sent as ONE round trip: BEGIN, the extra rows
-        (`_insert_events`), the table lock, NOTIFY, the events and COMMIT go out together. (The
+        """The library's pipelined write transaction, sent as ONE round trip: BEGIN, the table lock,
+        the extra rows (`_insert_events`), NOTIFY, the events and COMMIT go out together. (The
         library syncs after the INSERT and sends COMMIT in a second round trip.) A unique violation
         still raises IntegrityError here and nothing is written: the pipeline's COMMIT is never
-        run after an error, and the transaction is rolled back."""
+        run after an error, and the transaction is rolled back.
+
+        In a thread holding the table lock (`holding`), the rows go into that transaction, which
+        this commits; not retried (a failed statement ends the held transaction)."""
+        held: Connection[DictRow] | None = getattr(self._held, "conn", None)
+        if held is None:
+            return self._insert_retried(stored_events, **kwargs)
+        with _library_errors():
+            with held.pipeline():
+                with held.transaction():
+                    ids = self._insert_on(held, stored_events, **kwargs)
+                held.execute("COMMIT")
+            return ids()
+
+    @_retry_unless_timed_out
+    def _insert_retried(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
         with self.datastore.get_connection() as conn:
-            inserted = conn.cursor()
             with conn.pipeline(), conn.transaction():
-                with conn.cursor() as curs:
-                    self._insert_events(curs, stored_events, **kwargs)
-                if stored_events:
-                    self._insert_stored_events(inserted, stored_events, **kwargs)
-            if not stored_events:
-                return None
-            return [row["notification_id"] for row in inserted.fetchall()]
+                ids = self._insert_on(conn, stored_events, **kwargs)
+            return ids()
+
+    def _insert_on(
+        self, conn: Connection[DictRow], stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Callable[[], Sequence[int] | None]:
+        """Queue the write's statements in the open transaction; returns how to fetch the new ids
+        (after the pipeline's sync)."""
+        inserted = conn.cursor()
+        with conn.cursor() as curs:
+            self._insert_events(curs, stored_events, **kwargs)
+        if stored_events:
+            self._insert_stored_events(inserted, stored_events, **kwargs)
+        return lambda: [row["notification_id"] for row in inserted.fetchall()] if stored_events else None
+
+    @contextmanager
+    def holding(self, conn: Connection[DictRow]) -> Iterator[None]:
+        """This thread's writes go into `conn`'s open transaction, which holds the table lock."""
+        self._held.conn = conn
+        try:
+            yield
+        finally:
+            self._held.conn = None
+
+    def held_connection(self) -> Connection[DictRow] | None:
+        return getattr(self._held, "conn", None)
 
     def _insert_stored_events(self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent], **_: Any) -> None:
-        """The library's insert (table lock, NOTIFY, INSERT ... RETURNING notification_id) with the
-        events as four plain arrays in binary instead of one array of composite values: psycopg
-        builds those in Python, value by value, and that was most of the insert's CPU."""
-        self._lock_table(curs)
+        """The library's insert (NOTIFY, INSERT ... RETURNING notification_id; the table lock is
+        taken first, in `_insert_events`) with the events as four plain arrays in binary instead of
+        one array of composite values: psycopg builds those in Python, value by value, and that was
+        most of the insert's CPU."""
         self._notify_channel(curs)
         curs.execute(self._insert_arrays, (
             [e.originator_id for e in stored_events], [e.originator_version for e in stored_events],
@@ -228,10 +297,15 @@ class InboxRecorder(PostgresApplicationRecorder):
         """Extra rows of the same transaction as the events: inbound dedup keys, delivery statuses.
 
         Under `write_deadline` the whole transaction (the table lock included) has a statement timeout.
+        The table lock comes first, before the extra rows: a transaction never holds a dedup key
+        while it waits for the lock, so one holding the lock (`EventStore.exclusive`) never waits
+        for such a key while its owner waits for the lock (a deadlock).
         """
         timeout_ms = _statement_timeout_ms()
         if timeout_ms is not None:
             curs.execute("SELECT set_config('statement_timeout', %s, true)", (str(timeout_ms),))
+        if stored_events:
+            self._lock_table(curs)
         if dedup_keys:
             curs.executemany(self._insert_dedup, [
                 (k.channel_account_id, k.key, k.room_id, k.message_id, k.room_version) for k in dedup_keys
@@ -429,7 +503,7 @@ class EventStore(AggregateStore):
         else:
             trusted = {}
         try:
-            with self.app.connection() as conn, conn.pipeline():
+            with self._connection() as conn, conn.pipeline():
                 cursors = []
                 if keys:
                     cursors.append(conn.cursor().execute(self._dedup_sql, (
@@ -454,6 +528,42 @@ class EventStore(AggregateStore):
             event = decode(StoredEvent(room_id, r["originator_version"], r["topic"], bytes(r["state"])))
             rooms[room_id] = event.mutate(rooms.get(room_id))  # a snapshot comes first and starts from None
         return BatchState(recorded, found, {room_id: room for room_id, room in rooms.items() if isinstance(room, Room)})
+
+    @contextmanager
+    def exclusive(self, deadline: float) -> Iterator[None]:
+        """The events table's lock, taken before the block's reads and held until its save commits.
+
+        One pooled connection runs BEGIN, a statement timeout until `deadline`, and the lock every
+        insert takes (EXCLUSIVE: reads go on, no other transaction inserts events); the block's
+        `read_batch` and its `save` use that transaction, and the save commits it. Anything else
+        ends it with a rollback: nothing written.
+        """
+        recorder: InboxRecorder = self.app.recorder  # type: ignore[assignment]
+        timeout_ms = int(max(deadline - time.monotonic(), MIN_WRITE_BUDGET_S) * 1000)
+        with self.app.connection() as conn:
+            try:
+                with conn.pipeline(), conn.cursor() as curs:
+                    curs.execute("BEGIN")
+                    curs.execute("SELECT set_config('statement_timeout', %s, true)", (str(timeout_ms),))
+                    recorder._lock_table(curs)
+                with recorder.holding(conn):
+                    yield
+            finally:
+                if conn.info.transaction_status != pq.TransactionStatus.IDLE:
+                    # Not committed: undo it. (A broken connection cannot; the pool discards it.)
+                    with contextlib.suppress(psycopg.Error):
+                        conn.rollback()
+
+    @contextmanager
+    def _connection(self) -> Iterator[Connection[DictRow]]:
+        """This thread's transaction under `exclusive`, else a pooled connection."""
+        held = self.app.recorder.held_connection()  # type: ignore[attr-defined]
+        if held is None:
+            with self.app.connection() as conn:
+                yield conn
+            return
+        with _library_errors():
+            yield held
 
     @functools.cached_property
     def _dedup_sql(self) -> str:

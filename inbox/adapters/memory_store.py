@@ -8,7 +8,8 @@ recorded meanwhile raises the library's `IntegrityError` and writes nothing, as 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -105,3 +106,9 @@ class MemoryEventStore(AggregateStore):
 
     def can_write(self) -> bool:
         return self.writable
+
+    @contextmanager
+    def exclusive(self, deadline: float) -> Iterator[None]:
+        """The lock every `save` takes, held for the whole block (re-entrant: the block's save takes it again)."""
+        with self._lock:
+            yield

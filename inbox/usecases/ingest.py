@@ -32,7 +32,7 @@ from channels.facts import (
     RecordableFact,
 )
 from domain.channels import Channel
-from domain.errors import Conflict, DomainError, InvalidCommand, NotFound
+from domain.errors import DomainError, InvalidCommand, NotFound
 from domain.limits import MAX_ID, MAX_MESSAGE_ID, check_identifier, check_json, check_moment, check_text
 from domain.room import SENT, Room, check_contact, check_content, room_id_for
 from inbox.usecases.channel_accounts import AccountInfo
@@ -51,6 +51,9 @@ log = logging.getLogger(__name__)
 # a message recorded across a restart is answered 202, not a 503 its sender would retry. The
 # committer has nothing else to do meanwhile: the database it writes to is not answering.
 COMMIT_CHECK_S = 10.0
+# After this many lost races (the rooms or dedup keys it read were written elsewhere before its
+# write), a batch is decided under the store's write lock (`EventStore.exclusive`).
+EXCLUSIVE_AFTER_LOST_RACES = 2
 
 
 @dataclass
@@ -249,10 +252,11 @@ class InboundCommitter:
         # with another process writing the same rooms, a refused attempt costs a write; then only
         # every 16th batch tries again.
         optimistic = self._optimism > 0.5 or self.batches % 16 == 0
+        exclusive = False
         while batch and attempt < self._max_attempts:
             attempt += 1
             try:
-                results = self._record(batch, optimistic=optimistic)
+                results = self._record(batch, optimistic=optimistic, exclusive=exclusive)
             except _Abandoned as abandoned:
                 batch = abandoned.claimed  # waiters gave up before the write: drop them, re-decide
                 attempt -= 1
@@ -272,6 +276,10 @@ class InboundCommitter:
                     attempt -= 1
                     continue
                 log.info("inbound batch of %s lost a race (attempt %s): %s", len(batch), attempt, e)
+                # Another process keeps writing these rooms (e.g. two API processes, few busy rooms):
+                # deciding again may lose again, and again. From the second lost race on, the batch
+                # is decided under the store's write lock: nobody writes between its read and its write.
+                exclusive = attempt >= EXCLUSIVE_AFTER_LOST_RACES
                 continue
             except (DeadlinePassed, OperationalError, InterfaceError) as e:
                 # The database is locked, slow or gone: the transaction did not commit (or, if the
@@ -297,33 +305,43 @@ class InboundCommitter:
             for pending, result in zip(batch, results, strict=True):
                 _settle(pending.future, result=result)
             return
+        # Not recorded, and not for a reason of its own: the sender retries (the retry is recorded once).
+        log.warning("inbound batch of %s not recorded after %s attempts", len(batch), attempt)
         for pending in batch:
-            _settle(pending.future, error=Conflict("could not record the message after repeated conflicts"))
+            _settle(pending.future, error=Unavailable("could not record the message after repeated conflicts; retry later"))
 
-    def _record(self, batch: Sequence[_Group], *, optimistic: bool = False) -> list[list[FactResult]]:
-        decision = BatchDecision(self._store, [fact for group in batch for fact in group.items], optimistic=optimistic)
-        out: list[list[FactResult]] = []
-        for pending in batch:
-            try:
-                out.append([decision.decide(account, fact) for account, fact in pending.items])
-            except DomainError as e:
-                raise _GroupRejected(pending, e) from e
-        # Claim every group for this transaction: from here on its waiter cannot give up, and a
-        # group whose waiter already gave up is never written.
-        claimed = [p for p in batch if p.future.running() or p.future.set_running_or_notify_cancel()]
-        if len(claimed) < len(batch):
-            raise _Abandoned(claimed)
-        if decision.rooms or decision.dedup_keys or decision.statuses or decision.parked:
-            try:
-                self._store.save(*decision.rooms.values(), dedup_keys=decision.dedup_keys,
-                                 statuses=decision.statuses, parked=decision.parked,
-                                 deadline=min(p.deadline for p in batch))
-            except (OperationalError, InterfaceError, DeadlinePassed):
-                # The connection died, maybe during COMMIT (a retry that then ran out of time
-                # says so too: only a lost connection is retried): ask what was recorded.
-                if not self._committed_anyway(decision):
-                    raise
-                log.warning("the connection died during COMMIT but the batch of %s was recorded", len(batch))
+    def _record(
+        self, batch: Sequence[_Group], *, optimistic: bool = False, exclusive: bool = False
+    ) -> list[list[FactResult]]:
+        """Decide the batch and write it; `exclusive`: both under the store's write lock."""
+        deadline = min(p.deadline for p in batch)
+        writing: BatchDecision | None = None
+        try:
+            with self._store.exclusive(deadline) if exclusive else contextlib.nullcontext():
+                decision = BatchDecision(
+                    self._store, [fact for group in batch for fact in group.items], optimistic=optimistic)
+                out: list[list[FactResult]] = []
+                for pending in batch:
+                    try:
+                        out.append([decision.decide(account, fact) for account, fact in pending.items])
+                    except DomainError as e:
+                        raise _GroupRejected(pending, e) from e
+                # Claim every group for this transaction: from here on its waiter cannot give up, and a
+                # group whose waiter already gave up is never written.
+                claimed = [p for p in batch if p.future.running() or p.future.set_running_or_notify_cancel()]
+                if len(claimed) < len(batch):
+                    raise _Abandoned(claimed)
+                if decision.rooms or decision.dedup_keys or decision.statuses or decision.parked:
+                    writing = decision
+                    self._store.save(*decision.rooms.values(), dedup_keys=decision.dedup_keys,
+                                     statuses=decision.statuses, parked=decision.parked, deadline=deadline)
+        except (OperationalError, InterfaceError, DeadlinePassed):
+            # The connection died, maybe during COMMIT (a retry that then ran out of time says so
+            # too: only a lost connection is retried): ask what was recorded. (Before the save,
+            # nothing was written.)
+            if writing is None or not self._committed_anyway(writing):
+                raise
+            log.warning("the connection died during COMMIT but the batch of %s was recorded", len(batch))
         # Hand the rooms back to the store's cache: the next batch reads only what is newer than them.
         # (After a failure they are not: the next attempt reads them afresh.)
         self._store.cache(decision.owned_rooms())

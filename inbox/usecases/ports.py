@@ -138,6 +138,16 @@ class EventStore(Protocol):
     def can_write(self) -> bool:
         """Could a write commit now? Writes nothing, takes a couple of seconds at most."""
 
+    def exclusive(self, deadline: float) -> AbstractContextManager[None]:
+        """While the block runs, nobody else writes aggregates: this thread's reads are current and
+        its one `save` in the block cannot lose a race for an aggregate's version.
+
+        For a batch that keeps losing races to another process (the store's write lock, taken before
+        the reads instead of at the write). Holding it stops every other writer, so keep the block
+        short. Waiting for it ends at `deadline` (a `time.monotonic()` value) with the store's
+        OperationalError, nothing written; a block that does not `save` writes nothing.
+        """
+
 
 class Counter(Protocol):
     def inc(self, amount: float = 1) -> None: ...

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 from uuid import UUID
 
@@ -194,3 +196,51 @@ def test_a_group_the_domain_refuses_does_not_fail_the_groups_committed_with_it(
     assert isinstance(bad, InvalidCommand)
     assert [[r.outcome for r in results] for results in recorded] == [[FactOutcome.RECORDED]] * 3
     assert stored_room_events(store) == 6  # three rooms: opened + received
+
+
+class RivalledStore(MemoryEventStore):
+    """Another process writes a customer message to the rooms of every save made outside `exclusive`,
+    between this process's read and its write (so each such save loses the race)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rival_messages = 0
+        self.rivalled = False
+        self._inside_exclusive = False
+
+    @contextmanager
+    def exclusive(self, deadline: float) -> Iterator[None]:
+        with super().exclusive(deadline):
+            self._inside_exclusive = True
+            try:
+                yield
+            finally:
+                self._inside_exclusive = False
+
+    def save(self, *aggregates: Any, **kwargs: Any) -> None:
+        if self.rivalled and not self._inside_exclusive:
+            for aggregate in aggregates:
+                theirs = self.get(aggregate.id)
+                self.rival_messages += 1
+                theirs.receive(channel_message_id=f"wamid.rival.{self.rival_messages}", text="rival", sent_at=T0)
+                super().save(theirs)
+        super().save(*aggregates, **kwargs)
+
+
+def test_a_batch_that_keeps_losing_races_to_another_process_is_decided_under_the_stores_lock(
+    account: AccountInfo,
+) -> None:
+    store = RivalledStore()
+    committer = InboundCommitter(store, timeout=5.0)
+    try:
+        first = committer.submit(account, message(1))
+        store.rivalled = True
+
+        result = committer.submit(account, message(2))
+    finally:
+        committer.close()
+
+    assert store.rival_messages >= 2 and not result.duplicate
+    received = [e for e in room_events(store, first.room_id) if isinstance(e, Room.MessageReceived)]
+    assert [e.channel_message_id for e in received].count("wamid.2") == 1
+    assert len(received) == 2 + store.rival_messages and result.version == len(received) + 1

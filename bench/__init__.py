@@ -19,6 +19,13 @@ It prints figures; it is not a test. Phases, in order:
 worker or other phases); `--api-processes 2`: the burst again with a second `inbox api` on the
 same port (SO_REUSEPORT).
 
+`--scale-out`: (s) only the scale-out comparison, each part on its own: ingest bursts through 1,
+then 2 `inbox api` processes (SO_REUSEPORT; relay running, no worker), the 2 processes on 20
+shared rooms (every message must be accepted), then 1, then 2 `inbox worker` processes of one
+consumer group catching up on the run's event store from a topic of `INBOX_TOPIC_PARTITIONS`
+partitions (assignment settled on a probe before the clock starts); printed side by side with
+ratios (docs/capacity.md).
+
 `--only projections`: the raw Kafka consume baseline, a data set of `--messages` over `--contacts`
 rooms built through the domain (`bench.dataset.build`), then (f) and (c) on it; replay is compared
 with what the catching-up worker projected.

@@ -13,7 +13,7 @@ import sys
 import time
 import traceback
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,7 @@ from bench.ingest import (
     visibility_latency,
 )
 from bench.procs import CpuMeter, Pipeline, profiled, standard_groups
-from bench.projecting import worker_catch_up
+from bench.projecting import parallel_catch_up, worker_catch_up
 from bench.replaying import run_replay
 from bench.stats import fmt_ms, rate, summary_ms
 from inbox.adapters.auth import mint_token
@@ -112,6 +112,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--api-processes", type=int, choices=(1, 2), default=1,
                    help="2: after (a), start a second `inbox api` on the same port (SO_REUSEPORT) and run"
                         " the burst again over new connections; both figures are printed")
+    p.add_argument("--scale-out", action="store_true",
+                   help="only the scale-out comparison (s): ingest through 1 then 2 `inbox api` processes (relay"
+                        " running, no worker), 2 APIs on 20 shared rooms, then 1 then 2 `inbox worker` processes"
+                        " catching up on the run's events on a topic of INBOX_TOPIC_PARTITIONS partitions;"
+                        " printed side by side with ratios")
     p.add_argument("--profile", type=Path,
                    help="with --only ingest: record the API process with py-spy during the single-process burst;"
                         " with (g): during its first scenario"
@@ -635,6 +640,20 @@ def summary_rows(out: dict[str, Any], sizes: Sizes) -> list[tuple[str, str, str]
         if i:
             add(f"({key}) ingest, {i['api_processes']} API process(es)", i["msg_per_s"], "msg/s")
             add(f"({key}) API CPU per message (target ≤ 0.6)", i["api_cpu_ms_per_message"], "ms", ".3f")
+    for k, what in ((1, "1 API"), (2, "2 APIs")):
+        i = out.get(f"scale_ingest_{k}")
+        if i:
+            add(f"(s) ingest, {what} (relay running, no worker)", i["msg_per_s"], "msg/s")
+            add(f"(s) API CPU per message, {what}", i["api_cpu_ms_per_message"], "ms", ".3f")
+    i = out.get("scale_ingest_2_shared")
+    if i:
+        add(f"(s) 2 APIs on {i['contacts']} shared rooms: messages not accepted", i["messages"] - i["accepted"], "",
+            ".0f")
+    for k in (1, 2):
+        w = out.get(f"scale_projection_{k}")
+        if w:
+            add(f"(s) {k} worker(s) on {w['partitions']} partitions, until lag 0", w["events_per_s"], "events/s")
+            add(f"(s) worker CPU per event, {k} worker(s)", w["worker_cpu_ms_per_event"], "ms", ".3f")
     a = out.get("ingest")
     if a:
         add("(a) ingest through HTTP", a["msg_per_s"], "msg/s")
@@ -724,6 +743,10 @@ RATIO_LABELS = {
     "replay_vs_consume": ("ratio: replay events/s ÷ raw consume msg/s", None),
     "replay_vs_store_read": ("ratio: replay events/s ÷ raw event-store read rows/s", None),
     "worker_catch_up_vs_consume": ("ratio: (f) one worker events/s ÷ raw consume msg/s", None),
+    "scale_ingest_2_vs_1": ("ratio: (s) ingest msg/s, 2 APIs ÷ 1 API", None),
+    "scale_ingest_1_vs_trivial_http": ("ratio: (s) ingest msg/s, 1 API ÷ trivial FastAPI req/s", None),
+    "scale_projection_2_vs_1": ("ratio: (s) projection events/s, 2 workers ÷ 1 worker", None),
+    "scale_projection_1_vs_consume": ("ratio: (s) 1 worker events/s ÷ raw consume msg/s", None),
 }
 
 
@@ -743,6 +766,16 @@ def compute_ratios(out: dict[str, Any]) -> None:
         ratios["ingest_vs_insert_1conn"] = ratio(a["msg_per_s"], b["pg_insert_1conn"]["tx_per_s"])
         ratios["ingest_vs_insert_concurrent"] = ratio(a["msg_per_s"], b["pg_insert_concurrent"]["tx_per_s"])
         ratios["projection_vs_consume"] = ratio(a["projection_events_per_s"], b["kafka"]["consume_msg_per_s"])
+    s1, s2 = out.get("scale_ingest_1"), out.get("scale_ingest_2")
+    if s1 and s2:
+        ratios["scale_ingest_2_vs_1"] = ratio(s2["msg_per_s"], s1["msg_per_s"])
+    if s1 and t:
+        ratios["scale_ingest_1_vs_trivial_http"] = ratio(s1["msg_per_s"], t["req_per_s"])
+    w1, w2 = out.get("scale_projection_1"), out.get("scale_projection_2")
+    if w1 and w2:
+        ratios["scale_projection_2_vs_1"] = ratio(w2["events_per_s"], w1["events_per_s"])
+    if w1 and b and "kafka" in b:
+        ratios["scale_projection_1_vs_consume"] = ratio(w1["events_per_s"], b["kafka"]["consume_msg_per_s"])
     w = out.get("worker_catch_up")
     b = b if b and "kafka" in b else None
     if b and w:
@@ -812,7 +845,9 @@ def main(argv: list[str] | None = None) -> int:
         admin_token = mint_token(settings.jwt_secret, org=ORG, user="bench-admin", role="admin")
         ingest_token = mint_token(settings.jwt_secret, org=ORG, user="bench-integration", role="integration")
         try:
-            if args.only == "ingest":
+            if args.scale_out:
+                run_scale_out(infra, sizes, args, ingest_token, admin_token, tag, out)
+            elif args.only == "ingest":
                 run_ingest_only(infra, sizes, args, ingest_token, admin_token, tag, out)
             elif args.only == "projections":
                 run_projections_only(infra, sizes, out)
@@ -885,6 +920,99 @@ def run_ingest_only(
         raise
     finally:
         pipeline.stop_all()
+
+
+SHARED_ROOMS = 20
+
+
+def run_scale_out(
+    infra: Infra, sizes: Sizes, args: argparse.Namespace, ingest_token: str, admin_token: str, tag: str,
+    out: dict[str, Any],
+) -> None:
+    """`--scale-out`: (s) 1 API + 1 worker beside 2 APIs + 2 workers, each part measured on its own.
+
+    Ingest: bursts through `inbox api` with the relay running (publishing as it would) and no
+    worker, so the projection's CPU does not blur the API's; first one process, then a second on
+    the same port (SO_REUSEPORT, the kernel spreads the new connections), then the two on a few
+    shared rooms (every message must be answered 202). Projection: the run's whole event store,
+    produced to a fresh topic of the same partition count, caught up by 1, then 2 workers.
+    """
+    partitions = infra.settings.topic_partitions
+    say(f"== (s) scale-out: 1 API + 1 worker, then 2 APIs + 2 workers; events topic of {partitions} partitions ==")
+    run_http_baseline(sizes, tag, out)
+    say("== baseline: raw Kafka consume (aiokafka, same broker) ==")
+    kafka = asyncio.run(kafka_baseline(infra, messages=sizes.kafka_messages))
+    say(f"  consumed {kafka.messages:,} messages ({kafka.partitions} partitions) = {kafka.consume_per_s:,.0f} msg/s")
+    out.setdefault("baselines", {})["kafka"] = kafka.as_dict()
+    pipeline = Pipeline(infra)
+    try:
+        pipeline.start("relay")
+        pipeline.wait_until(lambda: "relay" in pipeline.heartbeat_kinds(), timeout=60, what="relay heartbeat")
+        pipeline.start("api")
+        pipeline.wait_until(pipeline.api_up, timeout=60, what="API /healthz", interval=0.2)
+        register_account(pipeline.base_url, admin_token)
+        ingest_burst(pipeline.base_url, ingest_token, messages=sizes.warmup * 5, clients=sizes.clients,
+                     contacts=sizes.contacts, tag=f"{tag}w", client=args.client)
+        run_ingest_api(infra, pipeline, sizes, ingest_token, f"{tag}a", args.client, "scale_ingest_1", out)
+        start_second_api(pipeline)
+        # The second process looks the account up on its first requests (then it is cached).
+        ingest_burst(pipeline.base_url, ingest_token, messages=sizes.warmup * 5, clients=sizes.clients,
+                     contacts=sizes.contacts, tag=f"{tag}v", client=args.client)
+        run_ingest_api(infra, pipeline, sizes, ingest_token, f"{tag}b", args.client, "scale_ingest_2", out)
+        shared = replace(sizes, contacts=SHARED_ROOMS, messages=min(sizes.messages, 5000))
+        run_ingest_api(infra, pipeline, shared, ingest_token, f"{tag}c", args.client, "scale_ingest_2_shared", out)
+    except BaseException:
+        for role in list(pipeline.processes.running):
+            sys.stderr.write(f"---- last lines of `inbox {role}` ----\n{pipeline.log_tail(role)}\n")
+        raise
+    finally:
+        pipeline.stop_all()
+    for workers in (1, 2):
+        say(f"== (s) {workers} projection worker(s), one consumer group, catching up on the run's event store"
+            f" ({partitions} partitions) ==")
+        w = parallel_catch_up(infra, workers=workers)
+        per = w.cpu_ms_per_event
+        say(
+            f"  projected {w.events:,} events in {w.seconds:.2f}s = {w.events_per_s:,.0f} events/s (after a probe of"
+            f" {w.probe_events:,}; producing the backlog took {w.produce_seconds:.2f}s of it); worker CPU"
+            f" {'n/a' if per is None else f'{per:.3f} ms'} per event; events applied per worker {w.per_worker_events}"
+            + ("" if w.machine_busy_cores is None else f"; machine {w.machine_busy_cores:.2f} cores busy")
+        )
+        out[f"scale_projection_{workers}"] = w.as_dict()
+    print_scale_out(out)
+
+
+def print_scale_out(out: dict[str, Any]) -> None:
+    one, two = out.get("scale_ingest_1"), out.get("scale_ingest_2")
+    p1, p2 = out.get("scale_projection_1"), out.get("scale_projection_2")
+    if not (one and two and p1 and p2):
+        return
+    rows = [
+        ("ingest msg/s (one message per POST)", one["msg_per_s"], two["msg_per_s"], ",.0f"),
+        ("API CPU per message, ms (all API processes)", one["api_cpu_ms_per_message"],
+         two["api_cpu_ms_per_message"], ".3f"),
+        ("messages per event-store transaction", _per_tx(one), _per_tx(two), ".1f"),
+        ("projection events/s until lag 0", p1["events_per_s"], p2["events_per_s"], ",.0f"),
+        ("worker CPU per event, ms (all workers)", p1["worker_cpu_ms_per_event"], p2["worker_cpu_ms_per_event"],
+         ".3f"),
+    ]
+    say()
+    say(f"== (s) side by side ({p1['partitions']} partitions; same run, same machine) ==")
+    say(f"  {'':<46}{'1 API + 1 worker':>18}{'2 APIs + 2 workers':>20}{'ratio':>8}")
+    for label, a, b, fmt in rows:
+        say(f"  {label:<46}{_fmt(a, fmt):>18}{_fmt(b, fmt):>20}{_fmt(ratio(b, a) if a and b else math.nan, '.2f'):>8}")
+    shared = out.get("scale_ingest_2_shared")
+    if shared:
+        say(f"  2 APIs on {shared['contacts']} shared rooms: {shared['accepted']:,} of {shared['messages']:,} accepted,"
+            f" errors {shared['errors'] or 'none'}, {shared['msg_per_s']:,.0f} msg/s")
+
+
+def _per_tx(i: dict[str, Any]) -> float:
+    return i["accepted"] / i["event_store_transactions"] if i["event_store_transactions"] else math.nan
+
+
+def _fmt(v: float | None, fmt: str) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
 
 
 def run_everything(

@@ -219,17 +219,22 @@ class RawHTTPConnection:
 
 
 async def _burst_raw(
-    base_url: str, token: str, bodies: list[bytes], clients: int, result: IngestResult
+    base_url: str, token: str, bodies: list[bytes], clients: int, result: IngestResult, *, contacts: int = 0,
 ) -> None:
+    """`contacts` > 0: each contact's messages go over one connection (connection c sends the
+    messages of contacts c, c + clients, ...), so with several API processes behind the port each
+    room is written by one process (the affinity a load balancer could give by contact or account)."""
     url = httpx.URL(base_url)
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
     conns = [RawHTTPConnection(url.host, url.port or 80, headers) for _ in range(clients)]
     try:
         await asyncio.gather(*(c.request("GET", "/healthz") for c in conns))
-        next_index = iter(range(len(bodies)))
+        shared = iter(range(len(bodies)))
+        own = [iter([i for i in range(len(bodies)) if (i % contacts) % clients == c]) for c in range(clients)] \
+            if contacts else None
 
-        async def worker(conn: RawHTTPConnection) -> None:
-            for i in next_index:
+        async def worker(conn: RawHTTPConnection, c: int) -> None:
+            for i in own[c] if own is not None else shared:
                 t0 = time.perf_counter()
                 try:
                     code, _ = await conn.request("POST", "/v1/inbound-messages", bodies[i])
@@ -240,7 +245,7 @@ async def _burst_raw(
                 result.note(status, t0, time.perf_counter())
 
         result.started = time.perf_counter()
-        await asyncio.gather(*(worker(c) for c in conns))
+        await asyncio.gather(*(worker(conn, c) for c, conn in enumerate(conns)))
         result.first_accepted = result.first_accepted or result.started
     finally:
         await asyncio.gather(*(c.close() for c in conns))
@@ -291,13 +296,18 @@ def message_bodies(messages: int, contacts: int, tag: str) -> list[bytes]:
 
 
 def ingest_burst(
-    base_url: str, token: str, *, messages: int, clients: int, contacts: int, tag: str, client: str = "raw"
+    base_url: str, token: str, *, messages: int, clients: int, contacts: int, tag: str, client: str = "raw",
+    affinity: bool = False,
 ) -> IngestResult:
-    """POST `messages` inbound messages round-robin over `contacts` contacts with `clients` concurrent clients."""
+    """POST `messages` inbound messages round-robin over `contacts` contacts with `clients` concurrent clients.
+
+    `affinity` (raw client): each contact's messages over one connection (see `_burst_raw`)."""
     bodies = message_bodies(messages, contacts, tag)
     result = IngestResult(messages=messages, clients=clients, contacts=contacts)
-    burst = _burst_raw if client == "raw" else _burst
-    asyncio.run(burst(base_url, token, bodies, clients, result))
+    if client == "raw":
+        asyncio.run(_burst_raw(base_url, token, bodies, clients, result, contacts=contacts if affinity else 0))
+    else:
+        asyncio.run(_burst(base_url, token, bodies, clients, result))
     return result
 
 

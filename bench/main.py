@@ -196,13 +196,14 @@ def run_http_baseline(sizes: Sizes, tag: str, out: dict[str, Any]) -> None:
 
 def run_ingest_api(
     infra: Infra, pipeline: Pipeline, sizes: Sizes, ingest_token: str, tag: str, client: str, key: str,
-    out: dict[str, Any],
+    out: dict[str, Any], *, affinity: bool = False,
 ) -> None:
     """A burst through the running `inbox api` process(es): msg/s and API CPU per message (no projection wait)."""
     apis = [name for name in pipeline.processes.running if name.startswith("api")]
     say(
         f"== ({key}) ingest through {len(apis)} `inbox api` process(es): {sizes.messages:,} messages over"
-        f" {sizes.contacts:,} contacts, {sizes.clients} keep-alive connections =="
+        f" {sizes.contacts:,} contacts, {sizes.clients} keep-alive connections"
+        f"{', each contact on one connection (room affinity)' if affinity else ''} =="
     )
     with infra.connect() as conn:
         row = conn.execute("SELECT coalesce(max(notification_id), 0) FROM inbox_events").fetchone()
@@ -211,7 +212,7 @@ def run_ingest_api(
     threads0 = _thread_cpu(pipeline.pid("api"))
     cpu.start()
     res = ingest_burst(pipeline.base_url, ingest_token, messages=sizes.messages, clients=sizes.clients,
-                       contacts=sizes.contacts, tag=tag, client=client)
+                       contacts=sizes.contacts, tag=tag, client=client, affinity=affinity)
     usage = cpu.stop()
     threads = _thread_cpu(pipeline.pid("api"))
     store_events, store_txs = event_store_transactions(infra, nid0)
@@ -236,7 +237,7 @@ def run_ingest_api(
             say("  `api` CPU per message by thread: " + ", ".join(
                 f"{'event loop' if t == main_tid else f'thread {t}'} {1000 * v / res.ok:.3f} ms" for v, t in used[:3]))
     out[key] = {
-        "api_processes": len(apis), "messages": res.messages, "accepted": res.ok, "errors": res.errors,
+        "api_processes": len(apis), "affinity": affinity, "messages": res.messages, "accepted": res.ok, "errors": res.errors,
         "clients": res.clients, "contacts": res.contacts, "seconds": res.seconds, "msg_per_s": res.msg_per_s,
         "http_latency": http, "event_store_events": store_events, "event_store_transactions": store_txs,
         "api_cpu_ms_per_message": api_ms, "api_cpu_s": by_api, "cpu": usage.as_dict() if usage else None,
@@ -623,14 +624,16 @@ def summary_rows(out: dict[str, Any], sizes: Sizes) -> list[tuple[str, str, str]
         rows.append((label, text, unit))
 
     b = out.get("baselines", {})
-    if b and "pg_insert_1conn" in b:
+    if b and "pg_insert_concurrent" in b:
         add("baseline: PG single-row INSERT+COMMIT, 1 conn", b["pg_insert_1conn"]["tx_per_s"], "tx/s")
         add(f"baseline: PG single-row INSERT+COMMIT, {sizes.clients} conns", b["pg_insert_concurrent"]["tx_per_s"], "tx/s")
         add("baseline: Kafka raw produce (acks=all)", b["kafka"]["produce_msg_per_s"], "msg/s")
         add("baseline: Kafka raw consume (aiokafka)", b["kafka"]["consume_msg_per_s"], "msg/s")
         add("baseline: Kafka produce → consume latency p50", b["kafka_produce_to_consume"]["p50_ms"], "ms", ".1f")
-    if b and "pg_insert_1conn" not in b and "kafka" in b:  # --only projections
+    if b and "pg_insert_concurrent" not in b and "kafka" in b:  # --only projections, --scale-out
         add("baseline: Kafka raw consume (aiokafka)", b["kafka"]["consume_msg_per_s"], "msg/s")
+        if "pg_insert_1conn" in b:
+            add("baseline: PG single-row INSERT+COMMIT, 1 conn", b["pg_insert_1conn"]["tx_per_s"], "tx/s")
     t = b.get("trivial_http") if b else None
     if t:
         add("baseline: trivial FastAPI endpoint, same bodies", t["req_per_s"], "req/s")
@@ -645,6 +648,10 @@ def summary_rows(out: dict[str, Any], sizes: Sizes) -> list[tuple[str, str, str]
         if i:
             add(f"(s) ingest, {what} (relay running, no worker)", i["msg_per_s"], "msg/s")
             add(f"(s) API CPU per message, {what}", i["api_cpu_ms_per_message"], "ms", ".3f")
+    i = out.get("scale_ingest_2_affinity")
+    if i:
+        add("(s) ingest, 2 APIs, room affinity", i["msg_per_s"], "msg/s")
+        add("(s) API CPU per message, 2 APIs, room affinity", i["api_cpu_ms_per_message"], "ms", ".3f")
     i = out.get("scale_ingest_2_shared")
     if i:
         add(f"(s) 2 APIs on {i['contacts']} shared rooms: messages not accepted", i["messages"] - i["accepted"], "",
@@ -762,7 +769,7 @@ def compute_ratios(out: dict[str, Any]) -> None:
     single = out.get("ingest_api") or a
     if single and out.get("ingest_api2"):
         ratios["ingest_api2_vs_ingest_api"] = ratio(out["ingest_api2"]["msg_per_s"], single["msg_per_s"])
-    if b and a and "pg_insert_1conn" in b:
+    if b and a and "pg_insert_concurrent" in b:
         ratios["ingest_vs_insert_1conn"] = ratio(a["msg_per_s"], b["pg_insert_1conn"]["tx_per_s"])
         ratios["ingest_vs_insert_concurrent"] = ratio(a["msg_per_s"], b["pg_insert_concurrent"]["tx_per_s"])
         ratios["projection_vs_consume"] = ratio(a["projection_events_per_s"], b["kafka"]["consume_msg_per_s"])
@@ -940,10 +947,13 @@ def run_scale_out(
     partitions = infra.settings.topic_partitions
     say(f"== (s) scale-out: 1 API + 1 worker, then 2 APIs + 2 workers; events topic of {partitions} partitions ==")
     run_http_baseline(sizes, tag, out)
-    say("== baseline: raw Kafka consume (aiokafka, same broker) ==")
+    say("== baselines: raw Kafka consume (aiokafka, same broker); single-row INSERT+COMMIT, 1 connection ==")
     kafka = asyncio.run(kafka_baseline(infra, messages=sizes.kafka_messages))
     say(f"  consumed {kafka.messages:,} messages ({kafka.partitions} partitions) = {kafka.consume_per_s:,.0f} msg/s")
-    out.setdefault("baselines", {})["kafka"] = kafka.as_dict()
+    one = insert_baseline(infra, transactions=sizes.inserts_single, connections=1)
+    say(f"  PG single-row INSERT+COMMIT, 1 connection: {one.tx_per_s:,.0f} tx/s ({fmt_ms(one.latency)}): the most"
+        " transactions per second that one lock held from insert to commit lets through")
+    out.setdefault("baselines", {}).update(kafka=kafka.as_dict(), pg_insert_1conn=one.as_dict())
     pipeline = Pipeline(infra)
     try:
         pipeline.start("relay")
@@ -959,6 +969,9 @@ def run_scale_out(
         ingest_burst(pipeline.base_url, ingest_token, messages=sizes.warmup * 5, clients=sizes.clients,
                      contacts=sizes.contacts, tag=f"{tag}v", client=args.client)
         run_ingest_api(infra, pipeline, sizes, ingest_token, f"{tag}b", args.client, "scale_ingest_2", out)
+        if args.client == "raw":
+            run_ingest_api(infra, pipeline, sizes, ingest_token, f"{tag}d", args.client, "scale_ingest_2_affinity",
+                           out, affinity=True)
         shared = replace(sizes, contacts=SHARED_ROOMS, messages=min(sizes.messages, 5000))
         run_ingest_api(infra, pipeline, shared, ingest_token, f"{tag}c", args.client, "scale_ingest_2_shared", out)
     except BaseException:
@@ -978,6 +991,9 @@ def run_scale_out(
             f" {'n/a' if per is None else f'{per:.3f} ms'} per event; events applied per worker {w.per_worker_events}"
             + ("" if w.machine_busy_cores is None else f"; machine {w.machine_busy_cores:.2f} cores busy")
         )
+        if w.other_cores is not None and w.other_cores > 0.25:
+            say(f"  WARNING: unrelated processes used {w.other_cores:.2f} cores meanwhile; these figures are disturbed")
+            DISTURBED.append(f"(s) {workers} worker(s): {w.other_cores:.2f} cores")
         out[f"scale_projection_{workers}"] = w.as_dict()
     print_scale_out(out)
 
@@ -992,6 +1008,7 @@ def print_scale_out(out: dict[str, Any]) -> None:
         ("API CPU per message, ms (all API processes)", one["api_cpu_ms_per_message"],
          two["api_cpu_ms_per_message"], ".3f"),
         ("messages per event-store transaction", _per_tx(one), _per_tx(two), ".1f"),
+        ("relay CPU per message, ms (during the burst)", _relay_ms(one), _relay_ms(two), ".3f"),
         ("projection events/s until lag 0", p1["events_per_s"], p2["events_per_s"], ",.0f"),
         ("worker CPU per event, ms (all workers)", p1["worker_cpu_ms_per_event"], p2["worker_cpu_ms_per_event"],
          ".3f"),
@@ -1001,10 +1018,21 @@ def print_scale_out(out: dict[str, Any]) -> None:
     say(f"  {'':<46}{'1 API + 1 worker':>18}{'2 APIs + 2 workers':>20}{'ratio':>8}")
     for label, a, b, fmt in rows:
         say(f"  {label:<46}{_fmt(a, fmt):>18}{_fmt(b, fmt):>20}{_fmt(ratio(b, a) if a and b else math.nan, '.2f'):>8}")
+    sticky = out.get("scale_ingest_2_affinity")
+    if sticky:
+        say(f"  2 APIs, each room's messages over one connection (so one process): {sticky['msg_per_s']:,.0f} msg/s"
+            f" ({ratio(sticky['msg_per_s'], one['msg_per_s']):.2f}x 1 API), API CPU"
+            f" {sticky['api_cpu_ms_per_message']:.3f} ms per message, {_per_tx(sticky):.1f} messages per transaction")
     shared = out.get("scale_ingest_2_shared")
     if shared:
         say(f"  2 APIs on {shared['contacts']} shared rooms: {shared['accepted']:,} of {shared['messages']:,} accepted,"
             f" errors {shared['errors'] or 'none'}, {shared['msg_per_s']:,.0f} msg/s")
+
+
+def _relay_ms(i: dict[str, Any]) -> float:
+    cpu = i.get("cpu") or {}
+    cores = cpu.get("cores_by_group", {}).get("relay")
+    return 1000 * cores * cpu["wall_s"] / i["accepted"] if cores is not None and i["accepted"] else math.nan
 
 
 def _per_tx(i: dict[str, Any]) -> float:

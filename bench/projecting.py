@@ -9,6 +9,7 @@ its CPU (psutil) over the same window. Baseline: the raw aiokafka consume rate o
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -160,6 +161,7 @@ class ParallelCatchUp:
     postgres_cpu_s: float | None
     per_worker_events: list[int]  # events each worker applied in all (heartbeats): both had partitions?
     machine_busy_cores: float | None
+    other_cores: float | None  # processes outside the benchmark (and outside its PostgreSQL) meanwhile
 
     @property
     def events_per_s(self) -> float:
@@ -174,7 +176,8 @@ class ParallelCatchUp:
                 "probe_events": self.probe_events, "seconds": self.seconds, "produce_seconds": self.produce_seconds,
                 "events_per_s": self.events_per_s, "worker_cpu_s": self.cpu_s,
                 "worker_cpu_ms_per_event": self.cpu_ms_per_event, "postgres_cpu_s": self.postgres_cpu_s,
-                "per_worker_events": self.per_worker_events, "machine_busy_cores": self.machine_busy_cores}
+                "per_worker_events": self.per_worker_events, "machine_busy_cores": self.machine_busy_cores,
+                "other_cores": self.other_cores}
 
 
 def parallel_catch_up(infra: Infra, *, workers: int, timeout: float = 600) -> ParallelCatchUp:
@@ -198,7 +201,8 @@ def parallel_catch_up(infra: Infra, *, workers: int, timeout: float = 600) -> Pa
     probe, backlog = events[:probe_n], events[probe_n:]
     pipeline = Pipeline(shadow)
     names = ["worker"] + [f"worker{i}" for i in range(2, workers + 1)]
-    cpu = CpuMeter(lambda: {"worker": [p for n in names if (p := pipeline.pid(n))], "postgres": _postgres(infra)})
+    cpu = CpuMeter(lambda: {"worker": [p for n in names if (p := pipeline.pid(n))], "postgres": _postgres(infra),
+                            "bench": [os.getpid()]})
     try:
         asyncio.run(prefill(bootstrap, topic, partitions, probe))
         with shadow.connect() as conn:
@@ -227,6 +231,7 @@ def parallel_catch_up(infra: Infra, *, workers: int, timeout: float = 600) -> Pa
         produce_seconds=produced, cpu_s=usage.by_group.get("worker") if usage else None,
         postgres_cpu_s=usage.by_group.get("postgres") if usage else None, per_worker_events=split,
         machine_busy_cores=usage.machine_busy_s / usage.wall_s if usage and usage.wall_s else None,
+        other_cores=usage.other_s / usage.wall_s if usage and usage.wall_s else None,
     )
 
 

@@ -20,7 +20,8 @@ worker or other phases); `--api-processes 2`: the burst again with a second `inb
 same port (SO_REUSEPORT).
 
 `--scale-out`: (s) only the scale-out comparison, each part on its own: ingest bursts through 1,
-then 2 `inbox api` processes (SO_REUSEPORT; relay running, no worker), the 2 processes on 20
+then 2 `inbox api` processes (SO_REUSEPORT; relay running, no worker; first with each contact on one
+connection, so each room on one process, then without), the 2 processes on 20
 shared rooms (every message must be accepted), then 1, then 2 `inbox worker` processes of one
 consumer group catching up on the run's event store from a topic of `INBOX_TOPIC_PARTITIONS`
 partitions (assignment settled on a probe before the clock starts); printed side by side with

@@ -17,7 +17,8 @@ this file and the schema directory, and replace `apply()` with your own logic.
 Without --group it assigns itself every partition and starts at offset 0 on each run (a
 replayable, stateless reader; no group join). With --group it joins a consumer group, starts
 from the beginning only the first time (auto.offset.reset=earliest), and commits each offset
-after the event was applied: that is at-least-once, so keep the de-duplication.
+after the event was applied: that is at-least-once, so keep the de-duplication. `-X KEY=VALUE`
+passes any librdkafka consumer property (security.protocol, sasl.*, session.timeout.ms, ...).
 """
 
 from __future__ import annotations
@@ -197,6 +198,7 @@ def apply(event: dict[str, Any]) -> None:
 def run(
     bootstrap: str, topic: str, schema_dir: Path = DEFAULT_SCHEMAS, *, group: str | None = None,
     stop_after: int | None = None, idle_exit_s: float | None = None, report_every: int = 1000,
+    config: dict[str, str] | None = None,
 ) -> Summary:
     checker = EventChecker(load_validators(schema_dir))
     consumer = Consumer({
@@ -206,6 +208,7 @@ def run(
         "enable.auto.commit": False,       # commit after applying, never before: at least once
         "auto.offset.reset": "earliest",   # a new group starts at the beginning of the topic
         "enable.partition.eof": False,
+        **(config or {}),                  # -X: credentials, timeouts, ... (librdkafka CONFIGURATION.md)
     })
     try:
         if group:
@@ -245,6 +248,13 @@ def run(
     return checker.summary
 
 
+def _property(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--bootstrap", required=True, help="Kafka bootstrap servers, host:port[,host:port]")
@@ -255,11 +265,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--idle-exit", type=float, help="stop after this many seconds without a message")
     parser.add_argument("--report-every", type=int, default=1000, help="print the summary every N messages")
     parser.add_argument("--json", action="store_true", help="print the final summary as one JSON object")
+    parser.add_argument("-X", dest="config", action="append", default=[], type=_property, metavar="KEY=VALUE",
+                        help="a librdkafka consumer property, e.g. -X session.timeout.ms=10000 (repeatable)")
     args = parser.parse_args(argv)
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     summary = run(
         args.bootstrap, args.topic, args.schemas, group=args.group, stop_after=args.stop_after,
-        idle_exit_s=args.idle_exit, report_every=args.report_every,
+        idle_exit_s=args.idle_exit, report_every=args.report_every, config=dict(args.config),
     )
     print(json.dumps(summary.as_dict()) if args.json else summary.line(), flush=True)
     return 0

@@ -181,14 +181,18 @@ def create_faust_app(settings: Settings, runtime: ProjectorRuntime) -> faust.App
         async for values in stream.take(settings.worker_batch_size, within=0.02):
             await runtime.apply(list(values))
 
-    @faust_app.timer(interval=HEARTBEAT_S)
-    async def heartbeat() -> None:
+    async def beat() -> None:
         # An exception here would crash the whole Faust app (a restarted PostgreSQL did exactly
         # that): a missed beat is only a missed beat, the next tick tries again.
         try:
             await runtime.heartbeat()
         except Exception as e:
             log.warning("worker heartbeat failed (%s: %s); next try in %ss", type(e).__name__, e, HEARTBEAT_S)
+
+    # Faust starts tasks and timers once the worker has joined the group and is ready; a timer's
+    # first tick comes an interval later, so the first beat is a task: /readyz sees a new worker at once.
+    faust_app.task(beat)
+    faust_app.timer(interval=HEARTBEAT_S)(beat)
 
     return faust_app
 

@@ -157,6 +157,10 @@ def db_settings(database_url: str) -> Iterator[Settings]:
         meta_verify_token=DEV_META_VERIFY_TOKEN,
         db_pool_size=8,
         worker_group=f"{name}-projections",
+        # The least a Kafka broker accepts by default (10 s in production). A worker's group join
+        # waits at the Tansu broker for about half of it, and a killed worker's partitions move
+        # after all of it: every worker start and kill in the tests is seconds shorter.
+        worker_session_timeout_s=6.0,
         secret_key=generate_key(),  # seals channel-account secrets (as `inbox dev` makes one)
     )
     migrate(settings)

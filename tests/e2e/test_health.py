@@ -48,7 +48,7 @@ def post(p: Pipeline, message_id: str) -> None:
 
 
 def readiness(p: Pipeline) -> tuple[int, dict[str, Any]]:
-    r = httpx.get(f"{p.base_url}/readyz", timeout=30)
+    r = p.http.get("/readyz")
     return r.status_code, r.json()["checks"]
 
 
@@ -67,7 +67,7 @@ def wait_ready(p: Pipeline, what: str) -> None:
 
 
 def gauge(p: Pipeline, name: str) -> float:
-    for line in httpx.get(f"{p.base_url}/metrics", timeout=30).text.splitlines():
+    for line in p.http.get("/metrics").text.splitlines():
         if line.startswith(name + " "):
             return float(line.split()[1])
     raise AssertionError(f"{name} not in /metrics")

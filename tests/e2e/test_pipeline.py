@@ -82,7 +82,7 @@ def test_http_in_kafka_and_projections_out(pipeline: Pipeline) -> None:
     assert reply.status_code == 201
 
     def counters() -> dict[str, Any]:
-        return httpx.get(f"{pipeline.base_url}/v1/inbox/counters", headers=admin).json()
+        return pipeline.http.get("/v1/inbox/counters", headers=admin).json()
 
     seen = wait_until(lambda: (c := counters())["statuses"]["all"] == 12 and c["statuses"]["assigned"] == 1 and c,
                       timeout=90, what="counters over HTTP")
@@ -91,7 +91,7 @@ def test_http_in_kafka_and_projections_out(pipeline: Pipeline) -> None:
     assert room["assignee"] == "agent-7" and room["awaiting_reply"] is False
     assert room["last_message"]["text"] == "Siap, kami bantu"
     assert_projections_exact(pipeline)
-    wait_until(lambda: httpx.get(f"{pipeline.base_url}/readyz").status_code == 200, timeout=30, what="/readyz")
+    wait_until(lambda: pipeline.http.get("/readyz").status_code == 200, timeout=30, what="/readyz")
 
     # Downstream view: a plain aiokafka consumer sees the SPEC §4 contract, in order per room.
     records = read_topic(pipeline.settings, 120 + 12 + 2)

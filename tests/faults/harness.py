@@ -236,7 +236,7 @@ def canary(p: Pipeline, timeout: float = 60) -> float:
     admin = auth(p.settings)
 
     def visible() -> bool:
-        r = httpx.get(f"{p.base_url}/v1/rooms/{room_id}", headers=admin, timeout=10)
+        r = p.http.get(f"/v1/rooms/{room_id}", headers=admin, timeout=10)
         return r.status_code == 200 and (r.json().get("last_message") or {}).get("text") == text
 
     wait_until(visible, timeout=timeout, interval=0.25,

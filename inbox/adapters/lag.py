@@ -55,8 +55,8 @@ async def consumer_lag(bootstrap: str, topic: str, group: str) -> tuple[int, int
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
                                 request_timeout_ms=int(PROBE_TIMEOUT_S * 1000))
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(PROBE_TIMEOUT_S * 1000))
-    await consumer.start()
-    try:
+    try:  # started inside: a start that fails (broker down, probe timed out) still closes both
+        await consumer.start()
         await admin.start()
         partitions = consumer.partitions_for_topic(topic) or set()
         if not partitions:

@@ -77,8 +77,8 @@ async def partition_end_offsets(bootstrap: str, topic: str) -> dict[int, int] | 
 async def ensure_topic(bootstrap: str, topic: str, partitions: int) -> bool:
     """Create the topic if it does not exist; returns True when it was created now."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
     try:
+        await admin.start()
         existing = await admin.list_topics()
         if topic in existing:
             return False
@@ -94,8 +94,8 @@ async def ensure_topic(bootstrap: str, topic: str, partitions: int) -> bool:
 async def topic_end_offsets(bootstrap: str, topic: str) -> int:
     """Sum of the topic's end offsets (0 for a fresh or restarted in-memory broker)."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
     try:
+        await consumer.start()
         partitions = consumer.partitions_for_topic(topic) or set()
         if not partitions:
             await consumer._client.force_metadata_update()

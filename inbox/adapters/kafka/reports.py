@@ -62,10 +62,10 @@ class ReportsConsumer:
             bootstrap_servers=self.settings.kafka_bootstrap, enable_auto_commit=False, group_id=None,
             auto_offset_reset="earliest",
         )
-        await consumer.start()
         assigned: set[TopicPartition] = set()
         next_check = next_beat = 0.0
         try:
+            await consumer.start()  # inside: a failed start still stops the consumer and closes the pool
             while not stop.is_set():
                 now = time.monotonic()
                 if now >= next_check:

@@ -179,8 +179,8 @@ class Sender:
             bootstrap_servers=self._bootstrap, enable_auto_commit=False, group_id=None,
             auto_offset_reset="earliest", fetch_max_wait_ms=100,
         )
-        await consumer.start()
         try:
+            await consumer.start()  # inside: a start that fails (broker down) still stops the consumer
             partitions: set[int] | None = None
             while not partitions and not stop.is_set():
                 await consumer._client.force_metadata_update()

@@ -26,9 +26,13 @@ pytestmark = pytest.mark.e2e
 class DevRun:
     def __init__(self, data_dir: Path, port: int, log: Path) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("INBOX_")}
-        env.update({"INBOX_DATA_DIR": str(data_dir), "INBOX_HTTP_PORT": str(port)})
+        # The worker's session timeout as in every test (tests/conftest.py): its group join at Tansu
+        # takes about half of it. Everything else is `inbox dev`'s own default.
+        env.update({"INBOX_DATA_DIR": str(data_dir), "INBOX_HTTP_PORT": str(port),
+                    "INBOX_WORKER_SESSION_TIMEOUT_S": "6"})
         self.log = log
         self.base_url = f"http://127.0.0.1:{port}"
+        self.http = httpx.Client(base_url=self.base_url, timeout=30)  # one client: each new one costs ~30 ms of CPU
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "inbox.entrypoints.cli", "dev"], env=env, stdout=open(log, "wb"),  # noqa: SIM115
             stderr=subprocess.STDOUT, start_new_session=True,
@@ -50,13 +54,14 @@ class DevRun:
     def wait_ready(self) -> None:
         def ready() -> bool:
             try:
-                return httpx.get(f"{self.base_url}/readyz", timeout=2).status_code == 200
+                return self.http.get("/readyz", timeout=2).status_code == 200
             except httpx.HTTPError:
                 return False
 
         wait_until(ready, timeout=120, interval=0.5, what=f"/readyz; output:\n{self.output()[-3000:]}")
 
     def stop(self) -> int:
+        self.http.close()
         os.killpg(self.proc.pid, signal.SIGINT)  # what Ctrl-C sends to the terminal's process group
         try:
             return self.proc.wait(60)
@@ -66,7 +71,7 @@ class DevRun:
 
 
 def counters(run: DevRun, token: str) -> dict[str, Any]:
-    return httpx.get(f"{run.base_url}/v1/inbox/counters", headers={"Authorization": f"Bearer {token}"}).json()
+    return run.http.get("/v1/inbox/counters", headers={"Authorization": f"Bearer {token}"}).json()
 
 
 def test_inbox_dev_prints_a_short_log_by_default(tmp_path: Path) -> None:

@@ -88,7 +88,7 @@ class Outbound:
         headers = auth(self.settings, role="integration", user="bridge")
         out = []
         for i in range(n):
-            r = httpx.post(f"{self.core.base_url}/v1/inbound-messages", headers=headers, timeout=30, json={
+            r = self.core.http.post("/v1/inbound-messages", headers=headers, json={
                 "channel": "whatsapp_cloud", "channel_account": WA, "contact": {"id": f"62877{i:05d}"},
                 "message": {"id": f"wamid.of.{uuid.uuid4().hex[:8]}", "text": "halo",
                                                                  "sent_at": datetime.now(UTC).isoformat()}})

@@ -238,6 +238,35 @@ def test_long_room_history_is_loaded_from_a_snapshot(db_settings: Settings, cont
         cold.close()
 
 
+def test_a_snapshot_is_the_state_the_rooms_events_fold_to_at_its_version(
+    db_settings: Settings, container: Container, account: AccountInfo
+) -> None:
+    """Snapshots are taken from the room just saved: the same state, key for key, as the library's
+    own snapshot of the room folded from its stored events (whatever commands led there)."""
+    room_id = container.inbound.submit(account, message("62801", "wamid.f0")).room_id
+    for i in range(1, 120):
+        if i % 30 == 10:
+            container.rooms.assign(SPV, room_id, agent_id=f"agent-{i}")
+        elif i % 30 == 20:
+            container.rooms.resolve(SPV, room_id)
+        elif i % 30 == 25:
+            container.rooms.reply(SPV, room_id, text=f"reply {i}")
+        else:
+            container.inbound.submit(account, message("62801", f"wamid.f{i}", f"text {i} ✓"))
+    app = container.event_store
+    stored = query(db_settings, "SELECT originator_version, state FROM inbox_snapshots WHERE originator_id = %s"
+                   " ORDER BY originator_version", (UUID(room_id),))
+    assert [version for version, _ in stored] == [50, 100]
+    for version, state in stored:
+        room = None
+        for event in app.events.get(UUID(room_id), lte=version):
+            room = event.mutate(room)
+        folded = app.mapper.to_stored_event(Room.Snapshot.take(room)).state
+        ours, theirs = (app.mapper.transcoder.decode(bytes(s)) for s in (state, folded))
+        ours.pop("timestamp"), theirs.pop("timestamp")
+        assert list(ours.items()) == list(theirs.items())
+
+
 def test_a_cached_room_written_meanwhile_elsewhere_is_brought_up_to_date(
     db_settings: Settings, container: Container, account: AccountInfo
 ) -> None:

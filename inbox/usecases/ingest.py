@@ -2,7 +2,8 @@
 
 `InboundCommitter` commits concurrent callers' facts together in one transaction (group commit);
 `BatchDecision` decides one batch of facts on fresh state. Every fact is checked once at the edge
-(`validate_fact`) before it is queued; the domain's own rules refuse the rest.
+(`validate_fact`) before it is queued (a caller that checked its facts one by one, `check_each`,
+hands over the `CheckedFacts` and they are not checked again); the domain's own rules refuse the rest.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from inbox.usecases.echoes import park, should_park
 from inbox.usecases.ports import DeadlinePassed, DedupKey, DeliveryStatusRecord, EventStore, ParkedEcho, RecordedFact
 from inbox.usecases.results import FactOutcome, FactResult, InboundResult, Unavailable
 
-__all__ = ["BatchDecision", "InboundCommitter", "InboundMessage", "validate_fact"]
+__all__ = ["BatchDecision", "CheckedFacts", "InboundCommitter", "InboundMessage", "check_each", "validate_fact"]
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,34 @@ COMMIT_CHECK_S = 10.0
 # After this many lost races (the rooms or dedup keys it read were written elsewhere before its
 # write), a batch is decided under the store's write lock (`EventStore.exclusive`).
 EXCLUSIVE_AFTER_LOST_RACES = 2
+
+
+Items = Sequence[tuple[AccountInfo, RecordableFact]]
+
+
+@dataclass(frozen=True)
+class CheckedFacts:
+    """Facts `validate_fact` accepted, as `check_each` returns them: queued without a second check."""
+
+    items: tuple[tuple[AccountInfo, RecordableFact], ...]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+def check_each(items: Items) -> tuple[CheckedFacts, list[tuple[AccountInfo, RecordableFact, DomainError]]]:
+    """Check every fact on its own (`validate_fact`): the valid ones, to submit as a group, and the
+    refused ones with the reason (for a caller that records the others, e.g. a webhook POST)."""
+    valid: list[tuple[AccountInfo, RecordableFact]] = []
+    refused: list[tuple[AccountInfo, RecordableFact, DomainError]] = []
+    for account, fact in items:
+        try:
+            validate_fact(account, fact)
+        except DomainError as e:
+            refused.append((account, fact, e))
+            continue
+        valid.append((account, fact))
+    return CheckedFacts(tuple(valid)), refused
 
 
 @dataclass
@@ -145,13 +174,11 @@ class InboundCommitter:
         assert result.room_id is not None and result.version is not None and result.message_id is not None
         return InboundResult(result.room_id, result.version, result.message_id, duplicate=result.outcome is FactOutcome.DUPLICATE)
 
-    def submit_group(
-        self, items: Sequence[tuple[AccountInfo, RecordableFact]], timeout: float | None = None
-    ) -> list[FactResult]:
+    def submit_group(self, items: Items | CheckedFacts, timeout: float | None = None) -> list[FactResult]:
         """Record every fact or none (one result per fact, in order); returns after the commit.
 
-        Every fact is validated first: if one is invalid, `InvalidCommand` is raised and nothing
-        is written. `Unavailable` when the group could not be recorded in time (it was not).
+        Every fact is validated first (unless they come as `CheckedFacts`): if one is invalid,
+        `InvalidCommand` is raised and nothing is written. `Unavailable` when the group could not be recorded in time (it was not).
         """
         if not items:
             return []
@@ -169,9 +196,7 @@ class InboundCommitter:
             log.error("inbound group got no verdict %ss after its deadline", self._backstop)
             raise Unavailable("the message store is not answering in time; retry later") from None
 
-    async def submit_group_async(
-        self, items: Sequence[tuple[AccountInfo, RecordableFact]], timeout: float | None = None
-    ) -> list[FactResult]:
+    async def submit_group_async(self, items: Items | CheckedFacts, timeout: float | None = None) -> list[FactResult]:
         """`submit_group` for an event loop: waits for the commit without holding a thread.
 
         The committer's future wakes one loop future (no task, shield or wrapped future per call:
@@ -199,9 +224,12 @@ class InboundCommitter:
         assert result.room_id is not None and result.version is not None and result.message_id is not None
         return InboundResult(result.room_id, result.version, result.message_id, duplicate=result.outcome is FactOutcome.DUPLICATE)
 
-    def _enqueue(self, items: Sequence[tuple[AccountInfo, RecordableFact]], timeout: float) -> Future[list[FactResult]]:
-        for account, fact in items:
-            validate_fact(account, fact)
+    def _enqueue(self, items: Items | CheckedFacts, timeout: float) -> Future[list[FactResult]]:
+        if isinstance(items, CheckedFacts):
+            items = items.items
+        else:
+            for account, fact in items:
+                validate_fact(account, fact)
         with self._queued_lock:
             if self._queued + len(items) > self._max_queue:
                 raise Unavailable("too many messages waiting to be recorded; retry later")

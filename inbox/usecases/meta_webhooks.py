@@ -52,7 +52,7 @@ from domain.channels import Channel
 from domain.errors import Conflict, DomainError
 from inbox.config import Settings
 from inbox.usecases.channel_accounts import AccountInfo, ChannelAccounts
-from inbox.usecases.ingest import InboundCommitter, validate_fact
+from inbox.usecases.ingest import CheckedFacts, InboundCommitter, check_each
 from inbox.usecases.ports import WebhookMetrics
 from inbox.usecases.results import FactOutcome, FactResult
 
@@ -89,16 +89,19 @@ class PreparedWebhook:
     """A verified, parsed POST: the facts it may record (`group`) and what was set aside (`tally`)."""
 
     facts: list[Fact]
-    group: list[tuple[AccountInfo, RecordableFact]]
+    group: CheckedFacts
     tally: Tally[str]
     refusals: list[tuple[Fact, str]] = field(default_factory=list)
 
 
+_KINDS: dict[type, str] = {
+    InboundMessage: "message", OutboundEcho: "echo", MessageEdit: "edit", MessageRemoval: "removal",
+    DeliveryStatus: "status", Ignored: "ignored",
+}
+
+
 def _kind(fact: Fact) -> str:
-    return {
-        InboundMessage: "message", OutboundEcho: "echo", MessageEdit: "edit", MessageRemoval: "removal",
-        DeliveryStatus: "status", Ignored: "ignored",
-    }[type(fact)]
+    return _KINDS[type(fact)]
 
 
 def _lenient_json(body: bytes, error: orjson.JSONDecodeError) -> Any:
@@ -150,7 +153,7 @@ class MetaWebhooks:
         so the refused one does not sink the others (rare: the common refusals are caught up front)."""
         log.warning("webhook group refused (%s): recording its %s facts one by one", error, len(prepared.group))
         results = []
-        for account, fact in prepared.group:
+        for account, fact in prepared.group.items:
             try:
                 [result] = self._inbound.submit_group([(account, fact)])
             except DomainError as e:
@@ -242,17 +245,19 @@ class MetaWebhooks:
     def _select(self, facts: list[Fact], secret: str) -> PreparedWebhook:
         accounts = self._accounts_of(facts)
         global_secret = self._settings.meta_app_secret
-        group: list[tuple[AccountInfo, RecordableFact]] = []
+        # Per account of this POST: does the app that signed it speak for the account?
+        speaks_for: dict[str, bool] = {}
+        candidates: list[tuple[AccountInfo, RecordableFact]] = []
         tally: Tally[str] = Tally()
         for fact in facts:
-            kind = _kind(fact)
             if isinstance(fact, Ignored):
                 log.debug("webhook item ignored: %s", fact.reason)
                 tally["ignored"] += 1
-                self._metrics.webhook_facts.labels(kind, "ignored").inc()
+                self._metrics.webhook_facts.labels("ignored", "ignored").inc()
                 continue
             account = accounts[(fact.channel, fact.channel_account)]
             if account is None:
+                kind = _kind(fact)
                 log.warning(
                     "webhook %s for unknown %s account %r: acknowledged, not recorded",
                     kind, fact.channel.value, fact.channel_account,
@@ -261,8 +266,12 @@ class MetaWebhooks:
                 self._metrics.webhook_unknown_accounts.labels(fact.channel.value).inc()
                 self._metrics.webhook_facts.labels(kind, "unknown_account").inc()
                 continue
-            allowed = self._accounts.app_secret(account) or global_secret
-            if not allowed or not hmac.compare_digest(allowed.encode(), secret.encode()):
+            allowed = speaks_for.get(account.id)
+            if allowed is None:
+                own = self._accounts.app_secret(account) or global_secret
+                allowed = speaks_for[account.id] = bool(own) and hmac.compare_digest(own.encode(), secret.encode())
+            if not allowed:
+                kind = _kind(fact)
                 log.warning(
                     "webhook %s for %s account %r was signed by another app: acknowledged, not recorded",
                     kind, fact.channel.value, fact.channel_account,
@@ -270,12 +279,10 @@ class MetaWebhooks:
                 tally["other_app"] += 1
                 self._metrics.webhook_facts.labels(kind, "other_app").inc()
                 continue
-            try:
-                validate_fact(account, fact)
-            except DomainError as e:
-                self._refused(fact, str(e), tally)
-                continue
-            group.append((account, fact))
+            candidates.append((account, fact))
+        group, refused = check_each(candidates)
+        for _, fact, error in refused:
+            self._refused(fact, str(error), tally)
         return PreparedWebhook(facts, group, tally)
 
     def _refused(self, fact: Fact, reason: str, tally: Tally[str]) -> None:
@@ -288,18 +295,23 @@ class MetaWebhooks:
 
     def finish(self, prepared: PreparedWebhook, results: list[FactResult]) -> WebhookOutcome:
         facts, group, tally = prepared.facts, prepared.group, prepared.tally
-        for (_, fact), result in zip(group, results, strict=True):
+        counted: Tally[tuple[str, str]] = Tally()  # (kind, outcome): one metric update each, not one per fact
+        for (_, fact), result in zip(group.items, results, strict=True):
             if result.outcome is FactOutcome.REFUSED:
                 self._refused(fact, result.reason or "refused", tally)
                 continue
             # A parked echo is durably kept (inbox/usecases/echoes.py): counted as recorded.
-            tally[{FactOutcome.RECORDED: "recorded", FactOutcome.PARKED: "recorded",
-                   FactOutcome.DUPLICATE: "duplicates"}.get(result.outcome, "ignored")] += 1
-            self._metrics.webhook_facts.labels(_kind(fact), result.outcome.value).inc()
+            tally[_TALLIES.get(result.outcome, "ignored")] += 1
+            counted[(_kind(fact), result.outcome.value)] += 1
             if result.outcome is FactOutcome.IGNORED:
                 log.info("webhook %s not recorded: %s", _kind(fact), result.reason)
+        for (kind, outcome), n in counted.items():
+            self._metrics.webhook_facts.labels(kind, outcome).inc(n)
         return WebhookOutcome(
             received=len(facts), recorded=tally["recorded"], duplicates=tally["duplicates"],
             ignored=tally["ignored"], unknown_accounts=tally["unknown_accounts"], other_app=tally["other_app"],
             refused=tally["refused"], repaired=tally["repaired"],
         )
+
+
+_TALLIES = {FactOutcome.RECORDED: "recorded", FactOutcome.PARKED: "recorded", FactOutcome.DUPLICATE: "duplicates"}

@@ -17,7 +17,7 @@ from domain.errors import InvalidCommand
 from domain.room import Room
 from inbox.adapters.memory_store import MemoryEventStore
 from inbox.usecases.channel_accounts import AccountInfo
-from inbox.usecases.ingest import InboundCommitter
+from inbox.usecases.ingest import InboundCommitter, check_each
 from inbox.usecases.results import FactOutcome, Unavailable
 from tests.usecases.conftest import T0, WA_ACCOUNT, message
 
@@ -72,6 +72,19 @@ def test_an_invalid_fact_refuses_its_whole_group_before_anything_is_written(
         committer.submit_group([(account, message(1)), (account, naive)])
 
     assert store.dedup == {} and stored_room_events(store) == 0
+
+
+def test_facts_checked_one_by_one_are_recorded_as_a_group_without_the_refused_ones(
+    committer: InboundCommitter, account: AccountInfo, store: MemoryEventStore
+) -> None:
+    naive = message(2, sent_at=T0.replace(tzinfo=None))
+
+    checked, refused = check_each([(account, message(1)), (account, naive), (account, message(3))])
+    results = committer.submit_group(checked)
+
+    assert [(fact.channel_message_id, "timezone" in str(error)) for _, fact, error in refused] == [("wamid.2", True)]
+    assert [r.version for r in results] == [2, 3]
+    assert sorted(store.dedup) == [(account.id, "wamid.1"), (account.id, "wamid.3")]
 
 
 def test_a_fact_the_domain_refuses_fails_its_group_and_records_nothing_of_it(

@@ -164,9 +164,11 @@ class InboxRecorder(PostgresApplicationRecorder):
                 " PRIMARY KEY (channel_account_id, channel_message_id))"
             ).format(schema=schema)
         )
+        # Extra rows go in as one statement over arrays (binary), like the events: an executemany
+        # binds, dumps and pipelines each row in Python.
         self._insert_dedup = SQL(
             "INSERT INTO {schema}.inbound_dedup (channel_account_id, channel_message_id, room_id, message_id, room_version)"
-            " VALUES (%s, %s, %s, %s, %s)"
+            " SELECT * FROM unnest(%b::uuid[], %b::text[], %b::uuid[], %b::uuid[], %b::bigint[])"
         ).format(schema=schema)
         # Delivery statuses of the business's messages (sent / delivered / read / failed, channel
         # errors): durable facts of the write side, never events of a room. The key makes a
@@ -198,7 +200,8 @@ class InboxRecorder(PostgresApplicationRecorder):
         ).format(schema=schema, table=Identifier(self.events_table_name))
         self._insert_status = SQL(
             "INSERT INTO {schema}.delivery_statuses (channel_account_id, status_key, channel, status,"
-            " channel_message_id, recipient_id, occurred_at, errors) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
+            " channel_message_id, recipient_id, occurred_at, errors) SELECT * FROM unnest(%b::uuid[], %b::text[],"
+            " %b::text[], %b::text[], %b::text[], %b::text[], %b::timestamptz[], %b::jsonb[])"
             " ON CONFLICT DO NOTHING"
         ).format(schema=schema)
         # Echoes set aside until the sender recorded the reply they may be the echo of (Instagram:
@@ -307,15 +310,18 @@ class InboxRecorder(PostgresApplicationRecorder):
         if stored_events:
             self._lock_table(curs)
         if dedup_keys:
-            curs.executemany(self._insert_dedup, [
-                (k.channel_account_id, k.key, k.room_id, k.message_id, k.room_version) for k in dedup_keys
-            ])
+            curs.execute(self._insert_dedup, (
+                [k.channel_account_id for k in dedup_keys], [k.key for k in dedup_keys],
+                [k.room_id for k in dedup_keys], [k.message_id for k in dedup_keys],
+                [k.room_version for k in dedup_keys],
+            ), prepare=True)
         if delivery_statuses:
-            curs.executemany(self._insert_status, [
-                (s.channel_account_id, s.status_key, s.channel, s.status, s.channel_message_id, s.recipient_id,
-                 s.occurred_at, Jsonb(list(s.errors)))
-                for s in delivery_statuses
-            ])
+            curs.execute(self._insert_status, (
+                [s.channel_account_id for s in delivery_statuses], [s.status_key for s in delivery_statuses],
+                [s.channel for s in delivery_statuses], [s.status for s in delivery_statuses],
+                [s.channel_message_id for s in delivery_statuses], [s.recipient_id for s in delivery_statuses],
+                [s.occurred_at for s in delivery_statuses], [Jsonb(list(s.errors)) for s in delivery_statuses],
+            ), prepare=True)
         if parked:
             curs.executemany(self._insert_parked, [
                 (p.channel_account_id, p.channel_message_id, p.room_id, Jsonb(p.fact)) for p in parked

@@ -7,6 +7,7 @@ Public methods are commands: they check the rules of SPEC §2 and then trigger p
 from __future__ import annotations
 
 import functools
+import hashlib
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -382,8 +383,12 @@ class Room(Aggregate):
         check_content(kind, attachments)
         if self.status == RESOLVED:
             self._reopen(reason="inbound_message")
-        message_id = str(inbound_message_id(self.id, channel_message_id))
-        self._receive(
+        message_id = uuid5_text(self.id, f"in:{channel_message_id}")
+        # The event `self._receive(...)` triggers, without the @event decorator's argument
+        # plumbing (a bound decorator object, defaults and a filter per call): a quarter of the
+        # cost of recording a message. Every argument is given, so the event is the same.
+        self.trigger_event(
+            self.MessageReceived,
             message_id=message_id,
             channel_message_id=channel_message_id,
             text=text,
@@ -409,7 +414,7 @@ class Room(Aggregate):
         check_identifier(sender_id, "sender id")
         check_text(text, "text")
         check_content(kind, attachments)
-        message_id = str(echo_message_id(self.id, channel_message_id))
+        message_id = uuid5_text(self.id, f"out:{channel_message_id}")
         self._send(
             message_id=message_id,
             text=text,
@@ -789,12 +794,22 @@ def room_id_for(org_id: str, channel_account_id: str, contact_id: str, post_id: 
 
 def inbound_message_id(room_id: UUID, channel_message_id: str) -> UUID:
     """Stable id of an inbound message: the same channel message always gets the same id."""
-    return uuid5(room_id, f"in:{channel_message_id}")
+    return UUID(uuid5_text(room_id, f"in:{channel_message_id}"))
 
 
 def echo_message_id(room_id: UUID, channel_message_id: str) -> UUID:
     """Stable id of an echoed outbound message (the business's own, sent from the channel's tools)."""
-    return uuid5(room_id, f"out:{channel_message_id}")
+    return UUID(uuid5_text(room_id, f"out:{channel_message_id}"))
+
+
+def uuid5_text(namespace: UUID, name: str) -> str:
+    """`str(uuid5(namespace, name))` without building the UUID object (a third of the cost of
+    recording a message's id): SHA-1 of the namespace and the name, version 5, RFC 4122 variant."""
+    digest = bytearray(hashlib.sha1(namespace.bytes + name.encode("utf-8"), usedforsecurity=False).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50
+    digest[8] = (digest[8] & 0x3F) | 0x80
+    h = digest.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def check_contact(

@@ -534,10 +534,10 @@ class BatchDecision:
             channel_message_id=msg.channel_message_id, text=msg.text, sent_at=msg.sent_at,
             contact_name=msg.contact_name, kind=msg.kind, attachments=msg.attachments,
         )
-        for k in (key, also):
-            if k is not None:
-                self._remember(account, k, room, message_id)
-        return FactResult(FactOutcome.RECORDED, str(room.id), room.version, message_id)
+        room_id = self._remember(account, key, room, message_id)
+        if also is not None:
+            self._remember(account, also, room, message_id)
+        return FactResult(FactOutcome.RECORDED, room_id, room.version, message_id)
 
     def _echo(self, account: AccountInfo, echo: OutboundEcho) -> FactResult:
         key = f"echo:{echo.channel_message_id}"
@@ -642,9 +642,12 @@ class BatchDecision:
         recorded = self.seen[(account.id, key)]
         return FactResult(FactOutcome.DUPLICATE, recorded.room_id, recorded.room_version, recorded.message_id)
 
-    def _remember(self, account: AccountInfo, key: str, room: Room, message_id: str) -> None:
-        self.seen[(account.id, key)] = RecordedFact(str(room.id), message_id, room.version)
-        self.dedup_keys.append(DedupKey(account.id, key, str(room.id), message_id, room.version))
+    def _remember(self, account: AccountInfo, key: str, room: Room, message_id: str) -> str:
+        """Record the fact's dedup key; returns the room's id as text."""
+        room_id = str(room.id)
+        self.seen[(account.id, key)] = RecordedFact(room_id, message_id, room.version)
+        self.dedup_keys.append(DedupKey(account.id, key, room_id, message_id, room.version))
+        return room_id
 
     def _room(
         self, account: AccountInfo, channel: Channel, contact_id: str, post_id: str | None, **contact: str | None

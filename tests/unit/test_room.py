@@ -9,16 +9,21 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from functools import reduce
+from uuid import UUID, uuid5
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from eventsourcing.application import Application
 from eventsourcing.domain import Snapshot
 from eventsourcing.persistence import StoredEvent
 
 from domain.channels import Channel
 from domain.errors import InvalidCommand, NotAllowed
-from domain.room import ASSIGNED, RESOLVED, UNASSIGNED, EventWithoutOrg, Room, RoomIsResolved, inbound_message_id
+from domain.room import (
+    ASSIGNED, RESOLVED, UNASSIGNED, EventWithoutOrg, Room, RoomIsResolved, inbound_message_id, uuid5_text,
+)
 from domain.staff import Actor, Role
 
 ORG = "org-1"
@@ -134,6 +139,13 @@ def test_the_same_channel_message_always_gets_the_same_message_id() -> None:
 
     assert message_id == receive(replayed, "wamid.2") == str(inbound_message_id(room.id, "wamid.2"))
     assert message_id != str(inbound_message_id(room.id, "wamid.3"))
+
+
+@given(st.uuids(), st.text(st.characters(blacklist_categories=("Cs",))))
+def test_message_ids_are_the_rfc_4122_name_based_uuids_of_the_room_and_the_channel_message(
+    room_id: UUID, name: str
+) -> None:
+    assert uuid5_text(room_id, name) == str(uuid5(room_id, name))
 
 
 # ---- replying -------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ rules for that one fact. Pure: no I/O, no clock.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 from dataclasses import dataclass
 from datetime import datetime
@@ -48,22 +49,23 @@ def sanitize(fact: Fact, received_at: datetime) -> tuple[Fact, list[Repair]]:
         return fact, []
     changes: dict[str, Any] = {}
     repairs: list[Repair] = []
-    for field in dataclasses.fields(fact):
-        name, value = field.name, getattr(fact, field.name)
+    fields, times = _plan(type(fact))
+    for name, kind in fields:
+        value = getattr(fact, name)
         if value is None:
             continue
-        if name in TEXT_FIELDS:
+        if kind is _TEXT:
             cleaned, notes = limits.clean_text(value, TEXT_FIELDS[name])
             _note(name, notes, cleaned, value, changes, repairs)
-        elif name in ID_FIELDS:
+        elif kind is _ID:
             cleaned, notes = limits.clean_text(value, max_length=len(value))
             _note(name, notes, cleaned, value, changes, repairs)
-        elif name in KEY_FIELDS:
+        elif kind is _KEY:
             cleaned, notes = limits.clean_text(value, limits.MAX_MESSAGE_ID)
             if notes:
                 changes[name] = "sha256:" + hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
                 repairs.append(Repair(name, "key_hashed"))
-        elif name in JSON_LIST_FIELDS:
+        else:
             items = list(value)
             if name == "errors" and len(items) > limits.MAX_ATTACHMENTS:
                 items = items[: limits.MAX_ATTACHMENTS]
@@ -76,8 +78,8 @@ def sanitize(fact: Fact, received_at: datetime) -> tuple[Fact, list[Repair]]:
                 bounded.append(clean)
             if len(items) != len(value) or any(r.field == name for r in repairs):
                 changes[name] = tuple(bounded)
-    for name in TIME_FIELDS:
-        at = getattr(fact, name, None)
+    for name in times:
+        at = getattr(fact, name)
         if at is None or (at.tzinfo is not None and limits.in_range(at, received_at)):
             continue
         changes[name] = received_at
@@ -89,6 +91,28 @@ def sanitize(fact: Fact, received_at: datetime) -> tuple[Fact, list[Repair]]:
         elif getattr(fact, "errors", None) is not None:
             changes["errors"] = (*changes.get("errors", fact.errors), kept)  # type: ignore[union-attr]
     return (dataclasses.replace(fact, **changes) if changes else fact), repairs  # type: ignore[arg-type]
+
+
+_TEXT, _ID, _KEY, _JSON = "text", "id", "key", "json"
+
+
+@functools.cache
+def _plan(cls: type) -> tuple[tuple[tuple[str, str], ...], tuple[str, ...]]:
+    """A fact class's fields to repair, in order, with their kind; and its timestamp fields (the
+    same for every fact of the class: looked up once, not per fact)."""
+    fields = []
+    for field in dataclasses.fields(cls):
+        name = field.name
+        if name in TEXT_FIELDS:
+            fields.append((name, _TEXT))
+        elif name in ID_FIELDS:
+            fields.append((name, _ID))
+        elif name in KEY_FIELDS:
+            fields.append((name, _KEY))
+        elif name in JSON_LIST_FIELDS:
+            fields.append((name, _JSON))
+    names = {field.name for field in dataclasses.fields(cls)}
+    return tuple(fields), tuple(name for name in TIME_FIELDS if name in names)
 
 
 def _note(name: str, notes: list[str], cleaned: str, value: str, changes: dict[str, Any], repairs: list[Repair]) -> None:

@@ -48,7 +48,7 @@ from psycopg import pq
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import PoolTimeout
 from psycopg import Connection, Cursor
-from psycopg.rows import DictRow
+from psycopg.rows import DictRow, tuple_row
 from psycopg.sql import SQL, Identifier
 from psycopg.types.json import Jsonb
 
@@ -261,12 +261,12 @@ class InboxRecorder(PostgresApplicationRecorder):
     ) -> Callable[[], Sequence[int] | None]:
         """Queue the write's statements in the open transaction; returns how to fetch the new ids
         (after the pipeline's sync)."""
-        inserted = conn.cursor()
+        inserted = conn.cursor(row_factory=tuple_row)  # one id per event: no dict per row
         with conn.cursor() as curs:
             self._insert_events(curs, stored_events, **kwargs)
         if stored_events:
             self._insert_stored_events(inserted, stored_events, **kwargs)
-        return lambda: [row["notification_id"] for row in inserted.fetchall()] if stored_events else None
+        return lambda: [row[0] for row in inserted.fetchall()] if stored_events else None
 
     @contextmanager
     def holding(self, conn: Connection[DictRow]) -> Iterator[None]:
@@ -280,7 +280,7 @@ class InboxRecorder(PostgresApplicationRecorder):
     def held_connection(self) -> Connection[DictRow] | None:
         return getattr(self._held, "conn", None)
 
-    def _insert_stored_events(self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent], **_: Any) -> None:
+    def _insert_stored_events(self, curs: Cursor[Any], stored_events: Sequence[StoredEvent], **_: Any) -> None:
         """The library's insert (NOTIFY, INSERT ... RETURNING notification_id; the table lock is
         taken first, in `_insert_events`) with the events as four plain arrays in binary instead of
         one array of composite values: psycopg builds those in Python, value by value, and that was

@@ -43,7 +43,7 @@ from psycopg import pq
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import PoolTimeout
 from psycopg import Connection, Cursor
-from psycopg.rows import DictRow
+from psycopg.rows import DictRow, tuple_row
 from psycopg.sql import SQL, Identifier
 from psycopg.types.json import Jsonb
 
@@ -143,6 +143,15 @@ class InboxRecorder(PostgresApplicationRecorder):
     select_notifications = _retry_unless_timed_out(PostgresApplicationRecorder.select_notifications)
     max_notification_id = _retry_unless_timed_out(PostgresApplicationRecorder.max_notification_id)
 
+    @_retry_unless_timed_out
+    def select_notification_rows(self, after: int, limit: int) -> list[tuple[int, str, int, str, bytes]]:
+        """`select_notifications(after, limit, inclusive_of_start=False)` as plain tuples
+        (notification id, originator id as text, version, topic, state), read in binary: no
+        Notification objects and no UUID parsing (a seventh of the library's cost per row)."""
+        with self.datastore.get_connection() as conn, conn.cursor(binary=True, row_factory=tuple_row) as cur:
+            cur.execute(self._select_notification_rows, (after, limit), prepare=True)
+            return cur.fetchall()
+
     def __init__(self, datastore: Any, *, events_table_name: str = "stored_events") -> None:
         # Before the first connection is made (the base class connects to register types).
         # The pool's kwargs override the same keys of its conninfo: keep the URL's own options.
@@ -152,6 +161,10 @@ class InboxRecorder(PostgresApplicationRecorder):
         super().__init__(datastore, events_table_name=events_table_name)
         self._held = threading.local()  # `holding`: this thread's open transaction with the table lock
         schema = Identifier(self.datastore.schema)
+        self._select_notification_rows = SQL(
+            "SELECT notification_id, originator_id::text, originator_version, topic, state FROM {schema}.{table}"
+            " WHERE notification_id > %s ORDER BY notification_id LIMIT %s"
+        ).format(schema=schema, table=Identifier(self.events_table_name))
         self.sql_create_statements.append(
             SQL(
                 "CREATE TABLE IF NOT EXISTS {schema}.inbound_dedup ("

@@ -3,9 +3,10 @@
 The new read models are built beside the live ones, in the shadow schema `<schema>__replay`,
 inside one transaction: the tables from the migration's own DDL (`schema.read_model_ddl`, plus
 any CHECK constraint the live tables carry), the whole notification log read in large pages
-(the next page is read while the current one is written) and written set-based by the workers'
-own `apply_in_transaction` (rooms kept in memory, so nothing is read back), then the non-unique
-indexes built once over the loaded rows. Meanwhile the API reads the live tables and the
+(the next page is read while the current one is written), folded in memory by the workers' own
+planning and written by binary COPY (`bulk.BulkLoad`; if the database refuses a COPY, that load
+is rolled back and done again through the workers' `apply_in_transaction`, which isolates and
+dead-letters what is refused), then the non-unique indexes built once over the loaded rows. Meanwhile the API reads the live tables and the
 workers keep projecting into them.
 
 The switch, still in that transaction: the projection lock of the live schema is taken
@@ -41,6 +42,7 @@ from psycopg import AsyncConnection, sql
 from inbox.adapters.event_log import LogPage, Unreadable, WireEventLog
 from inbox.adapters.eventstore import EVENTS_TABLE
 from inbox.adapters.postgres import conninfo
+from inbox.adapters.read_models.bulk import BulkLoad, BulkRefused
 from inbox.adapters.read_models.changes import record_reset
 from inbox.adapters.read_models.reports_writer import REPORT_TABLES, apply_reports
 from inbox.adapters.read_models.writer import apply_in_transaction, lock_projections
@@ -105,7 +107,7 @@ async def replay(
             async with conn.transaction():
                 shadow = live + SHADOW_SUFFIX
                 await _create_shadow(conn, live, shadow, ext)
-                position = await loader.load(0)
+                position = await loader.load_first()
                 await _set_search_path(conn, shadow, ext)
                 await conn.execute("SET LOCAL maintenance_work_mem = '256MB'")
                 for statement in read_model_ddl()[1]:
@@ -136,7 +138,7 @@ async def _replay_into(
         async with conn.transaction():
             await conn.execute(f"TRUNCATE {', '.join(REBUILT_TABLES)}")
             loader = _Loader(conn, reader, page_size, progress, until, started)
-            await loader.load(0)
+            await loader.load_first()
             rooms = await _count_rooms(conn)
     return ReplayStats(events=loader.events, rooms=rooms, seconds=time.perf_counter() - started)
 
@@ -158,8 +160,26 @@ class _Loader:
         page, rows = self.reader.read(position, self.page_size, unreadable)
         return page, rows, unreadable
 
-    async def load(self, position: int) -> int:
-        """Apply everything stored after `position`; returns the last notification id read."""
+    async def load_first(self) -> int:
+        """The whole log into the empty tables, in bulk (`BulkLoad`); if the database refuses a bulk
+        write, that load is rolled back and the log loaded again through the writer, which isolates
+        and dead-letters what is refused. Returns the last notification id read."""
+        bulk = BulkLoad(self.conn)
+        try:
+            async with self.conn.transaction():  # a savepoint: what the bulk load wrote goes if it is refused
+                position = await self.load(0, bulk)
+                await bulk.finish()
+        except BulkRefused as e:
+            log.warning("replay: the database refused a bulk write (%s); loading again through the writer,"
+                        " event by event where refused", e)
+            self.events, self.known = 0, {}
+            return await self.load(0)
+        self.known = bulk.rooms
+        return position
+
+    async def load(self, position: int, bulk: BulkLoad | None = None) -> int:
+        """Apply everything stored after `position` (through `bulk` if given, else the writer);
+        returns the last notification id read."""
         total = await asyncio.to_thread(self.reader.max_notification_id)
         pending = asyncio.ensure_future(asyncio.to_thread(self._read, position))
         try:
@@ -168,7 +188,7 @@ class _Loader:
                 if rows == 0:
                     return position
                 pending = asyncio.ensure_future(asyncio.to_thread(self._read, page.last_id))  # read ahead
-                await self._apply(page, unreadable)
+                await self._apply(page, unreadable, bulk)
                 # The rooms kept so far stay: keep the cyclic collector from walking all of them again
                 # on every full collection (refcounting still frees what is dropped).
                 gc.freeze()
@@ -182,7 +202,7 @@ class _Loader:
                 with contextlib.suppress(Exception):
                     await pending
 
-    async def _apply(self, page: LogPage, unreadable: list[Unreadable]) -> None:
+    async def _apply(self, page: LogPage, unreadable: list[Unreadable], bulk: BulkLoad | None) -> None:
         for u in unreadable:  # a stored event that cannot be read does not abort the replay
             log.error("replay: dead-lettering unreadable stored event %s v%s: %s", u.room_id, u.version,
                       u.reason.splitlines()[0])
@@ -194,7 +214,9 @@ class _Loader:
         batch = [e for _, e in page.events]
         if self.until is not None:
             batch = [e for e in batch if datetime.fromisoformat(e["occurred_at"]) <= self.until]
-        if batch:
+        if batch and bulk is not None:
+            await bulk.add(batch)
+        elif batch:
             # No change rows per room: one `reset` row tells every live stream to re-fetch.
             await apply_in_transaction(self.conn, batch, fill_gap=None, log_changes=False, known=self.known)
             await apply_reports(self.conn, batch)

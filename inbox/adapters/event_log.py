@@ -141,8 +141,14 @@ class WireEventLog:
         """Close the event store it reads (the bootstrap opens one per reader)."""
         self._event_store.close()
 
-    def read(self, after: int, limit: int, unreadable: list[Unreadable] | None = None) -> tuple[LogPage, int]:
+    def read(
+        self, after: int, limit: int, unreadable: list[Unreadable] | None = None, *,
+        stop: int | None = None, share: tuple[int, int] | None = None,
+    ) -> tuple[LogPage, int]:
         """Notifications with id > after, at most `limit`; returns (page, number of rows read).
+
+        `stop`: none after that id. `share` = (k, n): only the rooms of the k-th of n disjoint
+        shares (`InboxRecorder.select_notification_rows`), for n readers folding rooms side by side.
 
         With `unreadable`, a stored event that cannot be turned into a wire event (it cannot be
         decoded, or its room has no `RoomOpened`) is left out of the page and appended there, so
@@ -151,10 +157,12 @@ class WireEventLog:
         """
         recorder = self._event_store.recorder
         if not hasattr(recorder, "select_notification_rows"):  # not the PostgreSQL store
-            notifications = recorder.select_notifications(start=after, limit=limit, inclusive_of_start=False)
+            if share is not None:
+                raise ValueError("reading a share of the rooms needs the PostgreSQL event store")
+            notifications = recorder.select_notifications(start=after, limit=limit, stop=stop, inclusive_of_start=False)
             rows = [(n.id, str(n.originator_id), n.originator_version, n.topic, n.state) for n in notifications]
         else:
-            rows = recorder.select_notification_rows(after, limit)
+            rows = recorder.select_notification_rows(after, limit, stop=stop, share=share)
         last_id = rows[-1][0] if rows else after
         room_rows = [r for r in rows if r[3].startswith(ROOM_TOPIC_PREFIX)]
         events: list[tuple[int, dict[str, Any]]] = []

@@ -187,6 +187,35 @@ def test_replay_rebuilds_exactly_the_live_projections(db_settings: Settings, con
     assert progress and progress[-1][0] == progress[-1][1]
 
 
+def reports_snapshot(settings: Settings) -> list[list[tuple[Any, ...]]]:
+    return [query(settings, f"SELECT * FROM {table} ORDER BY 1, 2, 3, 4")
+            for table in ("report_cycles", "report_counts", "report_backlog")] + [
+        query(settings, "SELECT room_id, version, state FROM report_rooms ORDER BY room_id")]
+
+
+def test_replay_folding_rooms_in_two_processes_rebuilds_the_same_projections(
+    db_settings: Settings, container: Container,
+) -> None:
+    """A large log is folded by share of the rooms in worker processes (`bulk.fold_share`): the same
+    rooms, history, counters and reports as the live writer's, and as one share folded in a thread."""
+    populate(container, rooms=15, seed=8)
+    events = all_events(db_settings)
+    apply(db_settings, [events[i:i + 50] for i in range(0, len(events), 50)])
+    live = snapshot(db_settings)
+    asyncio.run(replay(db_settings, page_size=40, shares=1))
+    one_share = reports_snapshot(db_settings)
+    execute(db_settings, "UPDATE counters SET rooms = rooms + 5")  # corrupt the live state
+
+    progress: list[tuple[int, int]] = []
+    stats = asyncio.run(replay(db_settings, page_size=40, shares=2,
+                               progress=lambda done, total, rate: progress.append((done, total))))
+
+    assert snapshot(db_settings) == live
+    assert reports_snapshot(db_settings) == one_share and one_share[0]
+    assert stats.events == len(events) and stats.rooms == len(live[0])
+    assert progress and progress[-1][0] == progress[-1][1]
+
+
 def test_replay_keeps_reads_answering_and_workers_continue_across_the_switch(
     db_settings: Settings, container: Container,
 ) -> None:

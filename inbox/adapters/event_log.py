@@ -147,8 +147,10 @@ class WireEventLog:
     ) -> tuple[LogPage, int]:
         """Notifications with id > after, at most `limit`; returns (page, number of rows read).
 
-        `stop`: none after that id. `share` = (k, n): only the rooms of the k-th of n disjoint
-        shares (`InboxRecorder.select_notification_rows`), for n readers folding rooms side by side.
+        `stop`: none after that id; the page's `last_id` is `stop` once everything up to it is read.
+        `share` = (k, n), with `stop`: only the rooms of the k-th of n disjoint shares
+        (`InboxRecorder.select_notification_rows`), for n readers folding rooms side by side; a page
+        is then the share's rows among the next `limit` * n notifications.
 
         With `unreadable`, a stored event that cannot be turned into a wire event (it cannot be
         decoded, or its room has no `RoomOpened`) is left out of the page and appended there, so
@@ -161,9 +163,17 @@ class WireEventLog:
                 raise ValueError("reading a share of the rooms needs the PostgreSQL event store")
             notifications = recorder.select_notifications(start=after, limit=limit, stop=stop, inclusive_of_start=False)
             rows = [(n.id, str(n.originator_id), n.originator_version, n.topic, n.state) for n in notifications]
+        elif share is not None:
+            if stop is None:
+                raise ValueError("reading a share of the rooms needs a stop")
+            stop = min(stop, after + limit * share[1])
+            rows = recorder.select_notification_rows(after, None, stop=stop, share=share)
         else:
-            rows = recorder.select_notification_rows(after, limit, stop=stop, share=share)
-        last_id = rows[-1][0] if rows else after
+            rows = recorder.select_notification_rows(after, limit, stop=stop)
+        if stop is not None and (share is not None or len(rows) < limit):
+            last_id = stop  # read up to there
+        else:
+            last_id = rows[-1][0] if rows else after
         room_rows = [r for r in rows if r[3].startswith(ROOM_TOPIC_PREFIX)]
         events: list[tuple[int, dict[str, Any]]] = []
         lean = self._lean_decoding()

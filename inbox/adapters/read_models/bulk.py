@@ -242,11 +242,9 @@ def fold_share(
             _register_dumpers(cur)  # formats COPY data only: nothing is sent on it
             fold = _Fold(cur)
             position = 0
-            while True:
+            while position < stop:
                 unreadable: list[Unreadable] = []
-                page, rows = reader.read(position, page_size, unreadable, stop=stop, share=share)
-                if rows == 0:
-                    break
+                page, _ = reader.read(position, page_size, unreadable, stop=stop, share=share)
                 position = page.last_id
                 events = [e for _, e in page.events]
                 if until is not None:

@@ -41,6 +41,7 @@ from datetime import datetime
 from operator import attrgetter
 from typing import Any
 
+import orjson
 import psycopg
 from psycopg import AsyncConnection, sql
 from psycopg.adapt import Dumper
@@ -102,12 +103,22 @@ class _UuidText(Dumper):
 
 
 class _JsonbText(Dumper):
-    """JSON text (`writer._json`) for a jsonb column, in binary: version 1, then the text."""
+    """JSON (`_jsonb`, or text from `writer._json`) for a jsonb column, in binary: version 1, then the JSON."""
 
     format = Format.BINARY
 
     def dump(self, obj: Any) -> bytes:
-        return b"\x01" + obj.encode()
+        return b"\x01" + (obj if type(obj) is bytes else obj.encode())
+
+
+def _jsonb(value: Any) -> bytes | str | None:
+    """`writer._json` without decoding orjson's bytes to text and encoding them again."""
+    if value is None:
+        return None
+    try:
+        return orjson.dumps(value)
+    except TypeError:  # orjson.JSONEncodeError: e.g. integers over 64 bits
+        return writer._json(value)
 
 
 def _copy_data(cur: psycopg.Cursor[Any], table: _Table, rows: Iterable[Sequence[Any]]) -> bytes:
@@ -139,9 +150,9 @@ def _message_rows(messages: Iterable[MessageRow]) -> Iterable[list[Any]]:
     attachments, error, reply_to = _MESSAGE_JSON
     for m in messages:
         row = list(_MESSAGE_ROW(m))
-        row[attachments] = writer._json(list(m.attachments))
-        row[error] = writer._json(m.delivery_error)
-        row[reply_to] = writer._json(m.reply_to)
+        row[attachments] = _jsonb(list(m.attachments))
+        row[error] = _jsonb(m.delivery_error)
+        row[reply_to] = _jsonb(m.reply_to)
         yield row
 
 

@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 REPORT_TABLES = ("report_rooms", "report_cycles", "report_counts", "report_backlog", "report_dead_letters")
 
 _CYCLE_COLUMNS = [f for f in Cycle.__dataclass_fields__]
+_COUNT_INDEX = {name: i for i, name in enumerate(COUNT_FIELDS)}
 _UPSERT_CYCLE = (
     f"INSERT INTO report_cycles ({', '.join(_CYCLE_COLUMNS)}) VALUES ({', '.join(['%s'] * len(_CYCLE_COLUMNS))})"
     " ON CONFLICT (room_id, cycle) DO UPDATE SET "
@@ -91,7 +92,7 @@ class _Rows:
             self.cycles[(step.cycle.room_id, step.cycle.cycle)] = step.cycle
         for c in step.counts:
             row = self.counts.setdefault((c.org_id, c.day, c.channel, c.agent), [0] * len(COUNT_FIELDS))
-            row[COUNT_FIELDS.index(c.field)] += 1
+            row[_COUNT_INDEX[c.field]] += 1
         if step.backlog is not None:
             self.backlog.append(step.backlog)
         if step.dead_letter is not None:

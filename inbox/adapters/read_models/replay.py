@@ -47,7 +47,6 @@ from inbox.adapters.read_models.changes import record_reset
 from inbox.adapters.read_models.reports_writer import REPORT_TABLES, apply_reports
 from inbox.adapters.read_models.writer import apply_in_transaction, lock_projections
 from inbox.adapters.schema import migrate_read_models, read_model_ddl
-from inbox.adapters.wire import event_id
 from inbox.config import ConfigError, Settings
 from projections.rooms import RoomView
 

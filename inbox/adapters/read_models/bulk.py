@@ -13,14 +13,15 @@ cycles and backlog changes as COPY data, and its counters (`projections.counters
 room to each final room) and report counts to be added up.
 
 Writing (`BulkLoad`, on the replay's connection, in its transaction): each share's pages in their
-order — the COPY data, then the message changes by the writer's own statement (an edit may follow
-its message in the page), the gaps and dead letters as the writer inserts them — and the shares'
-ends, the counters and report counts summed over the shares. Rooms are disjoint across shares, so
+order — the COPY data, the gaps and dead letters as the writer inserts them — and the shares' ends;
+then the history's unique indexes (dropped while loading: a random id makes every COPYed row a
+random index insert), the pages' message changes in their order by the writer's own statement,
+and the counters and report counts summed over the shares. Rooms are disjoint across shares, so
 the order between shares does not matter.
 
 The writer isolates what the database refuses (a CHECK constraint, a NUL in a text, a duplicate
-message id) and dead-letters it event by event. A COPY cannot: if the database refuses one for a
-reason that is not transient, `BulkRefused` is raised, and the caller rolls the bulk load back and
+message id) and dead-letters it event by event. A COPY or an index build cannot: if the database
+refuses one for a reason that is not transient, `BulkRefused` is raised, and the caller rolls the bulk load back and
 loads the same events through the writer (`replay._Loader`).
 """
 
@@ -303,10 +304,13 @@ class BulkLoad:
         self.page_size, self.until = page_size, until
         self.events = 0
         self.rooms = 0
+        self._restore: list[sql.Composable] = []  # the unique indexes of the history, built after loading
+        self._changes: list[list[tuple[Any, ...]]] = []  # each page's message changes, applied after loading
 
     async def run(self, stop: int, on_page: Callable[[int], None]) -> None:
         """Fold and write everything up to notification `stop`; `on_page(position)` after each page
         (every share has been written up to that notification id)."""
+        await self._guarded(self._drop_unique_indexes())
         queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
         loop = asyncio.get_running_loop()
         processes: list[Any] = []
@@ -360,6 +364,8 @@ class BulkLoad:
                         total[i] += v
                 report_dead_letters += item.report_dead_letters
                 ended += 1
+            await self._guarded(self._restore_unique_indexes())
+            await self._guarded(self._write_changes())
             await self._guarded(self._write_sums(counters, counts, report_dead_letters))
         finally:
             for task in receivers:
@@ -371,12 +377,42 @@ class BulkLoad:
             if thread is not None:
                 await asyncio.to_thread(thread.join)
 
+    async def _drop_unique_indexes(self) -> None:
+        """The history's unique indexes go while it is loaded, and are built once after (`_restore_`):
+        a random id per row makes each COPYed row a random index insert. A duplicate then fails the
+        build, which sends the load through the writer like any refusal."""
+        cur = await self.conn.execute(
+            "SELECT c.conname, pg_get_constraintdef(c.oid) FROM pg_constraint c"
+            " WHERE c.conrelid = 'messages'::regclass AND c.contype IN ('p', 'u')")
+        for name, definition in await cur.fetchall():
+            await self.conn.execute(sql.SQL("ALTER TABLE messages DROP CONSTRAINT {}").format(sql.Identifier(name)))
+            self._restore.append(sql.SQL("ALTER TABLE messages ADD CONSTRAINT {} {}").format(
+                sql.Identifier(name), sql.SQL(definition)))
+        cur = await self.conn.execute(
+            "SELECT i.relname, pg_get_indexdef(i.oid) FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid"
+            " WHERE x.indrelid = 'messages'::regclass AND x.indisunique")
+        for name, definition in await cur.fetchall():
+            await self.conn.execute(sql.SQL("DROP INDEX {}").format(sql.Identifier(name)))
+            self._restore.append(sql.SQL(definition))
+
+    async def _restore_unique_indexes(self) -> None:
+        for statement in self._restore:
+            await self.conn.execute(statement)
+
+    async def _write_changes(self) -> None:
+        """The pages' message changes, in their order, once the history is loaded and indexed: each
+        change's message came in its page or before (a room's events are in version order)."""
+        async with self.conn.cursor() as cur:
+            for changes in self._changes:
+                await cur.execute(writer._CHANGE_MESSAGES, writer._binary(writer._change_columns(changes)))
+
     async def _write_page(self, page: PageRows) -> None:
+        if page.changes:
+            self._changes.append(page.changes)
+
         async def write() -> None:
             await self._copy(MESSAGES, page.messages)
             async with self.conn.cursor() as cur:
-                if page.changes:  # after the inserts: an edit may follow its message in the same page
-                    await cur.execute(writer._CHANGE_MESSAGES, writer._binary(writer._change_columns(page.changes)))
                 if page.gaps:
                     await cur.execute(writer._INSERT_GAPS, writer._binary(writer._columns(page.gaps, 4)))
                 if page.dead_letters:

@@ -34,7 +34,7 @@ class Channel(StrEnum):
     @property
     def reply_window(self) -> timedelta | None:
         """How long after the customer's last message staff may answer freely; None: never expires."""
-        return None if self.is_comment else timedelta(hours=24)
+        return None if self.is_comment else DIRECT_MESSAGE_WINDOW
 
     def window_closes_at(self, last_inbound_at: datetime | None) -> datetime | None:
         """When a room whose customer last wrote at `last_inbound_at` expires; None: it never does."""
@@ -43,4 +43,5 @@ class Channel(StrEnum):
 
 
 COMMENT_CHANNELS = frozenset({Channel.INSTAGRAM_COMMENT, Channel.FACEBOOK_COMMENT})
+DIRECT_MESSAGE_WINDOW = timedelta(hours=24)
 TABS = ("messages", "comments")

@@ -134,6 +134,7 @@ def projection_worker(settings: Settings, worker_id: str | None = None) -> faust
 async def replay(
     settings: Settings, *, page_size: int = 20_000, progress: Progress | None = None,
     until: datetime | None = None, into: str | None = None, before_switch: Hook | None = None,
+    shares: int | None = None,
 ) -> ReplayStats:
     """Rebuild every projection from the event store (see inbox/adapters/read_models/replay.py)."""
     from inbox.adapters.read_models import replay as replaying
@@ -141,7 +142,8 @@ async def replay(
     event_log = open_event_log(settings)
     try:
         return await replaying.replay(settings, event_log, page_size=page_size, progress=progress,
-                                      until=until, into=into, before_switch=before_switch)
+                                      until=until, into=into, before_switch=before_switch,
+                                      open_reader=open_event_log, shares=shares)
     finally:
         event_log.close()
 

@@ -98,6 +98,7 @@ def delivery_json(status: str | None, at: datetime | str | None, error: dict[str
 
 
 _VIEW_FIELDS = frozenset(f.name for f in fields(RoomView))
+_CHANNELS = {c.value: c for c in Channel}  # a view's channel was a Channel when it opened (`_opened`)
 
 
 def replace(view: RoomView, **changes: Any) -> RoomView:
@@ -140,7 +141,7 @@ def apply(view: RoomView | None, event: dict[str, Any]) -> tuple[RoomView, Messa
             view,
             contact_name=data.get("contact_name") or view.contact_name,
             last_inbound_at=last_inbound,
-            expires_at=Channel(view.channel).window_closes_at(last_inbound),
+            expires_at=(_CHANNELS.get(view.channel) or Channel(view.channel)).window_closes_at(last_inbound),
         )
         if renamed:
             view = _with_search(view)

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
 import orjson
-from eventsourcing.persistence import JSONTranscoder, Notification, StoredEvent
+from eventsourcing.persistence import JSONTranscoder, StoredEvent
 from eventsourcing.utils import resolve_topic
 
 from inbox.adapters.eventstore import InboxApplication
 from inbox.adapters.postgres import is_transient
-from inbox.adapters.wire import to_wire
+from domain.room import Room
+from inbox.adapters.wire import ROOM_EVENT_TYPES, SCHEMA_VERSION, event_id, to_wire
 
 ROOM_TOPIC_PREFIX = "domain.room:Room."
 
@@ -65,6 +67,70 @@ def _event_class(topic: str) -> type:
     return cls
 
 
+# The library's transcodings the lean decoder knows; a store registering others is read through `_fast_wire`.
+_LEAN_TRANSCODINGS = frozenset({"uuid_hex", "decimal_str", "datetime_iso"})
+_ROOM_EVENTS: dict[str, tuple[str, int, bool]] = {}  # topic → (wire type, class version, carries org_id in data)
+
+
+def _room_event(topic: str) -> tuple[str, int, bool]:
+    if (spec := _ROOM_EVENTS.get(topic)) is None:
+        cls = _event_class(topic)
+        spec = _ROOM_EVENTS[topic] = (ROOM_EVENT_TYPES[cls], getattr(cls, "class_version", 1), cls is Room.RoomOpened)
+    return spec
+
+
+def _lean_wire(row: tuple[int, str, int, str, bytes]) -> dict[str, Any] | None:
+    """`to_wire(decode(row))` straight from the stored JSON, for the common case: a state at its
+    class's current version whose transcoded values are top-level datetimes and UUIDs. Anything
+    else (an older class version to upcast, a transcoded value nested in a list or dict, a decimal,
+    a state orjson reads differently from the stdlib) returns None: the caller takes `_fast_wire`,
+    the library's rules. Equal to the library decode + `to_wire` (tests/integration/test_event_log.py).
+    """
+    _, room_id, version, topic, raw = row
+    kind, class_version, org_in_data = _room_event(topic)
+    try:
+        state = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    if type(state) is not dict or state.pop("class_version", 1) != class_version:
+        return None
+    timestamp = state.pop("timestamp", None)
+    if type(timestamp) is not dict or timestamp.get("_type_") != "datetime_iso" or len(timestamp) != 2:
+        return None
+    state.pop("originator_topic", None)
+    org_id = state.get("org_id") if org_in_data else state.pop("org_id", _MISSING)
+    if org_id is _MISSING or "originator_id" in state or "originator_version" in state:
+        return None
+    transcoded = 1
+    for key, value in state.items():
+        if type(value) is dict and "_type_" in value:
+            if len(value) != 2 or "_data_" not in value or type(value["_data_"]) is not str:
+                return None
+            name = value["_type_"]
+            if name == "datetime_iso":
+                state[key] = datetime.fromisoformat(value["_data_"]).isoformat()
+            elif name == "uuid_hex":
+                state[key] = str(UUID(value["_data_"]))
+            else:
+                return None
+            transcoded += 1
+    if raw.count(b'"_type_"') != transcoded:  # one nested deeper: the library revives it into an object
+        return None
+    return {
+        "id": event_id(room_id, version),
+        "type": kind,
+        "schema_version": SCHEMA_VERSION,
+        "org_id": org_id,
+        "room_id": room_id,
+        "version": version,
+        "occurred_at": datetime.fromisoformat(timestamp["_data_"]).isoformat(),
+        "data": state,
+    }
+
+
+_MISSING = object()
+
+
 class WireEventLog:
     """Sync reader over the event store; call it from a thread when on an event loop."""
 
@@ -75,40 +141,62 @@ class WireEventLog:
         """Close the event store it reads (the bootstrap opens one per reader)."""
         self._event_store.close()
 
-    def read(self, after: int, limit: int, unreadable: list[Unreadable] | None = None) -> tuple[LogPage, int]:
+    def read(
+        self, after: int, limit: int, unreadable: list[Unreadable] | None = None, *,
+        stop: int | None = None, share: tuple[int, int] | None = None,
+    ) -> tuple[LogPage, int]:
         """Notifications with id > after, at most `limit`; returns (page, number of rows read).
+
+        `stop`: none after that id; the page's `last_id` is `stop` once everything up to it is read.
+        `share` = (k, n), with `stop`: only the rooms of the k-th of n disjoint shares
+        (`InboxRecorder.select_notification_rows`), for n readers folding rooms side by side; a page
+        is then the share's rows among the next `limit` * n notifications.
 
         With `unreadable`, a stored event that cannot be turned into a wire event (it cannot be
         decoded, or its room has no `RoomOpened`) is left out of the page and appended there, so
         the caller records it and goes on; without it, the error propagates. Transient database
         errors always propagate.
         """
-        notifications = self._event_store.recorder.select_notifications(
-            start=after, limit=limit, inclusive_of_start=False
-        )
-        last_id = notifications[-1].id if notifications else after
-        room_rows = [n for n in notifications if n.topic.startswith(ROOM_TOPIC_PREFIX)]
-        try:
-            events = self._to_wire(room_rows)
-        except Exception as e:
-            if unreadable is None or is_transient(e):
-                raise
-            room_rows, events = self._to_wire_one_by_one(room_rows, unreadable)
-        return LogPage([(n.id, e) for n, e in zip(room_rows, events, strict=True)], last_id), len(notifications)
-
-    def _to_wire_one_by_one(
-        self, rows: list[Notification], unreadable: list[Unreadable]
-    ) -> tuple[list[Notification], list[dict[str, Any]]]:
-        kept, events = [], []
-        for n in rows:
+        recorder = self._event_store.recorder
+        if not hasattr(recorder, "select_notification_rows"):  # not the PostgreSQL store
+            if share is not None:
+                raise ValueError("reading a share of the rooms needs the PostgreSQL event store")
+            notifications = recorder.select_notifications(start=after, limit=limit, stop=stop, inclusive_of_start=False)
+            rows = [(n.id, str(n.originator_id), n.originator_version, n.topic, n.state) for n in notifications]
+        elif share is not None:
+            if stop is None:
+                raise ValueError("reading a share of the rooms needs a stop")
+            stop = min(stop, after + limit * share[1])
+            rows = recorder.select_notification_rows(after, None, stop=stop, share=share)
+        else:
+            rows = recorder.select_notification_rows(after, limit, stop=stop)
+        if stop is not None and (share is not None or len(rows) < limit):
+            last_id = stop  # read up to there
+        else:
+            last_id = rows[-1][0] if rows else after
+        room_rows = [r for r in rows if r[3].startswith(ROOM_TOPIC_PREFIX)]
+        events: list[tuple[int, dict[str, Any]]] = []
+        lean = self._lean_decoding()
+        for row in room_rows:
             try:
-                events.extend(self._to_wire([n]))
-                kept.append(n)
+                event = _lean_wire(row) if lean else None
+                events.append((row[0], event if event is not None else self._wire(row)))
             except Exception as e:
-                if is_transient(e):
+                if unreadable is None or is_transient(e):
                     raise
-                unreadable.append(Unreadable(n.id, str(n.originator_id), n.originator_version, n.topic, n.state, e))
-        return kept, events
+                n, room_id, version, topic, state = row
+                unreadable.append(Unreadable(n, room_id, version, topic, bytes(state), e))
+        return LogPage(events, last_id), len(rows)
+
+    def _lean_decoding(self) -> bool:
+        """The stored states are the library's plain JSON (no cipher, no compression): `_lean_wire` reads them."""
+        mapper = self._event_store.mapper
+        return mapper.cipher is None and mapper.compressor is None and isinstance(mapper.transcoder, JSONTranscoder) \
+            and set(mapper.transcoder.names) <= _LEAN_TRANSCODINGS
+
+    def _wire(self, row: tuple[int, str, int, str, bytes]) -> dict[str, Any]:
+        n, room_id, version, topic, state = row
+        return self._to_wire([StoredEvent(UUID(room_id), version, topic, bytes(state))])[0]
 
     def room_events(self, room_id: str, first_version: int, last_version: int) -> list[dict[str, Any]]:
         stored = self._event_store.recorder.select_events(

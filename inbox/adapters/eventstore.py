@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+from operator import itemgetter
 import logging
 import threading
 import time
@@ -148,6 +149,35 @@ class InboxRecorder(PostgresApplicationRecorder):
     select_notifications = _retry_unless_timed_out(PostgresApplicationRecorder.select_notifications)
     max_notification_id = _retry_unless_timed_out(PostgresApplicationRecorder.max_notification_id)
 
+    @_retry_unless_timed_out
+    def select_notification_rows(
+        self, after: int, limit: int | None, *, stop: int | None = None, share: tuple[int, int] | None = None,
+    ) -> list[tuple[int, str, int, str, bytes]]:
+        """`select_notifications(after, limit, stop, inclusive_of_start=False)` as plain tuples
+        (notification id, originator id as text, version, topic, state), read in binary: no
+        Notification objects and no UUID parsing (a seventh of the library's cost per row).
+
+        `share` = (k, n): only the rows of the k-th of n disjoint shares of originators (by a hash of
+        their id), so n readers can each take every event of their own aggregates. `limit` None:
+        every row up to `stop`, in id order.
+        """
+        statement, params = self._select_notification_rows, [after]
+        if stop is not None:
+            statement += SQL(" AND notification_id <= %s")
+            params.append(stop)
+        if share is not None:
+            statement += SQL(" AND (hashtext(originator_id::text) & 2147483647) %% %s = %s")
+            params += [share[1], share[0]]
+        if limit is not None:
+            statement += SQL(" ORDER BY notification_id LIMIT %s")
+            params.append(limit)
+        with self.datastore.get_connection() as conn, conn.cursor(binary=True, row_factory=tuple_row) as cur:
+            cur.execute(statement, params, prepare=True)
+            rows = cur.fetchall()
+        if limit is None:  # sorted here: a filtered range can make the planner sort on disk
+            rows.sort(key=itemgetter(0))
+        return rows
+
     def __init__(self, datastore: Any, *, events_table_name: str = "stored_events") -> None:
         # Before the first connection is made (the base class connects to register types).
         # The pool's kwargs override the same keys of its conninfo: keep the URL's own options.
@@ -157,6 +187,10 @@ class InboxRecorder(PostgresApplicationRecorder):
         super().__init__(datastore, events_table_name=events_table_name)
         self._held = threading.local()  # `holding`: this thread's open transaction with the table lock
         schema = Identifier(self.datastore.schema)
+        self._select_notification_rows = SQL(
+            "SELECT notification_id, originator_id::text, originator_version, topic, state FROM {schema}.{table}"
+            " WHERE notification_id > %s"
+        ).format(schema=schema, table=Identifier(self.events_table_name))
         self.sql_create_statements.append(
             SQL(
                 "CREATE TABLE IF NOT EXISTS {schema}.inbound_dedup ("

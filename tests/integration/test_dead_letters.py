@@ -181,11 +181,14 @@ def refuse_text(settings: Settings, text: str) -> None:
     execute(settings, f"ALTER TABLE messages ADD CONSTRAINT refuse_poison CHECK (text <> '{text}')")
 
 
-def test_replay_dead_letters_an_event_it_cannot_apply_and_finishes(db_settings: Settings, container: Container) -> None:
+@pytest.mark.parametrize("shares", [1, 2])  # the log folded in a thread, or in two worker processes
+def test_replay_dead_letters_an_event_it_cannot_apply_and_finishes(
+    db_settings: Settings, container: Container, shares: int,
+) -> None:
     room = store_conversation(container, ["one", "poison", "three"])
     refuse_text(db_settings, "poison")
 
-    stats = asyncio.run(replay(db_settings, page_size=2))
+    stats = asyncio.run(replay(db_settings, page_size=2, shares=shares))
 
     assert stats.events == 4
     assert room_state(db_settings, room) == (4, "three")
@@ -276,8 +279,9 @@ def store_unreadable_event(settings: Settings, room: str, version: int) -> None:
                       " VALUES (%s, %s, 'domain.room:Room.MessageReceived', %s)", (room, version, b"\xffnot json"))
 
 
+@pytest.mark.parametrize("shares", [1, 2])
 def test_replay_dead_letters_a_stored_event_it_cannot_read_and_finishes(
-    db_settings: Settings, container: Container,
+    db_settings: Settings, container: Container, shares: int,
 ) -> None:
     room = store_conversation(container, ["one"])
     store_unreadable_event(db_settings, room, 3)
@@ -287,7 +291,7 @@ def test_replay_dead_letters_a_stored_event_it_cannot_read_and_finishes(
         text="canary", sent_at=datetime.now(UTC),
     )).room_id)
 
-    asyncio.run(replay(db_settings, page_size=2))
+    asyncio.run(replay(db_settings, page_size=2, shares=shares))
 
     assert room_state(db_settings, room)[0] == 2
     assert room_state(db_settings, canary) == (2, "canary")

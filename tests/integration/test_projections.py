@@ -187,6 +187,84 @@ def test_replay_rebuilds_exactly_the_live_projections(db_settings: Settings, con
     assert progress and progress[-1][0] == progress[-1][1]
 
 
+def reports_snapshot(settings: Settings) -> list[list[tuple[Any, ...]]]:
+    return [query(settings, f"SELECT * FROM {table} ORDER BY 1, 2, 3, 4")
+            for table in ("report_cycles", "report_counts", "report_backlog")] + [
+        query(settings, "SELECT room_id, version, state FROM report_rooms ORDER BY room_id")]
+
+
+def change_messages(container: Container, settings: Settings) -> None:
+    """Edits, removals and delivery outcomes of messages already stored (history rows that change)."""
+    now = datetime.now(UTC)
+    events = all_events(settings)
+    received = [e for e in events if e["type"] == "MessageReceived"][:6]
+    sent = [e for e in events if e["type"] == "MessageSent"][:4]
+    for i, e in enumerate(received):
+        room = container.event_store.repository.get(UUID(e["room_id"]))
+        if i % 2:
+            room.remove_message(message_id=e["data"]["message_id"],
+                                channel_message_id=e["data"]["channel_message_id"], removed_at=now)
+        else:
+            room.edit_message(message_id=e["data"]["message_id"], channel_message_id=e["data"]["channel_message_id"],
+                              text=f"edited {i}", edited_at=now)
+        container.event_store.save(room)
+    for i, e in enumerate(sent):
+        room = container.event_store.repository.get(UUID(e["room_id"]))
+        room.record_delivery_accepted(message_id=e["data"]["message_id"], channel_message_id=f"wamid.out{i}", at=now)
+        room.record_delivery_status(channel_message_id=f"wamid.out{i}", status="delivered", at=now)
+        container.event_store.save(room)
+
+
+def test_replay_folding_rooms_in_two_processes_rebuilds_the_same_projections(
+    db_settings: Settings, container: Container,
+) -> None:
+    """A large log is folded by share of the rooms in worker processes (`bulk.fold_share`): the same
+    rooms, history, counters and reports as the live writer's, and as one share folded in a thread."""
+    populate(container, rooms=15, seed=8)
+    change_messages(container, db_settings)
+    events = all_events(db_settings)
+    assert {"MessageEdited", "MessageRemoved", "ReplyDeliveryAccepted", "DeliveryStatusChanged"} <= {
+        e["type"] for e in events}
+    apply(db_settings, [events[i:i + 50] for i in range(0, len(events), 50)])
+    live = snapshot(db_settings)
+    asyncio.run(replay(db_settings, page_size=40, shares=1))
+    one_share = reports_snapshot(db_settings)
+    execute(db_settings, "UPDATE counters SET rooms = rooms + 5")  # corrupt the live state
+
+    progress: list[tuple[int, int]] = []
+    stats = asyncio.run(replay(db_settings, page_size=40, shares=2,
+                               progress=lambda done, total, rate: progress.append((done, total))))
+
+    assert snapshot(db_settings) == live
+    assert reports_snapshot(db_settings) == one_share and one_share[0]
+    assert stats.events == len(events) and stats.rooms == len(live[0])
+    assert progress and progress[-1][0] == progress[-1][1]
+
+
+def test_replay_of_a_message_id_stored_twice_keeps_the_first_as_the_writer_does(
+    db_settings: Settings, container: Container, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The bulk load builds the history's unique indexes after loading: a message id stored twice
+    fails that build, and the log is loaded again through the writer (ON CONFLICT DO NOTHING)."""
+    import logging
+
+    populate(container, rooms=4, seed=6)
+    first = next(e for e in all_events(db_settings) if e["type"] == "MessageReceived")
+    last = max(e["version"] for e in all_events(db_settings) if e["room_id"] == first["room_id"])
+    execute(db_settings, "INSERT INTO inbox_events (originator_id, originator_version, topic, state)"
+                         " SELECT originator_id, %s, topic, state FROM inbox_events"
+                         " WHERE originator_id = %s AND originator_version = %s",
+            (last + 1, first["room_id"], first["version"]))
+    apply(db_settings, [all_events(db_settings)])
+    live = snapshot(db_settings)
+
+    with caplog.at_level(logging.WARNING, logger="inbox.adapters.read_models.replay"):
+        asyncio.run(replay(db_settings))
+
+    assert snapshot(db_settings) == live
+    assert any("refused a bulk write" in r.getMessage() for r in caplog.records)
+
+
 def test_replay_keeps_reads_answering_and_workers_continue_across_the_switch(
     db_settings: Settings, container: Container,
 ) -> None:

@@ -3,9 +3,10 @@
 The new read models are built beside the live ones, in the shadow schema `<schema>__replay`,
 inside one transaction: the tables from the migration's own DDL (`schema.read_model_ddl`, plus
 any CHECK constraint the live tables carry), the whole notification log read in large pages
-(the next page is read while the current one is written) and written set-based by the workers'
-own `apply_in_transaction` (rooms kept in memory, so nothing is read back), then the non-unique
-indexes built once over the loaded rows. Meanwhile the API reads the live tables and the
+(the next page is read while the current one is written), folded in memory by the workers' own
+planning and written by binary COPY (`bulk.BulkLoad`; if the database refuses a COPY, that load
+is rolled back and done again through the workers' `apply_in_transaction`, which isolates and
+dead-letters what is refused), then the non-unique indexes built once over the loaded rows. Meanwhile the API reads the live tables and the
 workers keep projecting into them.
 
 The switch, still in that transaction: the projection lock of the live schema is taken
@@ -41,11 +42,11 @@ from psycopg import AsyncConnection, sql
 from inbox.adapters.event_log import LogPage, Unreadable, WireEventLog
 from inbox.adapters.eventstore import EVENTS_TABLE
 from inbox.adapters.postgres import conninfo
+from inbox.adapters.read_models.bulk import BulkLoad, BulkRefused, OpenReader, dead_letter_unreadable, default_shares, unreadable_row
 from inbox.adapters.read_models.changes import record_reset
 from inbox.adapters.read_models.reports_writer import REPORT_TABLES, apply_reports
 from inbox.adapters.read_models.writer import apply_in_transaction, lock_projections
 from inbox.adapters.schema import migrate_read_models, read_model_ddl
-from inbox.adapters.wire import event_id
 from inbox.config import ConfigError, Settings
 from projections.rooms import RoomView
 
@@ -77,6 +78,7 @@ class ReplayStats:
 async def replay(
     settings: Settings, reader: WireEventLog, *, page_size: int = 20_000, progress: Progress | None = None,
     until: datetime | None = None, into: str | None = None, before_switch: Hook | None = None,
+    open_reader: OpenReader | None = None, shares: int | None = None,
 ) -> ReplayStats:
     """Rebuild the projections (and the reports) from `reader` (opened and closed by the caller,
     inbox/bootstrap.py).
@@ -87,13 +89,15 @@ async def replay(
     `into`: write the read models into that schema (created and migrated) instead of the live
     ones; the live projections are neither locked nor touched.
     `before_switch`: awaited once the shadow is built, before the switch (tests hold it there).
+    `open_reader`: opens another reader of the same store, in a worker process: with it the log is
+    folded in `shares` of the rooms side by side (default: one per core for a large log, `bulk`).
     """
     if until is not None and into is None:
         # The live projections as of a past moment would stay there: the workers only add new events.
         raise ConfigError("--until needs --into SCHEMA: the live projections are always rebuilt to the end")
     started = time.perf_counter()
     if into is not None:
-        return await _replay_into(settings, reader, into, page_size, progress, until, started)
+        return await _replay_into(settings, reader, into, page_size, progress, until, started, open_reader, shares)
     live = settings.db_schema
     async with await psycopg.AsyncConnection.connect(conninfo(settings), autocommit=True) as conn:
         row = await (await conn.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))", (REPLAY_LOCK, live))).fetchone()
@@ -101,15 +105,18 @@ async def replay(
             raise ConfigError(f"another `inbox replay` is rebuilding schema {live!r}")
         try:
             ext = await _extension_schema(conn)
-            loader = _Loader(conn, reader, page_size, progress, None, started)
+            loader = _Loader(conn, settings, reader, page_size, progress, None, started, open_reader, shares)
             async with conn.transaction():
                 shadow = live + SHADOW_SUFFIX
                 await _create_shadow(conn, live, shadow, ext)
-                position = await loader.load(0)
+                position = await loader.load_first()
+                log.info("replay: %s events loaded into %s in %.1fs", loader.events, shadow, time.perf_counter() - started)
                 await _set_search_path(conn, shadow, ext)
                 await conn.execute("SET LOCAL maintenance_work_mem = '256MB'")
                 for statement in read_model_ddl()[1]:
+                    began = time.perf_counter()
                     await conn.execute(statement)
+                    log.info("replay: %.1fs: %s", time.perf_counter() - began, statement.split(" ON ")[0])
                 if before_switch is not None:
                     await before_switch()
                 position = await loader.load(position)  # what was stored meanwhile, workers still running
@@ -118,6 +125,7 @@ async def replay(
                 await _switch(conn, live, shadow, ext)
                 await record_reset(conn)
                 rooms = await _count_rooms(conn)
+                log.info("replay: switched to the rebuilt read models after %.1fs", time.perf_counter() - started)
         finally:
             if not conn.closed:
                 await conn.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", (REPLAY_LOCK, live))
@@ -126,7 +134,7 @@ async def replay(
 
 async def _replay_into(
     settings: Settings, reader: WireEventLog, into: str, page_size: int, progress: Progress | None,
-    until: datetime | None, started: float,
+    until: datetime | None, started: float, open_reader: OpenReader | None, shares: int | None,
 ) -> ReplayStats:
     """`--into SCHEMA`: a separate schema rebuilt in place (nothing reads it meanwhile)."""
     await asyncio.to_thread(check_target_schema, settings, into)
@@ -135,8 +143,8 @@ async def _replay_into(
     async with await psycopg.AsyncConnection.connect(conninfo(target)) as conn:
         async with conn.transaction():
             await conn.execute(f"TRUNCATE {', '.join(REBUILT_TABLES)}")
-            loader = _Loader(conn, reader, page_size, progress, until, started)
-            await loader.load(0)
+            loader = _Loader(conn, target, reader, page_size, progress, until, started, open_reader, shares)
+            await loader.load_first()
             rooms = await _count_rooms(conn)
     return ReplayStats(events=loader.events, rooms=rooms, seconds=time.perf_counter() - started)
 
@@ -145,21 +153,53 @@ class _Loader:
     """Reads the log from a position and applies it through the workers' writer, rooms in memory."""
 
     def __init__(
-        self, conn: AsyncConnection[Any], reader: WireEventLog, page_size: int, progress: Progress | None,
-        until: datetime | None, started: float,
+        self, conn: AsyncConnection[Any], settings: Settings, reader: WireEventLog, page_size: int,
+        progress: Progress | None, until: datetime | None, started: float, open_reader: OpenReader | None,
+        shares: int | None,
     ) -> None:
-        self.conn, self.reader, self.page_size, self.progress, self.until = conn, reader, page_size, progress, until
-        self.started = started
+        self.conn, self.settings, self.reader, self.page_size = conn, settings, reader, page_size
+        self.progress, self.until, self.started = progress, until, started
+        self.open_reader, self.shares = open_reader, shares
         self.events = 0
-        self.known: dict[str, RoomView] = {}  # every room written so far: the loader is their only writer
+        # Every room written so far when the loader is their only writer (None: read them from the table).
+        self.known: dict[str, RoomView] | None = {}
 
     def _read(self, position: int) -> tuple[LogPage, int, list[Unreadable]]:
         unreadable: list[Unreadable] = []
         page, rows = self.reader.read(position, self.page_size, unreadable)
         return page, rows, unreadable
 
+    async def load_first(self) -> int:
+        """The whole log into the empty tables, in bulk (`BulkLoad`); if the database refuses a bulk
+        write, that load is rolled back and the log loaded again through the writer, which isolates
+        and dead-letters what is refused. Returns the last notification id read."""
+        stop = await asyncio.to_thread(self.reader.max_notification_id)
+        shares = self.shares if self.shares is not None else default_shares(stop)
+        bulk = BulkLoad(self.conn, self.settings, self.reader, self.open_reader, shares=shares,
+                        page_size=self.page_size, until=self.until)
+
+        def on_page(position: int) -> None:
+            if self.progress:
+                elapsed = time.perf_counter() - self.started
+                self.progress(position, stop, bulk.events / elapsed if elapsed else 0.0)
+
+        try:
+            async with self.conn.transaction():  # a savepoint: what the bulk load wrote goes if it is refused
+                await bulk.run(stop, on_page)
+        except BulkRefused as e:
+            log.warning("replay: the database refused a bulk write (%s); loading again through the writer,"
+                        " event by event where refused", e)
+            self.events, self.known = 0, {}
+            return await self.load(0)
+        log.info("replay: %s events of %s rooms folded in %s share(s) and written", bulk.events, bulk.rooms,
+                 bulk.shares)
+        self.events = bulk.events
+        self.known = None  # the rooms are in the table: the writer reads the few it needs from there
+        on_page(stop)
+        return stop
+
     async def load(self, position: int) -> int:
-        """Apply everything stored after `position`; returns the last notification id read."""
+        """Apply everything stored after `position` through the writer; returns the last notification id read."""
         total = await asyncio.to_thread(self.reader.max_notification_id)
         pending = asyncio.ensure_future(asyncio.to_thread(self._read, position))
         try:
@@ -184,13 +224,7 @@ class _Loader:
 
     async def _apply(self, page: LogPage, unreadable: list[Unreadable]) -> None:
         for u in unreadable:  # a stored event that cannot be read does not abort the replay
-            log.error("replay: dead-lettering unreadable stored event %s v%s: %s", u.room_id, u.version,
-                      u.reason.splitlines()[0])
-            await self.conn.execute(
-                "INSERT INTO projection_dead_letters (event_id, reason, event, room_id, version, event_type)"
-                " VALUES (%s, %s, %s, %s, %s, %s)",
-                (event_id(u.room_id, u.version), u.reason, u.state, u.room_id, u.version, u.topic.rsplit(".", 1)[-1]),
-            )
+            await dead_letter_unreadable(self.conn, *unreadable_row(u))
         batch = [e for _, e in page.events]
         if self.until is not None:
             batch = [e for e in batch if datetime.fromisoformat(e["occurred_at"]) <= self.until]

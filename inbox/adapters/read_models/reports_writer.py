@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 REPORT_TABLES = ("report_rooms", "report_cycles", "report_counts", "report_backlog", "report_dead_letters")
 
 _CYCLE_COLUMNS = [f for f in Cycle.__dataclass_fields__]
+_COUNT_INDEX = {name: i for i, name in enumerate(COUNT_FIELDS)}
 _UPSERT_CYCLE = (
     f"INSERT INTO report_cycles ({', '.join(_CYCLE_COLUMNS)}) VALUES ({', '.join(['%s'] * len(_CYCLE_COLUMNS))})"
     " ON CONFLICT (room_id, cycle) DO UPDATE SET "
@@ -91,7 +92,7 @@ class _Rows:
             self.cycles[(step.cycle.room_id, step.cycle.cycle)] = step.cycle
         for c in step.counts:
             row = self.counts.setdefault((c.org_id, c.day, c.channel, c.agent), [0] * len(COUNT_FIELDS))
-            row[COUNT_FIELDS.index(c.field)] += 1
+            row[_COUNT_INDEX[c.field]] += 1
         if step.backlog is not None:
             self.backlog.append(step.backlog)
         if step.dead_letter is not None:
@@ -100,10 +101,29 @@ class _Rows:
 
 async def apply_reports(conn: AsyncConnection, events: Sequence[dict[str, Any]]) -> ReportStats:
     stats = ReportStats(events=len(events))
+    steps = plan_reports(events, await _load(conn, sorted({str(e["room_id"]) for e in events})), stats)
+    try:
+        async with conn.transaction():
+            rows = _Rows()
+            for s in steps:
+                rows.add(s)
+            await _write(conn, rows)
+    except Exception as e:
+        if is_transient(e):
+            raise
+        log.warning("reports: batch refused (%s: %s); writing event by event", type(e).__name__, e)
+        steps = await _write_one_by_one(conn, steps)
+    stats.dead_letters = sum(1 for s in steps if s.dead_letter is not None)
+    stats.applied = len(steps) - stats.dead_letters
+    return stats
+
+
+def plan_reports(events: Sequence[dict[str, Any]], states: dict[str, ReportRoom], stats: ReportStats) -> list[_Step]:
+    """Fold each room's events from its state in `states`, in version order: duplicates skipped,
+    gaps logged and applied over. One `_Step` per event applied; nothing is written."""
     by_room: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for event in events:
         by_room[str(event["room_id"])].append(event)
-    states = await _load(conn, sorted(by_room))
     steps: list[_Step] = []
     for room_id in sorted(by_room):
         state = states.get(room_id)
@@ -120,20 +140,7 @@ async def apply_reports(conn: AsyncConnection, events: Sequence[dict[str, Any]])
             steps.append(step)
             state = step.after
             current = event["version"]
-    try:
-        async with conn.transaction():
-            rows = _Rows()
-            for s in steps:
-                rows.add(s)
-            await _write(conn, rows)
-    except Exception as e:
-        if is_transient(e):
-            raise
-        log.warning("reports: batch refused (%s: %s); writing event by event", type(e).__name__, e)
-        steps = await _write_one_by_one(conn, steps)
-    stats.dead_letters = sum(1 for s in steps if s.dead_letter is not None)
-    stats.applied = len(steps) - stats.dead_letters
-    return stats
+    return steps
 
 
 def _step(state: ReportRoom | None, event: dict[str, Any]) -> _Step:

@@ -141,11 +141,46 @@ async def apply_in_transaction(
     without it. Transient errors propagate so the caller retries the batch.
     """
     stats = BatchStats(events=len(events))
+    plans = await plan_batch(
+        events, fill_gap, stats, known if known is not None else (lambda ids: _load_rooms(conn, ids)))
+
+    try:
+        async with conn.transaction():
+            await _write(conn, plans)
+    except Exception as e:
+        if is_transient(e):
+            raise
+        log.warning("batch of %s events refused (%s: %s); isolating the culprit",
+                    len(events), type(e).__name__, _first_line(e))
+        for plan in plans:
+            await _write_isolated(conn, plan)
+    if log_changes:
+        await record_changes(conn, plans)
+    if known is not None:
+        for plan in plans:
+            if (t := plan.transition) is not None:
+                known[plan.room_id] = t[1]
+
+    steps = [s for p in plans for s in p.steps]
+    stats.dead_letters = sum(1 for s in steps if s.dead_letter is not None)
+    stats.applied = len(steps) - stats.dead_letters
+    stats.rooms_changed = sum(1 for p in plans if p.transition is not None)
+    return stats
+
+
+async def plan_batch(
+    events: Sequence[dict[str, Any]], fill_gap: GapFiller | None, stats: BatchStats,
+    views: dict[str, RoomView] | Callable[[list[str]], Awaitable[dict[str, RoomView]]],
+) -> list[_RoomPlan]:
+    """Fold a batch room by room from `views` (the rooms as they are, or a loader of them): each
+    room's events in version order, duplicates skipped, gaps filled by `fill_gap` or recorded (the
+    room held back), one `_Step` per event. Counts go to `stats`; nothing is written."""
     by_room: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for event in events:
         by_room[event["room_id"]].append(event)
     room_ids = sorted(by_room)
-    views = await _load_rooms(conn, room_ids) if known is None else known
+    if callable(views):
+        views = await views(room_ids)
 
     plans: list[_RoomPlan] = []
     for room_id in room_ids:
@@ -174,29 +209,7 @@ async def apply_in_transaction(
             current = event["version"]
         plan.steps = _fold(plan.before, plan.events)
         plans.append(plan)
-
-    try:
-        async with conn.transaction():
-            await _write(conn, plans)
-    except Exception as e:
-        if is_transient(e):
-            raise
-        log.warning("batch of %s events refused (%s: %s); isolating the culprit",
-                    len(events), type(e).__name__, _first_line(e))
-        for plan in plans:
-            await _write_isolated(conn, plan)
-    if log_changes:
-        await record_changes(conn, plans)
-    if known is not None:
-        for plan in plans:
-            if (t := plan.transition) is not None:
-                known[plan.room_id] = t[1]
-
-    steps = [s for p in plans for s in p.steps]
-    stats.dead_letters = sum(1 for s in steps if s.dead_letter is not None)
-    stats.applied = len(steps) - stats.dead_letters
-    stats.rooms_changed = sum(1 for p in plans if p.transition is not None)
-    return stats
+    return plans
 
 
 # message_ids travel as array literals ('{id,id}'), one per row: unnest() would flatten an array of arrays.

@@ -1,8 +1,9 @@
 """Faust worker: consumes `inbox.events` and keeps the PostgreSQL read models current.
 
 The agent only consumes → delegates to the projection writer → acks. Events come in batches
-(`stream.take`), each applied in one transaction. Delivery is at-least-once and the writer is
-idempotent on (room id, version), so redelivery after a crash or rebalance changes nothing.
+(`take_ready`: what arrived during the previous transaction, no fixed window), each applied in
+one transaction. Delivery is at-least-once and the writer is idempotent on (room id, version),
+so redelivery after a crash or rebalance changes nothing.
 Concurrency stays 1 per agent (faust-streaming #606); scale with partitions and workers.
 """
 
@@ -22,7 +23,7 @@ from inbox.adapters.wire import InvalidWireEvent, decode, decode_batch
 from inbox.adapters.read_models.changes import prune
 from inbox.adapters.postgres import is_transient
 from inbox.adapters.read_models.writer import BatchStats, ProjectionWriter
-from inbox.adapters.kafka.faust_transport import LowLatencyApp
+from inbox.adapters.kafka.faust_transport import LowLatencyApp, take_ready
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +179,7 @@ def create_faust_app(settings: Settings, runtime: ProjectorRuntime) -> faust.App
 
     @faust_app.agent(topic, concurrency=1)
     async def project(stream: faust.StreamT[bytes]) -> None:
-        async for values in stream.take(settings.worker_batch_size, within=0.02):
+        async for values in take_ready(stream, settings.worker_batch_size):
             await runtime.apply(list(values))
 
     async def beat() -> None:

@@ -122,7 +122,26 @@ class ProjectionWriter:
         self._fill_gap = fill_gap
 
     async def apply_batch(self, events: Sequence[dict[str, Any]]) -> BatchStats:
+        """Apply a batch in one transaction of two round trips (pipeline mode): one locks and reads
+        the batch's rooms, one writes every table, the change log and the doorbell, and commits.
+
+        A round trip per statement (a dozen per batch) was most of a batch's time on a busy
+        machine, and every event waits for the batch before it: the live stream's freshness.
+        If the database refuses anything (or a value is refused before it is sent), the
+        transaction rolls back and the batch is applied again statement by statement, each
+        table under a savepoint (`apply_in_transaction`), so the culprit is dead-lettered with
+        its reason and the rest recorded. Transient failures propagate: the caller retries.
+        """
         async with self._pool.connection() as conn:
+            try:
+                async with conn.pipeline(), conn.transaction():
+                    await lock_projections(conn)
+                    return await apply_in_transaction(conn, events, self._fill_gap, isolate=False)
+            except Exception as e:
+                if is_transient(e):
+                    raise
+                log.info("batch of %s events refused in one pipeline (%s: %s); applying it statement by statement",
+                         len(events), type(e).__name__, _first_line(e))
             async with conn.transaction():
                 await lock_projections(conn)
                 return await apply_in_transaction(conn, events, self._fill_gap)
@@ -130,7 +149,7 @@ class ProjectionWriter:
 
 async def apply_in_transaction(
     conn: AsyncConnection, events: Sequence[dict[str, Any]], fill_gap: GapFiller | None, *,
-    log_changes: bool = True, known: dict[str, RoomView] | None = None,
+    log_changes: bool = True, known: dict[str, RoomView] | None = None, isolate: bool = True,
 ) -> BatchStats:
     """Apply a batch inside the caller's transaction; an event that cannot be stored is dead-lettered.
 
@@ -139,21 +158,27 @@ async def apply_in_transaction(
     room event by event, each under its own savepoint: the culprit is dead-lettered with the
     reason, its room's version still advances, and the room's later events are folded again
     without it. Transient errors propagate so the caller retries the batch.
+
+    `isolate=False` (pipeline mode, `ProjectionWriter.apply_batch`): no savepoint; any refusal
+    propagates and the caller applies the batch again with `isolate=True`.
     """
     stats = BatchStats(events=len(events))
     plans = await plan_batch(
         events, fill_gap, stats, known if known is not None else (lambda ids: _load_rooms(conn, ids)))
 
-    try:
-        async with conn.transaction():
-            await _write(conn, plans)
-    except Exception as e:
-        if is_transient(e):
-            raise
-        log.warning("batch of %s events refused (%s: %s); isolating the culprit",
-                    len(events), type(e).__name__, _first_line(e))
-        for plan in plans:
-            await _write_isolated(conn, plan)
+    if not isolate:
+        await _write(conn, plans)
+    else:
+        try:
+            async with conn.transaction():
+                await _write(conn, plans)
+        except Exception as e:
+            if is_transient(e):
+                raise
+            log.warning("batch of %s events refused (%s: %s); isolating the culprit",
+                        len(events), type(e).__name__, _first_line(e))
+            for plan in plans:
+                await _write_isolated(conn, plan)
     if log_changes:
         await record_changes(conn, plans)
     if known is not None:

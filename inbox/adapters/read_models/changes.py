@@ -78,6 +78,29 @@ class ChangePage:
         return self.upto < self.head
 
 
+# The page's rows, as every query of `read_changes` selects them (the same snapshot gives the same rows).
+_PAGE = "SELECT {} FROM room_changes WHERE position > %(after)s ORDER BY position LIMIT %(limit)s"
+_READ_MARKS = (
+    "SELECT (SELECT pruned_upto FROM room_changes_horizon) AS horizon, (SELECT max(position) FROM room_changes) AS head"
+)
+_READ_CHANGES = _PAGE.format(
+    "position, kind, org_id, room_id::text AS room_id, version, existed_before, assignee_before, assignee_after,"
+    " message_ids::text[] AS message_ids"
+)
+# `= ANY(ARRAY(subquery))`: the page's ids are computed once, then looked up by primary key.
+_READ_ROOMS = (
+    "SELECT r.*, now() AS _now FROM rooms r WHERE r.id = ANY(ARRAY("
+    f"SELECT room_id FROM ({_PAGE.format('room_id')}) c WHERE room_id IS NOT NULL))"
+)
+_READ_MESSAGES = f"SELECT * FROM messages WHERE id = ANY(ARRAY(SELECT unnest(message_ids) FROM ({_PAGE.format('message_ids')}) c))"
+_COUNTER_ROWS = "SELECT org_id, tab, status, assignee, rooms, awaiting FROM counters WHERE assignee = ANY(%(keys)s) AND "
+_READ_COUNTERS = _COUNTER_ROWS + "org_id = ANY(%(orgs)s)"
+_READ_COUNTERS_OF_PAGE = (  # only the organizations the page changes
+    _COUNTER_ROWS + f"org_id = ANY(ARRAY(SELECT DISTINCT org_id FROM ({_PAGE.format('org_id')}) c"
+    " WHERE org_id = ANY(%(orgs)s)))"
+)
+
+
 async def read_changes(
     conn: AsyncConnection[Any], after: int, *, limit: int, viewers: Iterable[Actor] = (), all_counters: bool = False,
 ) -> ChangePage:
@@ -85,55 +108,49 @@ async def read_changes(
 
     Counters are read for the viewers whose organization has a change in the page (or for all of
     them with `all_counters`); each distinct `counter_key` once.
+
+    Every query goes out at once (pipeline mode) and selects the page's rows itself: the read is
+    one round trip to the database, not one per query (the stream's freshness on a busy machine).
     """
-    async with conn.transaction():
+    viewers = list(viewers)
+    params = {"after": after, "limit": limit, "orgs": list({a.org_id for a in viewers}),
+              "keys": list({ALL, *(k for a in viewers for k in counter_key(a)[1])})}
+    async with conn.pipeline(), conn.transaction():
         await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        async with conn.cursor(row_factory=dict_row) as cur:
-            await cur.execute(
-                "SELECT (SELECT pruned_upto FROM room_changes_horizon) AS horizon,"
-                " (SELECT max(position) FROM room_changes) AS head"
-            )
-            marks = await cur.fetchone()
-            assert marks is not None
-            horizon = int(marks["horizon"] or 0)
-            head = max(int(marks["head"] or 0), horizon)
-            await cur.execute(
-                "SELECT position, kind, org_id, room_id::text AS room_id, version, existed_before, assignee_before,"
-                " assignee_after, message_ids::text[] AS message_ids FROM room_changes"
-                " WHERE position > %s ORDER BY position LIMIT %s",
-                (after, limit),
-            )
-            changes = [
-                Change(r["position"], r["kind"], r["org_id"], r["room_id"], r["version"], r["existed_before"],
-                       r["assignee_before"], r["assignee_after"], tuple(r["message_ids"] or ()))
-                for r in await cur.fetchall()
-            ]
-            page = ChangePage(after, changes[-1].position if changes and len(changes) == limit else head, head, horizon, changes)
-            room_ids = list({c.room_id for c in changes if c.room_id})
-            if room_ids:
-                await cur.execute("SELECT r.*, now() AS _now FROM rooms r WHERE r.id = ANY(%s::uuid[])", (room_ids,))
-                page.rooms = {str(r["id"]): room_json(r, r["_now"]) for r in await cur.fetchall()}
-            message_ids = list({m for c in changes for m in c.message_ids})
-            if message_ids:
-                await cur.execute("SELECT * FROM messages WHERE id = ANY(%s::uuid[])", (message_ids,))
-                page.messages = {str(r["id"]): message_json(r) for r in await cur.fetchall()}
+        marks_cur = await conn.cursor(row_factory=dict_row).execute(_READ_MARKS)
+        if limit > 0:
+            changes_cur = await conn.cursor(row_factory=dict_row).execute(_READ_CHANGES, params)
+            rooms_cur = await conn.cursor(row_factory=dict_row).execute(_READ_ROOMS, params)
+            messages_cur = await conn.cursor(row_factory=dict_row).execute(_READ_MESSAGES, params)
+            counters_cur = await conn.cursor(row_factory=dict_row).execute(
+                _READ_COUNTERS if all_counters else _READ_COUNTERS_OF_PAGE, params) if viewers else None
+        marks = await marks_cur.fetchone()
+        assert marks is not None
+        horizon = int(marks["horizon"] or 0)
+        head = max(int(marks["head"] or 0), horizon)
+        if limit <= 0:
+            return ChangePage(after, head, head, horizon)
+        changes = [
+            Change(r["position"], r["kind"], r["org_id"], r["room_id"], r["version"], r["existed_before"],
+                   r["assignee_before"], r["assignee_after"], tuple(r["message_ids"] or ()))
+            for r in await changes_cur.fetchall()
+        ]
+        page = ChangePage(after, changes[-1].position if changes and len(changes) == limit else head, head, horizon, changes)
+        page.rooms = {str(r["id"]): room_json(r, r["_now"]) for r in await rooms_cur.fetchall()}
+        page.messages = {str(r["id"]): message_json(r) for r in await messages_cur.fetchall()}
+        if counters_cur is not None:
+            counter_rows = await counters_cur.fetchall()
             orgs = {c.org_id for c in changes}
             wanted = {counter_key(a): a for a in viewers if all_counters or a.org_id in orgs}
-            if wanted:  # one read for every viewer: counters_json keeps the rows of each viewer's keys
-                await cur.execute(
-                    "SELECT org_id, tab, status, assignee, rooms, awaiting FROM counters"
-                    " WHERE org_id = ANY(%s) AND assignee = ANY(%s)",
-                    (list({a.org_id for a in wanted.values()}), list({ALL, *(k for key in wanted for k in key[1])})),
-                )
-                # counters_json reads only the rows of the organization's total (ALL) and the
-                # viewer's keys: hand each viewer just those (an organization has a row set per agent).
-                by_key: dict[tuple[str, str], list[dict[str, Any]]] = {}
-                for r in await cur.fetchall():
-                    by_key.setdefault((r["org_id"], r["assignee"]), []).append(r)
-                for key, actor in wanted.items():
-                    org, keys = key
-                    rows = [r for k in dict.fromkeys((ALL, *keys)) for r in by_key.get((org, k), ())]
-                    page.counters[key] = counters_json(actor, rows)
+            # counters_json reads only the rows of the organization's total (ALL) and the
+            # viewer's keys: hand each viewer just those (an organization has a row set per agent).
+            by_key: dict[tuple[str, str], list[dict[str, Any]]] = {}
+            for r in counter_rows:
+                by_key.setdefault((r["org_id"], r["assignee"]), []).append(r)
+            for key, actor in wanted.items():
+                org, keys = key
+                rows = [r for k in dict.fromkeys((ALL, *keys)) for r in by_key.get((org, k), ())]
+                page.counters[key] = counters_json(actor, rows)
     return page
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 import psycopg
 from psycopg import AsyncConnection
+from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
@@ -131,13 +132,19 @@ class ProjectionWriter:
         transaction rolls back and the batch is applied again statement by statement, each
         table under a savepoint (`apply_in_transaction`), so the culprit is dead-lettered with
         its reason and the rest recorded. Transient failures propagate: the caller retries.
+        The pool's connections are in autocommit mode (BEGIN and COMMIT are sent as statements:
+        `conn.transaction()` in a pipeline syncs twice more at its end).
         """
         async with self._pool.connection() as conn:
             try:
-                async with conn.pipeline(), conn.transaction():
+                async with conn.pipeline():
+                    await conn.execute("BEGIN")
                     await lock_projections(conn)
-                    return await apply_in_transaction(conn, events, self._fill_gap, isolate=False)
+                    stats = await apply_in_transaction(conn, events, self._fill_gap, isolate=False)
+                    await conn.execute("COMMIT")
+                return stats
             except Exception as e:
+                await end_transaction(conn)
                 if is_transient(e):
                     raise
                 log.info("batch of %s events refused in one pipeline (%s: %s); applying it statement by statement",
@@ -145,6 +152,16 @@ class ProjectionWriter:
             async with conn.transaction():
                 await lock_projections(conn)
                 return await apply_in_transaction(conn, events, self._fill_gap)
+
+
+async def end_transaction(conn: AsyncConnection[Any]) -> None:
+    """Roll back what a failed pipeline left open (a BEGIN sent as a statement), if anything; a
+    connection that is gone needs nothing (the pool replaces it)."""
+    if conn.info.transaction_status in (TransactionStatus.INTRANS, TransactionStatus.INERROR):
+        try:
+            await conn.rollback()
+        except psycopg.Error as e:
+            log.info("rolling back after a failed pipeline failed too (%s: %s)", type(e).__name__, e)
 
 
 async def apply_in_transaction(

@@ -22,7 +22,7 @@ from psycopg.rows import dict_row
 from domain.staff import Actor
 from domain.visibility import ALL, counter_keys
 from inbox.adapters.read_models.queries import counters_json, message_json, room_json
-from inbox.adapters.read_models.writer import CHANGES_LOCK
+from inbox.adapters.read_models.writer import CHANGES_LOCK, end_transaction
 
 CHANNEL_PREFIX = "inbox_changes:"
 
@@ -111,46 +111,54 @@ async def read_changes(
 
     Every query goes out at once (pipeline mode) and selects the page's rows itself: the read is
     one round trip to the database, not one per query (the stream's freshness on a busy machine).
+    `conn` is in autocommit mode (the snapshot's BEGIN and COMMIT are statements of the pipeline).
     """
     viewers = list(viewers)
     params = {"after": after, "limit": limit, "orgs": list({a.org_id for a in viewers}),
               "keys": list({ALL, *(k for a in viewers for k in counter_key(a)[1])})}
-    async with conn.pipeline(), conn.transaction():
-        await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        marks_cur = await conn.cursor(row_factory=dict_row).execute(_READ_MARKS)
-        if limit > 0:
-            changes_cur = await conn.cursor(row_factory=dict_row).execute(_READ_CHANGES, params)
-            rooms_cur = await conn.cursor(row_factory=dict_row).execute(_READ_ROOMS, params)
-            messages_cur = await conn.cursor(row_factory=dict_row).execute(_READ_MESSAGES, params)
-            counters_cur = await conn.cursor(row_factory=dict_row).execute(
-                _READ_COUNTERS if all_counters else _READ_COUNTERS_OF_PAGE, params) if viewers else None
-        marks = await marks_cur.fetchone()
-        assert marks is not None
-        horizon = int(marks["horizon"] or 0)
-        head = max(int(marks["head"] or 0), horizon)
-        if limit <= 0:
-            return ChangePage(after, head, head, horizon)
-        changes = [
-            Change(r["position"], r["kind"], r["org_id"], r["room_id"], r["version"], r["existed_before"],
-                   r["assignee_before"], r["assignee_after"], tuple(r["message_ids"] or ()))
-            for r in await changes_cur.fetchall()
-        ]
-        page = ChangePage(after, changes[-1].position if changes and len(changes) == limit else head, head, horizon, changes)
-        page.rooms = {str(r["id"]): room_json(r, r["_now"]) for r in await rooms_cur.fetchall()}
-        page.messages = {str(r["id"]): message_json(r) for r in await messages_cur.fetchall()}
-        if counters_cur is not None:
-            counter_rows = await counters_cur.fetchall()
-            orgs = {c.org_id for c in changes}
-            wanted = {counter_key(a): a for a in viewers if all_counters or a.org_id in orgs}
-            # counters_json reads only the rows of the organization's total (ALL) and the
-            # viewer's keys: hand each viewer just those (an organization has a row set per agent).
-            by_key: dict[tuple[str, str], list[dict[str, Any]]] = {}
-            for r in counter_rows:
-                by_key.setdefault((r["org_id"], r["assignee"]), []).append(r)
-            for key, actor in wanted.items():
-                org, keys = key
-                rows = [r for k in dict.fromkeys((ALL, *keys)) for r in by_key.get((org, k), ())]
-                page.counters[key] = counters_json(actor, rows)
+    # BEGIN and COMMIT as statements: conn.transaction() in a pipeline syncs at its exit and again
+    # after COMMIT, each a round trip more. One Sync, at the pipeline's exit, fills every cursor.
+    try:
+        async with conn.pipeline():
+            await conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            marks_cur = await conn.cursor(row_factory=dict_row).execute(_READ_MARKS)
+            if limit > 0:
+                changes_cur = await conn.cursor(row_factory=dict_row).execute(_READ_CHANGES, params)
+                rooms_cur = await conn.cursor(row_factory=dict_row).execute(_READ_ROOMS, params)
+                messages_cur = await conn.cursor(row_factory=dict_row).execute(_READ_MESSAGES, params)
+                counters_cur = await conn.cursor(row_factory=dict_row).execute(
+                    _READ_COUNTERS if all_counters else _READ_COUNTERS_OF_PAGE, params) if viewers else None
+            await conn.execute("COMMIT")
+    except BaseException:
+        await end_transaction(conn)
+        raise
+    marks = await marks_cur.fetchone()
+    assert marks is not None
+    horizon = int(marks["horizon"] or 0)
+    head = max(int(marks["head"] or 0), horizon)
+    if limit <= 0:
+        return ChangePage(after, head, head, horizon)
+    changes = [
+        Change(r["position"], r["kind"], r["org_id"], r["room_id"], r["version"], r["existed_before"],
+               r["assignee_before"], r["assignee_after"], tuple(r["message_ids"] or ()))
+        for r in await changes_cur.fetchall()
+    ]
+    page = ChangePage(after, changes[-1].position if changes and len(changes) == limit else head, head, horizon, changes)
+    page.rooms = {str(r["id"]): room_json(r, r["_now"]) for r in await rooms_cur.fetchall()}
+    page.messages = {str(r["id"]): message_json(r) for r in await messages_cur.fetchall()}
+    if counters_cur is not None:
+        counter_rows = await counters_cur.fetchall()
+        orgs = {c.org_id for c in changes}
+        wanted = {counter_key(a): a for a in viewers if all_counters or a.org_id in orgs}
+        # counters_json reads only the rows of the organization's total (ALL) and the
+        # viewer's keys: hand each viewer just those (an organization has a row set per agent).
+        by_key: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for r in counter_rows:
+            by_key.setdefault((r["org_id"], r["assignee"]), []).append(r)
+        for key, actor in wanted.items():
+            org, keys = key
+            rows = [r for k in dict.fromkeys((ALL, *keys)) for r in by_key.get((org, k), ())]
+            page.counters[key] = counters_json(actor, rows)
     return page
 
 

@@ -28,6 +28,15 @@ def _setup_logging(level: str = "INFO") -> None:
 
 
 # ---- production processes -------------------------------------------------------------------
+# How long a thread that holds the GIL keeps it while another waits (Python's default: 5 ms). The
+# API has three busy threads (the event loop, the inbound committer, the live stream's reader) and
+# the worker two (Faust's loop and its Kafka consumer thread); the I/O-bound ones give the GIL up
+# at every database or socket call and then waited up to 5 ms each time to get it back from a
+# busy event loop: tens of milliseconds per change-log page or batch, the live stream's freshness
+# (issue 10). Forced switches only happen while a thread waits, a few microseconds each.
+THREAD_SWITCH_S = 0.0005
+
+
 def cmd_api(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -39,6 +48,7 @@ def cmd_api(args: argparse.Namespace) -> int:
         "database_url", "kafka_bootstrap", "jwt_secret", "meta_app_secret", "meta_verify_token"
     ).check_secrets()
     migrate(settings)
+    sys.setswitchinterval(THREAD_SWITCH_S)
     container = Container.build(settings)
     try:
         verbose = os.environ.get(_DEV_VERBOSE) == "1"  # `inbox dev --verbose`: uvicorn's own and access logs
@@ -110,6 +120,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     settings = Settings.from_env().require("database_url", "kafka_bootstrap").check_secrets()
     migrate(settings)
+    sys.setswitchinterval(THREAD_SWITCH_S)
     run_worker(bootstrap.projection_worker(settings), loglevel=os.environ.get("INBOX_LOG_LEVEL", "INFO").lower())
     return 0
 

@@ -3,7 +3,8 @@ against real `inbox api|relay|worker` processes and the broker.
 
 An agent and a supervisor sign in, in two browser contexts. Customers write on WhatsApp, Instagram
 and Messenger and comment under a post: both see badges, the `(N) Inbox` title and the lists change
-without reloading. The agent takes a room and replies; the supervisor sees it assigned. Search by
+without reloading. The agent types a reply, takes the room (the draft survives the room being
+swapped in) and sends it; the supervisor sees it assigned. Search by
 contact and by conversation; "Load older dialogs" on a 60-message room; "Resolve all expired chat
 room" without and with unassigned rooms; the agent never sees another agent's room.
 
@@ -105,9 +106,14 @@ def test_the_inbox_story_in_a_browser(pipeline: Pipeline, browser: Any, tmp_path
     room_item(agent, "Ana Souza").get_by_role("link").click()
     expect(agent.get_by_role("heading", name="Ana Souza")).to_be_visible()
     expect(agent.locator("#history")).to_contain_text("where is my order INV-2041?")
-    agent.get_by_role("button", name="Take").click()
+    reply = agent.get_by_label("Reply to Ana Souza")
+    reply.fill("Hi Ana, INV-2041 ships today.")  # typed before taking the room
+    with agent.expect_response(lambda r: r.url.endswith("/take")):
+        agent.get_by_role("button", name="Take").click()
     expect(agent.locator("#room-assignee")).to_have_text("Assigned to agent1", timeout=LIVE)
-    agent.get_by_label("Reply to Ana Souza").fill("Hi Ana, INV-2041 ships today.")
+    # Take's answer swapped the whole room in, reply box included (it then has the focus): the draft stays.
+    expect(reply).to_be_focused()
+    expect(reply).to_have_value("Hi Ana, INV-2041 ships today.")
     agent.get_by_role("button", name="Send").click()
     expect(agent.locator("#history li.msg.outbound")).to_contain_text("INV-2041 ships today", timeout=LIVE)
     expect(agent.locator("#badge-messages")).to_have_text("2", timeout=LIVE)

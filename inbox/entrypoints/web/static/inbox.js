@@ -9,7 +9,7 @@
   const GONE = '<p class="placeholder">This room is no longer in your inbox.</p>';
   const body = document.body;
   const state = { source: null, poll: null, lastCounters: null, listTimer: null, retryTimer: null, anchor: null,
-                  lastListHtml: null };
+                  lastListHtml: null, draft: null };
 
   function $(sel) { return document.querySelector(sel); }
   function openRoom() { const v = $(".room-view"); return v ? v.dataset.room : ""; }
@@ -260,6 +260,12 @@
   // "Load older dialogs": keep the message that was first in view where it was, older ones above it.
   document.addEventListener("htmx:beforeSwap", function (e) {
     if (e.detail.target && e.detail.target.id === "older") state.anchor = $("#history li.msg");
+    if (e.detail.target && e.detail.target.id === "room") {
+      // The answer to Take, Assign or Resolve swaps the whole room in, reply box included, and it
+      // comes once the projection caught up: keep a reply typed meanwhile (not the one just sent).
+      const reply = $("#reply-text"), path = (e.detail.requestConfig && e.detail.requestConfig.path) || "";
+      state.draft = reply && reply.value && !path.endsWith("/reply") ? { room: openRoom(), text: reply.value } : null;
+    }
   });
   document.addEventListener("htmx:afterSettle", function () {
     const history = $("#history");
@@ -274,6 +280,8 @@
       const history = $("#history");
       if (history) history.scrollTop = history.scrollHeight;  // newest messages in view
       const reply = $("#reply-text");
+      if (reply && state.draft && state.draft.room === openRoom() && !reply.value) reply.value = state.draft.text;
+      state.draft = null;
       if (e.detail.requestConfig && e.detail.requestConfig.verb === "post" && reply) reply.focus();
     }
   });

@@ -22,6 +22,7 @@ GROUPS = {
     "channel": ("channel", "channel"),
 }
 MAX_SAMPLES = 5000  # backlog points per request
+MAX_STEP_S = 366 * 86_400  # backlog step: a year at most (PostgreSQL's interval arithmetic must not overflow)
 CSV_COLUMNS = ("key", "rooms", "first_response_p50_s", "first_response_p90_s", "resolution_p50_s",
                "resolution_p90_s", "messages_in", "messages_out")
 
@@ -86,8 +87,8 @@ class ReportQueries(ReadModelReader):
             raise NotAllowed("only admins and supervisors see the backlog")
         if end < start:
             raise InvalidCommand("`to` is before `from`")
-        if step_s < 1 or (end - start).total_seconds() / step_s + 1 > MAX_SAMPLES:
-            raise InvalidCommand(f"step must be at least 1 s and give at most {MAX_SAMPLES} points")
+        if step_s < 1 or step_s > MAX_STEP_S or (end - start).total_seconds() / step_s + 1 > MAX_SAMPLES:
+            raise InvalidCommand(f"step must be 1 to {MAX_STEP_S} s and give at most {MAX_SAMPLES} points")
         rows = self._fetch(
             """
             WITH t AS (SELECT generate_series(%s::timestamptz, %s::timestamptz, make_interval(secs => %s)) AS at),

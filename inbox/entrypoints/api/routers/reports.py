@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
-from inbox.adapters.read_models.report_queries import ReportQueries, items_csv
+from inbox.adapters.read_models.report_queries import MAX_STEP_S, ReportQueries, items_csv
 from inbox.entrypoints.api.deps import ContainerDep, StaffDep
 from inbox.entrypoints.api.schemas import BacklogReport, ResponseTimesReport
 
@@ -50,7 +50,7 @@ def backlog(
     reports: ReportsDep,
     from_: Annotated[datetime, Query(alias="from")],
     to: datetime,
-    step: Annotated[int, Query(ge=1, description="seconds between samples")] = 900,
+    step: Annotated[int, Query(ge=1, le=MAX_STEP_S, description="seconds between samples")] = 900,
 ) -> dict[str, Any]:
     """Unassigned rooms of the organization at `from`, `from + step`, ... up to `to` (admin/supervisor)."""
     start, end = (t if t.tzinfo else t.replace(tzinfo=UTC) for t in (from_, to))

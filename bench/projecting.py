@@ -34,13 +34,12 @@ except ImportError:  # pragma: no cover
     psutil = None  # type: ignore[assignment]
 
 
-@dataclass
-class WorkerCatchUp:
+class PerEvent:
+    """Rates of a catch-up: `events` projected in `seconds`, using `cpu_s` of the workers' CPU."""
+
     events: int
-    rooms: int
     seconds: float
     cpu_s: float | None
-    postgres_cpu_s: float | None
 
     @property
     def events_per_s(self) -> float:
@@ -49,6 +48,15 @@ class WorkerCatchUp:
     @property
     def cpu_ms_per_event(self) -> float | None:
         return 1000 * self.cpu_s / self.events if self.cpu_s is not None and self.events else None
+
+
+@dataclass
+class WorkerCatchUp(PerEvent):
+    events: int
+    rooms: int
+    seconds: float
+    cpu_s: float | None
+    postgres_cpu_s: float | None
 
     def as_dict(self) -> dict[str, Any]:
         return {"events": self.events, "rooms": self.rooms, "seconds": self.seconds,
@@ -150,7 +158,7 @@ def _postgres(infra: Infra) -> list[int]:
 
 # ---- scale-out: k workers of one consumer group on a pre-filled topic ------------------------
 @dataclass
-class ParallelCatchUp:
+class ParallelCatchUp(PerEvent):
     workers: int
     partitions: int
     events: int  # the backlog measured (after the probe)
@@ -162,14 +170,6 @@ class ParallelCatchUp:
     per_worker_events: list[int]  # events each worker applied in all (heartbeats): both had partitions?
     machine_busy_cores: float | None
     other_cores: float | None  # processes outside the benchmark (and outside its PostgreSQL) meanwhile
-
-    @property
-    def events_per_s(self) -> float:
-        return rate(self.events, self.seconds)
-
-    @property
-    def cpu_ms_per_event(self) -> float | None:
-        return 1000 * self.cpu_s / self.events if self.cpu_s is not None and self.events else None
 
     def as_dict(self) -> dict[str, Any]:
         return {"workers": self.workers, "partitions": self.partitions, "events": self.events,

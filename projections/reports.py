@@ -21,9 +21,11 @@ the report tables:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
+
+from projections.frozen import replace
 
 NOBODY = "-"
 STAFF_ROLES = frozenset({"admin", "supervisor", "agent"})
@@ -80,24 +82,6 @@ class Changes:
     counts: tuple[Count, ...] = ()
     backlog: BacklogChange | None = None
     cycle: Cycle | None = None  # the cycle row to upsert when it changed
-
-
-_FIELDS: dict[type, frozenset[str]] = {}
-
-
-def replace(obj: Any, **changes: Any) -> Any:
-    """`dataclasses.replace` for this module's frozen dataclasses (plain fields, no __post_init__),
-    without its per-call introspection: several per event, the report fold's hot path."""
-    cls = type(obj)
-    if (names := _FIELDS.get(cls)) is None:
-        names = _FIELDS[cls] = frozenset(f.name for f in fields(cls))
-    if not names.issuperset(changes):
-        raise TypeError(f"{cls.__name__} has no field {sorted(changes.keys() - names)}")
-    new = object.__new__(cls)
-    state = new.__dict__
-    state.update(obj.__dict__)
-    state.update(changes)
-    return new
 
 
 class UnknownEvent(ValueError):

@@ -1,5 +1,7 @@
 """Faust for low latency: a Kafka consumer that waits at most FETCH_MAX_WAIT_MS for new data, and
-`take_ready`, batches without a fixed window.
+`take_ready`, batches without a fixed window. The consumer also seeks back to the beginning of a
+partition without a committed offset (`seek_to_committed_or_reset`), where Faust with aiokafka
+alone lost the records it dropped during a rebalance.
 
 faust-streaming hard-codes `fetch_max_wait_ms=1500` for its worker consumer. A broker that does
 not answer a fetch early when data arrives (Tansu, here) then adds up to 1.5 s between an event
@@ -15,13 +17,43 @@ stream's freshness budget (issue 10: 202 → stream event p99 < 100 ms).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Mapping
 from typing import Any, cast
 
 import faust
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
+log = logging.getLogger(__name__)
+
 FETCH_MAX_WAIT_MS = 10
+
+
+async def seek_to_committed_or_reset(consumer: AIOKafkaConsumer, reset: str) -> dict[TopicPartition, int | None]:
+    """Move every assigned partition back to its committed offset, or where `reset` says when it
+    has none ("earliest": the beginning, "latest": the end); returns the committed offsets.
+
+    Faust drops records it fetched while its flow is stopped (a rebalance) and counts on this seek
+    to read them again. aiokafka's `seek_to_committed` leaves a partition without a committed
+    offset where it is, i.e. after the records just dropped: they were never seen again. That
+    happens whenever the group has no commit for a partition — a new group's first rebalances, or
+    a broker that lost its offsets with its data (the embedded Tansu keeps nothing across a
+    restart): a projection worker then sat idle with the whole topic unprojected.
+    """
+    committed = await consumer.seek_to_committed()
+    fresh = [tp for tp, offset in committed.items() if offset is None]
+    for tp, offset in committed.items():
+        if offset == 0:  # aiokafka skips a committed 0 as well
+            consumer.seek(tp, 0)
+    if fresh:
+        log.info("no committed offset for %s: reading from the %s", sorted(tp.partition for tp in fresh),
+                 "end" if reset == "latest" else "beginning")
+        if reset == "latest":
+            await consumer.seek_to_end(*fresh)
+        else:
+            await consumer.seek_to_beginning(*fresh)
+    return committed
 
 
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
@@ -29,6 +61,11 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         consumer = super()._create_worker_consumer(transport)
         consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS  # read when the consumer starts its fetcher
         return consumer
+
+    async def seek_to_committed(self) -> Mapping[Any, int]:
+        reset = self.app.conf.consumer_auto_offset_reset
+        return cast(Mapping[Any, int],
+                    await self.call_thread(seek_to_committed_or_reset, self._ensure_consumer(), reset))
 
 
 class _Consumer(faust_aiokafka.Consumer):

@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer
+from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord, TopicPartition
 from psycopg_pool import AsyncConnectionPool
 
@@ -41,6 +42,7 @@ log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 2.0
 PARTITION_CHECK_S = 10.0
+PARTITION_RETRY_S = 1.0
 BATCH = 500
 RETRY_BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)
 
@@ -69,8 +71,13 @@ class ReportsConsumer:
             while not stop.is_set():
                 now = time.monotonic()
                 if now >= next_check:
-                    assigned = await self._assign(consumer, assigned)
-                    next_check = now + PARTITION_CHECK_S
+                    try:
+                        assigned = await self._assign(consumer, assigned)
+                        next_check = now + PARTITION_CHECK_S
+                    except KafkaError as e:  # the broker is away (restarting): keep reading what we have
+                        log.warning("reports: partition check failed (%s: %s); next try in %ss",
+                                    type(e).__name__, e, PARTITION_RETRY_S)
+                        next_check = now + PARTITION_RETRY_S
                 if now >= next_beat:
                     await self._retrying(self._heartbeat)
                     next_beat = now + HEARTBEAT_S

@@ -62,10 +62,13 @@ def _json(data: dict[str, Any]) -> bytes:
     return orjson.dumps(data, option=orjson.OPT_UTC_Z)
 
 
+_HEARTBEAT: Any = object()  # on a stream's queue: nothing written for heartbeat_s, send `: hb`
+
+
 class Subscription:
     def __init__(self, actor: Actor, buffer: int) -> None:
         self.actor = actor
-        self.queue: asyncio.Queue[ChangePage | None] = asyncio.Queue(buffer)
+        self.queue: asyncio.Queue[ChangePage | None] = asyncio.Queue(buffer)  # or _HEARTBEAT
         self.overflowed = asyncio.Event()  # the client fell behind by `buffer` pages
         self.ended = asyncio.Event()  # overflowed or the process is shutting down: stop soon
 
@@ -314,9 +317,13 @@ class Feed:
         self.cursor = 0
         self._counters: dict[str, Any] | None = None
         self._opening: list[LiveEvent] = []
+        self._beat: asyncio.TimerHandle | None = None
+        self._written = 0.0  # loop time of the last write (heartbeats come heartbeat_s after it)
 
     def close(self) -> None:
         self.hub.unsubscribe(self.sub)
+        if self._beat is not None:
+            self._beat.cancel()
 
     async def start(self) -> None:
         """Where to start: the log's end, the Last-Event-ID, or a `reset` when that is not in the log.
@@ -338,8 +345,13 @@ class Feed:
     async def events(self, heartbeat_s: float) -> AsyncIterator[bytes | None]:
         """SSE frames to write, in order; None when `heartbeat_s` passed without any.
 
-        Every page waiting in the queue when the stream wakes up goes out in one write.
+        Every page waiting in the queue when the stream wakes up goes out in one write. The
+        heartbeat is one timer per stream that re-arms itself from the time of the last write (a
+        `_HEARTBEAT` on an empty queue when it finds the stream idle), not a timeout per wait:
+        a wake-up costs only the queue's get.
         """
+        loop = asyncio.get_running_loop()
+        self._arm_heartbeat(loop, heartbeat_s)
         if self._opening:
             yield frame(self._opening)
         async for chunk in self._catch_up(None):
@@ -349,21 +361,16 @@ class Feed:
         while not stop:
             if self.sub.ended.is_set() and queue.empty():
                 break
-            if queue.empty():
-                try:
-                    async with asyncio.timeout(heartbeat_s):
-                        page = await queue.get()
-                except TimeoutError:
-                    yield None
-                    continue
-            else:
-                page = queue.get_nowait()
+            page = await queue.get() if queue.empty() else queue.get_nowait()
             parts: list[bytes] = []
+            beat = False
             while True:
-                if page is None or self.sub.overflowed.is_set():
+                if page is _HEARTBEAT:
+                    beat = True
+                elif page is None or self.sub.overflowed.is_set():
                     stop = True
                     break
-                if page.upto > self.cursor:
+                elif page.upto > self.cursor:
                     if page.after > self.cursor:  # joined the hub after this page's start: read the gap ourselves
                         async for chunk in self._catch_up(page.after):
                             parts.append(chunk)
@@ -373,9 +380,29 @@ class Feed:
                     break
                 page = queue.get_nowait()
             if out := b"".join(parts):
+                self._written = loop.time()
                 yield out
+            elif beat and not stop:
+                self._written = loop.time()
+                yield None
         if self.sub.overflowed.is_set():
             yield frame([LiveEvent("reset", _json({"reason": "too slow", "position": self.hub.position}), None)])
+
+    def _arm_heartbeat(self, loop: asyncio.AbstractEventLoop, heartbeat_s: float) -> None:
+        self._written = loop.time()
+        queue = self.sub.queue
+
+        def due() -> None:
+            idle = loop.time() - self._written
+            if idle < heartbeat_s:
+                self._beat = loop.call_later(heartbeat_s - idle, due)
+                return
+            if queue.empty() and not self.sub.ended.is_set():  # a waiting page will be written anyway
+                queue.put_nowait(_HEARTBEAT)
+            self._written = loop.time()  # the next beat, heartbeat_s after this one if nothing is written
+            self._beat = loop.call_later(heartbeat_s, due)
+
+        self._beat = loop.call_later(heartbeat_s, due)
 
     async def _catch_up(self, until: int | None) -> AsyncIterator[bytes]:
         """Read the log after the cursor on our own (up to `until`, or its end) and render it."""

@@ -243,6 +243,21 @@ def test_a_slow_reader_gets_reset_and_is_disconnected(settings: Settings, tmp_pa
         p.stop_all()
 
 
+def test_an_idle_stream_gets_heartbeats_and_a_busy_one_its_events(settings: Settings, tmp_path: Path) -> None:
+    p = start_pipeline(settings, tmp_path, stream_heartbeat_s=0.3)
+    try:
+        reader = stream(p, role="admin")
+        wait_until(lambda: reader.comments >= 3, timeout=30, what="heartbeats on an idle stream")
+        customers = Customers(p)
+        customers.write("c1", "between heartbeats")
+        reader.wait_for(has_message("between heartbeats"), what="the message")
+        beats = reader.comments
+        wait_until(lambda: reader.comments >= beats + 2, timeout=30, what="heartbeats after the events")
+        assert reader.error is None and not reader.ended.is_set()
+    finally:
+        p.stop_all()
+
+
 def test_sigterm_with_open_streams_exits_promptly(pipeline: Pipeline) -> None:
     readers = [stream(pipeline, role="admin") for _ in range(3)]
     proc = pipeline.processes.running.pop("api").popen

@@ -35,6 +35,8 @@ class InboxAPI(FastAPI):
                 and scope["method"] == "POST"):
             await self.fast_ingest(scope, receive, send)
             return
+        if scope["type"] == "http" and scope["path"] == stream.PATH:
+            scope[stream.SERVER_SEND] = send  # its events skip the middlewares' send wrappers (routers/stream.py)
         await super().__call__(scope, receive, send)
 
     async def regular(self, scope: Scope, receive: Receive, send: Send) -> None:

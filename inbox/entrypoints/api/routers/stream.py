@@ -23,6 +23,10 @@ from inbox.entrypoints.api.deps import ContainerDep, ViewerDep
 log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1", tags=["stream"])
+PATH = "/v1/stream"
+
+# The scope key under which the application puts the server's `send` of a GET /v1/stream (app.InboxAPI).
+SERVER_SEND = "inbox.server_send"
 
 # After `reset` for a slow client, the server waits this long for the socket to take it, then drops the connection.
 SLOW_CLIENT_GRACE_S = 5.0
@@ -54,6 +58,7 @@ class EventStream(Response):
         self.heartbeat_s = heartbeat_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.server_send: Send | None = scope.get(SERVER_SEND)
         try:
             async with anyio.create_task_group() as tg:
 
@@ -73,6 +78,10 @@ class EventStream(Response):
             (b"x-accel-buffering", b"no"),
         ]})
         await send({"type": "http.response.body", "body": b"retry: 2000\n\n", "more_body": True})
+        # The body's sends go to the server's own `send`, around the middleware chain: each middleware
+        # wraps `send` only to note the response's start (status, started), which went through it
+        # above, and the events of 200 streams are most of this process's sends (docs/live-updates.md).
+        send = self.server_send or send
         events: AsyncIterator[bytes | None] = self.feed.events(self.heartbeat_s)
         async for frames in events:
             await send({"type": "http.response.body", "body": b": hb\n\n" if frames is None else frames,
@@ -91,7 +100,7 @@ class EventStream(Response):
 
 
 @router.get(
-    "/stream",
+    PATH.removeprefix(router.prefix),
     summary="Live updates (Server-Sent Events)",
     response_model=None,
     description=_DESCRIPTION,

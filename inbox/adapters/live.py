@@ -428,13 +428,14 @@ class Feed:
             return frame(self.render(page))
         self.cursor = max(self.cursor, page.upto)
         counters = page.counters.get(self.counter_key)
-        if counters is None or counters == self._counters:
+        if counters is None or counters is self._counters or counters == self._counters:
             return view.framed
         self._counters = counters
-        key = ("counters frame", self.counter_key)
+        # Viewers with equal badges share one dict (read_models.changes.counters_by_key): one encoding each.
+        key = ("counters frame", id(counters))
         if (tail := page.views.get(key)) is None:
             tail = page.views[key] = b"id: %d\nevent: counters\ndata: %s\n\n" % (
-                page.upto, page.encode(("c", self.counter_key), counters))
+                page.upto, page.encode(("c", id(counters)), counters))
         return view.framed_before_counters + tail
 
     def render(self, page: ChangePage) -> list[LiveEvent]:
@@ -452,7 +453,7 @@ class Feed:
         counters = page.counters.get(key)
         if counters is not None and counters != self._counters:
             self._counters = counters
-            out.append(LiveEvent("counters", page.encode(("c", key), counters), page.upto))
+            out.append(LiveEvent("counters", page.encode(("c", id(counters)), counters), page.upto))
         return out
 
 

@@ -121,3 +121,35 @@ def test_the_shared_rendering_sends_exactly_what_each_viewer_renders_alone() -> 
         for p in pages:
             assert shared.render_frames(p) == frame(alone.render(p)), (actor, p.after)
             assert shared.cursor == alone.cursor
+
+
+def test_counters_by_key_are_each_viewers_own_counters_json() -> None:
+    """Viewers with equal counter values share one computed dict, and every one equals counters_json."""
+    import random
+
+    from domain.channels import TABS
+    from domain.room import STATUSES
+    from domain.visibility import ALL, NOBODY
+    from inbox.adapters.read_models.changes import counters_by_key
+    from inbox.adapters.read_models.queries import counters_json
+
+    rng = random.Random(10)
+    agents = [Actor(f"agent{i}", org, Role.AGENT) for org in ("org1", "org2") for i in range(12)]
+    managers = [Actor("admin1", "org1", Role.ADMIN), Actor("sup1", "org1", Role.SUPERVISOR),
+                Actor("admin2", "org2", Role.ADMIN), Actor("int1", "org1", Role.INTEGRATION)]
+    for _ in range(30):
+        rows = [{"org_id": org, "tab": tab, "status": status, "assignee": key,
+                 "rooms": rng.choice((0, 1, 2)), "awaiting": rng.choice((0, 1))}
+                for org in ("org1", "org2") for key in (ALL, NOBODY, *(f"agent{i}" for i in range(12)))
+                for tab in TABS for status in STATUSES if rng.random() < 0.6]
+        viewers = rng.sample(agents + managers, 20)
+        got = counters_by_key(rows, viewers)
+        assert set(got) == {counter_key(a) for a in viewers}
+        for actor in viewers:
+            assert got[counter_key(actor)] == counters_json(actor, [r for r in rows if r["org_id"] == actor.org_id])
+    rows = [{"org_id": "org1", "tab": "messages", "status": "assigned", "assignee": key, "rooms": 1, "awaiting": 1}
+            for key in (ALL, ALL, "agent0", "agent1", "agent2")]
+    rows[-1]["awaiting"] = 0
+    got = counters_by_key(rows, agents[:3])
+    assert got[counter_key(agents[0])] is got[counter_key(agents[1])]  # computed once
+    assert got[counter_key(agents[2])] != got[counter_key(agents[0])]

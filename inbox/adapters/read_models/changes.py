@@ -147,19 +147,44 @@ async def read_changes(
     page.rooms = {str(r["id"]): room_json(r, r["_now"]) for r in await rooms_cur.fetchall()}
     page.messages = {str(r["id"]): message_json(r) for r in await messages_cur.fetchall()}
     if counters_cur is not None:
-        counter_rows = await counters_cur.fetchall()
         orgs = {c.org_id for c in changes}
-        wanted = {counter_key(a): a for a in viewers if all_counters or a.org_id in orgs}
-        # counters_json reads only the rows of the organization's total (ALL) and the
-        # viewer's keys: hand each viewer just those (an organization has a row set per agent).
-        by_key: dict[tuple[str, str], list[dict[str, Any]]] = {}
-        for r in counter_rows:
-            by_key.setdefault((r["org_id"], r["assignee"]), []).append(r)
-        for key, actor in wanted.items():
-            org, keys = key
-            rows = [r for k in dict.fromkeys((ALL, *keys)) for r in by_key.get((org, k), ())]
-            page.counters[key] = counters_json(actor, rows)
+        page.counters = counters_by_key(
+            await counters_cur.fetchall(), (a for a in viewers if all_counters or a.org_id in orgs))
     return page
+
+
+def counters_by_key(rows: Iterable[dict[str, Any]], viewers: Iterable[Actor]) -> dict[CounterKey, dict[str, Any]]:
+    """`counters_json` of each viewer's `counter_key` (each once), from the counter rows of their keys.
+
+    counters_json reads only the rows of the organization's total (ALL) and of the viewer's keys,
+    and looks at a row's assignee only to ask whether it is ALL and whether it is one of the
+    viewer's keys (which every row handed to it of a key other than ALL is). So two viewers whose
+    key groups hold the same values, group by group, have the same counters: the badges of the 180
+    agents of a page differ only by their own few rows. Each such signature is computed once and
+    its dict shared (so a stream's encoding of it is shared too, `adapters.live`).
+    """
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["org_id"], r["assignee"]), []).append(r)
+    interned: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+    value_ids: dict[tuple[str, str], int] = {}  # the id of the interned values of each group (equal values: equal ids)
+    for gk, group in groups.items():
+        values = tuple((r["tab"], r["status"], r["rooms"], r["awaiting"]) for r in group)
+        value_ids[gk] = id(interned.setdefault(values, values))
+    out: dict[CounterKey, dict[str, Any]] = {}
+    by_signature: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for actor in viewers:
+        key = counter_key(actor)
+        if key in out:
+            continue
+        org, keys = key
+        ordered = dict.fromkeys((ALL, *keys))
+        signature = tuple((k == ALL, k in keys, value_ids.get((org, k))) for k in ordered)
+        if (found := by_signature.get(signature)) is None:
+            found = by_signature[signature] = counters_json(
+                actor, [r for k in ordered for r in groups.get((org, k), ())])
+        out[key] = found
+    return out
 
 
 async def record_reset(conn: AsyncConnection[Any]) -> int:

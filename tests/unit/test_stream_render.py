@@ -153,3 +153,39 @@ def test_counters_by_key_are_each_viewers_own_counters_json() -> None:
     got = counters_by_key(rows, agents[:3])
     assert got[counter_key(agents[0])] is got[counter_key(agents[1])]  # computed once
     assert got[counter_key(agents[2])] != got[counter_key(agents[0])]
+
+
+def test_the_shared_rendering_equals_each_viewers_own_on_random_pages() -> None:
+    """Many agents named in one page (each decided on its own groups over a shared class) and rooms
+    moving between agents, unassigned, gone or new: render_frames == framing the viewer's own render."""
+    import random
+
+    rng = random.Random(11)
+    people = [None, *(f"agent{i}" for i in range(8))]
+    viewers = [Actor(f"agent{i}", "org1", Role.AGENT) for i in range(10)] + [ADMIN, OTHER_ORG]
+    rooms = [f"00000000-0000-0000-0000-0000000001{i:02d}" for i in range(30)]
+    held: dict[str, str | None] = {}
+    position = 0
+    pages: list[ChangePage] = []
+    for _ in range(40):
+        after = position
+        changes = []
+        for room in rng.sample(rooms, rng.randint(1, 12)):
+            for _ in range(rng.randint(1, 2)):
+                position += 1
+                before, now = held.get(room), rng.choice(people)
+                org = "org2" if room == rooms[0] else "org1"
+                changes.append(Change(position, "room", org, room, position, room in held, before, now,
+                                      (f"m{position}",) if rng.random() < 0.7 else ()))
+                held[room] = now
+        p = ChangePage(after=after, upto=position, head=position, horizon=0, changes=changes)
+        p.rooms = {c.room_id: {"id": c.room_id, "assignee": held[c.room_id], "version": c.position}
+                   for c in changes if c.room_id and rng.random() < 0.9}
+        p.messages = {m: {"id": m} for c in changes for m in c.message_ids}
+        for actor in viewers:
+            p.counters[counter_key(actor)] = {"n": rng.randint(0, 1)}
+        pages.append(p)
+    feeds = [(Feed(ChangeHub(Settings()), a, None), Feed(ChangeHub(Settings()), a, None)) for a in viewers]
+    for p in pages:
+        for shared, alone in rng.sample(feeds, len(feeds)):  # classes computed in a different order each page
+            assert shared.render_frames(p) == frame(alone.render(p)), (shared.actor, p.after)

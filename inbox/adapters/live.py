@@ -446,7 +446,10 @@ class Feed:
         if (tail := page.views.get(key)) is None:
             tail = page.views[key] = b"id: %d\nevent: counters\ndata: %s\n\n" % (
                 page.upto, page.encode(("c", id(counters)), counters))
-        return view.framed_before_counters + tail
+        key = ("with counters", id(view), id(counters))  # the streams of one class with the same badges
+        if (out := page.views.get(key)) is None:
+            out = page.views[key] = view.with_counters(tail)
+        return out
 
     def render(self, page: ChangePage) -> list[LiveEvent]:
         """The events of `page` after the cursor that this viewer may see; advances the cursor."""
@@ -505,12 +508,32 @@ def _room_events(page: ChangePage, changes: list[Change], s: Sight) -> list[Live
     return out
 
 
-@dataclass(frozen=True)
 class _View:
-    """The room and message events of one page for one class of sights, framed."""
+    """The room and message events of one page for one class of sights, framed when first asked.
 
-    framed: bytes  # as sent when no counters event follows
-    framed_before_counters: bytes  # as sent when the counters event (at the page's end) follows
+    A large page names many agents, each a class with a single stream, most of whose badges move
+    with the page: their bytes are joined once, with the counters event, not framed twice first.
+    """
+
+    __slots__ = ("parts", "last_no_id", "_framed")
+
+    def __init__(self, parts: list[bytes], last_no_id: bytes | None) -> None:
+        self.parts = parts
+        self.last_no_id = last_no_id  # the last part without its `id:` line, when the counters event carries it
+        self._framed: bytes | None = None
+
+    @property
+    def framed(self) -> bytes:
+        """As sent when no counters event follows."""
+        if self._framed is None:
+            self._framed = b"".join(self.parts)
+        return self._framed
+
+    def with_counters(self, tail: bytes) -> bytes:
+        """As sent followed by the counters event `tail` (at the page's end)."""
+        if self.last_no_id is None:
+            return b"".join([*self.parts, tail])
+        return b"".join([*self.parts[:-1], self.last_no_id, tail])
 
 
 @dataclass(frozen=True)
@@ -572,7 +595,8 @@ def _view(page: ChangePage, s: Sight) -> _View | None:
     if mentioned is None:
         mentioned = page.views["assignees"] = frozenset(
             [c.assignee_before for c in page.changes] + [r["assignee"] for r in page.rooms.values()])
-    key = (s.org_id, s.whole_org, tuple(a for a in s.assignees if a in mentioned))
+    named = tuple([a for a in s.assignees if a in mentioned]) if s.assignees else ()
+    key = (s.org_id, s.whole_org, named)
     if (view := page.views.get(key)) is not None:
         return view
     groups = _groups(page)
@@ -581,20 +605,54 @@ def _view(page: ChangePage, s: Sight) -> _View | None:
     parts: list[bytes] = []
     last: _Group | None = None
     last_shown = False
-    for g in groups:
-        if g.org_id != s.org_id:
-            continue
-        if g.room is not None and s.sees(s.org_id, g.room["assignee"]):
-            parts.append(g.shown)
-            last, last_shown = g, True
-        elif g.existed_before and s.sees(s.org_id, g.assignee_before):
-            parts.append(g.hidden)
-            last, last_shown = g, False
-    framed = b"".join(parts)
+    for i, shown in _decisions(page, groups, s, key):
+        last, last_shown = groups[i], shown
+        parts.append(last.shown if shown else last.hidden)
+    last_no_id = None
     if last is not None and last.position == page.upto:  # the counters event carries this position's id
-        parts[-1] = last.shown_no_id if last_shown else last.hidden_no_id
-        view = _View(framed, b"".join(parts))
-    else:
-        view = _View(framed, framed)
+        last_no_id = last.shown_no_id if last_shown else last.hidden_no_id
+    view = _View(parts, last_no_id)
     page.views[key] = view
     return view
+
+
+def _decide(g: _Group, s: Sight) -> bool | None:
+    """Whether `s` gets group `g` shown (True), hidden (False) or not at all (None), as `_room_events`."""
+    if g.org_id != s.org_id:
+        return None
+    if g.room is not None and s.sees(s.org_id, g.room["assignee"]):
+        return True
+    if g.existed_before and s.sees(s.org_id, g.assignee_before):
+        return False
+    return None
+
+
+def _decisions(page: ChangePage, groups: list[_Group], s: Sight, key: tuple[Any, ...]) -> list[tuple[int, bool]]:
+    """(group index, shown) of each group `s` gets, in page order; cached per class (`key`).
+
+    An agent the page names decides like the agents it does not name (one shared class, decided
+    over every group once) except on the groups that name it: only those are decided again. A
+    large page (the reader coalesces pages while the loop is busy) names many agents; each of
+    their classes then costs its own few groups, not the whole page.
+    """
+    cache_key = ("decisions", key)
+    if (found := page.views.get(cache_key)) is not None:
+        return found  # type: ignore[no-any-return]
+    people = [a for a in key[2] if a is not None]
+    if not people:
+        out = [(i, shown) for i, g in enumerate(groups) if (shown := _decide(g, s)) is not None]
+    else:
+        base_sight = Sight(s.org_id, s.whole_org, tuple(a for a in s.assignees if a not in people))
+        base = _decisions(page, groups, base_sight, (s.org_id, s.whole_org, tuple(a for a in key[2] if a is None)))
+        naming = page.views.get("naming")
+        if naming is None:  # (org, assignee) -> indexes of the groups that name it, before or after
+            naming = page.views["naming"] = {}
+            for i, g in enumerate(groups):
+                for a in {g.assignee_before, g.room["assignee"] if g.room is not None else None} - {None}:
+                    naming.setdefault((g.org_id, a), []).append(i)
+        own = {i for a in people for i in naming.get((s.org_id, a), ())}
+        out = [d for d in base if d[0] not in own]
+        out += [(i, shown) for i in own if (shown := _decide(groups[i], s)) is not None]
+        out.sort()
+    page.views[cache_key] = out
+    return out

@@ -14,8 +14,10 @@ into the events this viewer may see (domain.visibility). A subscriber whose queu
 
 Fan-out cost: a page's room and message events are rendered and framed (SSE bytes) once per
 class of viewers that see the same rooms of that page (`_view`: every admin of an organization,
-every agent the page does not name), and the counters once per counter key; each stream then
-adds its counters frame and writes everything waiting for it in one send per wake-up.
+every agent the page does not name; a named agent is decided again only on its own rooms), and
+the counters once per distinct value (`counters_by_key`); each stream then adds its counters
+frame and writes everything waiting for it in one send per wake-up. The reader hands the next
+page over only once the streams have written this one, so a busy loop gets fewer, larger pages.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from inbox.adapters.wire import InvalidWireEvent, decode, decode_batch
 from inbox.adapters.read_models.changes import prune
 from inbox.adapters.postgres import is_transient
 from inbox.adapters.read_models.writer import BatchStats, ProjectionWriter
-from inbox.adapters.kafka.faust_transport import LowLatencyApp, take_ready
+from inbox.adapters.kafka.faust_transport import LowLatencyApp, RawSchema, take_ready
 
 log = logging.getLogger(__name__)
 
@@ -172,10 +172,7 @@ def create_faust_app(settings: Settings, runtime: ProjectorRuntime) -> faust.App
         # re-publishes it) is seen within seconds, not after the client's default five minutes.
         consumer_metadata_max_age_ms=5_000,
     )
-    topic = faust_app.topic(
-        settings.events_topic, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw",
-        partitions=settings.topic_partitions,
-    )
+    topic = faust_app.topic(settings.events_topic, schema=RawSchema(), partitions=settings.topic_partitions)
 
     @faust_app.agent(topic, concurrency=1)
     async def project(stream: faust.StreamT[bytes]) -> None:

@@ -172,6 +172,11 @@ def create_faust_app(settings: Settings, runtime: ProjectorRuntime) -> faust.App
         # A topic that vanished and came back (a broker that lost it; the relay re-creates and
         # re-publishes it) is seen within seconds, not after the client's default five minutes.
         consumer_metadata_max_age_ms=5_000,
+        # At most a batch per poll: the stream's buffer pauses a partition when 80 % full, and only
+        # what one poll already returned lands beyond that. Unbounded, a catch-up's polls (up to
+        # 1 MB a partition) filled the buffer, and then every message waited for a free slot (a
+        # task race each: a fifth of the library's CPU per message).
+        broker_max_poll_records=settings.worker_batch_size,
     )
     topic = faust_app.topic(settings.events_topic, schema=RawSchema(), partitions=settings.topic_partitions)
 

@@ -19,7 +19,6 @@ import orjson
 import psycopg
 from psycopg import AsyncConnection
 from psycopg.pq import TransactionStatus
-from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from inbox.adapters.postgres import is_transient
@@ -508,21 +507,18 @@ def _change_columns(rows: Sequence[tuple[Any, ...]]) -> list[list[Any]]:
     return _columns(rows, 8)
 
 
+# The rooms' columns in RoomView's field order, ids as text (the views hold them as str): a row
+# is the view's arguments, without a dict or UUID objects per row.
+_SELECT_ROOMS = (
+    "SELECT " + ", ".join(f"{c}::text AS {c}" if _ROOM_TYPES.get(c) == "uuid" else c for c in _ROOM_COLUMNS)
+    + " FROM rooms WHERE rooms.id = ANY(%s::uuid[]) ORDER BY rooms.id FOR UPDATE"  # locked in uuid order, as before
+)
+
+
 async def _load_rooms(conn: AsyncConnection, room_ids: list[str]) -> dict[str, RoomView]:
     if not room_ids:
         return {}
-    async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(
-            f"SELECT {', '.join(_ROOM_COLUMNS)} FROM rooms WHERE id = ANY(%s::uuid[]) ORDER BY id FOR UPDATE",
-            (room_ids,),
-        )
+    async with conn.cursor() as cur:
+        await cur.execute(_SELECT_ROOMS, (room_ids,))
         rows = await cur.fetchall()
-    return {str(r["id"]): row_to_view(r) for r in rows}
-
-
-def row_to_view(row: dict[str, Any]) -> RoomView:
-    values = dict(row)
-    for key in ("id", "channel_account_id", "last_message_id"):
-        if values[key] is not None:
-            values[key] = str(values[key])
-    return RoomView(**values)
+    return {row[0]: RoomView(*row) for row in rows}

@@ -113,7 +113,7 @@ def apply(view: RoomView | None, event: dict[str, Any]) -> tuple[RoomView, Messa
         return _opened(event, data, at), None
     if view is None:
         raise ValueError(f"{kind} v{event['version']} for room {event['room_id']} before RoomOpened")
-    view = replace(view, version=event["version"])
+    # The two message events (most of a room's history) change the view with one copy each.
     if kind == "MessageReceived":
         sent_at = _ts(data["sent_at"])
         last_inbound = sent_at if view.last_inbound_at is None else max(view.last_inbound_at, sent_at)
@@ -127,13 +127,15 @@ def apply(view: RoomView | None, event: dict[str, Any]) -> tuple[RoomView, Messa
         renamed = bool(data.get("contact_name")) and data.get("contact_name") != view.contact_name
         view = replace(
             view,
+            version=event["version"],
             contact_name=data.get("contact_name") or view.contact_name,
             last_inbound_at=last_inbound,
             expires_at=(_CHANNELS.get(view.channel) or Channel(view.channel)).window_closes_at(last_inbound),
+            **_last_message(view, message),
         )
         if renamed:
             view = _with_search(view)
-        return _with_last_message(view, message), message
+        return view, message
     if kind == "MessageSent":
         message = MessageRow(
             id=data["message_id"], room_id=view.id, org_id=view.org_id, seq=event["version"],
@@ -144,7 +146,8 @@ def apply(view: RoomView | None, event: dict[str, Any]) -> tuple[RoomView, Messa
             delivery_status=None if data["sender_role"] == "channel" else "pending",
             reply_to=data.get("reply_to"),
         )
-        return _with_last_message(view, message), message
+        return replace(view, version=event["version"], **_last_message(view, message)), message
+    view = replace(view, version=event["version"])
     if kind in DELIVERY_EVENTS:
         change = message_change(event)
         assert change is not None
@@ -211,16 +214,17 @@ def _with_search(view: RoomView) -> RoomView:
     )
 
 
-def _with_last_message(view: RoomView, message: MessageRow) -> RoomView:
-    """Only messages move a room in the list: assignments and resolutions keep its place."""
-    return replace(
-        view,
-        last_message_id=message.id, last_message_direction=message.direction,
-        last_message_text=message.text, last_message_at=message.sent_at,
-        last_message_delivery=delivery_json(message.delivery_status, None, None),
-        updated_at=max(view.updated_at, message.recorded_at or view.updated_at),
-        awaiting_reply=_awaiting_after(view.status, message.direction),
-    )
+def _last_message(view: RoomView, message: MessageRow) -> dict[str, Any]:
+    """What a new message changes in its room's view (the fields of neither the message's
+    version nor its contact). Only messages move a room in the list: assignments and
+    resolutions keep its place."""
+    return {
+        "last_message_id": message.id, "last_message_direction": message.direction,
+        "last_message_text": message.text, "last_message_at": message.sent_at,
+        "last_message_delivery": delivery_json(message.delivery_status, None, None),
+        "updated_at": max(view.updated_at, message.recorded_at or view.updated_at),
+        "awaiting_reply": _awaiting_after(view.status, message.direction),
+    }
 
 
 def _awaiting(view: RoomView, status: str) -> bool:

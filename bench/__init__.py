@@ -17,7 +17,8 @@ It prints figures; it is not a test. Phases, in order:
 
 `--only ingest`: just the trivial endpoint and the ingest burst through `inbox api` (no relay,
 worker or other phases); `--api-processes 2`: the burst again with a second `inbox api` on the
-same port (SO_REUSEPORT).
+same port (SO_REUSEPORT); with (g), its scenarios run on both processes (streams and POSTs
+shared by the kernel).
 
 `--scale-out`: (s) only the scale-out comparison, each part on its own: ingest bursts through 1,
 then 2 `inbox api` processes (SO_REUSEPORT; relay running, no worker; first with each contact on one

@@ -116,7 +116,8 @@ class FreshnessResult:
 
     def summary(self) -> dict[str, Any]:
         per_stream_kb = (self.rss_streams_kb - self.rss_before_kb) / self.streams if self.streams else 0.0
-        api_cpu_s = self.cpu.get("cores_by_group", {}).get("api", math.nan) * self.window_s
+        api_cores = [v for k, v in self.cpu.get("cores_by_group", {}).items() if k.startswith("api")]  # api, api2
+        api_cpu_s = sum(api_cores) * self.window_s if api_cores else math.nan
         lat = summary_ms(self.latencies)
         return {
             "scenario": self.scenario, "mix": self.mix, "streams": self.streams, "target_rate": self.rate,
@@ -134,11 +135,14 @@ class FreshnessResult:
         }
 
 
-def rss_kb(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
+def rss_kb(pids: list[int]) -> int:
+    """Resident memory of `pids` together (the API processes), KB."""
+    total = 0
+    for pid in pids:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1])
+    return total
 
 
 def contact(i: int) -> str:
@@ -285,21 +289,21 @@ class Readers:
         Path(self.out).unlink(missing_ok=True)
 
 
-def memory_per_stream(base_url: str, tokens: list[str], api_pid: int) -> tuple[int, int]:
+def memory_per_stream(base_url: str, tokens: list[str], api_pids: list[int]) -> tuple[int, int]:
     """API RSS (KB) before and with `tokens` idle streams open (before any other load of (g))."""
-    before = rss_kb(api_pid)
+    before = rss_kb(api_pids)
     readers = Readers(base_url, tokens, "-")
     try:
         readers.wait_ready()
         time.sleep(1.0)  # let the allocator settle before reading memory
-        return before, rss_kb(api_pid)
+        return before, rss_kb(api_pids)
     finally:
         readers.close()
 
 
 def run_scenario(
     base_url: str, ingest_token: str, tokens: list[str], sees_all: list[bool], assignee: dict[int, str | None],
-    users: list[str], api_pid: int, *, scenario: str, mix: str, rate: float, seconds: float, tag: str,
+    users: list[str], api_pids: list[int], *, scenario: str, mix: str, rate: float, seconds: float, tag: str,
     meter: Callable[[int], Any], logged_at: Callable[[str], dict[int, float]], drain_timeout: float = 60.0,
 ) -> FreshnessResult:
     """`tokens[k]` is a stream of user `users[k]` (sees every room when `sees_all[k]`).
@@ -310,12 +314,12 @@ def run_scenario(
     contacts = len(assignee)
     managers = sum(sees_all)
     agents_streaming = Counter(u for u, a in zip(users, sees_all) if not a)
-    result.rss_before_kb = rss_kb(api_pid)
+    result.rss_before_kb = rss_kb(api_pids)
     readers = Readers(base_url, tokens, f"wamid.{tag}.f")
     try:
         readers.wait_ready()
         time.sleep(1.0)  # let the allocator settle before reading memory
-        result.rss_streams_kb = rss_kb(api_pid)
+        result.rss_streams_kb = rss_kb(api_pids)
         cpu = meter(readers.pid)
         cpu.start()
         t0 = time.monotonic()

@@ -111,7 +111,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         " and (c) replay, compared with what the worker projected")
     p.add_argument("--api-processes", type=int, choices=(1, 2), default=1,
                    help="2: after (a), start a second `inbox api` on the same port (SO_REUSEPORT) and run"
-                        " the burst again over new connections; both figures are printed")
+                        " the burst again over new connections; both figures are printed. With (g): its"
+                        " scenarios run with two API processes sharing the streams and the POSTs (memory"
+                        " per stream is measured before the second one starts)")
     p.add_argument("--scale-out", action="store_true",
                    help="only the scale-out comparison (s): ingest through 1 then 2 `inbox api` processes (relay"
                         " running, no worker), 2 APIs on 20 shared rooms, then 1 then 2 `inbox worker` processes"
@@ -426,8 +428,10 @@ def run_freshness_phase(
         f" {contacts} rooms; scenarios: {', '.join(scenarios)} ==")
     secret = infra.settings.jwt_secret
     assert secret
-    api_pid = pipeline.pid("api")
-    assert api_pid is not None
+    def api_pids() -> list[int]:  # api, and api2 with --api-processes 2
+        return [pid for name in list(pipeline.processes.running) if name.startswith("api")
+                and (pid := pipeline.pid(name)) is not None]
+
     admin = mint_token(secret, org=ORG, user="bench-setup-admin", role="admin")
     mix = viewers("mix", streams)
     agents = [v.user for v in mix if not v.sees_all]
@@ -442,7 +446,7 @@ def run_freshness_phase(
     # Memory first, on idle streams, before the setup and the load grow the heap (its free space
     # would then absorb new streams and hide their cost).
     before_kb, with_kb = memory_per_stream(
-        pipeline.base_url, [mint_token(secret, org=ORG, user=v.user, role=v.role) for v in mix], api_pid)
+        pipeline.base_url, [mint_token(secret, org=ORG, user=v.user, role=v.role) for v in mix], api_pids())
     memory = {"streams": streams, "api_rss_before_mb": before_kb / 1024, "api_rss_with_streams_mb": with_kb / 1024,
               "api_kb_per_stream": (with_kb - before_kb) / streams}
     say(f"  API memory: {memory['api_rss_before_mb']:.1f} MB before, {memory['api_rss_with_streams_mb']:.1f} MB with"
@@ -452,6 +456,10 @@ def run_freshness_phase(
                            agents=agents if "mix" in scenarios else [], wait_assigned=wait_assigned)
     assigned = sum(a is not None for a in assignee.values())
     say(f"  setup: {contacts} rooms, {assigned} assigned, in {time.perf_counter() - t0:.1f}s")
+    if args.api_processes == 2 and pipeline.pid("api2") is None:
+        start_second_api(pipeline)  # after the memory figure: one process's cost per stream
+    pids = api_pids()
+    say(f"  {len(pids)} API process(es) share the port: streams and POSTs go to either (the kernel picks)")
 
     def logged_at(prefix: str) -> dict[int, float]:
         with infra.connect() as conn:
@@ -469,7 +477,7 @@ def run_freshness_phase(
         vs = viewers(scenario, n)
         tokens = [mint_token(secret, org=ORG, user=v.user, role=v.role) for v in vs]
         r = run_scenario(pipeline.base_url, ingest_token, tokens, [v.sees_all for v in vs], assignee,
-                         [v.user for v in vs], api_pid, scenario=scenario,
+                         [v.user for v in vs], pids, scenario=scenario,
                          mix=describe_mix(scenario, vs, assigned if scenario != "all" else 0, contacts),
                          rate=rate, seconds=secs, tag=run_tag, meter=meter, logged_at=logged_at)
         return r.summary()
@@ -479,9 +487,9 @@ def run_freshness_phase(
     base = one("one", 1, rate_, seconds, f"{tag}b")
     say(f"  baseline, 1 admin stream, {base['achieved_rate']:,.0f} msg/s: 202 → message event"
         f" {fmt_latency(base['latency'])}; API CPU {base['api_cpu_ms_per_message']:.3f} ms per inbound message")
-    results: dict[str, Any] = {"baseline": base, "memory": memory}
+    results: dict[str, Any] = {"baseline": base, "memory": memory, "api_processes": len(pids)}
     for scenario in scenarios:
-        with profiled(api_pid, args.profile if scenario == scenarios[0] else None):
+        with profiled(pids[0], args.profile if scenario == scenarios[0] else None):
             s = one(scenario, streams, rate_, seconds, f"{tag}{scenario}")
         results[scenario] = s
         say(f"  -- {scenario}: {s['mix']}")

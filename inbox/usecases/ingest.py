@@ -14,7 +14,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, InvalidStateError
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
@@ -330,8 +330,9 @@ class InboundCommitter:
             self.batches += 1
             if optimistic:
                 self._optimism = 0.9 * self._optimism + 0.1
-            for pending, result in zip(batch, results, strict=True):
-                _settle(pending.future, result=result)
+            with _wakes_deferred():
+                for pending, result in zip(batch, results, strict=True):
+                    _settle(pending.future, result=result)
             return
         # Not recorded, and not for a reason of its own: the sender retries (the retry is recorded once).
         log.warning("inbound batch of %s not recorded after %s attempts", len(batch), attempt)
@@ -430,6 +431,10 @@ async def _until_done(future: Future[Any], timeout: float) -> bool:
             woken.set_result(None)
 
     def wake_from_thread(_: Future[Any]) -> None:
+        deferred: list[tuple[asyncio.AbstractEventLoop, Callable[[], None]]] | None = getattr(_deferred, "wakes", None)
+        if deferred is not None:  # settled by a committer settling its whole batch: woken with the others
+            deferred.append((loop, wake))
+            return
         with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits any more
             loop.call_soon_threadsafe(wake)
 
@@ -440,6 +445,36 @@ async def _until_done(future: Future[Any], timeout: float) -> bool:
     finally:
         timer.cancel()
     return future.done()
+
+
+_deferred = threading.local()
+
+
+@contextlib.contextmanager
+def _wakes_deferred() -> Iterator[None]:
+    """Wake the event loops waiting on the futures settled in this block (by this thread) once
+    per loop, at the block's end, instead of once per future.
+
+    A wake-up per waiter wrote to the loop's self-pipe once per message: each write released the
+    GIL to the woken loop while the committer still had the rest of its batch to settle, so the
+    next batch started later. Woken together, a batch costs one wake-up per loop.
+    """
+    _deferred.wakes = wakes = []
+    try:
+        yield
+    finally:
+        _deferred.wakes = None
+        by_loop: dict[asyncio.AbstractEventLoop, list[Callable[[], None]]] = {}
+        for loop, wake in wakes:
+            by_loop.setdefault(loop, []).append(wake)
+        for loop, woken in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits any more
+                loop.call_soon_threadsafe(_wake_all, woken)
+
+
+def _wake_all(wakes: list[Callable[[], None]]) -> None:
+    for wake in wakes:
+        wake()
 
 
 def _settle(future: Future[Any], *, result: Any = None, error: BaseException | None = None) -> None:

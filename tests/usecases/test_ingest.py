@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from datetime import timedelta
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -257,3 +258,59 @@ def test_a_batch_that_keeps_losing_races_to_another_process_is_decided_under_the
     received = [e for e in room_events(store, first.room_id) if isinstance(e, Room.MessageReceived)]
     assert [e.channel_message_id for e in received].count("wamid.2") == 1
     assert len(received) == 2 + store.rival_messages and result.version == len(received) + 1
+
+
+class GatedStore(MemoryEventStore):
+    """Its first save waits until `gate` is set (so the next submissions queue up behind it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+        self.saves = 0
+
+    def save(self, *aggregates: Any, **kwargs: Any) -> None:
+        self.saves += 1
+        if self.saves == 1:
+            assert self.gate.wait(10)
+        super().save(*aggregates, **kwargs)
+
+
+def test_the_waiters_of_one_batch_are_all_answered_with_one_wake_up_of_their_event_loop(
+    account: AccountInfo,
+) -> None:
+    store = GatedStore()
+    committer = InboundCommitter(store, timeout=5.0)
+    loop = asyncio.new_event_loop()
+    wake_ups = 0
+    call_soon_threadsafe = loop.call_soon_threadsafe
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        nonlocal wake_ups
+        wake_ups += 1
+        return call_soon_threadsafe(*args, **kwargs)
+
+    loop.call_soon_threadsafe = counted  # type: ignore[method-assign]
+
+    async def burst() -> list[Any]:
+        first = asyncio.ensure_future(committer.submit_async(account, message(1)))
+        deadline = loop.time() + 10
+        while store.saves == 0:  # the first batch is being written (and held at the gate)
+            assert loop.time() < deadline
+            await asyncio.sleep(0.001)
+        rest = [asyncio.ensure_future(committer.submit_async(account, message(10 + i, contact=f"6283{i}")))
+                for i in range(8)]
+        while committer.queued < 8:
+            assert loop.time() < deadline
+            await asyncio.sleep(0.001)
+        store.gate.set()
+        return await asyncio.gather(first, *rest)
+
+    try:
+        results = loop.run_until_complete(burst())
+    finally:
+        loop.close()
+        committer.close()
+
+    assert [r.duplicate for r in results] == [False] * 9 and len({r.room_id for r in results}) == 9
+    assert store.saves == 2  # the eight queued behind the gate were one batch
+    assert wake_ups == 2  # one per batch, not one per waiter

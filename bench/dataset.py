@@ -1,31 +1,43 @@
-"""Query benchmark on a large inbox: `python -m bench.dataset --rooms 100000 --messages 1000000`.
+"""Query benchmark on a large inbox: `python -m bench.dataset --rooms 1000000 --messages 10000000`.
 
 1. Builds the data set through the real write path — Room aggregates deciding real commands
    (receive, reply, assign, resolve, reopen), saved with `app.save(*rooms)` a few thousand events
-   per transaction — in schema `bench_dataset` (kept; `--reuse` skips straight to step 3).
-2. Projects it with `inbox replay` (the same fold the workers use), then VACUUM ANALYZE.
+   per transaction by `--processes` builder processes on disjoint chunks of rooms (the recorder's
+   table lock keeps notification ids in commit order) — in schema `bench_dataset` (kept;
+   `--reuse` skips straight to step 3, `--reuse --replay` replays again first).
+2. Projects it with `inbox replay` (the same fold the workers use; timed, with peak RSS), then
+   VACUUM ANALYZE.
 3. Starts a real `inbox api` process and measures p50/p99 of the read API over HTTP: counters,
    room list (first page, deep page, filtered, an agent's view), contact search (name, typo,
    phone, handle), conversation search (rare and common words) and history (first and older
-   page); then prints EXPLAIN (ANALYZE, BUFFERS) of the SQL behind each request.
+   page), each against the issue's target and as a ratio to `/healthz` of the same run (the HTTP
+   stack without a query); the API's peak RSS; then prints EXPLAIN (ANALYZE, BUFFERS) of the SQL
+   behind each request.
+4. Runs a real `inbox relay` (re-publishing the store from its start to an embedded Tansu, as
+   after a broker loss) and one `inbox worker` (projecting that topic into a scratch schema,
+   dropped afterwards) for `--pipeline-seconds`: their rates and peak RSS.
 
-Needs INBOX_DATABASE_URL. Nothing else runs: no broker, relay or worker (the API process gets a
-placeholder broker address it never uses).
+Needs INBOX_DATABASE_URL; the broker of step 4 is embedded. `--json PATH` writes every figure.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import json
 import math
+import multiprocessing
 import os
 import random
+import resource
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -90,6 +102,7 @@ WORDS = ["halo", "kak", "pesanan", "saya", "belum", "sampai", "ongkir", "ke", "b
          "mohon", "bantu", "order", "size", "stock", "available", "please", "thanks", "price", "shipping", "merah",
          "biru", "hitam", "jakarta", "surabaya", "bandung", "medan", "sudah", "transfer", "bayar", "invoice"]
 RARE_WORDS = ["kedaluwarsa", "garansi", "tukar", "rusak", "komplain"]  # in ~0.2% of messages each
+BASELINE = "baseline: /healthz (no query)"
 DEEP = 10_000  # the deep list page starts this many rooms in
 MOVED = 500  # rooms with new messages since the first page, for the "moved" deep page
 
@@ -142,7 +155,9 @@ def build_room(i: int, n_messages: int, account: AccountInfo, rng: random.Random
     """One conversation through the domain's own commands: the events a real inbox would record."""
     channel = account.channel
     first, last = rng.choice(FIRST), rng.choice(LAST)
-    phone = f"628{rng.randrange(10**8, 10**10)}"
+    # Unique per room (a WhatsApp room's id derives from the phone; random draws would collide at
+    # a million rooms): a multiplicative permutation of the room number scrambles the digits.
+    phone = f"628{(i * 7_919_393_773 + 1_234_567_891) % 10**10:010d}"
     contact_id = phone if channel == Channel.WHATSAPP_CLOUD else f"{channel.value[:2]}-{i}"
     handle = f"@{first.lower()}.{last.lower()}{i % 100}" if channel in (
         Channel.INSTAGRAM, Channel.INSTAGRAM_COMMENT) else None
@@ -173,11 +188,65 @@ def build_room(i: int, n_messages: int, account: AccountInfo, rng: random.Random
     return room
 
 
-def build(settings: Settings, rooms: int, messages: int, *, seed: int = 7, events_per_tx: int = 4000) -> BuildStats:
-    rng = random.Random(seed)
-    app = open_event_store(settings)
+CHUNK = 2000  # rooms per task of a builder process
+
+
+@dataclass
+class _Builder:
+    """What each builder process needs: the same accounts, clock and seed as every other one."""
+
+    settings: Settings
+    by_org: dict[str, dict[Channel, AccountInfo]]
+    now: datetime
+    seed: int
+    events_per_tx: int
+
+
+_builder: tuple[_Builder, Any] | None = None  # this builder process's spec and event store
+
+
+def _start_builder(spec: _Builder) -> None:
+    global _builder
+    _builder = (spec, open_event_store(spec.settings))
+
+
+def _build_chunk(start: int, counts: list[int]) -> BuildStats:
+    """Rooms start .. start+len(counts)-1: each decided by its Room aggregate and saved through the
+    store's recorder (`app.save`, a few thousand events per transaction; the recorder's table lock
+    keeps notification ids in commit order across builder processes). Seeded by `start`, so the
+    data set does not depend on how many processes built it."""
+    assert _builder is not None
+    spec, app = _builder
+    rng = random.Random(f"{spec.seed}:{start}")
     stats = BuildStats()
+    batch: list[Room] = []
+    pending_events = 0
+    for i, n in enumerate(counts, start):
+        org = OTHER_ORG if i % 10 == 9 else ORG
+        channel = Channel.WHATSAPP_CLOUD if i < 2 else pick_channel(rng)
+        room = build_room(i, n, spec.by_org[org][channel], rng, spec.now)
+        batch.append(room)
+        pending_events += len(room.pending_events)
+        stats.messages += n
+        stats.rooms += 1
+        if pending_events >= spec.events_per_tx:
+            app.save(*batch)
+            stats.events += pending_events
+            stats.transactions += 1
+            batch, pending_events = [], 0
+    if batch:
+        app.save(*batch)
+        stats.events += pending_events
+        stats.transactions += 1
+    return stats
+
+
+def build(settings: Settings, rooms: int, messages: int, *, seed: int = 7, events_per_tx: int = 4000,
+          processes: int = 1) -> BuildStats:
+    """The data set through Room aggregates and the event store, by `processes` builder processes
+    (each its own event store connection) on disjoint chunks of CHUNK rooms."""
     started = time.perf_counter()
+    app = open_event_store(settings)
     try:
         accounts = ChannelAccounts(EventStore(app))
         by_org: dict[str, dict[Channel, AccountInfo]] = {}
@@ -187,32 +256,26 @@ def build(settings: Settings, rooms: int, messages: int, *, seed: int = 7, event
                 c: accounts.register(admin, channel=c.value, external_id=f"{org}-{c.value}", name=c.value)
                 for c, _ in CHANNEL_SHARE
             }
-        now = datetime.now(UTC)
-        batch: list[Room] = []
-        pending_events = 0
-        for i, n in enumerate(message_counts(rooms, messages, rng)):
-            org = OTHER_ORG if i % 10 == 9 else ORG
-            channel = Channel.WHATSAPP_CLOUD if i < 2 else pick_channel(rng)
-            room = build_room(i, n, by_org[org][channel], rng, now)
-            batch.append(room)
-            pending_events += len(room.pending_events)
-            stats.messages += n
-            if pending_events >= events_per_tx:
-                app.save(*batch)
-                stats.events += pending_events
-                stats.transactions += 1
-                batch, pending_events = [], 0
-            stats.rooms += 1
-            if stats.rooms % 5000 == 0:
+    finally:
+        app.close()
+    counts = message_counts(rooms, messages, random.Random(seed))
+    spec = _Builder(settings, by_org, datetime.now(UTC), seed, events_per_tx)
+    stats = BuildStats()
+    chunks = [(start, counts[start:start + CHUNK]) for start in range(0, rooms, CHUNK)]
+    reported = 0
+    with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_start_builder, initargs=(spec,)) as pool:
+        for done in as_completed([pool.submit(_build_chunk, start, part) for start, part in chunks]):
+            part = done.result()
+            stats.rooms += part.rooms
+            stats.messages += part.messages
+            stats.events += part.events
+            stats.transactions += part.transactions
+            if stats.rooms - reported >= max(5000, rooms // 50) or stats.rooms == rooms:
+                reported = stats.rooms
                 elapsed = time.perf_counter() - started
                 print(f"  wrote {stats.rooms:,} rooms, {stats.messages:,} messages, {stats.events:,} events"
                       f" ({stats.events / elapsed:,.0f} events/s)", flush=True)
-        if batch:
-            app.save(*batch)
-            stats.events += pending_events
-            stats.transactions += 1
-    finally:
-        app.close()
     stats.seconds = time.perf_counter() - started
     return stats
 
@@ -337,6 +400,7 @@ def probes(s: Samples) -> list[Probe]:
     deep = ListCursor.decode(s.deep_cursor)
     moved = ListCursor.decode(s.moved_cursor)
     return [
+        Probe(BASELINE, "/healthz", lambda i: {}),
         Probe("counters (admin)", "/v1/inbox/counters", lambda i: {}, explain=counters_sql(admin)),
         Probe("counters (agent)", "/v1/inbox/counters", lambda i: {}, "agent", counters_sql(agent)),
         Probe("list: first page, messages tab", "/v1/rooms", lambda i: {"tab": "messages", "limit": 50},
@@ -392,6 +456,12 @@ def probes(s: Samples) -> list[Probe]:
 class ApiProcess:
     base_url: str
     proc: subprocess.Popen[bytes]
+
+
+def memory_kb(pid: int) -> tuple[int, int]:
+    """(VmRSS, VmHWM) of a process in kB: its resident memory now and its peak since it started."""
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    return int(fields["VmRSS"].split()[0]), int(fields["VmHWM"].split()[0])
 
 
 def start_api(settings: Settings, workdir: Path) -> ApiProcess:
@@ -477,14 +547,134 @@ def measure(settings: Settings, api: ApiProcess, samples: Samples, n: int) -> It
                           sum(times) / len(times) * 1000, items // n, explain(settings, probe))
 
 
+# ---- the pipeline's processes on this store: relay and worker --------------------------------
+@dataclass
+class PipelineSlice:
+    """`inbox relay` publishing the store from its start, and one `inbox worker` projecting what it
+    publishes into a fresh schema, for `seconds`: their rates and peak resident memory (VmHWM)."""
+
+    seconds: float
+    relayed: int
+    projected: int
+    relay_peak_kb: int
+    worker_peak_kb: int
+    relay_cpu_s: float
+    worker_cpu_s: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"seconds": self.seconds, "relayed_events": self.relayed, "projected_events": self.projected,
+                "relay_events_per_s": self.relayed / self.seconds, "worker_events_per_s": self.projected / self.seconds,
+                "relay_peak_rss_mb": self.relay_peak_kb / 1024, "worker_peak_rss_mb": self.worker_peak_kb / 1024,
+                "relay_cpu_s": self.relay_cpu_s, "worker_cpu_s": self.worker_cpu_s}
+
+
+def family_peak_kb(pid: int) -> int:
+    """Peak resident memory (VmHWM) of a process plus its children's (an upper bound of their peak together)."""
+    import psutil
+
+    family = [pid, *(c.pid for c in psutil.Process(pid).children(recursive=True))]
+    total = 0
+    for p in family:
+        with contextlib.suppress(OSError, KeyError):
+            total += memory_kb(p)[1]
+    return total
+
+
+def family_cpu_s(pid: int) -> float:
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        family = [proc, *proc.children(recursive=True)]
+    except psutil.Error:
+        return 0.0
+    total = 0.0
+    for p in family:
+        with contextlib.suppress(psutil.Error):
+            c = p.cpu_times()
+            total += c.user + c.system
+    return total
+
+
+def pipeline_slice(settings: Settings, seconds: float, workdir: Path) -> PipelineSlice:
+    """A real relay and worker over the whole store, as after a broker loss (the relay re-publishes
+    from the start; the worker catches up). The worker projects into schema <schema>_pipe, dropped
+    afterwards, so the data set's projections stay as measured; the relay's position row for its
+    run's topic is removed from the data set's schema afterwards."""
+    from inbox.adapters.embedded import EmbeddedBroker
+    from inbox.entrypoints.processes import STOP_GRACE_S, Processes
+
+    tag = uuid.uuid4().hex[:8]
+    pipe_schema = f"{settings.db_schema}_pipe"
+    broker = EmbeddedBroker(log_path=workdir / "tansu.log").start()
+    relay_settings = replace(settings, kafka_bootstrap=broker.bootstrap, topic_prefix=f"dataset-{tag}.",
+                             worker_group=f"dataset-{tag}", data_dir=workdir / "data", http_port=free_port())
+    relay_settings.data_dir.mkdir(exist_ok=True)
+    worker_settings = replace(relay_settings, db_schema=pipe_schema)
+    with psycopg.connect(settings.database_url or "", autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(pipe_schema)))
+    migrate(worker_settings)
+    env = {**os.environ, **relay_settings.to_env(), "INBOX_LOG_LEVEL": "WARNING"}
+    procs = Processes(env, log_dir=workdir)
+    peaks = {"relay": 0, "worker": 0}
+    with psycopg.connect(conninfo(settings), autocommit=True) as conn:
+        beats = [r[0] for r in conn.execute("SELECT worker_id FROM worker_heartbeats").fetchall()]
+    try:
+        procs.start("relay")
+        procs.start("worker", env=worker_settings.to_env())
+        started = time.monotonic()
+        while time.monotonic() - started < seconds:
+            dead = procs.first_dead()
+            if dead is not None:
+                raise RuntimeError(f"`inbox {dead.name}` exited:\n{procs.log_tail(dead.name)}")
+            for name in peaks:
+                pid = procs.pid(name)
+                if pid:
+                    peaks[name] = max(peaks[name], family_peak_kb(pid))
+            time.sleep(0.5)
+        elapsed = time.monotonic() - started
+        cpu = {name: family_cpu_s(procs.pid(name) or 0) for name in peaks}
+        with psycopg.connect(conninfo(settings), autocommit=True) as conn:
+            [(relayed,)] = conn.execute("SELECT coalesce(max(notification_id), 0) FROM relay_position WHERE name = %s",
+                                        (relay_settings.events_topic,)).fetchall()
+        with psycopg.connect(conninfo(worker_settings), autocommit=True) as conn:
+            [(projected,)] = conn.execute("SELECT coalesce(sum(version), 0) FROM rooms").fetchall()
+    finally:
+        procs.stop_all(STOP_GRACE_S)
+        broker.stop()
+        with psycopg.connect(settings.database_url or "", autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(pipe_schema)))
+        with psycopg.connect(conninfo(settings), autocommit=True) as conn:
+            conn.execute("DELETE FROM relay_position WHERE name = %s", (relay_settings.events_topic,))
+            conn.execute("DELETE FROM worker_heartbeats WHERE worker_id <> ALL(%s)", (beats,))
+    return PipelineSlice(elapsed, int(relayed), int(projected), peaks["relay"], peaks["worker"],
+                         cpu["relay"], cpu["worker"])
+
+
+# The issue's targets (p99 over HTTP, ms) by the probe name's start; replay of the whole store: 240 s.
+TARGETS_MS = {"counters": 5.0, "list: first page": 20.0, "search contact": 30.0, "search conversation": 50.0,
+              "history": 10.0}
+REPLAY_TARGET_S = 240.0
+
+
+def target_ms(name: str) -> float | None:
+    return next((ms for prefix, ms in TARGETS_MS.items() if name.startswith(prefix)), None)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.dataset", description=__doc__.split("\n\n")[0])
     parser.add_argument("--rooms", type=int, default=100_000)
     parser.add_argument("--messages", type=int, default=1_000_000)
     parser.add_argument("--schema", default="bench_dataset")
     parser.add_argument("--reuse", action="store_true", help="keep an existing data set of at least this size")
+    parser.add_argument("--replay", action="store_true", help="with --reuse: replay the store again (and time it)")
     parser.add_argument("--samples", type=int, default=200, help="requests per measured query")
+    parser.add_argument("--processes", type=int, default=2, help="builder processes (disjoint rooms)")
+    parser.add_argument("--events-per-tx", type=int, default=4000, help="events per write transaction")
+    parser.add_argument("--pipeline-seconds", type=float, default=120.0,
+                        help="run a real relay and worker over the store this long (peak RSS, rates); 0: skip")
     parser.add_argument("--no-plans", action="store_true", help="do not print the EXPLAIN plans")
+    parser.add_argument("--json", type=Path, help="also write every figure as JSON to this path")
     args = parser.parse_args(argv)
 
     base = Settings.from_env().with_dev_defaults()
@@ -492,45 +682,89 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError("set INBOX_DATABASE_URL (the benchmark keeps its data in schema --schema)")
     settings = replace(base, db_schema=args.schema, db_pool_size=4)
     migrate(settings)
+    out: dict[str, Any] = {"schema": args.schema, "cpus": os.cpu_count(), "load_avg_at_start": os.getloadavg()}
     have_rooms, have_messages = table_counts(settings)
-    if args.reuse and have_rooms >= args.rooms and have_messages >= args.messages:
+    reuse = args.reuse and have_rooms >= args.rooms and have_messages >= args.messages
+    if reuse:
         print(f"reusing schema {args.schema}: {have_rooms:,} rooms, {have_messages:,} messages", flush=True)
     else:
-        print(f"building {args.rooms:,} rooms / {args.messages:,} messages in schema {args.schema}", flush=True)
+        print(f"building {args.rooms:,} rooms / {args.messages:,} messages in schema {args.schema}"
+              f" ({args.processes} builder processes)", flush=True)
         reset_schema(settings)
-        stats = build(settings, args.rooms, args.messages)
+        stats = build(settings, args.rooms, args.messages, processes=args.processes,
+                      events_per_tx=args.events_per_tx)
         print(f"write path: {stats.events:,} events ({stats.rooms:,} rooms, {stats.messages:,} messages) in"
               f" {stats.seconds:.0f}s = {stats.events / stats.seconds:,.0f} events/s,"
               f" {stats.transactions:,} transactions", flush=True)
-
+        out["build"] = {"events": stats.events, "rooms": stats.rooms, "messages": stats.messages,
+                        "seconds": stats.seconds, "events_per_s": stats.events / stats.seconds,
+                        "transactions": stats.transactions, "processes": args.processes}
+    if not reuse or args.replay:
         def progress(position: int, total: int, rate: float) -> None:
-            if position == total or position % 100_000 < 5000:
+            if position == total or position % 500_000 < 20_000:
                 print(f"  replay {position:,}/{total:,} ({rate:,.0f} events/s)", flush=True)
 
+        load = os.getloadavg()
         replayed = asyncio.run(replay(settings, progress=progress))
+        peak_self = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        peak_children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # the largest fold process
+        verdict = "meets" if replayed.seconds < REPLAY_TARGET_S else "misses"
         print(f"replay: {replayed.events:,} events, {replayed.rooms:,} rooms in {replayed.seconds:.0f}s"
-              f" = {replayed.events_per_s:,.0f} events/s", flush=True)
+              f" = {replayed.events_per_s:,.0f} events/s ({verdict} the {REPLAY_TARGET_S:.0f} s target);"
+              f" peak RSS: this process {peak_self / 1024:,.0f} MB, largest fold process"
+              f" {peak_children / 1024:,.0f} MB; load average before {load[0]:.1f}", flush=True)
+        out["replay"] = {"events": replayed.events, "rooms": replayed.rooms, "seconds": replayed.seconds,
+                         "events_per_s": replayed.events_per_s, "target_s": REPLAY_TARGET_S,
+                         "peak_rss_mb": peak_self / 1024, "fold_process_peak_rss_mb": peak_children / 1024,
+                         "load_avg_before": load}
         vacuum(settings)
     rooms, messages = table_counts(settings)
+    out["data_set"] = {"rooms": rooms, "messages": messages}
     print(f"data set: {rooms:,} rooms, {messages:,} messages (org {ORG}: 90%)", flush=True)
 
     samples = collect_samples(settings, random.Random(11))
     with tempfile.TemporaryDirectory(prefix="inbox-bench-dataset-") as tmp:
         api = start_api(settings, Path(tmp))
         try:
+            started_kb = memory_kb(api.proc.pid)[0]
             figures = list(measure(settings, api, samples, args.samples))
+            api_now_kb, api_peak_kb = memory_kb(api.proc.pid)
         finally:
             api.proc.terminate()
             api.proc.wait(10)
-    print(f"\nHTTP latency through `inbox api`, {args.samples} sequential requests each (after 5 warm-up):")
-    print(f"  {'query':<52} {'p50 ms':>8} {'p99 ms':>8} {'mean ms':>8} {'items':>6}")
+        pipe = pipeline_slice(settings, args.pipeline_seconds, Path(tmp)) if args.pipeline_seconds > 0 else None
+    baseline = next(f for f in figures if f.name == BASELINE)
+    print(f"\nHTTP latency through `inbox api`, {args.samples} sequential requests each (after 5 warm-up);"
+          f" x base = p50 / p50 of {BASELINE} (the same HTTP stack, no query):")
+    print(f"  {'query':<52} {'p50 ms':>8} {'p99 ms':>8} {'mean ms':>8} {'items':>6} {'x base':>7} {'target':>10}")
+    out["latency"] = []
     for f in figures:
-        print(f"  {f.name:<52} {f.p50_ms:8.2f} {f.p99_ms:8.2f} {f.mean_ms:8.2f} {f.items:6d}")
+        goal = target_ms(f.name)
+        verdict = "" if goal is None else f"{'ok' if f.p99_ms < goal else 'MISS'} <{goal:.0f}"
+        print(f"  {f.name:<52} {f.p50_ms:8.2f} {f.p99_ms:8.2f} {f.mean_ms:8.2f} {f.items:6d}"
+              f" {f.p50_ms / baseline.p50_ms:7.1f} {verdict:>10}")
+        out["latency"].append({"name": f.name, "n": f.n, "p50_ms": f.p50_ms, "p99_ms": f.p99_ms,
+                               "mean_ms": f.mean_ms, "items": f.items, "p50_over_baseline": f.p50_ms / baseline.p50_ms,
+                               "target_p99_ms": goal, "meets_target": None if goal is None else f.p99_ms < goal})
+    print(f"API process RSS: {started_kb / 1024:,.0f} MB after start, {api_now_kb / 1024:,.0f} MB at the end,"
+          f" peak {api_peak_kb / 1024:,.0f} MB")
+    out["api_rss_mb"] = {"after_start": started_kb / 1024, "end": api_now_kb / 1024, "peak": api_peak_kb / 1024}
+    if pipe is not None:
+        d = pipe.as_dict()
+        print(f"relay + worker over the store for {pipe.seconds:.0f}s: relay published {pipe.relayed:,} events"
+              f" ({d['relay_events_per_s']:,.0f}/s, {pipe.relay_cpu_s:.0f} CPU s), worker projected {pipe.projected:,}"
+              f" ({d['worker_events_per_s']:,.0f}/s, {pipe.worker_cpu_s:.0f} CPU s); peak RSS: relay"
+              f" {d['relay_peak_rss_mb']:,.0f} MB, worker {d['worker_peak_rss_mb']:,.0f} MB")
+        out["pipeline"] = d
+    out["load_avg_at_end"] = os.getloadavg()
     if not args.no_plans:
         for f in figures:
             if f.plan:
                 print(f"\n--- EXPLAIN (ANALYZE, BUFFERS): {f.name}")
                 print("\n".join(f.plan))
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=2))
+        print(f"figures written to {args.json}")
     return 0
 
 

@@ -68,11 +68,13 @@ from inbox.adapters.read_models.queries import (
 )
 from inbox.adapters.read_models.search import (
     COMMON_MATCHES,
+    CONTACT_WINDOW,
     RECENT_WINDOW,
     ROOMS_FIRST_LIMIT,
     TSQUERY_SQL,
     WALK_WINDOW,
     contact_search_sql,
+    contact_whole_word_sql,
     conversation_search_sql,
     filtered_room_count_sql,
     recent_matches_sql,
@@ -418,15 +420,15 @@ def probes(s: Samples) -> list[Probe]:
         Probe("list: deep page, 500 rooms moved", "/v1/rooms", lambda i: {"limit": 50, "cursor": s.moved_cursor},
               explain=rooms_page_sql(admin, every, limit=51, cursor=moved)),
         Probe("search contact: first name", "/v1/search", lambda i: {"q": name(i)},
-              explain=contact_search_sql(admin, every, s.names[0], limit=21, offset=0)),
+              explain=("contact", [s.names[0], admin])),
         Probe("search contact: typo", "/v1/search", lambda i: {"q": typo(i)},
-              explain=contact_search_sql(admin, every, s.typos[0], limit=21, offset=0)),
+              explain=("contact", [s.typos[0], admin])),
         Probe("search contact: phone 0812-3456", "/v1/search", lambda i: {"q": phone(i)},
-              explain=contact_search_sql(admin, every, s.phones[0], limit=21, offset=0)),
+              explain=("contact", [s.phones[0], admin])),
         Probe("search contact: handle", "/v1/search", lambda i: {"q": handle(i)},
-              explain=contact_search_sql(admin, every, s.handles[0], limit=21, offset=0)),
+              explain=("contact", [s.handles[0], admin])),
         Probe("search contact (agent)", "/v1/search", lambda i: {"q": name(i)}, "agent",
-              contact_search_sql(agent, every, s.names[0], limit=21, offset=0)),
+              ("contact", [s.names[0], agent])),
         Probe("search conversation: INV code", "/v1/search", lambda i: {"q": code(i), "by": "conversation"},
               explain=("tsquery", [s.codes[0]])),
         Probe("search conversation: rare word", "/v1/search", lambda i: {"q": RARE_WORDS[i % 5], "by": "conversation"},
@@ -495,6 +497,18 @@ def explain(settings: Settings, probe: Probe) -> list[str]:
         configure_read_session(conn, settings.db_schema)  # as the API's read pool
         query, params = probe.explain
         queries = [("", query, params)]
+        if query == "contact":  # the whole-word shortcut first, as RoomSearch.by_contact does; the full ranking if short
+            q, actor = params
+            top = contact_whole_word_sql(actor, RoomFilter(), q, limit=21, offset=0, window=CONTACT_WINDOW)
+            full = contact_search_sql(actor, RoomFilter(), q, limit=21, offset=0)
+            if top is None:
+                queries = [("every match ranked", *full)]
+            elif len(conn.execute(*top).fetchall()) >= 21:
+                queries = [(f"whole words among the newest {CONTACT_WINDOW:,} rooms fill the page: the API stops here",
+                            *top), ("for comparison, not run by the API: every match ranked", *full)]
+            else:
+                queries = [(f"whole words among the newest {CONTACT_WINDOW:,} rooms: too few", *top),
+                           ("then every match ranked", *full)]
         if query == "tsquery":  # conversation search: the tsquery first, as the API does; then both phases
             row = conn.execute(TSQUERY_SQL, params).fetchone()
             tsquery, admin = str(row[0] if row else ""), Actor("admin", ORG, Role.ADMIN)

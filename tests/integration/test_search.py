@@ -7,6 +7,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg.rows import dict_row
 
 from domain.staff import Actor, Role
 from inbox.config import Settings
@@ -81,6 +82,38 @@ def test_whole_words_rank_before_word_starts_before_substrings_before_typos(inbo
     inbox.project()
 
     assert ids(inbox.search("budi")) == [newest_whole_word, whole_word, word_start, substring, typo]
+
+
+@pytest.mark.parametrize("window", [1, 4, 1000])
+def test_contact_search_pages_equal_the_full_ranking_whatever_the_whole_word_window(
+    inbox: Inbox, monkeypatch: pytest.MonkeyPatch, window: int
+) -> None:
+    """The whole-word shortcut (`contact_whole_word_sql`, the newest CONTACT_WINDOW rooms) answers
+    exactly the pages the full ranking (`contact_search_sql`) gives, or defers to it."""
+    monkeypatch.setattr("inbox.adapters.read_models.search.CONTACT_WINDOW", window)
+    names = ["Budi Santoso", "Andi Budiman", "Pak Budi", "Abudin", "Budi", "Budy Hartono", "Budi Wijaya",
+             "Siti", "Budi Lestari", "Ibu Budiarti", "Budi Hakim"]
+    for i, name in enumerate(names):
+        inbox.inbound("whatsapp_cloud", f"62812000{i:03d}", name=name)
+    inbox.project()
+    admin = Actor("admin1", "org1", Role.ADMIN)
+    with psycopg.connect(conninfo(inbox.settings), autocommit=True) as conn:
+        use_search_path(conn, inbox.settings.db_schema)  # and the typo threshold, as the API's sessions
+        cur = conn.cursor(row_factory=dict_row)
+        rows = cur.execute(*contact_search_sql(admin, RoomFilter(), "budi", limit=100, offset=0)).fetchall()
+    ranked = [str(r["id"]) for r in rows]
+    assert len(ranked) == 10  # all but Siti: whole words, word starts, substrings and the typo
+
+    for limit in (1, 2, 3, 5):
+        pages: list[str] = []
+        cursor = None
+        while True:
+            page = inbox.get("/v1/search", q="budi", limit=limit, **({"cursor": cursor} if cursor else {}))
+            pages += ids(page["items"])
+            cursor = page["next_cursor"]
+            if cursor is None:
+                break
+        assert pages == ranked, (limit, window)
 
 
 def test_contact_search_respects_tab_and_status(inbox: Inbox, people: dict[str, str]) -> None:

@@ -4,6 +4,10 @@
   typos, by trigram word similarity (`q <% search_name`, threshold in inbox.adapters.postgres), and
   `rooms.phone_digits` (national number) as a substring; both from GIN `gin_trgm_ops` indexes.
   Ranked: word-prefix match, substring match, phone match, then similarity; then activity.
+  A common name would mean ranking every match (tens of thousands of rooms on a million): the
+  organization's newest CONTACT_WINDOW rooms are looked at first, in activity order, for the top
+  tier (whole words); when those fill the page it is exactly the full ranking's page (no room
+  outside the window can rank before them), else every match is ranked.
 - by conversation: `messages.text_tsv` (to_tsvector('simple', text), GIN) with every word of
   the query — split by the same text-search parser as the messages, so "INV-2041" finds
   "INV-2041" — as a prefix (`'inv':* & '-2041':*`); one hit per room (its latest matching
@@ -42,6 +46,7 @@ from inbox.adapters.read_models.queries import (
 from projections.text import has_words, name_query, phone_query
 
 MAX_OFFSET = 10_000
+CONTACT_WINDOW = 5_000  # newest rooms of the organization looked at first for whole-word name matches
 RECENT_WINDOW = 5_000  # newest messages of the organization looked at first
 ROOMS_FIRST_LIMIT = 5_000  # at most this many filtered rooms: search them room by room
 COMMON_MATCHES = 50  # this many matches among the recent window (1%): a common word, walk on
@@ -133,6 +138,31 @@ def contact_search_sql(actor: Actor, filt: RoomFilter, q: str, *, limit: int, of
         " ORDER BY _score DESC, r.updated_at DESC, r.id DESC LIMIT %s OFFSET %s"
     )
     return sql, [*score_params, *params, *match_params, limit, offset]
+
+
+def contact_whole_word_sql(
+    actor: Actor, filt: RoomFilter, q: str, *, limit: int, offset: int, window: int
+) -> tuple[str, list[Any]] | None:
+    """The first rows of `contact_search_sql`'s ranking when its top tier fills them: rooms whose
+    name or handle holds the query as whole word(s) (score 4, the highest any row gets), newest
+    first, among the organization's newest `window` rooms (read in activity order, so a common
+    name costs a short walk instead of ranking every match). Exact when it returns `limit` rows:
+    every room outside the window is older than every room in it, so none ranks before them. None
+    when the query has no words."""
+    name = name_query(q) if has_words(q) else ""
+    if not name:
+        return None
+    visible, params = sql_predicate(actor)
+    clauses, filter_params = filter_clauses(filt)
+    where = " AND ".join([visible, *clauses])
+    whole_word = f"% {_like_pattern(name)[1:-1]} %"
+    sql = (
+        "SELECT r.*, now() AS _now, 4::real AS _score FROM (SELECT * FROM rooms WHERE org_id = %s"
+        " ORDER BY updated_at DESC, id DESC LIMIT %s) r"
+        f" WHERE {where} AND ' ' || r.search_name || ' ' LIKE %s"
+        " ORDER BY r.updated_at DESC, r.id DESC LIMIT %s OFFSET %s"
+    )
+    return sql, [actor.org_id, window, *params, *filter_params, whole_word, limit, offset]
 
 
 # The query's words as prefix terms, split by the same parser as the messages ('INV-2041' →
@@ -248,7 +278,10 @@ class RoomSearch(ReadModelReader):
 
     def by_contact(self, actor: Actor, filt: RoomFilter, q: str, *, limit: int, cursor: str | None) -> dict[str, Any]:
         offset = _offset(cursor)
-        rows = self._fetch(*contact_search_sql(actor, filt, q, limit=limit + 1, offset=offset))
+        top = contact_whole_word_sql(actor, filt, q, limit=limit + 1, offset=offset, window=CONTACT_WINDOW)
+        rows = self._fetch(*top) if top is not None else []
+        if len(rows) <= limit:  # the top tier of the newest rooms does not fill the page: rank every match
+            rows = self._fetch(*contact_search_sql(actor, filt, q, limit=limit + 1, offset=offset))
         page = rows[:limit]
         return {"items": [room_json(r, r["_now"]) for r in page], "next_cursor": _next_cursor(rows, limit, offset)}
 

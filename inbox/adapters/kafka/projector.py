@@ -177,11 +177,6 @@ def create_faust_app(settings: Settings, runtime: ProjectorRuntime) -> faust.App
         # 1 MB a partition) filled the buffer, and then every message waited for a free slot (a
         # task race each: a fifth of the library's CPU per message).
         broker_max_poll_records=settings.worker_batch_size,
-        # The Cython stream iterator's fast path (opt-in in faust-streaming 0.15): a record already
-        # in the stream's queue is taken as it is, as the pure-Python iterator does, instead of
-        # through the channel's awaited get. The conductor's other opt-in (one decoded event
-        # reused by several channels of a topic) does not apply: the topic has one channel.
-        cython_optimizations=True,
     )
     topic = faust_app.topic(settings.events_topic, schema=RawSchema(), partitions=settings.topic_partitions)
 

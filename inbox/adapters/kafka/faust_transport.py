@@ -164,7 +164,7 @@ class _ProducerBuffer(ProducerBuffer):
 
     @property
     def size(self) -> int:
-        return len(self.pending._queue)  # type: ignore[attr-defined]
+        return self.pending.qsize()
 
 
 class _Producer(faust_aiokafka.Producer):

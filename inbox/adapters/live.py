@@ -260,29 +260,19 @@ class ChangeHub:
             await asyncio.sleep(RECONNECT_BACKOFF_S[min(attempt, len(RECONNECT_BACKOFF_S) - 1)] if attempt else 0.1)
 
     async def _hand_over(self, page: ChangePage) -> None:
-        """Publish `page` on the API loop and wait until its streams have written it (one page in flight).
-
-        `_publish` wakes the streams that wait for a page (their wake-ups are the API loop's next
-        callbacks); `release` comes after them, so the reader reads the next page only once this one
-        is written: while the loop is busy writing to many streams, what commits meanwhile goes
-        into that next page — fewer, larger writes per stream exactly when the loop is behind.
-        """
+        """Publish `page` on the API loop and wait until it is done (one page in flight)."""
         assert self._loop is not None and self._reader_loop is not None
         done = asyncio.Event()
         reader_loop = self._reader_loop
-        loop = self._loop
-
-        def release() -> None:
-            with contextlib.suppress(RuntimeError):  # the reader's loop ended meanwhile
-                reader_loop.call_soon_threadsafe(done.set)
 
         def publish() -> None:
             try:
                 self._publish(page)
             finally:
-                loop.call_soon(release)
+                with contextlib.suppress(RuntimeError):  # the reader's loop ended meanwhile
+                    reader_loop.call_soon_threadsafe(done.set)
 
-        loop.call_soon_threadsafe(publish)
+        self._loop.call_soon_threadsafe(publish)
         await done.wait()
 
     async def _read_loop(self) -> None:

@@ -16,8 +16,7 @@ Fan-out cost: a page's room and message events are rendered and framed (SSE byte
 class of viewers that see the same rooms of that page (`_view`: every admin of an organization,
 every agent the page does not name; a named agent is decided again only on its own rooms), and
 the counters once per distinct value (`counters_by_key`); each stream then adds its counters
-frame and writes everything waiting for it in one send per wake-up. The reader hands the next
-page over only once the streams have written this one, so a busy loop gets fewer, larger pages.
+frame and writes everything waiting for it in one send per wake-up.
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections import defaultdict
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -57,11 +58,25 @@ def send_burst(p: Pipeline, n: int, *, contacts: int = 40, tag: str = "m") -> li
         assert r.status_code == 202, r.text
         return r.json()
 
-    # 16 concurrent callers over one client's connection pool (a client per request would spend
-    # more CPU building its TLS context, ~30 ms, than the request itself takes).
-    with httpx.Client(base_url=p.base_url, timeout=30, limits=httpx.Limits(max_connections=16)) as c, \
-            ThreadPoolExecutor(16) as pool:
-        return list(pool.map(lambda i: one(c, i), range(n)))
+    # 16 concurrent callers, each with a client of its own for all its requests (a client per
+    # request would spend more CPU building its TLS context, ~30 ms, than the request takes; one
+    # client shared by the threads failed a run with "Bad file descriptor": httpcore's pool closed
+    # a connection another thread was reading).
+    local = threading.local()
+    clients: list[httpx.Client] = []
+
+    def client() -> httpx.Client:
+        if (c := getattr(local, "client", None)) is None:
+            c = local.client = httpx.Client(base_url=p.base_url, timeout=30)
+            clients.append(c)
+        return c
+
+    try:
+        with ThreadPoolExecutor(16) as pool:
+            return list(pool.map(lambda i: one(client(), i), range(n)))
+    finally:
+        for c in clients:
+            c.close()
 
 
 def assert_projections_exact(p: Pipeline) -> None:

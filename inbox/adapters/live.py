@@ -3,12 +3,14 @@
 `ChangeHub` keeps a single connection LISTENing on the schema's doorbell (`inbox_changes:<schema>`,
 application_name `inbox-stream:<schema>`) and a reader task that, on each ring (and every
 `poll_s` anyway), reads the change log after the last position it published, as pages of
-`read_changes` (one snapshot each), and puts every page on every subscriber's bounded queue.
+`read_changes` (one snapshot each), and puts every page on every subscriber's bounded queue
+(with no stream open it reads only where the log ends: an API without streams renders nothing).
 When the listening connection drops, it reconnects with backoff and rings itself: the reader
 catches up from the log by position, so nothing is missed — the doorbell is only a hint.
 
 `Feed` is one viewer's stream: it resumes from a Last-Event-ID (or starts at the log's end),
-catches up from the log on its own connection, then follows the hub's pages, and turns each page
+catches up from the log on its own connection (its first page and counters in the same read
+that finds where it starts), then follows the hub's pages, and turns each page
 into the events this viewer may see (domain.visibility). A subscriber whose queue is full gets
 `overflowed` and its feed ends with `reset`: memory per stream stays bounded.
 
@@ -181,12 +183,13 @@ class ChangeHub:
                 self._end(sub)
         self.position = max(self.position, page.upto)
 
-    async def read(self, after: int, *, actors: list[Actor], all_counters: bool, limit: int | None = None) -> ChangePage:
-        """A page of the log for a stream (API loop)."""
+    async def read(self, after: int | None, *, actors: list[Actor], all_counters: bool,
+                   limit: int | None = None) -> ChangePage:
+        """A page of the log for a stream (API loop); `after=None`: none, at the log's end."""
         assert self._pool is not None
         return await self._read(self._pool, after, actors=actors, all_counters=all_counters, limit=limit)
 
-    async def _read(self, pool: AsyncConnectionPool, after: int, *, actors: list[Actor], all_counters: bool,
+    async def _read(self, pool: AsyncConnectionPool, after: int | None, *, actors: list[Actor], all_counters: bool,
                     limit: int | None = None) -> ChangePage:
         async with pool.connection() as conn:
             return await read_changes(
@@ -317,7 +320,8 @@ class Feed:
         self.sub = hub.subscribe(actor)
         self.cursor = 0
         self._counters: dict[str, Any] | None = None
-        self._opening: list[LiveEvent] = []
+        self._opening = b""  # the first write: what `start` read, rendered
+        self._more = False  # the log holds more than `start` read: catch up on the rest
         self._beat: asyncio.TimerHandle | None = None
         self._written = 0.0  # loop time of the last write (heartbeats come heartbeat_s after it)
 
@@ -327,21 +331,29 @@ class Feed:
             self._beat.cancel()
 
     async def start(self) -> None:
-        """Where to start: the log's end, the Last-Event-ID, or a `reset` when that is not in the log.
+        """Where to start: the log's end, the Last-Event-ID, or a `reset` when that is not in the log;
+        and the first write (the changes after Last-Event-ID, the counters), from one read.
 
-        Called before the response starts, so a database that is away is a 503, not a broken stream.
+        One read per stream that opens, not two (where, then what): a reconnect storm after an
+        API restart is that many reads at once on the streams' few connections. Called before
+        the response starts, so a database that is away is a 503, not a broken stream.
         """
-        marks = await self.hub.read(0, actors=[], all_counters=False, limit=0)
         last = self.last_event_id
-        if last is None:
-            self.cursor = marks.head
-        elif last > marks.head or last < marks.horizon:
-            self._opening = [LiveEvent("reset", _json({
-                "reason": "expired" if last < marks.horizon else "unknown position", "position": marks.head,
+        page = await self.hub.read(last, actors=[self.actor], all_counters=True)
+        if last is not None and (last > page.head or last < page.horizon):
+            # The rows read after `last` are moot; the counters of the snapshot are the log end's.
+            self.cursor = page.head
+            events = [LiveEvent("reset", _json({
+                "reason": "expired" if last < page.horizon else "unknown position", "position": page.head,
             }), None)]
-            self.cursor = marks.head
-        else:
-            self.cursor = last
+            if (counters := page.counters.get(self.counter_key)) is not None:
+                self._counters = counters
+                events.append(LiveEvent("counters", page.encode(("c", id(counters)), counters), page.head))
+            self._opening = frame(events)
+            return
+        self.cursor = page.after
+        self._opening = frame(self.render(page))
+        self._more = page.more
 
     async def events(self, heartbeat_s: float) -> AsyncIterator[bytes | None]:
         """SSE frames to write, in order; None when `heartbeat_s` passed without any.
@@ -354,9 +366,10 @@ class Feed:
         loop = asyncio.get_running_loop()
         self._arm_heartbeat(loop, heartbeat_s)
         if self._opening:
-            yield frame(self._opening)
-        async for chunk in self._catch_up(None):
-            yield chunk
+            yield self._opening
+        if self._more:
+            async for chunk in self._catch_up(None, counters=False):
+                yield chunk
         queue = self.sub.queue
         stop = False
         while not stop:
@@ -405,9 +418,10 @@ class Feed:
 
         self._beat = loop.call_later(heartbeat_s, due)
 
-    async def _catch_up(self, until: int | None) -> AsyncIterator[bytes]:
-        """Read the log after the cursor on our own (up to `until`, or its end) and render it."""
-        first = True
+    async def _catch_up(self, until: int | None, *, counters: bool = True) -> AsyncIterator[bytes]:
+        """Read the log after the cursor on our own (up to `until`, or its end) and render it;
+        `counters`: the first page carries the viewer's counters even if its organization has no change."""
+        first = counters
         while until is None or self.cursor < until:
             page = await self.hub.read(self.cursor, actors=[self.actor], all_counters=first)
             first = False

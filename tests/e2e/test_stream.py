@@ -138,7 +138,7 @@ def test_each_viewer_receives_exactly_what_they_may_see(pipeline: Pipeline) -> N
     assert all(e.data["statuses"]["all"] == 0 for e in other_org.named("counters"))
 
 
-def test_resuming_with_last_event_id_delivers_every_change_after_it(pipeline: Pipeline) -> None:
+def test_resuming_with_last_event_id_delivers_every_change_after_it_and_a_position_beyond_the_log_resets(pipeline: Pipeline) -> None:
     customers = Customers(pipeline)
     first = stream(pipeline, role="admin")
     room = customers.write("c1", "one")["room_id"]
@@ -153,6 +153,17 @@ def test_resuming_with_last_event_id_delivers_every_change_after_it(pipeline: Pi
     texts = [e.data["text"] for e in resumed.named("message")]
     assert texts == ["two", "three", "four"]
     assert not resumed.named("reset")
+
+    # A position the log never reached (another deployment's, a client's bug): reset, then the log's end.
+    end = query(pipeline.settings, "SELECT max(position) FROM room_changes")[0][0]
+    ahead = StreamReader(pipeline.base_url, auth(pipeline.settings, role="admin"), str(end + 1_000_000))
+    reset = ahead.wait_for(lambda evs: evs[0] if evs else None, what="the first event")
+    assert reset.name == "reset" and reset.data == {"reason": "unknown position", "position": end}
+    counters = ahead.wait_for(lambda evs: next((e for e in evs if e.name == "counters"), None), what="counters")
+    assert int(counters.id or 0) == end
+    customers.write("c3", "five")
+    ahead.wait_for(has_message("five"), what="news after the reset")
+    assert [e.data["text"] for e in ahead.named("message")] == ["five"]
 
 
 def test_a_resume_point_older_than_the_retention_gets_reset(settings: Settings, tmp_path: Path) -> None:

@@ -98,6 +98,23 @@ def test_read_changes_renders_rooms_messages_and_counters_of_one_snapshot(
     assert next(iter(page.counters.values()))["unassigned"] == 1  # type: ignore[attr-defined]
 
 
+def test_a_read_from_the_log_end_gives_the_position_and_the_counters_without_rows(
+    container: Container, db_settings: Settings
+) -> None:
+    write(container, "c1", 1)
+    project_all(db_settings)
+
+    async def read() -> object:
+        async with await psycopg.AsyncConnection.connect(conninfo(db_settings), autocommit=True) as conn:
+            return await read_changes(conn, None, limit=10, viewers=[ADMIN], all_counters=True)
+
+    page = asyncio.run(read())
+    end = query(db_settings, "SELECT max(position) FROM room_changes")[0][0]
+    assert (page.after, page.upto, page.head) == (end, end, end)  # type: ignore[attr-defined]
+    assert page.changes == [] and page.rooms == {} and page.messages == {}  # type: ignore[attr-defined]
+    assert next(iter(page.counters.values()))["unassigned"] == 1  # type: ignore[attr-defined]
+
+
 def test_pruning_moves_the_horizon(container: Container, db_settings: Settings) -> None:
     write(container, "c1", 1)
     project_all(db_settings)

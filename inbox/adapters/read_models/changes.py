@@ -101,10 +101,18 @@ _READ_COUNTERS_OF_PAGE = (  # only the organizations the page changes
 )
 
 
+# `after` of a read that starts at the log's end: beyond any position (bigint's largest value).
+_BEYOND = 2**63 - 1
+
+
 async def read_changes(
-    conn: AsyncConnection[Any], after: int, *, limit: int, viewers: Iterable[Actor] = (), all_counters: bool = False,
+    conn: AsyncConnection[Any], after: int | None, *, limit: int, viewers: Iterable[Actor] = (),
+    all_counters: bool = False,
 ) -> ChangePage:
     """Rows after `after` (at most `limit`) with their rooms, messages and the viewers' counters.
+
+    `after=None`: no rows, the log's end as of the snapshot (the page's `after` and `upto`): a
+    new stream's position and its viewer's counters, in one read.
 
     Counters are read for the viewers whose organization has a change in the page (or for all of
     them with `all_counters`); each distinct `counter_key` once.
@@ -114,7 +122,7 @@ async def read_changes(
     `conn` is in autocommit mode (the snapshot's BEGIN and COMMIT are statements of the pipeline).
     """
     viewers = list(viewers)
-    params = {"after": after, "limit": limit, "orgs": list({a.org_id for a in viewers}),
+    params = {"after": _BEYOND if after is None else after, "limit": limit, "orgs": list({a.org_id for a in viewers}),
               "keys": list({ALL, *(k for a in viewers for k in counter_key(a)[1])})}
     # BEGIN and COMMIT as statements: conn.transaction() in a pipeline syncs at its exit and again
     # after COMMIT, each a round trip more. One Sync, at the pipeline's exit, fills every cursor.
@@ -136,6 +144,8 @@ async def read_changes(
     assert marks is not None
     horizon = int(marks["horizon"] or 0)
     head = max(int(marks["head"] or 0), horizon)
+    if after is None:
+        after = head
     if limit <= 0:
         return ChangePage(after, head, head, horizon)
     changes = [

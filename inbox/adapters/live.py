@@ -93,6 +93,7 @@ class ChangeHub:
         self.position = 0  # everything up to here was published
         self.listening = False
         self._subs: set[Subscription] = set()
+        self._streams_of: dict[Actor, int] = {}  # open streams per viewer
         self._actors: tuple[Actor, ...] = ()  # the viewers of the open streams, each once (read by the reader)
         self._pool: AsyncConnectionPool | None = None  # the streams' own reads (start, catch-up), API loop
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -151,14 +152,23 @@ class ChangeHub:
     def subscribe(self, actor: Actor) -> Subscription:
         sub = Subscription(actor, self.settings.stream_buffer)
         self._subs.add(sub)
-        self._actors = tuple({s.actor for s in self._subs})
+        count = self._streams_of.get(actor, 0)
+        self._streams_of[actor] = count + 1
+        if not count:  # a new viewer: the reader reads its counters too (a new tuple: it reads it from its thread)
+            self._actors = tuple(self._streams_of)
         if self._closing:
             self._end(sub)
         return sub
 
     def unsubscribe(self, sub: Subscription) -> None:
+        if sub not in self._subs:
+            return
         self._subs.discard(sub)
-        self._actors = tuple({s.actor for s in self._subs})
+        count = self._streams_of.pop(sub.actor) - 1
+        if count:
+            self._streams_of[sub.actor] = count
+        else:
+            self._actors = tuple(self._streams_of)
 
     @property
     def streams(self) -> int:
@@ -293,7 +303,12 @@ class ChangeHub:
                     first = False
                     continue
                 while True:
-                    page = await self._read(self._reader_pool, self._read_position, actors=list(self._actors),
+                    actors = self._actors
+                    if not actors:  # no stream open: nobody to render for; only keep up with the log's end
+                        head = (await self._read(self._reader_pool, 0, actors=[], all_counters=False, limit=0)).head
+                        self._read_position = self.position = max(self._read_position, head)
+                        break
+                    page = await self._read(self._reader_pool, self._read_position, actors=list(actors),
                                             all_counters=False)
                     if page.upto > self._read_position:
                         await self._hand_over(page)

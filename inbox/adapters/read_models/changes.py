@@ -11,6 +11,7 @@ event, its messages and the counters sent after them describe the same moment.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,8 +35,12 @@ def channel(schema: str) -> str:
     return f"{CHANNEL_PREFIX}{schema}"
 
 
+@functools.lru_cache(maxsize=4096)
 def counter_key(actor: Actor) -> CounterKey:
-    """Viewers with the same key see the same counters (`counters_json` depends on nothing else)."""
+    """Viewers with the same key see the same counters (`counters_json` depends on nothing else).
+
+    Cached: the stream's reader asks it for every open stream's viewer on every page it reads.
+    """
     return actor.org_id, tuple(sorted(counter_keys(actor)))
 
 

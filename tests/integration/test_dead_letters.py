@@ -115,6 +115,15 @@ def test_an_event_the_database_refuses_is_dead_lettered_and_the_rest_of_the_batc
     assert counters_table(db_settings) == recount(db_settings)
 
 
+def test_an_attachment_orjson_cannot_encode_is_projected_exactly_not_refused(db_settings: Settings) -> None:
+    room = str(uuid.uuid4())  # an integer over 64 bits: written as JSON by the stdlib (writer._json)
+    apply_batches(db_settings, [opened(room), received(room, 2, "big", attachments=[{"n": 2**70}])])
+
+    assert room_state(db_settings, room) == (2, "big")
+    assert query(db_settings, "SELECT attachments FROM messages WHERE room_id = %s", (room,)) == [([{"n": 2**70}],)]
+    assert unresolved(db_settings) == []
+
+
 def test_a_refused_event_in_a_later_batch_does_not_hold_back_the_room(db_settings: Settings) -> None:
     room = str(uuid.uuid4())
 

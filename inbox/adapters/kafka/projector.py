@@ -10,7 +10,6 @@ Concurrency stays 1 per agent (faust-streaming #606); scale with partitions and 
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -201,9 +200,9 @@ def create_faust_app(settings: Settings, runtime: ProjectorRuntime) -> faust.App
     return faust_app
 
 
-def run_worker(faust_app: faust.App, loglevel: str = "info") -> None:
+def run_worker(faust_app: faust.App, loglevel: str = "info", *, built: Callable[[], None] | None = None) -> None:
+    """Run the app until stopped; `built` is called once the worker is built, before it starts."""
     worker = faust.Worker(faust_app, loglevel=loglevel, quiet=True)
-    # What is loaded by now (modules, the app) stays for the life of the process: out of the
-    # cyclic collector's sight, its full collections during a catch-up only walk what is new.
-    gc.freeze()
+    if built is not None:
+        built()
     worker.execute_from_commandline()

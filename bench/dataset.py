@@ -68,12 +68,14 @@ from inbox.adapters.read_models.queries import (
 )
 from inbox.adapters.read_models.search import (
     COMMON_MATCHES,
+    CONTACT_GROUPS,
+    CONTACT_MAX_MATCHES,
     CONTACT_WINDOW,
     RECENT_WINDOW,
     ROOMS_FIRST_LIMIT,
     TSQUERY_SQL,
     WALK_WINDOW,
-    contact_search_sql,
+    contact_group_sql,
     contact_whole_word_sql,
     conversation_search_sql,
     filtered_room_count_sql,
@@ -497,18 +499,31 @@ def explain(settings: Settings, probe: Probe) -> list[str]:
         configure_read_session(conn, settings.db_schema)  # as the API's read pool
         query, params = probe.explain
         queries = [("", query, params)]
-        if query == "contact":  # the whole-word shortcut first, as RoomSearch.by_contact does; the full ranking if short
+        if query == "contact":  # the whole-word shortcut first, as RoomSearch.by_contact does; then group by group
             q, actor = params
             top = contact_whole_word_sql(actor, RoomFilter(), q, limit=21, offset=0, window=CONTACT_WINDOW)
-            full = contact_search_sql(actor, RoomFilter(), q, limit=21, offset=0)
-            if top is None:
-                queries = [("every match ranked", *full)]
-            elif len(conn.execute(*top).fetchall()) >= 21:
-                queries = [(f"whole words among the newest {CONTACT_WINDOW:,} rooms fill the page: the API stops here",
-                            *top), ("for comparison, not run by the API: every match ranked", *full)]
-            else:
-                queries = [(f"whole words among the newest {CONTACT_WINDOW:,} rooms: too few", *top),
-                           ("then every match ranked", *full)]
+            queries = []
+            if top is not None:
+                full_page = len(conn.execute(*top).fetchall()) >= 21
+                queries.append((f"whole words among the newest {CONTACT_WINDOW:,} rooms"
+                                + (" fill the page: the API stops here" if full_page else ": too few"), *top))
+                if full_page:
+                    return explain_lines(conn, queries)
+            found = 0
+            for group in CONTACT_GROUPS:
+                capped = contact_group_sql(actor, RoomFilter(), q, group, limit=21 - found, cap=CONTACT_MAX_MATCHES)
+                if capped is None or found >= 21:
+                    continue
+                rows = conn.execute(*capped).fetchall()
+                matches = int(rows[0][-1]) if rows else 0  # _matches, the last column
+                queries.append((f"{group} group: every match, at most {CONTACT_MAX_MATCHES + 1:,} read"
+                                + (f" ({matches:,}: ranked)" if matches <= CONTACT_MAX_MATCHES else ": more"), *capped))
+                if matches > CONTACT_MAX_MATCHES:
+                    newest = contact_group_sql(actor, RoomFilter(), q, group, limit=21 - found, window=CONTACT_WINDOW)
+                    assert newest is not None
+                    rows = conn.execute(*newest).fetchall()
+                    queries.append((f"{group} group: its matches among the newest {CONTACT_WINDOW:,} rooms", *newest))
+                found += len(rows)
         if query == "tsquery":  # conversation search: the tsquery first, as the API does; then both phases
             row = conn.execute(TSQUERY_SQL, params).fetchone()
             tsquery, admin = str(row[0] if row else ""), Actor("admin", ORG, Role.ADMIN)
@@ -529,11 +544,15 @@ def explain(settings: Settings, probe: Probe) -> list[str]:
             else:
                 queries.append(("phase 3: a rare word: every match (GIN bitmap)",
                                 *conversation_search_sql(admin, filt, tsquery, matches=200)))
-        lines: list[str] = []
-        for title, q, p in queries:
-            if title:
-                lines.append(f"[{title}]")
-            lines += [r[0] for r in conn.execute("EXPLAIN (ANALYZE, BUFFERS) " + q, p).fetchall()]
+        return explain_lines(conn, queries)
+
+
+def explain_lines(conn: psycopg.Connection, queries: list[tuple[str, str, list[Any]]]) -> list[str]:
+    lines: list[str] = []
+    for title, q, p in queries:
+        if title:
+            lines.append(f"[{title}]")
+        lines += [r[0] for r in conn.execute("EXPLAIN (ANALYZE, BUFFERS) " + q, p).fetchall()]
     return lines
 
 

@@ -13,7 +13,7 @@ from domain.staff import Actor, Role
 from inbox.config import Settings
 from inbox.adapters.postgres import conninfo, use_search_path
 from inbox.adapters.read_models.queries import RoomFilter
-from inbox.adapters.read_models.search import contact_search_sql, conversation_search_sql
+from inbox.adapters.read_models.search import CONTACT_GROUPS, contact_group_sql, conversation_search_sql
 from tests.integration.inbox_helpers import Inbox, running_inbox
 
 pytestmark = pytest.mark.integration
@@ -84,36 +84,85 @@ def test_whole_words_rank_before_word_starts_before_substrings_before_typos(inbo
     assert ids(inbox.search("budi")) == [newest_whole_word, whole_word, word_start, substring, typo]
 
 
+def full_ranking(settings: Settings, actor: Actor, q: str, filt: RoomFilter | None = None) -> list[str]:
+    """Every match ranked, unbounded: the substring group, then the similar group (the reference)."""
+    ranked: list[str] = []
+    with psycopg.connect(conninfo(settings), autocommit=True) as conn:
+        use_search_path(conn, settings.db_schema)  # and the typo threshold, as the API's sessions
+        cur = conn.cursor(row_factory=dict_row)
+        for group in CONTACT_GROUPS:
+            query = contact_group_sql(actor, filt or RoomFilter(), q, group, limit=1000)
+            ranked += [str(r["id"]) for r in cur.execute(*query).fetchall()] if query else []
+    return ranked
+
+
+def all_pages(inbox: Inbox, q: str, limit: int) -> list[str]:
+    found: list[str] = []
+    cursor = None
+    while True:
+        page = inbox.get("/v1/search", q=q, limit=limit, **({"cursor": cursor} if cursor else {}))
+        found += ids(page["items"])
+        cursor = page["next_cursor"]
+        if cursor is None:
+            return found
+
+
 @pytest.mark.parametrize("window", [1, 4, 1000])
 def test_contact_search_pages_equal_the_full_ranking_whatever_the_whole_word_window(
     inbox: Inbox, monkeypatch: pytest.MonkeyPatch, window: int
 ) -> None:
     """The whole-word shortcut (`contact_whole_word_sql`, the newest CONTACT_WINDOW rooms) answers
-    exactly the pages the full ranking (`contact_search_sql`) gives, or defers to it."""
+    exactly the pages the full ranking gives, or defers to it (both groups within their bound)."""
     monkeypatch.setattr("inbox.adapters.read_models.search.CONTACT_WINDOW", window)
     names = ["Budi Santoso", "Andi Budiman", "Pak Budi", "Abudin", "Budi", "Budy Hartono", "Budi Wijaya",
              "Siti", "Budi Lestari", "Ibu Budiarti", "Budi Hakim"]
     for i, name in enumerate(names):
         inbox.inbound("whatsapp_cloud", f"62812000{i:03d}", name=name)
     inbox.project()
-    admin = Actor("admin1", "org1", Role.ADMIN)
-    with psycopg.connect(conninfo(inbox.settings), autocommit=True) as conn:
-        use_search_path(conn, inbox.settings.db_schema)  # and the typo threshold, as the API's sessions
-        cur = conn.cursor(row_factory=dict_row)
-        rows = cur.execute(*contact_search_sql(admin, RoomFilter(), "budi", limit=100, offset=0)).fetchall()
-    ranked = [str(r["id"]) for r in rows]
+    ranked = full_ranking(inbox.settings, Actor("admin1", "org1", Role.ADMIN), "budi")
     assert len(ranked) == 10  # all but Siti: whole words, word starts, substrings and the typo
 
     for limit in (1, 2, 3, 5):
-        pages: list[str] = []
-        cursor = None
-        while True:
-            page = inbox.get("/v1/search", q="budi", limit=limit, **({"cursor": cursor} if cursor else {}))
-            pages += ids(page["items"])
-            cursor = page["next_cursor"]
-            if cursor is None:
-                break
-        assert pages == ranked, (limit, window)
+        assert all_pages(inbox, "budi", limit) == ranked, (limit, window)
+
+
+def test_similar_names_rank_by_similarity_then_activity(inbox: Inbox) -> None:
+    close_old = inbox.inbound("whatsapp_cloud", "62821", name="Santoso")["room_id"]
+    far = inbox.inbound("whatsapp_cloud", "62822", name="Santo Wirawan")["room_id"]
+    close_new = inbox.inbound("whatsapp_cloud", "62823", name="Budi Santoso")["room_id"]
+    inbox.project()
+
+    assert ids(inbox.search("santosso")) == [close_new, close_old, far]
+
+
+@pytest.mark.parametrize("bound, found", [(4, "all four, the oldest too"), (3, "the newest three rooms only")])
+def test_a_group_with_more_matches_than_the_bound_is_ranked_among_the_newest_rooms_only(
+    inbox: Inbox, monkeypatch: pytest.MonkeyPatch, bound: int, found: str
+) -> None:
+    """Bounded work: at most CONTACT_MAX_MATCHES matches of a group are ranked in full; beyond, only
+    the group's matches among the organization's newest CONTACT_WINDOW rooms."""
+    monkeypatch.setattr("inbox.adapters.read_models.search.CONTACT_MAX_MATCHES", bound)
+    monkeypatch.setattr("inbox.adapters.read_models.search.CONTACT_WINDOW", 3)
+    typos = [inbox.inbound("whatsapp_cloud", f"6283{i}", name=f"Wibowo {i}")["room_id"] for i in range(4)]
+    inbox.project()
+
+    result = ids(inbox.search("wiboo"))
+
+    if bound == 4:  # four similar rooms, at most four: every one ranked (newest first: equally similar)
+        assert result == typos[::-1]
+    else:  # more than three: only those among the newest three rooms of the organization
+        assert result == typos[:0:-1]
+
+
+def test_a_common_typo_group_does_not_hide_an_old_exact_match(inbox: Inbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The groups are bounded one by one: many similar names never push a substring match out."""
+    monkeypatch.setattr("inbox.adapters.read_models.search.CONTACT_MAX_MATCHES", 2)
+    monkeypatch.setattr("inbox.adapters.read_models.search.CONTACT_WINDOW", 2)
+    exact = inbox.inbound("whatsapp_cloud", "62840", name="Budi Santoso")["room_id"]
+    similar = [inbox.inbound("whatsapp_cloud", f"6284{i}", name=f"Agus Santoso {i}")["room_id"] for i in range(1, 5)]
+    inbox.project()
+
+    assert ids(inbox.search("budi santoso")) == [exact, similar[3], similar[2]]
 
 
 def test_contact_search_respects_tab_and_status(inbox: Inbox, people: dict[str, str]) -> None:
@@ -248,13 +297,16 @@ def test_searches_are_answered_from_their_indexes(inbox: Inbox, people: dict[str
     admin = Actor("admin1", "org1", Role.ADMIN)
     agent = Actor("agent1", "org1", Role.AGENT)
 
-    by_name = plan(inbox.settings, *contact_search_sql(admin, RoomFilter(), "budi", limit=20, offset=0))
-    by_phone = plan(inbox.settings, *contact_search_sql(agent, RoomFilter(), "0812 3456", limit=20, offset=0))
+    by_name = plan(inbox.settings, *contact_group_sql(admin, RoomFilter(), "budi", "substring", limit=20, cap=500))
+    by_typo = plan(inbox.settings, *contact_group_sql(admin, RoomFilter(), "santso", "similar", limit=20, cap=500))
+    by_phone = plan(inbox.settings, *contact_group_sql(agent, RoomFilter(), "0812 3456", "substring", limit=20,
+                                                       cap=500))
     by_text = plan(inbox.settings, *conversation_search_sql(admin, RoomFilter(), "'surabaya':*", matches=200))
     recent = plan(inbox.settings, *conversation_search_sql(admin, RoomFilter(), "'surabaya':*", matches=200,
                                                             window=5000))
 
     assert "rooms_search_name_trgm" in by_name and "Seq Scan" not in by_name
+    assert "rooms_search_name_trgm" in by_typo and "Seq Scan" not in by_typo
     assert "rooms_phone_digits_trgm" in by_phone and "Seq Scan" not in by_phone
     assert "messages_text_search" in by_text and "Seq Scan on messages" not in by_text
     assert "messages_by_org_recorded" in recent and "Seq Scan on messages" not in recent

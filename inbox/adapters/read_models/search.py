@@ -3,11 +3,20 @@
 - by contact: `rooms.search_name` (folded name + handle) matched as a substring (LIKE) or, for
   typos, by trigram word similarity (`q <% search_name`, threshold in inbox.adapters.postgres), and
   `rooms.phone_digits` (national number) as a substring; both from GIN `gin_trgm_ops` indexes.
-  Ranked: word-prefix match, substring match, phone match, then similarity; then activity.
-  A common name would mean ranking every match (tens of thousands of rooms on a million): the
-  organization's newest CONTACT_WINDOW rooms are looked at first, in activity order, for the top
-  tier (whole words); when those fill the page it is exactly the full ranking's page (no room
-  outside the window can rank before them), else every match is ranked.
+  The ranking rule (its one home; tests/integration/test_search.py pins it):
+  1. Two groups, one after the other: *substring* matches (name or handle holds the query, or the
+     phone digits do), then *similar* ones (a typo: similar, not a substring).
+  2. Within the substring group: whole word(s) 4 > start of a word 3 > phone digits 2.5 > anywhere
+     2; within the similar group: word similarity (0.5..1); then newest activity, then id.
+  3. Bounded: a group is ranked over all its matches the viewer sees (under the tab/status filter)
+     when there are at most CONTACT_MAX_MATCHES of them; a group with more is ranked over its
+     matches among the organization's newest CONTACT_WINDOW rooms only. So a common name or a typo
+     of one ranks at most CONTACT_WINDOW rooms, whatever the data set's size; what it gives up:
+     the group's rooms older than the newest CONTACT_WINDOW are not found at all, however well
+     they match, and the group ends (no further page) where the window's matches end.
+  Shortcut: the newest CONTACT_WINDOW rooms are read in activity order for whole-word matches
+  first; when those fill the page it is exactly the ranking's page (whole words are the top tier
+  and every room outside the window is older), in either case of 3.
 - by conversation: `messages.text_tsv` (to_tsvector('simple', text), GIN) with every word of
   the query — split by the same text-search parser as the messages, so "INV-2041" finds
   "INV-2041" — as a prefix (`'inv':* & '-2041':*`); one hit per room (its latest matching
@@ -46,7 +55,9 @@ from inbox.adapters.read_models.queries import (
 from projections.text import has_words, name_query, phone_query
 
 MAX_OFFSET = 10_000
-CONTACT_WINDOW = 5_000  # newest rooms of the organization looked at first for whole-word name matches
+CONTACT_WINDOW = 5_000  # newest rooms of the organization: whole words looked for first; a common group ranked there
+CONTACT_MAX_MATCHES = 500  # a contact group with at most this many matches (the viewer's) is ranked in full
+CONTACT_GROUPS = ("substring", "similar")  # ranked one after the other: every substring match first
 RECENT_WINDOW = 5_000  # newest messages of the organization looked at first
 ROOMS_FIRST_LIMIT = 5_000  # at most this many filtered rooms: search them room by room
 COMMON_MATCHES = 50  # this many matches among the recent window (1%): a common word, walk on
@@ -104,46 +115,88 @@ def snippet(text: str, lexemes: Sequence[str]) -> str:
     return ("… " if start > 0 else "") + "".join(out).strip() + (" …" if end < len(text) else "")
 
 
-def contact_search_sql(actor: Actor, filt: RoomFilter, q: str, *, limit: int, offset: int) -> tuple[str, list[Any]]:
+def _contact_terms(q: str) -> tuple[str, str | None]:
+    """(folded name query, phone digits) of a contact search; InvalidCommand when it has neither."""
     name = name_query(q) if has_words(q) else ""
     digits = phone_query(q)
     if not name and not digits:
         raise InvalidCommand("search text must contain letters or digits")
+    return name, digits
+
+
+def contact_group_terms(q: str, group: str) -> tuple[str, list[Any], str, list[Any]] | None:
+    """(match SQL, its params, score SQL, its params) of one group of the contact ranking (see the
+    module docstring); None when the query cannot match that group (no letters: no similar names)."""
+    name, digits = _contact_terms(q)
+    contains = _like_pattern(name) if name else ""
+    phone = _like_pattern(digits) if digits else ""
+    substring = (["r.search_name LIKE %s"] if name else []) + (["r.phone_digits LIKE %s"] if digits else [])
+    substring_params = ([contains] if name else []) + ([phone] if digits else [])
+    if group == "substring":
+        score, score_params = "0::real", []
+        if name:  # whole word(s) 4 > start of a word 3 > anywhere 2
+            score = (
+                "CASE WHEN ' ' || r.search_name || ' ' LIKE %s THEN 4"
+                " WHEN ' ' || r.search_name LIKE %s THEN 3 WHEN r.search_name LIKE %s THEN 2 ELSE 0 END"
+            )
+            score_params = [f"% {contains[1:-1]} %", f"% {contains[1:]}", contains]
+        if digits:  # phone digits 2.5
+            score = f"GREATEST({score}, CASE WHEN r.phone_digits LIKE %s THEN 2.5 ELSE 0 END)"
+            score_params.append(phone)
+        return "(" + " OR ".join(substring) + ")", substring_params, score, score_params
+    if group == "similar":
+        if not name:
+            return None
+        # Similar at the session's word-similarity threshold, and not in the substring group
+        # (coalesce: a room without phone digits is no phone match).
+        not_substring = "".join(f" AND NOT coalesce({c}, false)" for c in substring)
+        return (f"(%s <%% r.search_name{not_substring})", [name, *substring_params],
+                "word_similarity(%s, r.search_name)", [name])
+    raise ValueError(f"unknown contact search group {group!r}")
+
+
+def contact_group_sql(
+    actor: Actor, filt: RoomFilter, q: str, group: str, *, limit: int,
+    cap: int | None = None, window: int | None = None,
+) -> tuple[str, list[Any]] | None:
+    """The first `limit` rooms of one group of the contact ranking, best first, each with
+    `_matches`: how many rooms were ranked.
+
+    - `cap`: every match the viewer sees (from the trigram GIN indexes), but at most cap + 1 of
+      them read, in no particular order: `_matches` == cap + 1 means the group has more than `cap`
+      matches and this is not its ranking (the caller ranks the window instead);
+    - `window`: the matches among the organization's newest `window` rooms (read in activity
+      order), as the ranking of a group with more than CONTACT_MAX_MATCHES matches;
+    - neither: every match (unbounded: the reference the bounded forms are tested against).
+    None when the query cannot match the group.
+    """
+    terms = contact_group_terms(q, group)
+    if terms is None:
+        return None
+    match, match_params, score, score_params = terms
     visible, params = sql_predicate(actor)
     clauses, filter_params = filter_clauses(filt)
-    params += filter_params
-    matches: list[str] = []
-    match_params: list[Any] = []
-    score = "0::real"
-    score_params: list[Any] = []
-    if name:
-        matches += ["r.search_name LIKE %s", "%s <%% r.search_name"]
-        match_params += [_like_pattern(name), name]
-        # whole word(s) 4 > start of a word 3 > anywhere 2 > similar (typo) 0.5..1
-        score = (
-            "CASE WHEN ' ' || r.search_name || ' ' LIKE %s THEN 4"
-            " WHEN ' ' || r.search_name LIKE %s THEN 3"
-            " WHEN r.search_name LIKE %s THEN 2 ELSE word_similarity(%s, r.search_name) END"
+    where = " AND ".join([visible, *clauses])
+    if window is not None:
+        source = (
+            "(SELECT * FROM rooms WHERE org_id = %s ORDER BY updated_at DESC, id DESC LIMIT %s) r"
+            f" WHERE {where} AND {match}"
         )
-        contains = _like_pattern(name)
-        score_params += [f"% {contains[1:-1]} %", f"% {contains[1:]}", contains, name]
-    if digits:
-        matches.append("r.phone_digits LIKE %s")
-        match_params.append(_like_pattern(digits))
-        score = f"GREATEST({score}, CASE WHEN r.phone_digits LIKE %s THEN 2.5 ELSE 0 END)"
-        score_params.append(_like_pattern(digits))
-    where = " AND ".join([visible, *clauses, "(" + " OR ".join(matches) + ")"])
+        source_params: list[Any] = [actor.org_id, window, *params, *filter_params, *match_params]
+    else:
+        source = f"(SELECT * FROM rooms r WHERE {where} AND {match}{' LIMIT %s' if cap is not None else ''}) r"
+        source_params = [*params, *filter_params, *match_params, *([cap + 1] if cap is not None else [])]
     sql = (
-        f"SELECT r.*, now() AS _now, {score} AS _score FROM rooms r WHERE {where}"
-        " ORDER BY _score DESC, r.updated_at DESC, r.id DESC LIMIT %s OFFSET %s"
+        f"SELECT r.*, now() AS _now, {score} AS _score, count(*) OVER () AS _matches FROM {source}"
+        " ORDER BY _score DESC, r.updated_at DESC, r.id DESC LIMIT %s"
     )
-    return sql, [*score_params, *params, *match_params, limit, offset]
+    return sql, [*score_params, *source_params, limit]
 
 
 def contact_whole_word_sql(
     actor: Actor, filt: RoomFilter, q: str, *, limit: int, offset: int, window: int
 ) -> tuple[str, list[Any]] | None:
-    """The first rows of `contact_search_sql`'s ranking when its top tier fills them: rooms whose
+    """The first rows of the contact ranking when its top tier fills them: rooms whose
     name or handle holds the query as whole word(s) (score 4, the highest any row gets), newest
     first, among the organization's newest `window` rooms (read in activity order, so a common
     name costs a short walk instead of ranking every match). Exact when it returns `limit` rows:
@@ -276,12 +329,30 @@ class RoomSearch(ReadModelReader):
                 return hits
             matches = min(matches * 4, MAX_MATCHES)
 
+    def _contact_group(self, actor: Actor, filt: RoomFilter, q: str, group: str, limit: int) -> list[dict[str, Any]]:
+        """The first `limit` rooms of one contact group: all its matches ranked when there are at
+        most CONTACT_MAX_MATCHES, else the matches among the newest CONTACT_WINDOW rooms."""
+        full = contact_group_sql(actor, filt, q, group, limit=limit, cap=CONTACT_MAX_MATCHES)
+        if full is None:
+            return []
+        rows = self._fetch(*full)
+        if rows and int(rows[0]["_matches"]) > CONTACT_MAX_MATCHES:
+            newest = contact_group_sql(actor, filt, q, group, limit=limit, window=CONTACT_WINDOW)
+            rows = self._fetch(*newest) if newest is not None else []
+        return rows
+
     def by_contact(self, actor: Actor, filt: RoomFilter, q: str, *, limit: int, cursor: str | None) -> dict[str, Any]:
         offset = _offset(cursor)
         top = contact_whole_word_sql(actor, filt, q, limit=limit + 1, offset=offset, window=CONTACT_WINDOW)
         rows = self._fetch(*top) if top is not None else []
-        if len(rows) <= limit:  # the top tier of the newest rooms does not fill the page: rank every match
-            rows = self._fetch(*contact_search_sql(actor, filt, q, limit=limit + 1, offset=offset))
+        if len(rows) <= limit:  # the top tier of the newest rooms does not fill the page: rank group by group
+            wanted = offset + limit + 1
+            ranked: list[dict[str, Any]] = []
+            for group in CONTACT_GROUPS:
+                if len(ranked) >= wanted:
+                    break
+                ranked += self._contact_group(actor, filt, q, group, wanted - len(ranked))
+            rows = ranked[offset:]
         page = rows[:limit]
         return {"items": [room_json(r, r["_now"]) for r in page], "next_cursor": _next_cursor(rows, limit, offset)}
 

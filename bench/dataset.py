@@ -71,6 +71,7 @@ from inbox.adapters.read_models.search import (
     CONTACT_GROUPS,
     CONTACT_MAX_MATCHES,
     CONTACT_WINDOW,
+    RARE_MATCHES,
     RECENT_WINDOW,
     ROOMS_FIRST_LIMIT,
     TSQUERY_SQL,
@@ -79,6 +80,8 @@ from inbox.adapters.read_models.search import (
     contact_whole_word_sql,
     conversation_search_sql,
     filtered_room_count_sql,
+    rare_matches_sql,
+    rarest_term,
     recent_matches_sql,
     rooms_first_sql,
 )
@@ -524,11 +527,12 @@ def explain(settings: Settings, probe: Probe) -> list[str]:
                     rows = conn.execute(*newest).fetchall()
                     queries.append((f"{group} group: its matches among the newest {CONTACT_WINDOW:,} rooms", *newest))
                 found += len(rows)
-        if query == "tsquery":  # conversation search: the tsquery first, as the API does; then both phases
+        if query == "tsquery":  # conversation search: the tsquery first, as the API does; then the phases
             row = conn.execute(TSQUERY_SQL, params).fetchone()
-            tsquery, admin = str(row[0] if row else ""), Actor("admin", ORG, Role.ADMIN)
+            assert row is not None
+            tsquery, terms, admin = str(row[0]), list(row[2]), Actor("admin", ORG, Role.ADMIN)
             filt = probe.search_filter
-            phase1 = conversation_search_sql(admin, filt, tsquery, matches=200, window=RECENT_WINDOW)
+            phase1 = conversation_search_sql(admin, filt, tsquery, matches=42, window=RECENT_WINDOW)
             queries = [(f"phase 1: the newest {RECENT_WINDOW:,} messages", *phase1)]
             # The branch RoomSearch.by_conversation takes, decided with its own queries:
             if len({r[0] for r in conn.execute(*phase1).fetchall()}) >= 21:
@@ -536,14 +540,24 @@ def explain(settings: Settings, probe: Probe) -> list[str]:
             elif int(conn.execute(*filtered_room_count_sql(admin, filt)).fetchone()[0]) <= ROOMS_FIRST_LIMIT:
                 queries.append(("phase 2: few rooms under the filter (counters): room by room",
                                 *rooms_first_sql(admin, filt, tsquery, rooms=21)))
-            elif int(conn.execute(*recent_matches_sql(ORG, tsquery, window=RECENT_WINDOW)).fetchone()[0]) >= (
-                COMMON_MATCHES
-            ):
-                queries.append((f"phase 3: a common word: the newest {WALK_WINDOW:,} messages walked newest first",
-                                *conversation_search_sql(admin, filt, tsquery, matches=200, window=WALK_WINDOW)))
             else:
-                queries.append(("phase 3: a rare word: every match (GIN bitmap)",
-                                *conversation_search_sql(admin, filt, tsquery, matches=200)))
+                recent_sql = recent_matches_sql(ORG, tsquery, terms, window=RECENT_WINDOW)
+                recent, per_term = conn.execute(*recent_sql).fetchone()
+                queries.append((f"how common: matches of the query and of each term in the newest {RECENT_WINDOW:,}",
+                                *recent_sql))
+                walk = conversation_search_sql(admin, filt, tsquery, matches=42, window=WALK_WINDOW)
+                walked = int(recent) >= COMMON_MATCHES
+                if walked:
+                    queries.append((f"phase 3: a common word: the newest {WALK_WINDOW:,} messages walked newest first",
+                                    *walk))
+                if not walked or len({r[0] for r in conn.execute(*walk).fetchall()}) < 21:
+                    term = rarest_term(terms, [int(n) for n in per_term])
+                    rare = rare_matches_sql(admin, filt, tsquery, term, cap=RARE_MATCHES)
+                    read = int(conn.execute(*rare).fetchone()[0])
+                    queries.append((f"phase 4: the rarest term {term} from the GIN index, at most"
+                                    f" {RARE_MATCHES + 1:,} read ({read:,})", *rare))
+                    if read > RARE_MATCHES and not walked:
+                        queries.append((f"too many: the newest {WALK_WINDOW:,} messages walked newest first", *walk))
         return explain_lines(conn, queries)
 
 

@@ -13,7 +13,9 @@ from domain.staff import Actor, Role
 from inbox.config import Settings
 from inbox.adapters.postgres import conninfo, use_search_path
 from inbox.adapters.read_models.queries import RoomFilter
-from inbox.adapters.read_models.search import CONTACT_GROUPS, contact_group_sql, conversation_search_sql
+from inbox.adapters.read_models.search import (
+    CONTACT_GROUPS, contact_group_sql, conversation_search_sql, rare_matches_sql,
+)
 from tests.integration.inbox_helpers import Inbox, running_inbox
 
 pytestmark = pytest.mark.integration
@@ -301,7 +303,8 @@ def test_searches_are_answered_from_their_indexes(inbox: Inbox, people: dict[str
     by_typo = plan(inbox.settings, *contact_group_sql(admin, RoomFilter(), "santso", "similar", limit=20, cap=500))
     by_phone = plan(inbox.settings, *contact_group_sql(agent, RoomFilter(), "0812 3456", "substring", limit=20,
                                                        cap=500))
-    by_text = plan(inbox.settings, *conversation_search_sql(admin, RoomFilter(), "'surabaya':*", matches=200))
+    by_text = plan(inbox.settings, *rare_matches_sql(admin, RoomFilter(), "'inv':* & '-2041':*", "'-2041':*",
+                                                     cap=5000))
     recent = plan(inbox.settings, *conversation_search_sql(admin, RoomFilter(), "'surabaya':*", matches=200,
                                                             window=5000))
 
@@ -309,6 +312,8 @@ def test_searches_are_answered_from_their_indexes(inbox: Inbox, people: dict[str
     assert "rooms_search_name_trgm" in by_typo and "Seq Scan" not in by_typo
     assert "rooms_phone_digits_trgm" in by_phone and "Seq Scan" not in by_phone
     assert "messages_text_search" in by_text and "Seq Scan on messages" not in by_text
+    [index_cond] = [line for line in by_text.splitlines() if "Index Cond" in line and "text_tsv" in line]
+    assert "-2041" in index_cond and "inv" not in index_cond  # the rarest term only: the rest rechecked
     assert "messages_by_org_recorded" in recent and "Seq Scan on messages" not in recent
     walk = plan(inbox.settings, *conversation_search_sql(admin, RoomFilter(status="resolved"), "'surabaya':*",
                                                           matches=200, window=20_000))
@@ -318,9 +323,11 @@ def test_searches_are_answered_from_their_indexes(inbox: Inbox, people: dict[str
 def test_conversation_search_looks_at_a_bounded_number_of_candidate_matches(
     inbox: Inbox, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Bounded work whatever the query: beyond MAX_MATCHES candidates a search stops looking."""
+    """Bounded work whatever the query: beyond MAX_MATCHES candidates a walk stops looking."""
     monkeypatch.setattr("inbox.adapters.read_models.search.MAX_MATCHES", 10)
     monkeypatch.setattr("inbox.adapters.read_models.search.ROOMS_FIRST_LIMIT", 0)  # the candidate walk, not room by room
+    monkeypatch.setattr("inbox.adapters.read_models.search.COMMON_MATCHES", 1)  # "promo" is common: walked
+    monkeypatch.setattr("inbox.adapters.read_models.search.RARE_MATCHES", 5)  # and too common to read whole
     old = inbox.inbound("whatsapp_cloud", "628100000001", text="promo lama")["room_id"]
     busy = ""
     for i in range(12):
@@ -329,3 +336,41 @@ def test_conversation_search_looks_at_a_bounded_number_of_candidate_matches(
 
     assert ids(inbox.search("promo", by="conversation")) == [busy]
     assert ids(inbox.search("lama", by="conversation")) == [old]  # within the bound when matches are few
+
+
+@pytest.mark.parametrize("bound", [13, 12])
+def test_a_rare_word_is_read_whole_up_to_RARE_MATCHES_matches_beyond_only_the_newest_messages(
+    inbox: Inbox, monkeypatch: pytest.MonkeyPatch, bound: int
+) -> None:
+    """At most RARE_MATCHES matches: all of them, so the oldest room is found; one more: only the
+    newest WALK_WINDOW messages are searched."""
+    monkeypatch.setattr("inbox.adapters.read_models.search.ROOMS_FIRST_LIMIT", 0)
+    monkeypatch.setattr("inbox.adapters.read_models.search.RECENT_WINDOW", 3)
+    monkeypatch.setattr("inbox.adapters.read_models.search.WALK_WINDOW", 5)
+    monkeypatch.setattr("inbox.adapters.read_models.search.RARE_MATCHES", bound)
+    old = inbox.inbound("whatsapp_cloud", "628100000001", text="garansi lama")["room_id"]
+    busy = ""
+    for i in range(12):
+        busy = inbox.inbound("whatsapp_cloud", "628100000002", text=f"garansi {i}")["room_id"]
+    inbox.project()
+
+    found = ids(inbox.search("garansi", by="conversation"))
+
+    assert found == ([busy, old] if bound == 13 else [busy])
+
+
+def test_a_code_is_found_by_its_rarest_word_among_many_messages_with_the_other(
+    inbox: Inbox, people: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("inbox.adapters.read_models.search.ROOMS_FIRST_LIMIT", 0)
+    monkeypatch.setattr("inbox.adapters.read_models.search.RECENT_WINDOW", 3)
+    monkeypatch.setattr("inbox.adapters.read_models.search.WALK_WINDOW", 3)
+    monkeypatch.setattr("inbox.adapters.read_models.search.RARE_MATCHES", 3)  # "inv" has more: not read whole
+    for i in range(6):  # "inv" everywhere, in the recent window too; "-2041" once, long ago
+        inbox.inbound("whatsapp_cloud", f"62890{i}", text=f"invoice INV-99{i} sudah dikirim")
+    inbox.project()
+
+    [hit] = inbox.search("INV-2041", by="conversation")
+
+    assert hit["id"] == people["budi"]
+    assert "<mark>INV</mark>-<mark>2041</mark>" in hit["match"]["snippet"]

@@ -78,6 +78,7 @@ from inbox.adapters.read_models.search import (
     WALK_WINDOW,
     contact_group_sql,
     contact_whole_word_sql,
+    contact_window_edge_sql,
     conversation_search_sql,
     filtered_room_count_sql,
     rare_matches_sql,
@@ -512,20 +513,28 @@ def explain(settings: Settings, probe: Probe) -> list[str]:
                                 + (" fill the page: the API stops here" if full_page else ": too few"), *top))
                 if full_page:
                     return explain_lines(conn, queries)
+            edge_sql = contact_window_edge_sql(ORG, CONTACT_WINDOW)
+            edge = conn.execute(*edge_sql).fetchone()
+            queries.append((f"the {CONTACT_WINDOW:,}th newest room: where the window starts", *edge_sql))
+            since = (edge[0], edge[1]) if edge else None
             found = 0
-            for group in CONTACT_GROUPS:
-                capped = contact_group_sql(actor, RoomFilter(), q, group, limit=21 - found, cap=CONTACT_MAX_MATCHES)
-                if capped is None or found >= 21:
+            for group in CONTACT_GROUPS:  # as RoomSearch._contact_group: the window first, then every match capped
+                newest = contact_group_sql(actor, RoomFilter(), q, group, limit=21 - found, since=since)
+                if newest is None or found >= 21:
                     continue
-                rows = conn.execute(*capped).fetchall()
-                matches = int(rows[0][-1]) if rows else 0  # _matches, the last column
-                queries.append((f"{group} group: every match, at most {CONTACT_MAX_MATCHES + 1:,} read"
-                                + (f" ({matches:,}: ranked)" if matches <= CONTACT_MAX_MATCHES else ": more"), *capped))
-                if matches > CONTACT_MAX_MATCHES:
-                    newest = contact_group_sql(actor, RoomFilter(), q, group, limit=21 - found, window=CONTACT_WINDOW)
-                    assert newest is not None
-                    rows = conn.execute(*newest).fetchall()
-                    queries.append((f"{group} group: its matches among the newest {CONTACT_WINDOW:,} rooms", *newest))
+                rows = conn.execute(*newest).fetchall()
+                in_window = int(rows[0][-1]) if rows else 0  # _matches, the last column
+                queries.append((f"{group} group: its matches among the newest {CONTACT_WINDOW:,} rooms"
+                                f" ({in_window:,})", *newest))
+                if since is not None and in_window <= CONTACT_MAX_MATCHES:
+                    capped = contact_group_sql(actor, RoomFilter(), q, group, limit=21 - found, cap=CONTACT_MAX_MATCHES)
+                    assert capped is not None
+                    every = conn.execute(*capped).fetchall()
+                    matches = int(every[0][-1]) if every else 0
+                    queries.append((f"{group} group: every match, at most {CONTACT_MAX_MATCHES + 1:,} read"
+                                    + (f" ({matches:,}: these are ranked)" if matches <= CONTACT_MAX_MATCHES
+                                       else ": more, the window's are ranked"), *capped))
+                    rows = every if matches <= CONTACT_MAX_MATCHES else rows
                 found += len(rows)
         if query == "tsquery":  # conversation search: the tsquery first, as the API does; then the phases
             row = conn.execute(TSQUERY_SQL, params).fetchone()
@@ -537,27 +546,29 @@ def explain(settings: Settings, probe: Probe) -> list[str]:
             # The branch RoomSearch.by_conversation takes, decided with its own queries:
             if len({r[0] for r in conn.execute(*phase1).fetchall()}) >= 21:
                 queries[0] = (queries[0][0] + "; enough rooms: the API stops here", *phase1)
-            elif int(conn.execute(*filtered_room_count_sql(admin, filt)).fetchone()[0]) <= ROOMS_FIRST_LIMIT:
-                queries.append(("phase 2: few rooms under the filter (counters): room by room",
+                return explain_lines(conn, queries)
+            recent_sql = recent_matches_sql(ORG, tsquery, terms, window=RECENT_WINDOW)
+            per_term = [int(n) for n in conn.execute(*recent_sql).fetchone()[1]]
+            queries.append((f"how common: matches of the query and of each term in the newest {RECENT_WINDOW:,}",
+                            *recent_sql))
+            term = rarest_term(terms, per_term)
+            rare = rare_matches_sql(admin, filt, tsquery, term, cap=RARE_MATCHES, matches=42)
+            rare_first = per_term[terms.index(term)] < COMMON_MATCHES
+            read = int(conn.execute(*rare).fetchone()[0])
+            rare_title = (f"phase 2: the rarest term {term} from the GIN index, at most {RARE_MATCHES + 1:,} read"
+                          f" ({read:,}{': all, exact' if read <= RARE_MATCHES else ': too many'})")
+            if rare_first:
+                queries.append((rare_title, *rare))
+                if read <= RARE_MATCHES:
+                    return explain_lines(conn, queries)
+            if int(conn.execute(*filtered_room_count_sql(admin, filt)).fetchone()[0]) <= ROOMS_FIRST_LIMIT:
+                queries.append(("phase 3: few rooms under the filter (counters): room by room",
                                 *rooms_first_sql(admin, filt, tsquery, rooms=21)))
             else:
-                recent_sql = recent_matches_sql(ORG, tsquery, terms, window=RECENT_WINDOW)
-                recent, per_term = conn.execute(*recent_sql).fetchone()
-                queries.append((f"how common: matches of the query and of each term in the newest {RECENT_WINDOW:,}",
-                                *recent_sql))
                 walk = conversation_search_sql(admin, filt, tsquery, matches=42, window=WALK_WINDOW)
-                walked = int(recent) >= COMMON_MATCHES
-                if walked:
-                    queries.append((f"phase 3: a common word: the newest {WALK_WINDOW:,} messages walked newest first",
-                                    *walk))
-                if not walked or len({r[0] for r in conn.execute(*walk).fetchall()}) < 21:
-                    term = rarest_term(terms, [int(n) for n in per_term])
-                    rare = rare_matches_sql(admin, filt, tsquery, term, cap=RARE_MATCHES)
-                    read = int(conn.execute(*rare).fetchone()[0])
-                    queries.append((f"phase 4: the rarest term {term} from the GIN index, at most"
-                                    f" {RARE_MATCHES + 1:,} read ({read:,})", *rare))
-                    if read > RARE_MATCHES and not walked:
-                        queries.append((f"too many: the newest {WALK_WINDOW:,} messages walked newest first", *walk))
+                queries.append((f"phase 4: the newest {WALK_WINDOW:,} messages walked newest first", *walk))
+                if not rare_first and len({r[0] for r in conn.execute(*walk).fetchall()}) < 21:
+                    queries.append((rare_title, *rare))
         return explain_lines(conn, queries)
 
 

@@ -24,21 +24,22 @@
   (it estimates every `:*` term at 2%), so the strategy is explicit:
   1. the organization's newest RECENT_WINDOW messages (`messages_by_org_recorded`, in order)
      checked against the query: enough for any word that is not rare;
-  2. if that finds too few rooms and the tab/status filter leaves few rooms for the viewer (an
-     exact number from the maintained counters), rooms first: each such room's latest matching
-     message, walking its messages newest first (`messages_by_recorded`);
-  3. otherwise, if the word is common (COMMON_MATCHES or more in the recent window), the newest
-     WALK_WINDOW messages walked newest first, stopping as soon as enough rooms are found;
-  4. otherwise (a rare word, or still too few rooms) every match of the query's rarest term (the
-     fewest matches in the recent window; see `rarest_term`) from the GIN index, the other terms
-     rechecked on those rows, when that term has at most RARE_MATCHES matches: at most
-     RARE_MATCHES rows read, exact. A term with more (a word neither common lately nor rare) is
-     searched in the newest WALK_WINDOW messages only (3's walk, if 3 did not run). What that
-     gives up: such a query does not find rooms whose latest match is older than the newest
-     WALK_WINDOW messages when those hold too few rooms (before, every match was read from the
-     GIN index: ~18,000 rows for a word in 0.2% of 10M messages).
+  2. if that finds too few rooms: how often the query and each of its terms occur in that
+     window; when the rarest term (fewest there, see `rarest_term`) is not common there (fewer
+     than COMMON_MATCHES), every message holding it from the GIN index — the other terms
+     rechecked on those rows — provided it has at most RARE_MATCHES of them (at most that many
+     rows read, then sorted newest first): exact;
+  3. otherwise, if the tab/status filter leaves few rooms for the viewer (an exact number from
+     the maintained counters), rooms first: each such room's latest matching message, walking
+     its messages newest first (`messages_by_recorded`): exact;
+  4. otherwise the newest WALK_WINDOW messages walked newest first, stopping as soon as enough
+     rooms are found; if they hold too few and 2 did not run, 2 now (exact when the term has at
+     most RARE_MATCHES matches). What that gives up: a query whose rarest term has more than
+     RARE_MATCHES matches and whose newest WALK_WINDOW messages hold too few rooms does not find
+     the older ones (before, every match was read from the GIN index: ~18,000 rows for a word in
+     0.2% of 10M messages, and every posting of every word under a common prefix such as 'inv':*).
   Visibility and filters are checked per candidate message with a primary-key probe of `rooms`.
-  In 1 and 3, the newest k matches of visible rooms are deduplicated per room, k growing only
+  In 1, 2 and 4, the newest k matches of visible rooms are deduplicated per room, k growing only
   when they hold too few rooms. Exact: a room whose latest match is outside the newest k matches
   (or outside the window) ranks after every room found inside them.
 
@@ -75,7 +76,7 @@ MAX_MATCHES = 100_000
 # A word (the query's rarest) with at most this many matches in the organization is read whole from
 # the GIN index (at most this many rows, in no order, then sorted); with more, it is searched in the
 # newest WALK_WINDOW messages only.
-RARE_MATCHES = 5_000
+RARE_MATCHES = 2_000
 SNIPPET_WORDS_BEFORE = 8
 SNIPPET_WORDS_AFTER = 16
 _WORDS = re.compile(r"\w+")
@@ -166,18 +167,29 @@ def contact_group_terms(q: str, group: str) -> tuple[str, list[Any], str, list[A
     raise ValueError(f"unknown contact search group {group!r}")
 
 
+def contact_window_edge_sql(org_id: str, window: int) -> tuple[str, list[Any]]:
+    """(updated_at, id) of the organization's `window`-th newest room: the oldest of its newest
+    `window` rooms (none when it has fewer). An index-only scan of `rooms_by_activity`."""
+    return (
+        "SELECT updated_at, id FROM rooms WHERE org_id = %s ORDER BY updated_at DESC, id DESC OFFSET %s LIMIT 1",
+        [org_id, window - 1],
+    )
+
+
 def contact_group_sql(
     actor: Actor, filt: RoomFilter, q: str, group: str, *, limit: int,
-    cap: int | None = None, window: int | None = None,
+    cap: int | None = None, since: tuple[Any, Any] | None = None,
 ) -> tuple[str, list[Any]] | None:
     """The first `limit` rooms of one group of the contact ranking, best first, each with
     `_matches`: how many rooms were ranked.
 
     - `cap`: every match the viewer sees (from the trigram GIN indexes), but at most cap + 1 of
       them read, in no particular order: `_matches` == cap + 1 means the group has more than `cap`
-      matches and this is not its ranking (the caller ranks the window instead);
-    - `window`: the matches among the organization's newest `window` rooms (read in activity
-      order), as the ranking of a group with more than CONTACT_MAX_MATCHES matches;
+      matches and this is not its ranking;
+    - `since` (updated_at, id), from `contact_window_edge_sql`: the matches among the rooms at or
+      after that position in activity order (the organization's newest CONTACT_WINDOW rooms), as
+      the ranking of a group with more than CONTACT_MAX_MATCHES matches. The planner may AND the
+      trigram index's bitmap with a range of `rooms_by_activity`: only the window's matches read;
     - neither: every match (unbounded: the reference the bounded forms are tested against).
     None when the query cannot match the group.
     """
@@ -187,21 +199,17 @@ def contact_group_sql(
     match, match_params, score, score_params = terms
     visible, params = sql_predicate(actor)
     clauses, filter_params = filter_clauses(filt)
-    where = " AND ".join([visible, *clauses])
-    if window is not None:
-        source = (
-            "(SELECT * FROM rooms WHERE org_id = %s ORDER BY updated_at DESC, id DESC LIMIT %s) r"
-            f" WHERE {where} AND {match}"
-        )
-        source_params: list[Any] = [actor.org_id, window, *params, *filter_params, *match_params]
-    else:
-        source = f"(SELECT * FROM rooms r WHERE {where} AND {match}{' LIMIT %s' if cap is not None else ''}) r"
-        source_params = [*params, *filter_params, *match_params, *([cap + 1] if cap is not None else [])]
+    where = " AND ".join([visible, *clauses, match])
+    where_params: list[Any] = [*params, *filter_params, *match_params]
+    if since is not None:
+        where += " AND r.updated_at >= %s AND (r.updated_at, r.id) >= (%s, %s)"
+        where_params += [since[0], since[0], since[1]]
+    source = f"(SELECT * FROM rooms r WHERE {where}{' LIMIT %s' if cap is not None else ''}) r"
     sql = (
         f"SELECT r.*, now() AS _now, {score} AS _score, count(*) OVER () AS _matches FROM {source}"
         " ORDER BY _score DESC, r.updated_at DESC, r.id DESC LIMIT %s"
     )
-    return sql, [*score_params, *source_params, limit]
+    return sql, [*score_params, *where_params, *([cap + 1] if cap is not None else []), limit]
 
 
 def contact_whole_word_sql(
@@ -279,8 +287,9 @@ def rooms_first_sql(actor: Actor, filt: RoomFilter, tsquery: str, *, rooms: int)
     where = " AND ".join([visible, *clauses])
     sql = (
         "SELECT r.id AS room_id, m.id AS message_id FROM rooms r CROSS JOIN LATERAL ("
-        " SELECT m.id, m.recorded_at FROM messages m WHERE m.room_id = r.id"
-        " AND m.text_tsv @@ to_tsquery('simple', %s) ORDER BY m.recorded_at DESC, m.id DESC LIMIT 1) m"
+        " SELECT m.id, m.recorded_at FROM (SELECT id, recorded_at, text_tsv FROM messages WHERE room_id = r.id"
+        " ORDER BY recorded_at DESC, id DESC OFFSET 0) m"  # OFFSET 0: the room's messages, never the GIN index
+        " WHERE m.text_tsv @@ to_tsquery('simple', %s) LIMIT 1) m"
         f" WHERE {where} ORDER BY m.recorded_at DESC, m.id DESC LIMIT %s"
     )
     return sql, [tsquery, *params, *filter_params, rooms]
@@ -305,25 +314,28 @@ def rarest_term(terms: Sequence[str], recent: Sequence[int]) -> str:
 
 
 def rare_matches_sql(
-    actor: Actor, filt: RoomFilter, tsquery: str, term: str, *, cap: int
+    actor: Actor, filt: RoomFilter, tsquery: str, term: str, *, cap: int, matches: int
 ) -> tuple[str, list[Any]]:
-    """Every message of the organization holding `term` (from the GIN index), at most cap + 1 of
-    them read, in no particular order: those matching the whole `tsquery` in rooms the viewer may
-    see, newest first, as (room_id, message_id), each row with `_read`: how many were read. `_read`
-    == cap + 1 means the term has more than `cap` matches and these are not the newest (a row with
-    null ids when none matched, so `_read` is always there)."""
+    """The newest `matches` messages matching the whole `tsquery` in rooms the viewer may see, as
+    (room_id, message_id), among the organization's messages holding `term` (from the GIN index;
+    the other terms are rechecked on those rows), of which at most cap + 1 are read, in no
+    particular order, then sorted newest first; rooms are probed in that order until `matches`.
+    Each row has `_read`, how many were read: cap + 1 means the term has more than `cap` matches
+    and these are not the newest (a row with null ids when none matched, so `_read` is there)."""
     visible, params = sql_predicate(actor)
     clauses, filter_params = filter_clauses(filt)
     where = " AND ".join([visible, *clauses])
     sql = (
         "WITH c AS MATERIALIZED (SELECT id, room_id, recorded_at, text_tsv FROM messages WHERE org_id = %s"
         " AND text_tsv @@ to_tsquery('simple', %s) LIMIT %s),"
-        " h AS (SELECT m.room_id, m.id, m.recorded_at FROM c m WHERE m.text_tsv @@ to_tsquery('simple', %s)"
-        f" AND EXISTS (SELECT 1 FROM rooms r WHERE r.id = m.room_id AND {where} OFFSET 0))"
+        " h AS (SELECT m.room_id, m.id, m.recorded_at"
+        " FROM (SELECT * FROM c ORDER BY recorded_at DESC, id DESC OFFSET 0) m"
+        " WHERE m.text_tsv @@ to_tsquery('simple', %s)"
+        f" AND EXISTS (SELECT 1 FROM rooms r WHERE r.id = m.room_id AND {where} OFFSET 0) LIMIT %s)"
         " SELECT (SELECT count(*) FROM c) AS _read, h.room_id, h.id AS message_id FROM (SELECT 1) one"
         " LEFT JOIN h ON true ORDER BY h.recorded_at DESC, h.id DESC"
     )
-    return sql, [actor.org_id, term, cap + 1, tsquery, *params, *filter_params]
+    return sql, [actor.org_id, term, cap + 1, tsquery, *params, *filter_params, matches]
 
 
 def filtered_room_count_sql(actor: Actor, filt: RoomFilter) -> tuple[str, list[Any]]:
@@ -372,17 +384,40 @@ class RoomSearch(ReadModelReader):
                 return hits
             matches = min(matches * 4, MAX_MATCHES)
 
-    def _contact_group(self, actor: Actor, filt: RoomFilter, q: str, group: str, limit: int) -> list[dict[str, Any]]:
+    def _rare_hits(
+        self, actor: Actor, filt: RoomFilter, tsquery: str, term: str, wanted: int
+    ) -> dict[str, str] | None:
+        """As `_hits`, from every match of `term` when it has at most RARE_MATCHES; else None."""
+        matches = 2 * wanted
+        while True:
+            rows = self._fetch(*rare_matches_sql(actor, filt, tsquery, term, cap=RARE_MATCHES, matches=matches))
+            if int(rows[0]["_read"]) > RARE_MATCHES:
+                return None
+            hits: dict[str, str] = {}
+            for row in rows:
+                if row["room_id"] is not None:
+                    hits.setdefault(str(row["room_id"]), str(row["message_id"]))
+            found = sum(1 for row in rows if row["room_id"] is not None)
+            if len(hits) >= wanted or found < matches or matches > RARE_MATCHES:
+                return hits
+            matches *= 4
+
+    def _contact_group(
+        self, actor: Actor, filt: RoomFilter, q: str, group: str, limit: int, since: tuple[Any, Any] | None
+    ) -> list[dict[str, Any]]:
         """The first `limit` rooms of one contact group: all its matches ranked when there are at
-        most CONTACT_MAX_MATCHES, else the matches among the newest CONTACT_WINDOW rooms."""
-        full = contact_group_sql(actor, filt, q, group, limit=limit, cap=CONTACT_MAX_MATCHES)
-        if full is None:
+        most CONTACT_MAX_MATCHES, else its matches among the newest CONTACT_WINDOW rooms (`since`;
+        None: the organization has no more rooms than that, all of them are the window)."""
+        newest = contact_group_sql(actor, filt, q, group, limit=limit, since=since)
+        if newest is None:
             return []
-        rows = self._fetch(*full)
-        if rows and int(rows[0]["_matches"]) > CONTACT_MAX_MATCHES:
-            newest = contact_group_sql(actor, filt, q, group, limit=limit, window=CONTACT_WINDOW)
-            rows = self._fetch(*newest) if newest is not None else []
-        return rows
+        rows = self._fetch(*newest)  # the window first: bounded, and enough when it holds many matches
+        if since is None or (rows and int(rows[0]["_matches"]) > CONTACT_MAX_MATCHES):
+            return rows
+        full = contact_group_sql(actor, filt, q, group, limit=limit, cap=CONTACT_MAX_MATCHES)
+        assert full is not None
+        every = self._fetch(*full)
+        return every if not every or int(every[0]["_matches"]) <= CONTACT_MAX_MATCHES else rows
 
     def by_contact(self, actor: Actor, filt: RoomFilter, q: str, *, limit: int, cursor: str | None) -> dict[str, Any]:
         offset = _offset(cursor)
@@ -390,11 +425,13 @@ class RoomSearch(ReadModelReader):
         rows = self._fetch(*top) if top is not None else []
         if len(rows) <= limit:  # the top tier of the newest rooms does not fill the page: rank group by group
             wanted = offset + limit + 1
+            edge = self._fetch(*contact_window_edge_sql(actor.org_id, CONTACT_WINDOW))
+            since = (edge[0]["updated_at"], edge[0]["id"]) if edge else None
             ranked: list[dict[str, Any]] = []
             for group in CONTACT_GROUPS:
                 if len(ranked) >= wanted:
                     break
-                ranked += self._contact_group(actor, filt, q, group, wanted - len(ranked))
+                ranked += self._contact_group(actor, filt, q, group, wanted - len(ranked), since)
             rows = ranked[offset:]
         page = rows[:limit]
         return {"items": [room_json(r, r["_now"]) for r in page], "next_cursor": _next_cursor(rows, limit, offset)}
@@ -407,24 +444,21 @@ class RoomSearch(ReadModelReader):
         wanted = offset + limit + 1
         hits = self._hits(actor, filt, tsquery, wanted, window=RECENT_WINDOW)
         if len(hits) < wanted:
-            if int(self._fetch(*filtered_room_count_sql(actor, filt))[0]["n"]) <= ROOMS_FIRST_LIMIT:
+            recent = self._fetch(*recent_matches_sql(actor.org_id, tsquery, terms, window=RECENT_WINDOW))[0]
+            per_term = [int(n) for n in recent["per_term"]]
+            term = rarest_term(terms, per_term)
+            rare_first = per_term[terms.index(term)] < COMMON_MATCHES
+            exact = self._rare_hits(actor, filt, tsquery, term, wanted) if rare_first else None
+            if exact is not None:  # every match of the rarest term read: exact
+                hits = exact
+            elif int(self._fetch(*filtered_room_count_sql(actor, filt))[0]["n"]) <= ROOMS_FIRST_LIMIT:
                 rows = self._fetch(*rooms_first_sql(actor, filt, tsquery, rooms=wanted))
                 hits = {str(r["room_id"]): str(r["message_id"]) for r in rows}
             else:
-                recent = self._fetch(*recent_matches_sql(actor.org_id, tsquery, terms, window=RECENT_WINDOW))[0]
-                walked = int(recent["n"]) >= COMMON_MATCHES
-                if walked:
-                    hits = self._hits(actor, filt, tsquery, wanted, window=WALK_WINDOW)
-                if len(hits) < wanted:
-                    term = rarest_term(terms, [int(n) for n in recent["per_term"]])
-                    rows = self._fetch(*rare_matches_sql(actor, filt, tsquery, term, cap=RARE_MATCHES))
-                    if int(rows[0]["_read"]) <= RARE_MATCHES:  # every match of the term: exact
-                        hits = {}
-                        for row in rows:
-                            if row["room_id"] is not None:
-                                hits.setdefault(str(row["room_id"]), str(row["message_id"]))
-                    elif not walked:  # too many to read them all: the newest WALK_WINDOW messages
-                        hits = self._hits(actor, filt, tsquery, wanted, window=WALK_WINDOW)
+                hits = self._hits(actor, filt, tsquery, wanted, window=WALK_WINDOW)
+                if len(hits) < wanted and not rare_first:
+                    exact = self._rare_hits(actor, filt, tsquery, term, wanted)
+                    hits = exact if exact is not None else hits
         chosen = list(hits.items())[offset:wanted]
         rows = self._fetch(*conversation_hits_sql(chosen)) if chosen else []
         page = rows[:limit]

@@ -287,9 +287,10 @@ def rooms_first_sql(actor: Actor, filt: RoomFilter, tsquery: str, *, rooms: int)
     where = " AND ".join([visible, *clauses])
     sql = (
         "SELECT r.id AS room_id, m.id AS message_id FROM rooms r CROSS JOIN LATERAL ("
-        " SELECT m.id, m.recorded_at FROM (SELECT id, recorded_at, text_tsv FROM messages WHERE room_id = r.id"
-        " ORDER BY recorded_at DESC, id DESC OFFSET 0) m"  # OFFSET 0: the room's messages, never the GIN index
-        " WHERE m.text_tsv @@ to_tsquery('simple', %s) LIMIT 1) m"
+        " SELECT m.id, m.recorded_at FROM messages m WHERE m.room_id = r.id"
+        # IS TRUE: not an index condition, so each room's few messages are read by room_id and
+        # filtered, never through the GIN index (per room, that collected every posting of 'inv':*)
+        " AND (m.text_tsv @@ to_tsquery('simple', %s)) IS TRUE ORDER BY m.recorded_at DESC, m.id DESC LIMIT 1) m"
         f" WHERE {where} ORDER BY m.recorded_at DESC, m.id DESC LIMIT %s"
     )
     return sql, [tsquery, *params, *filter_params, rooms]

@@ -16,7 +16,11 @@
      they match, and the group ends (no further page) where the window's matches end.
   Shortcut: the newest CONTACT_WINDOW rooms are read in activity order for whole-word matches
   first; when those fill the page it is exactly the ranking's page (whole words are the top tier
-  and every room outside the window is older), in either case of 3.
+  and every room outside the window is older), in either case of 3. Then group by group: its
+  matches in the window first (the trigram bitmap ANDed with the window's `rooms_by_activity`
+  range, so only the window's matches are read); more than CONTACT_MAX_MATCHES there settles 3;
+  else every match, at most CONTACT_MAX_MATCHES + 1 read. Rows read are bounded by those numbers;
+  what still grows with the data set is the trigram bitmap itself (index postings, no heap).
 - by conversation: `messages.text_tsv` (to_tsvector('simple', text), GIN) with every word of
   the query — split by the same text-search parser as the messages, so "INV-2041" finds
   "INV-2041" — as a prefix (`'inv':* & '-2041':*`); one hit per room (its latest matching

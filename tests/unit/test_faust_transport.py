@@ -1,5 +1,6 @@
 """`_Resumed`: the rest of a coroutine that already ran to its first suspension outside a task
-(`_Consumer.wait_first`'s slow path) behaves as if the task had run it from the start."""
+(`_Consumer.wait_first`'s slow path) behaves as if the task had run it from the start. And
+`_Consumer._wait_next_records`: no fetch while a stream buffer is full, a fetch as soon as it drains."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import asyncio
 
 import pytest
 
-from inbox.adapters.kafka.faust_transport import _Resumed
+from faust.types import TP
+
+from inbox.adapters.kafka.faust_transport import LowLatencyApp, _Resumed
 
 
 def _started(coro):  # type: ignore[no-untyped-def]
@@ -67,5 +70,50 @@ def test_an_error_after_the_suspension_reaches_the_awaiter() -> None:
 
         with pytest.raises(ValueError, match="undecodable"):
             await asyncio.ensure_future(_Resumed(*_started(delivery())))
+
+    asyncio.run(main())
+
+
+def _consumer_fetching(tps: set[TP]) -> tuple[object, list[set[TP]]]:
+    """The worker app's consumer (never started) with `tps` assigned; its fetches are recorded."""
+    consumer = LowLatencyApp("t", broker="kafka://127.0.0.1:1", web_enabled=False).consumer
+    consumer._set_active_tps(tps)
+    fetched: list[set[TP]] = []
+
+    async def getmany(active_partitions: set[TP], timeout: float) -> dict[TP, list[str]]:
+        fetched.append(set(active_partitions))
+        return {tp: ["record"] for tp in active_partitions}
+
+    consumer._getmany = getmany
+    return consumer, fetched
+
+
+def test_while_a_stream_buffer_is_full_nothing_is_fetched_and_the_fetch_resumes_when_it_drains() -> None:
+    p0, p1 = TP("events", 0), TP("events", 1)
+
+    async def main() -> None:
+        consumer, fetched = _consumer_fetching({p0, p1})
+        consumer.on_buffer_full(p0)  # the stream's buffer reached its high mark on a record of p0
+        waiting = asyncio.ensure_future(consumer._wait_next_records(5.0))
+        await asyncio.sleep(0.05)
+        assert not waiting.done() and fetched == []  # p1 is not fetched meanwhile: same buffer
+        consumer.on_buffer_drop(p0)
+        records, _ = await asyncio.wait_for(waiting, 0.5)  # at once, not after the timeout
+        assert records == {}
+        records, active = await consumer._wait_next_records(5.0)
+        assert fetched == [{p0, p1}] and set(records) == {p0, p1} == active
+
+    asyncio.run(main())
+
+
+def test_a_buffer_that_never_reports_draining_costs_at_most_the_timeout() -> None:
+    p0 = TP("events", 0)
+
+    async def main() -> None:
+        consumer, fetched = _consumer_fetching({p0})
+        consumer.on_buffer_full(p0)
+        started = asyncio.get_running_loop().time()
+        assert await consumer._wait_next_records(0.1) == ({}, set())
+        assert 0.09 < asyncio.get_running_loop().time() - started < 1.0 and fetched == []
 
     asyncio.run(main())

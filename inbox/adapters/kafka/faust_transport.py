@@ -72,8 +72,46 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 
 
 class _Consumer(faust_aiokafka.Consumer):
+    _drained: asyncio.Event | None = None
+
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    def on_buffer_drop(self, tp: Any) -> None:
+        """A paused partition's stream buffer drained: fetch for it again now (`_wait_next_records`)."""
+        super().on_buffer_drop(tp)
+        if self._drained is not None:
+            self._drained.set()
+
+    async def _wait_next_records(self, timeout: float) -> tuple[Any, Any]:
+        """Faust's, except that while a partition is paused for a full stream buffer nothing is
+        fetched: it waits until that buffer drains (`on_buffer_drop`), at most `timeout`.
+
+        Faust pauses a partition whose stream buffer reaches 80 % of `stream_buffer_maxsize`
+        and goes on fetching the others. This worker's partitions all feed one stream, so the
+        others are paused as soon as a record of theirs arrives; meanwhile a fetch for the ones
+        still active waits for their next record up to `timeout` (1 s) in the consumer thread,
+        and with every partition paused Faust slept a whole second. The buffer drains in a
+        fraction of that: a worker catching up projected what it held (~3,300 events), then sat
+        idle (measured: 5 of 7 s of a 24,000-event catch-up, at most ~5,000 events/s).
+        """
+        if not self.flow_active:
+            await self.wait(self.can_resume_flow)  # type: ignore[arg-type]
+        try:
+            self.not_waiting_next_records.set()
+            client_only = self.app.client_only
+            active_partitions: set[Any] | None = None if client_only else self._get_active_partitions()
+            records: Any = {}
+            if client_only or (active_partitions and not self._buffered_partitions):
+                records = await self._getmany(active_partitions=active_partitions, timeout=timeout)
+            else:  # a stream buffer is full (or nothing is assigned): until it drains
+                if self._drained is None:
+                    self._drained = asyncio.Event()
+                self._drained.clear()  # nothing awaited since the partitions were read: no drop missed
+                await self.wait_first(self._drained.wait(), timeout=timeout)
+            return records, active_partitions
+        finally:
+            self.not_waiting_next_records.set()
 
     async def wait_first(self, *coros: Any, timeout: Any = None) -> WaitResults:
         """`Service.wait_first` without four tasks per message when the first coroutine does not block.

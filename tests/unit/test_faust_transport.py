@@ -106,14 +106,16 @@ def test_while_a_stream_buffer_is_full_nothing_is_fetched_and_the_fetch_resumes_
     asyncio.run(main())
 
 
-def test_a_buffer_that_never_reports_draining_costs_at_most_the_timeout() -> None:
-    p0 = TP("events", 0)
+def test_a_pause_that_never_reports_draining_costs_one_timeout_then_the_active_partitions_are_fetched() -> None:
+    p0, p1 = TP("events", 0), TP("events", 1)
 
     async def main() -> None:
-        consumer, fetched = _consumer_fetching({p0})
-        consumer.on_buffer_full(p0)
-        started = asyncio.get_running_loop().time()
-        assert await consumer._wait_next_records(0.1) == ({}, set())
-        assert 0.09 < asyncio.get_running_loop().time() - started < 1.0 and fetched == []
+        consumer, fetched = _consumer_fetching({p0, p1})
+        consumer.on_buffer_full(p0)  # and its drop is never reported
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        records, _ = await consumer._wait_next_records(0.1)
+        assert 0.09 < loop.time() - started < 1.0
+        assert fetched == [{p1}] and set(records) == {p1}
 
     asyncio.run(main())

@@ -105,10 +105,14 @@ class _Consumer(faust_aiokafka.Consumer):
             if client_only or (active_partitions and not self._buffered_partitions):
                 records = await self._getmany(active_partitions=active_partitions, timeout=timeout)
             else:  # a stream buffer is full (or nothing is assigned): until it drains
-                if self._drained is None:
-                    self._drained = asyncio.Event()
-                self._drained.clear()  # nothing awaited since the partitions were read: no drop missed
-                await self.wait_first(self._drained.wait(), timeout=timeout)
+                drained = self._drained = self._drained or asyncio.Event()
+                drained.clear()  # nothing awaited since the partitions were read: no drop missed
+                await self.wait_first(drained.wait(), timeout=timeout)
+                if not drained.is_set() and active_partitions and not self.should_stop:
+                    # No drop within `timeout`: a batch that slow, or a pause whose drop will never be
+                    # reported (its records cleared by a rebalance). Fetch what is active, as Faust
+                    # does, rather than wait on it forever.
+                    records = await self._getmany(active_partitions=active_partitions, timeout=timeout)
             return records, active_partitions
         finally:
             self.not_waiting_next_records.set()

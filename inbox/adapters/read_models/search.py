@@ -131,6 +131,13 @@ def snippet(text: str, lexemes: Sequence[str]) -> str:
     return ("… " if start > 0 else "") + "".join(out).strip() + (" …" if end < len(text) else "")
 
 
+def _seen_by(actor: Actor, filt: RoomFilter) -> tuple[str, list[Any]]:
+    """The rooms `r` the viewer sees under the tab/status filter: one SQL condition, its parameters."""
+    visible, params = sql_predicate(actor)
+    clauses, filter_params = filter_clauses(filt)
+    return " AND ".join([visible, *clauses]), [*params, *filter_params]
+
+
 def _contact_terms(q: str) -> tuple[str, str | None]:
     """(folded name query, phone digits) of a contact search; InvalidCommand when it has neither."""
     name = name_query(q) if has_words(q) else ""
@@ -201,10 +208,9 @@ def contact_group_sql(
     if terms is None:
         return None
     match, match_params, score, score_params = terms
-    visible, params = sql_predicate(actor)
-    clauses, filter_params = filter_clauses(filt)
-    where = " AND ".join([visible, *clauses, match])
-    where_params: list[Any] = [*params, *filter_params, *match_params]
+    seen, seen_params = _seen_by(actor, filt)
+    where = f"{seen} AND {match}"
+    where_params: list[Any] = [*seen_params, *match_params]
     if since is not None:
         where += " AND r.updated_at >= %s AND (r.updated_at, r.id) >= (%s, %s)"
         where_params += [since[0], since[0], since[1]]
@@ -228,9 +234,7 @@ def contact_whole_word_sql(
     name = name_query(q) if has_words(q) else ""
     if not name:
         return None
-    visible, params = sql_predicate(actor)
-    clauses, filter_params = filter_clauses(filt)
-    where = " AND ".join([visible, *clauses])
+    where, seen_params = _seen_by(actor, filt)
     whole_word = f"% {_like_pattern(name)[1:-1]} %"
     sql = (
         "SELECT r.*, now() AS _now, 4::real AS _score FROM (SELECT * FROM rooms WHERE org_id = %s"
@@ -238,7 +242,7 @@ def contact_whole_word_sql(
         f" WHERE {where} AND ' ' || r.search_name || ' ' LIKE %s"
         " ORDER BY r.updated_at DESC, r.id DESC LIMIT %s OFFSET %s"
     )
-    return sql, [actor.org_id, window, *params, *filter_params, whole_word, limit, offset]
+    return sql, [actor.org_id, window, *seen_params, whole_word, limit, offset]
 
 
 # The query's words as prefix terms, split by the same parser as the messages ('INV-2041' →
@@ -261,9 +265,7 @@ def conversation_search_sql(
 
     `tsquery`: the text of a `to_tsquery('simple', …)`, from TSQUERY_SQL.
     """
-    visible, params = sql_predicate(actor)
-    clauses, filter_params = filter_clauses(filt)
-    where = " AND ".join([visible, *clauses])
+    where, seen_params = _seen_by(actor, filt)
     if window is not None:
         source = (
             "(SELECT id, room_id, recorded_at, text_tsv FROM messages WHERE org_id = %s"
@@ -281,14 +283,12 @@ def conversation_search_sql(
         f" AND EXISTS (SELECT 1 FROM rooms r WHERE r.id = m.room_id AND {where} OFFSET 0)"
         " ORDER BY m.recorded_at DESC, m.id DESC LIMIT %s"
     )
-    return sql, [*source_params, *params, *filter_params, matches]
+    return sql, [*source_params, *seen_params, matches]
 
 
 def rooms_first_sql(actor: Actor, filt: RoomFilter, tsquery: str, *, rooms: int) -> tuple[str, list[Any]]:
     """The `rooms` rooms (visible, filtered) whose latest matching message is newest, with it."""
-    visible, params = sql_predicate(actor)
-    clauses, filter_params = filter_clauses(filt)
-    where = " AND ".join([visible, *clauses])
+    where, seen_params = _seen_by(actor, filt)
     sql = (
         "SELECT r.id AS room_id, m.id AS message_id FROM rooms r CROSS JOIN LATERAL ("
         " SELECT m.id, m.recorded_at FROM messages m WHERE m.room_id = r.id"
@@ -297,7 +297,7 @@ def rooms_first_sql(actor: Actor, filt: RoomFilter, tsquery: str, *, rooms: int)
         " AND (m.text_tsv @@ to_tsquery('simple', %s)) IS TRUE ORDER BY m.recorded_at DESC, m.id DESC LIMIT 1) m"
         f" WHERE {where} ORDER BY m.recorded_at DESC, m.id DESC LIMIT %s"
     )
-    return sql, [tsquery, *params, *filter_params, rooms]
+    return sql, [tsquery, *seen_params, rooms]
 
 
 def recent_matches_sql(org_id: str, tsquery: str, terms: Sequence[str], *, window: int) -> tuple[str, list[Any]]:
@@ -327,9 +327,7 @@ def rare_matches_sql(
     particular order, then sorted newest first; rooms are probed in that order until `matches`.
     Each row has `_read`, how many were read: cap + 1 means the term has more than `cap` matches
     and these are not the newest (a row with null ids when none matched, so `_read` is there)."""
-    visible, params = sql_predicate(actor)
-    clauses, filter_params = filter_clauses(filt)
-    where = " AND ".join([visible, *clauses])
+    where, seen_params = _seen_by(actor, filt)
     sql = (
         "WITH c AS MATERIALIZED (SELECT id, room_id, recorded_at, text_tsv FROM messages WHERE org_id = %s"
         " AND text_tsv @@ to_tsquery('simple', %s) LIMIT %s),"
@@ -340,7 +338,7 @@ def rare_matches_sql(
         " SELECT (SELECT count(*) FROM c) AS _read, h.room_id, h.id AS message_id FROM (SELECT 1) one"
         " LEFT JOIN h ON true ORDER BY h.recorded_at DESC, h.id DESC"
     )
-    return sql, [actor.org_id, term, cap + 1, tsquery, *params, *filter_params, matches]
+    return sql, [actor.org_id, term, cap + 1, tsquery, *seen_params, matches]
 
 
 def filtered_room_count_sql(actor: Actor, filt: RoomFilter) -> tuple[str, list[Any]]:

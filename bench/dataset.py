@@ -46,6 +46,7 @@ from typing import Any
 import httpx
 import psycopg
 from psycopg import sql
+from psycopg.rows import dict_row
 
 from domain.channels import Channel
 from domain.room import Room
@@ -66,26 +67,7 @@ from inbox.adapters.read_models.queries import (
     history_sql,
     rooms_page_sql,
 )
-from inbox.adapters.read_models.search import (
-    COMMON_MATCHES,
-    CONTACT_GROUPS,
-    CONTACT_MAX_MATCHES,
-    CONTACT_WINDOW,
-    RARE_MATCHES,
-    RECENT_WINDOW,
-    ROOMS_FIRST_LIMIT,
-    TSQUERY_SQL,
-    WALK_WINDOW,
-    contact_group_sql,
-    contact_whole_word_sql,
-    contact_window_edge_sql,
-    conversation_search_sql,
-    filtered_room_count_sql,
-    rare_matches_sql,
-    rarest_term,
-    recent_matches_sql,
-    rooms_first_sql,
-)
+from inbox.adapters.read_models.search import RoomSearch
 
 ORG = "bench-org"
 OTHER_ORG = "other-org"  # a tenth of the rooms: the org filter has something to filter
@@ -496,6 +478,22 @@ def start_api(settings: Settings, workdir: Path) -> ApiProcess:
     raise RuntimeError(f"the API did not start; see {workdir / 'api.log'}")
 
 
+class TracedSearch(RoomSearch):
+    """The API's search (RoomSearch) on one connection, noting each query it runs, in order: the
+    plans printed are those of the queries the API itself runs for the probe, whatever branch its
+    strategy takes (no copy of that strategy here to drift from it)."""
+
+    def __init__(self, conn: psycopg.Connection) -> None:  # not ReadModelReader's pool: one session
+        self._conn = conn
+        self.ran: list[tuple[str, list[Any]]] = []
+
+    def _fetch(self, sql: str, params: Any) -> list[dict[str, Any]]:
+        self.ran.append((sql, list(params)))
+        with self._conn.cursor(row_factory=dict_row) as cur:
+            cur.execute(sql, params)
+            return cur.fetchall()
+
+
 def explain(settings: Settings, probe: Probe) -> list[str]:
     if probe.explain is None:
         return []
@@ -503,72 +501,15 @@ def explain(settings: Settings, probe: Probe) -> list[str]:
         configure_read_session(conn, settings.db_schema)  # as the API's read pool
         query, params = probe.explain
         queries = [("", query, params)]
-        if query == "contact":  # the whole-word shortcut first, as RoomSearch.by_contact does; then group by group
-            q, actor = params
-            top = contact_whole_word_sql(actor, RoomFilter(), q, limit=21, offset=0, window=CONTACT_WINDOW)
-            queries = []
-            if top is not None:
-                full_page = len(conn.execute(*top).fetchall()) >= 21
-                queries.append((f"whole words among the newest {CONTACT_WINDOW:,} rooms"
-                                + (" fill the page: the API stops here" if full_page else ": too few"), *top))
-                if full_page:
-                    return explain_lines(conn, queries)
-            edge_sql = contact_window_edge_sql(ORG, CONTACT_WINDOW)
-            edge = conn.execute(*edge_sql).fetchone()
-            queries.append((f"the {CONTACT_WINDOW:,}th newest room: where the window starts", *edge_sql))
-            since = (edge[0], edge[1]) if edge else None
-            found = 0
-            for group in CONTACT_GROUPS:  # as RoomSearch._contact_group: the window first, then every match capped
-                newest = contact_group_sql(actor, RoomFilter(), q, group, limit=21 - found, since=since)
-                if newest is None or found >= 21:
-                    continue
-                rows = conn.execute(*newest).fetchall()
-                in_window = int(rows[0][-1]) if rows else 0  # _matches, the last column
-                queries.append((f"{group} group: its matches among the newest {CONTACT_WINDOW:,} rooms"
-                                f" ({in_window:,})", *newest))
-                if since is not None and in_window <= CONTACT_MAX_MATCHES:
-                    capped = contact_group_sql(actor, RoomFilter(), q, group, limit=21 - found, cap=CONTACT_MAX_MATCHES)
-                    assert capped is not None
-                    every = conn.execute(*capped).fetchall()
-                    matches = int(every[0][-1]) if every else 0
-                    queries.append((f"{group} group: every match, at most {CONTACT_MAX_MATCHES + 1:,} read"
-                                    + (f" ({matches:,}: these are ranked)" if matches <= CONTACT_MAX_MATCHES
-                                       else ": more, the window's are ranked"), *capped))
-                    rows = every if matches <= CONTACT_MAX_MATCHES else rows
-                found += len(rows)
-        if query == "tsquery":  # conversation search: the tsquery first, as the API does; then the phases
-            row = conn.execute(TSQUERY_SQL, params).fetchone()
-            assert row is not None
-            tsquery, terms, admin = str(row[0]), list(row[2]), Actor("admin", ORG, Role.ADMIN)
-            filt = probe.search_filter
-            phase1 = conversation_search_sql(admin, filt, tsquery, matches=42, window=RECENT_WINDOW)
-            queries = [(f"phase 1: the newest {RECENT_WINDOW:,} messages", *phase1)]
-            # The branch RoomSearch.by_conversation takes, decided with its own queries:
-            if len({r[0] for r in conn.execute(*phase1).fetchall()}) >= 21:
-                queries[0] = (queries[0][0] + "; enough rooms: the API stops here", *phase1)
-                return explain_lines(conn, queries)
-            recent_sql = recent_matches_sql(ORG, tsquery, terms, window=RECENT_WINDOW)
-            per_term = [int(n) for n in conn.execute(*recent_sql).fetchone()[1]]
-            queries.append((f"how common: matches of the query and of each term in the newest {RECENT_WINDOW:,}",
-                            *recent_sql))
-            term = rarest_term(terms, per_term)
-            rare = rare_matches_sql(admin, filt, tsquery, term, cap=RARE_MATCHES, matches=42)
-            rare_first = per_term[terms.index(term)] < COMMON_MATCHES
-            read = int(conn.execute(*rare).fetchone()[0])
-            rare_title = (f"phase 2: the rarest term {term} from the GIN index, at most {RARE_MATCHES + 1:,} read"
-                          f" ({read:,}{': all, exact' if read <= RARE_MATCHES else ': too many'})")
-            if rare_first:
-                queries.append((rare_title, *rare))
-                if read <= RARE_MATCHES:
-                    return explain_lines(conn, queries)
-            if int(conn.execute(*filtered_room_count_sql(admin, filt)).fetchone()[0]) <= ROOMS_FIRST_LIMIT:
-                queries.append(("phase 3: few rooms under the filter (counters): room by room",
-                                *rooms_first_sql(admin, filt, tsquery, rooms=21)))
+        if query in ("contact", "tsquery"):  # a search: the queries RoomSearch runs for the probe's first page
+            search = TracedSearch(conn)
+            if query == "contact":
+                q, actor = params
+                search.by_contact(actor, RoomFilter(), q, limit=20, cursor=None)
             else:
-                walk = conversation_search_sql(admin, filt, tsquery, matches=42, window=WALK_WINDOW)
-                queries.append((f"phase 4: the newest {WALK_WINDOW:,} messages walked newest first", *walk))
-                if not rare_first and len({r[0] for r in conn.execute(*walk).fetchall()}) < 21:
-                    queries.append((rare_title, *rare))
+                search.by_conversation(Actor("admin", ORG, Role.ADMIN), probe.search_filter, params[0], limit=20,
+                                       cursor=None)
+            queries = [(f"query {i} of {len(search.ran)} the API runs", *ran) for i, ran in enumerate(search.ran, 1)]
         return explain_lines(conn, queries)
 
 

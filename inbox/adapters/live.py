@@ -297,16 +297,14 @@ class ChangeHub:
                 pass
             self._doorbell.clear()
             try:
-                if first:  # start at the log's end: streams catch up on their own from their Last-Event-ID
-                    head = (await self._read(self._reader_pool, 0, actors=[], all_counters=False, limit=0)).head
-                    self._read_position = self.position = head
-                    first = False
-                    continue
                 while True:
                     actors = self._actors
-                    if not actors:  # no stream open: nobody to render for; only keep up with the log's end
+                    # At the start (streams catch up on their own from their Last-Event-ID) and with no
+                    # stream open (nobody to render for): only keep up with the log's end.
+                    if first or not actors:
                         head = (await self._read(self._reader_pool, 0, actors=[], all_counters=False, limit=0)).head
                         self._read_position = self.position = max(self._read_position, head)
+                        first = False
                         break
                     page = await self._read(self._reader_pool, self._read_position, actors=list(actors),
                                             all_counters=False)
@@ -361,10 +359,7 @@ class Feed:
             events = [LiveEvent("reset", _json({
                 "reason": "expired" if last < page.horizon else "unknown position", "position": page.head,
             }), None)]
-            if (counters := page.counters.get(self.counter_key)) is not None:
-                self._counters = counters
-                events.append(LiveEvent("counters", page.encode(("c", id(counters)), counters), page.head))
-            self._opening = frame(events)
+            self._opening = frame(events + self._new_counters(page, page.head))
             return
         self.cursor = page.after
         self._opening = frame(self.render(page))
@@ -482,12 +477,15 @@ class Feed:
             self._counters = None
             changes = [c for c in changes if c.position > resets[-1].position]
         out.extend(_room_events(page, changes, self.sight))
-        key = self.counter_key
-        counters = page.counters.get(key)
-        if counters is not None and counters != self._counters:
-            self._counters = counters
-            out.append(LiveEvent("counters", page.encode(("c", id(counters)), counters), page.upto))
-        return out
+        return out + self._new_counters(page, page.upto)
+
+    def _new_counters(self, page: ChangePage, position: int) -> list[LiveEvent]:
+        """The viewer's counters of `page` at `position`, when they differ from the last ones sent."""
+        counters = page.counters.get(self.counter_key)
+        if counters is None or counters == self._counters:
+            return []
+        self._counters = counters
+        return [LiveEvent("counters", page.encode(("c", id(counters)), counters), position)]
 
 
 def frame(events: list[LiveEvent], next_position: int | None = None) -> bytes:

@@ -1,6 +1,7 @@
 """GET /v1/stream across a PostgreSQL restart, on real processes: the API's listening connection and
 its pools all die with the server; a stream opened before stays open and receives every message
-written before and after (the listener reconnects and catches up from the change log)."""
+written before and after (the listener reconnects and catches up from the change log); one opened
+while the server is down is refused with 503 and Retry-After."""
 
 from __future__ import annotations
 
@@ -62,6 +63,9 @@ def test_an_open_stream_misses_nothing_across_a_postgresql_restart(
         reader.wait_for(lambda events: set(before) <= set(texts(events)) or None, what="the messages before the restart")
 
         pg.stop()
+        # A stream opened meanwhile is refused at once, with a retry hint, not started and left hanging.
+        with httpx.stream("GET", f"{p.base_url}/v1/stream", headers=headers, timeout=30) as refused:
+            assert refused.status_code == 503 and refused.headers.get("Retry-After"), refused.status_code
         pg.start()
         for n, text in enumerate(after):
             post_until_accepted(p, f"a.{n:02d}", text)

@@ -98,6 +98,18 @@ def test_stream_without_a_token_is_refused(pipeline: Pipeline) -> None:
     assert r.status_code == 401
 
 
+def test_a_hostile_last_event_id_is_refused_or_reset_never_a_500(pipeline: Pipeline) -> None:
+    for hostile in ("abc", "-1", "1e5", "7" * 40):
+        headers = {**auth(pipeline.settings, role="admin"), "Last-Event-ID": hostile}
+        with httpx.stream("GET", f"{pipeline.base_url}/v1/stream", headers=headers, timeout=30) as r:
+            if hostile.isdigit():  # a position far beyond the log: reset, then the stream goes on from its end
+                assert r.status_code == 200, hostile
+                assert next(line for line in r.iter_lines() if line.startswith("event:")) == "event: reset"
+            else:
+                assert r.status_code == 400, (hostile, r.status_code)
+                assert "Last-Event-ID" in r.read().decode()
+
+
 def test_each_viewer_receives_exactly_what_they_may_see(pipeline: Pipeline) -> None:
     admin = stream(pipeline, org="org1", role="admin", user="admin1")
     agent1 = stream(pipeline, org="org1", role="agent", user="agent1")

@@ -133,3 +133,32 @@ def test_pruning_moves_the_horizon(container: Container, db_settings: Settings) 
     assert asyncio.run(run()) == rows
     assert query(db_settings, "SELECT pruned_upto FROM room_changes_horizon") == [(last,)]
     assert changes(db_settings) == []
+
+
+def test_a_read_after_a_pruned_position_is_an_expired_page_without_rows(
+    container: Container, db_settings: Settings
+) -> None:
+    write(container, "c1", 1)
+    project_all(db_settings)
+    execute(db_settings, "UPDATE room_changes SET created_at = now() - interval '2 days'")
+
+    async def prune_all() -> int:
+        async with await psycopg.AsyncConnection.connect(conninfo(db_settings), autocommit=True) as conn:
+            return await prune(conn, 86400)
+
+    asyncio.run(prune_all())
+    horizon = query(db_settings, "SELECT pruned_upto FROM room_changes_horizon")[0][0]
+    write(container, "c2", 2)  # a change after the horizon, still in the log
+    project_all(db_settings)
+    head = query(db_settings, "SELECT max(position) FROM room_changes")[0][0]
+
+    async def read(after: int) -> object:
+        async with await psycopg.AsyncConnection.connect(conninfo(db_settings), autocommit=True) as conn:
+            return await read_changes(conn, after, limit=10, viewers=[ADMIN])
+
+    page = asyncio.run(read(horizon - 1))
+    assert page.expired and (page.horizon, page.upto, page.head) == (horizon, head, head)  # type: ignore[attr-defined]
+    assert page.changes == [] and page.rooms == {} and page.messages == {}  # type: ignore[attr-defined]
+    assert page.counters == {}  # type: ignore[attr-defined]
+    from_horizon = asyncio.run(read(horizon))  # not expired: the change after the horizon is read
+    assert not from_horizon.expired and [c.position for c in from_horizon.changes] == [head]  # type: ignore[attr-defined]

@@ -82,12 +82,21 @@ class ChangePage:
     def more(self) -> bool:
         return self.upto < self.head
 
+    @property
+    def expired(self) -> bool:
+        """Rows after `after` were pruned (up to `horizon`): the page holds none, its `upto` is the log's end."""
+        return self.after < self.horizon
 
-# The page's rows, as every query of `read_changes` selects them (the same snapshot gives the same rows).
-_PAGE = "SELECT {} FROM room_changes WHERE position > %(after)s ORDER BY position LIMIT %(limit)s"
-_READ_MARKS = (
-    "SELECT (SELECT pruned_upto FROM room_changes_horizon) AS horizon, (SELECT max(position) FROM room_changes) AS head"
+
+# Positions at or below were pruned (no row yet: nothing was).
+_HORIZON = "coalesce((SELECT pruned_upto FROM room_changes_horizon), 0)"
+# The page's rows, as every query of `read_changes` selects them (the same snapshot gives the same rows);
+# none after a pruned position (an expired page): the horizon is compared once, before any row is read.
+_PAGE = (
+    "SELECT {} FROM room_changes WHERE position > %(after)s AND %(after)s >= " + _HORIZON
+    + " ORDER BY position LIMIT %(limit)s"
 )
+_READ_MARKS = f"SELECT {_HORIZON} AS horizon, (SELECT max(position) FROM room_changes) AS head"
 _READ_CHANGES = _PAGE.format(
     "position, kind, org_id, room_id::text AS room_id, version, existed_before, assignee_before, assignee_after,"
     " message_ids::text[] AS message_ids"
@@ -117,7 +126,8 @@ async def read_changes(
     """Rows after `after` (at most `limit`) with their rooms, messages and the viewers' counters.
 
     `after=None`: no rows, the log's end as of the snapshot (the page's `after` and `upto`): a
-    new stream's position and its viewer's counters, in one read.
+    new stream's position and its viewer's counters, in one read. `after` below the horizon (an
+    expired page): no rows either, none read, and `upto` is the log's end.
 
     Counters are read for the viewers whose organization has a change in the page (or for all of
     them with `all_counters`); each distinct `counter_key` once.
@@ -147,7 +157,7 @@ async def read_changes(
         raise
     marks = await marks_cur.fetchone()
     assert marks is not None
-    horizon = int(marks["horizon"] or 0)
+    horizon = int(marks["horizon"])
     head = max(int(marks["head"] or 0), horizon)
     if after is None:
         after = head

@@ -353,12 +353,10 @@ class Feed:
         """
         last = self.last_event_id
         page = await self.hub.read(last, actors=[self.actor], all_counters=True)
-        if last is not None and (last > page.head or last < page.horizon):
-            # The rows read after `last` are moot; the counters of the snapshot are the log end's.
+        if page.expired or (last is not None and last > page.head):
+            # No rows were read (expired) or none are after `last`; the counters of the snapshot are the log end's.
             self.cursor = page.head
-            events = [LiveEvent("reset", _json({
-                "reason": "expired" if last < page.horizon else "unknown position", "position": page.head,
-            }), None)]
+            events = [self._reset("expired" if page.expired else "unknown position", page.head)]
             self._opening = frame(events + self._new_counters(page, page.head))
             return
         self.cursor = page.after
@@ -410,7 +408,7 @@ class Feed:
                 self._written = loop.time()
                 yield None
         if self.sub.overflowed.is_set():
-            yield frame([LiveEvent("reset", _json({"reason": "too slow", "position": self.hub.position}), None)])
+            yield frame([self._reset("too slow", self.hub.position)])
 
     def _arm_heartbeat(self, loop: asyncio.AbstractEventLoop, heartbeat_s: float) -> None:
         self._written = loop.time()
@@ -467,17 +465,27 @@ class Feed:
         return out
 
     def render(self, page: ChangePage) -> list[LiveEvent]:
-        """The events of `page` after the cursor that this viewer may see; advances the cursor."""
+        """The events of `page` after the cursor that this viewer may see; advances the cursor.
+
+        An expired page (the hub's reader fell behind the pruning) resets a viewer whose cursor
+        is below the horizon: the changes it missed are gone.
+        """
         changes = [c for c in page.changes if c.position > self.cursor]
-        self.cursor = max(self.cursor, page.upto)
         out: list[LiveEvent] = []
+        if page.expired and self.cursor < page.horizon:
+            out.append(self._reset("expired", page.upto))
+        self.cursor = max(self.cursor, page.upto)
         resets = [c for c in changes if c.kind == "reset"]
         if resets:  # the projections were rebuilt: what came before is moot
-            out.append(LiveEvent("reset", _json({"reason": "rebuilt", "position": resets[-1].position}), None))
-            self._counters = None
+            out.append(self._reset("rebuilt", resets[-1].position))
             changes = [c for c in changes if c.position > resets[-1].position]
         out.extend(_room_events(page, changes, self.sight))
         return out + self._new_counters(page, page.upto)
+
+    def _reset(self, reason: str, position: int) -> LiveEvent:
+        """A `reset` (the client re-fetches everything, then goes on after `position`): counters are sent anew."""
+        self._counters = None
+        return LiveEvent("reset", _json({"reason": reason, "position": position}), None)
 
     def _new_counters(self, page: ChangePage, position: int) -> list[LiveEvent]:
         """The viewer's counters of `page` at `position`, when they differ from the last ones sent."""
@@ -573,11 +581,11 @@ _MISSING = object()
 
 
 def _groups(page: ChangePage) -> list[_Group] | None:
-    """The page's room groups in `_room_events` order, framed once (None: the page has a `reset`)."""
+    """The page's room groups in `_room_events` order, framed once (None: the page has a `reset` or expired)."""
     found = page.views.get("groups", _MISSING)
     if found is not _MISSING:
         return found  # type: ignore[return-value]
-    if any(c.kind == "reset" for c in page.changes):
+    if page.expired or any(c.kind == "reset" for c in page.changes):
         page.views["groups"] = None
         return None
     grouped: dict[str, list[Change]] = {}
@@ -602,7 +610,7 @@ def _groups(page: ChangePage) -> list[_Group] | None:
 
 
 def _view(page: ChangePage, s: Sight) -> _View | None:
-    """The shared rendering of `page` for `s` (None when the page has a `reset`: render per stream).
+    """The shared rendering of `page` for `s` (None when the page has a `reset` or expired: render per stream).
 
     Viewers whose sights agree on every assignee the page mentions (every admin of an
     organization; every agent the page does not name) share one class: `s` reduced to those

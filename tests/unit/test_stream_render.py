@@ -76,6 +76,21 @@ def test_a_rebuild_resets_first_and_drops_what_came_before_it() -> None:
     assert [n for n, _, _ in events[1:]] == ["counters"]
 
 
+def test_an_expired_page_resets_first_a_viewer_behind_the_horizon_and_sends_its_counters_anew() -> None:
+    """The hub's reader fell behind the pruning: its page has no rows, and what the viewer missed is gone."""
+    for shared in (False, True):  # the stream's own rendering, and the one shared by the streams of a page
+        feed = Feed(ChangeHub(Settings()), ADMIN, None)
+        before = page(change(3))
+        feed.render(before)  # the viewer has these counters already
+        p = ChangePage(after=3, upto=20, head=20, horizon=10)
+        p.counters[counter_key(ADMIN)] = before.counters[counter_key(ADMIN)]
+        assert p.expired
+        sent = feed.render_frames(p) if shared else frame(feed.render(p))
+        assert sent == frame([LiveEvent("reset", b'{"reason":"expired","position":20}', None),
+                              LiveEvent("counters", b'{"unassigned":1,"who":"admin1"}', 20)])
+        assert feed.cursor == 20
+
+
 def test_the_id_goes_on_the_last_event_of_each_position_only() -> None:
     frames = frame([LiveEvent("message", b"{}", 5), LiveEvent("room", b"{}", 5), LiveEvent("counters", b"{}", 6),
                      LiveEvent("reset", b"{}", None)]).decode()

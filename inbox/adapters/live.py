@@ -393,8 +393,12 @@ class Feed:
                     stop = True
                     break
                 elif page.upto > self.cursor:
-                    if page.after > self.cursor:  # joined the hub after this page's start: read the gap ourselves
-                        async for chunk in self._catch_up(page.after):
+                    # Joined the hub after this page's start: read the gap ourselves. An expired page
+                    # (the hub fell behind the pruning) has no rows: a stream still inside the log
+                    # reads the page's span itself; one behind the horizon gets `reset` from render.
+                    gap = page.upto if page.expired and self.cursor >= page.horizon else page.after
+                    if gap > self.cursor:
+                        async for chunk in self._catch_up(gap):
                             parts.append(chunk)
                     if page.upto > self.cursor:
                         parts.append(self.render_frames(page))

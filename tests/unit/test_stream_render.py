@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import orjson
@@ -89,6 +90,27 @@ def test_an_expired_page_resets_first_a_viewer_behind_the_horizon_and_sends_its_
         assert sent == frame([LiveEvent("reset", b'{"reason":"expired","position":20}', None),
                               LiveEvent("counters", b'{"unassigned":1,"who":"admin1"}', 20)])
         assert feed.cursor == 20
+
+
+def test_a_stream_inside_the_log_reads_an_expired_page_s_span_itself_instead_of_skipping_it() -> None:
+    """A stream opened at the log's end while the hub's reader was still behind the pruning: the
+    hub's expired page has no rows, but the changes after the stream's cursor are in the log."""
+
+    async def run() -> list[str]:
+        feed = Feed(ChangeHub(Settings()), ADMIN, None)
+        feed.cursor = 12  # inside the log: the horizon is 10
+
+        async def read(after: int | None, **_: Any) -> ChangePage:
+            assert after == 12
+            return page(change(15, messages=(MSG,)), after=12)
+
+        feed.hub.read = read  # type: ignore[method-assign]
+        feed.sub.queue.put_nowait(ChangePage(after=3, upto=15, head=15, horizon=10))
+        feed.sub.queue.put_nowait(None)  # then the hub ends the stream
+        return [chunk.decode() async for chunk in feed.events(60) if chunk]
+
+    sent = "".join(asyncio.run(run()))
+    assert "event: message" in sent and "event: room" in sent and "reset" not in sent
 
 
 def test_the_id_goes_on_the_last_event_of_each_position_only() -> None:

@@ -115,7 +115,9 @@ _READ_COUNTERS_OF_PAGE = (  # only the organizations the page changes
 )
 
 
-# `after` of a read that starts at the log's end: beyond any position (bigint's largest value).
+# `after` of a read that starts at the log's end: beyond any position (bigint's largest value). A
+# larger `after` (a client's Last-Event-ID) is read as this one: compared as a bigint, its page is
+# an empty index range; as the numeric it would be sent as, every row of the log would be compared.
 _BEYOND = 2**63 - 1
 
 
@@ -137,7 +139,7 @@ async def read_changes(
     `conn` is in autocommit mode (the snapshot's BEGIN and COMMIT are statements of the pipeline).
     """
     viewers = list(viewers)
-    params = {"after": _BEYOND if after is None else after, "limit": limit, "orgs": list({a.org_id for a in viewers}),
+    params = {"after": _BEYOND if after is None else min(after, _BEYOND), "limit": limit, "orgs": list({a.org_id for a in viewers}),
               "keys": list({ALL, *(k for a in viewers for k in counter_key(a)[1])})}
     # BEGIN and COMMIT as statements: conn.transaction() in a pipeline syncs at its exit and again
     # after COMMIT, each a round trip more. One Sync, at the pipeline's exit, fills every cursor.

@@ -14,7 +14,8 @@ from inbox.config import Settings
 from inbox.adapters.postgres import conninfo, use_search_path
 from inbox.adapters.read_models.queries import RoomFilter
 from inbox.adapters.read_models.search import (
-    CONTACT_GROUPS, contact_group_sql, conversation_search_sql, rare_matches_sql,
+    CONTACT_GROUPS, CONTACT_WINDOW, contact_group_sql, contact_window_edge_sql, conversation_search_sql,
+    rare_matches_sql,
 )
 from tests.integration.inbox_helpers import Inbox, running_inbox
 
@@ -86,15 +87,21 @@ def test_whole_words_rank_before_word_starts_before_substrings_before_typos(inbo
     assert ids(inbox.search("budi")) == [newest_whole_word, whole_word, word_start, substring, typo]
 
 
-def full_ranking(settings: Settings, actor: Actor, q: str, filt: RoomFilter | None = None) -> list[str]:
-    """Every match ranked, unbounded: the substring group, then the similar group (the reference)."""
+def full_ranking(settings: Settings, actor: Actor, q: str, filt: RoomFilter | None = None,
+                 similar_among: int | None = None) -> list[str]:
+    """Every match ranked, unbounded: the substring group, then the similar group (the reference);
+    `similar_among`: the similar group's matches among the organization's newest that many rooms."""
     ranked: list[str] = []
     with psycopg.connect(conninfo(settings), autocommit=True) as conn:
         use_search_path(conn, settings.db_schema)  # and the typo threshold, as the API's sessions
         cur = conn.cursor(row_factory=dict_row)
+        newest = {str(r["id"]) for r in cur.execute(
+            "SELECT id FROM rooms WHERE org_id = %s ORDER BY updated_at DESC, id DESC LIMIT %s",
+            (actor.org_id, similar_among)).fetchall()}
         for group in CONTACT_GROUPS:
             query = contact_group_sql(actor, filt or RoomFilter(), q, group, limit=1000)
-            ranked += [str(r["id"]) for r in cur.execute(*query).fetchall()] if query else []
+            found = [str(r["id"]) for r in cur.execute(*query).fetchall()] if query else []
+            ranked += [i for i in found if i in newest] if group == "similar" else found
     return ranked
 
 
@@ -109,23 +116,27 @@ def all_pages(inbox: Inbox, q: str, limit: int) -> list[str]:
             return found
 
 
-@pytest.mark.parametrize("window", [1, 4, 1000])
+@pytest.mark.parametrize("walk, window", [(1, 1), (4, 4), (1000, 1000), (1, 4), (2, 1000)])
 def test_contact_search_pages_equal_the_full_ranking_whatever_the_whole_word_window(
-    inbox: Inbox, monkeypatch: pytest.MonkeyPatch, window: int
+    inbox: Inbox, monkeypatch: pytest.MonkeyPatch, walk: int, window: int
 ) -> None:
-    """The whole-word shortcut (`contact_whole_word_sql`, the newest CONTACT_WINDOW rooms) answers
-    exactly the pages the full ranking gives, or defers to it (both groups within their bound)."""
+    """The whole-word shortcut (`contact_whole_word_sql`, the newest WHOLE_WORD_WALK rooms) answers
+    exactly the pages the ranking gives, or defers to it (the substring group within its bound,
+    ranked in full; the similar group among the window's rooms), whether its walk is shorter than
+    the window the groups are ranked in, or as long."""
+    monkeypatch.setattr("inbox.adapters.read_models.search.WHOLE_WORD_WALK", walk)
     monkeypatch.setattr("inbox.adapters.read_models.search.CONTACT_WINDOW", window)
     names = ["Budi Santoso", "Andi Budiman", "Pak Budi", "Abudin", "Budi", "Budy Hartono", "Budi Wijaya",
              "Siti", "Budi Lestari", "Ibu Budiarti", "Budi Hakim"]
     for i, name in enumerate(names):
         inbox.inbound("whatsapp_cloud", f"62812000{i:03d}", name=name)
     inbox.project()
-    ranked = full_ranking(inbox.settings, Actor("admin1", "org1", Role.ADMIN), "budi")
-    assert len(ranked) == 10  # all but Siti: whole words, word starts, substrings and the typo
+    ranked = full_ranking(inbox.settings, Actor("admin1", "org1", Role.ADMIN), "budi", similar_among=window)
+    # all but Siti: whole words, word starts, substrings, and the typo when it is among the window's rooms
+    assert len(ranked) == (10 if window > 5 else 9)
 
     for limit in (1, 2, 3, 5):
-        assert all_pages(inbox, "budi", limit) == ranked, (limit, window)
+        assert all_pages(inbox, "budi", limit) == ranked, (limit, walk, window)
 
 
 def test_similar_names_rank_by_similarity_then_activity(inbox: Inbox) -> None:
@@ -141,19 +152,64 @@ def test_similar_names_rank_by_similarity_then_activity(inbox: Inbox) -> None:
 def test_a_group_with_more_matches_than_the_bound_is_ranked_among_the_newest_rooms_only(
     inbox: Inbox, monkeypatch: pytest.MonkeyPatch, bound: int, found: str
 ) -> None:
-    """Bounded work: at most CONTACT_MAX_MATCHES matches of a group are ranked in full; beyond, only
-    the group's matches among the organization's newest CONTACT_WINDOW rooms."""
+    """Bounded work: a substring group the organization has at most CONTACT_MAX_MATCHES matches of
+    is ranked in full; beyond, only its matches among the organization's newest CONTACT_WINDOW rooms."""
     monkeypatch.setattr("inbox.adapters.read_models.search.CONTACT_MAX_MATCHES", bound)
     monkeypatch.setattr("inbox.adapters.read_models.search.CONTACT_WINDOW", 3)
-    typos = [inbox.inbound("whatsapp_cloud", f"6283{i}", name=f"Wibowo {i}")["room_id"] for i in range(4)]
+    rooms = [inbox.inbound("whatsapp_cloud", f"6283{i}", name=f"Wibowo {i}")["room_id"] for i in range(4)]
     inbox.project()
 
-    result = ids(inbox.search("wiboo"))
+    result = ids(inbox.search("wibow"))  # the start of a word: the substring group
 
-    if bound == 4:  # four similar rooms, at most four: every one ranked (newest first: equally similar)
-        assert result == typos[::-1]
+    if bound == 4:  # four rooms, at most four: every one ranked (newest first: equally good)
+        assert result == rooms[::-1]
     else:  # more than three: only those among the newest three rooms of the organization
-        assert result == typos[:0:-1]
+        assert result == rooms[:0:-1]
+
+
+def test_the_bound_counts_the_organization_s_matches_whoever_may_see_them(
+    inbox: Inbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An agent's search reads no more matches than an admin's: a name the organization has more
+    than CONTACT_MAX_MATCHES rooms of is ranked among the newest rooms, even when the agent sees
+    fewer (counting only the agent's would mean reading every other one)."""
+    monkeypatch.setattr("inbox.adapters.read_models.search.CONTACT_MAX_MATCHES", 2)
+    monkeypatch.setattr("inbox.adapters.read_models.search.CONTACT_WINDOW", 2)
+    mine = inbox.inbound("whatsapp_cloud", "62850", name="Wibowo Lama")["room_id"]
+    inbox.project()
+    inbox.post(f"/v1/rooms/{mine}/assign", inbox.headers("supervisor", "spv1"), {"agent_id": "agent1"})
+    for i in range(1, 3):
+        inbox.inbound("whatsapp_cloud", f"6285{i}0", name=f"Siti {i}")
+    inbox.project()
+    agent1 = inbox.headers("agent", "agent1")
+    # one match, older than the newest two rooms: ranked in full
+    assert ids(inbox.get("/v1/search", agent1, q="wibow")["items"]) == [mine]
+
+    for i in range(1, 4):
+        others = inbox.inbound("whatsapp_cloud", f"6285{i}", name=f"Wibowo {i}")["room_id"]
+        inbox.post(f"/v1/rooms/{others}/assign", inbox.headers("supervisor", "spv1"), {"agent_id": "agent2"})
+    inbox.project()
+
+    assert ids(inbox.get("/v1/search", agent1, q="wibow")["items"]) == []  # four: only the newest two rooms
+
+
+def test_a_typo_and_a_query_shorter_than_a_trigram_are_ranked_among_the_newest_rooms_only(
+    inbox: Inbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """However few their matches: similarity is a lossy lookup of the trigram index (every
+    candidate read to find a few), and one or two characters have no trigram to look up."""
+    monkeypatch.setattr("inbox.adapters.read_models.search.CONTACT_WINDOW", 2)
+    old = inbox.inbound("whatsapp_cloud", "62860", name="Wibowo Xq")["room_id"]
+    for i in range(1, 3):
+        inbox.inbound("whatsapp_cloud", f"6286{i}", name=f"Siti {i}")
+    inbox.project()
+
+    assert ids(inbox.search("wiboo")) == []  # a typo of a room outside the newest two
+    assert ids(inbox.search("xq")) == []
+    assert ids(inbox.search("wibowo x")) == [old]  # a substring of 8 characters: ranked in full
+    inbox.inbound("whatsapp_cloud", "62860", name="Wibowo Xq", text="again")  # among the newest rooms again
+    inbox.project()
+    assert ids(inbox.search("wiboo")) == ids(inbox.search("xq")) == [old]
 
 
 def test_a_common_typo_group_does_not_hide_an_old_exact_match(inbox: Inbox, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -300,7 +356,10 @@ def test_searches_are_answered_from_their_indexes(inbox: Inbox, people: dict[str
     agent = Actor("agent1", "org1", Role.AGENT)
 
     by_name = plan(inbox.settings, *contact_group_sql(admin, RoomFilter(), "budi", "substring", limit=20, cap=500))
-    by_typo = plan(inbox.settings, *contact_group_sql(admin, RoomFilter(), "santso", "similar", limit=20, cap=500))
+    with psycopg.connect(conninfo(inbox.settings), autocommit=True) as conn:
+        use_search_path(conn, inbox.settings.db_schema)
+        edge = conn.execute(*contact_window_edge_sql("org1", CONTACT_WINDOW)).fetchone()
+    by_typo = plan(inbox.settings, *contact_group_sql(admin, RoomFilter(), "santso", "similar", limit=20, since=edge))
     by_phone = plan(inbox.settings, *contact_group_sql(agent, RoomFilter(), "0812 3456", "substring", limit=20,
                                                        cap=500))
     by_text = plan(inbox.settings, *rare_matches_sql(admin, RoomFilter(), "'inv':* & '-2041':*", "'-2041':*",
@@ -309,7 +368,8 @@ def test_searches_are_answered_from_their_indexes(inbox: Inbox, people: dict[str
                                                             window=5000))
 
     assert "rooms_search_name_trgm" in by_name and "Seq Scan" not in by_name
-    assert "rooms_search_name_trgm" in by_typo and "Seq Scan" not in by_typo
+    # the window's matches: a range of rooms_by_activity, the trigram bitmap, or both ANDed
+    assert "Seq Scan" not in by_typo and ("rooms_by_activity" in by_typo or "rooms_search_name_trgm" in by_typo)
     assert "rooms_phone_digits_trgm" in by_phone and "Seq Scan" not in by_phone
     assert "messages_text_search" in by_text and "Seq Scan on messages" not in by_text
     [index_cond] = [line for line in by_text.splitlines() if "Index Cond" in line and "text_tsv" in line]

@@ -8,19 +8,29 @@
      phone digits do), then *similar* ones (a typo: similar, not a substring).
   2. Within the substring group: whole word(s) 4 > start of a word 3 > phone digits 2.5 > anywhere
      2; within the similar group: word similarity (0.5..1); then newest activity, then id.
-  3. Bounded: a group is ranked over all its matches the viewer sees (under the tab/status filter)
-     when there are at most CONTACT_MAX_MATCHES of them; a group with more is ranked over its
-     matches among the organization's newest CONTACT_WINDOW rooms only. So a common name or a typo
-     of one ranks at most CONTACT_WINDOW rooms, whatever the data set's size; what it gives up:
-     the group's rooms older than the newest CONTACT_WINDOW are not found at all, however well
-     they match, and the group ends (no further page) where the window's matches end.
-  Shortcut: the newest CONTACT_WINDOW rooms are read in activity order for whole-word matches
+  3. Bounded: a group is ranked over its matches among the organization's newest CONTACT_WINDOW
+     rooms (those the viewer sees under the tab/status filter), except the substring group of a
+     query the trigram index can look up (every pattern of at least 3 characters) whose matches in
+     the whole organization, whoever may see them, are at most CONTACT_MAX_MATCHES: that group is
+     ranked over all of them the viewer sees. So no search reads more than CONTACT_WINDOW rooms
+     or CONTACT_MAX_MATCHES + 1 matches, whatever the data set's size, the viewer's role or the
+     query. What it gives up: rooms older than the newest CONTACT_WINDOW are not found by a typo
+     (the similar group), by one or two characters, or by a name more than CONTACT_MAX_MATCHES
+     rooms of the organization hold, however well they match, and such a group ends (no further
+     page) where the window's matches end. Why each bound: similarity is a lossy trigram lookup
+     (a typo of a short name had 157 matches among 25,000 candidates read, 123 ms, over 1M rooms);
+     fewer than 3 characters have no trigram (a whole scan of the rooms, ~800 ms); and the
+     viewer's own matches among many more of the organization's would all be read to count them.
+  Shortcut: the newest WHOLE_WORD_WALK rooms are read in activity order for whole-word matches
   first; when those fill the page it is exactly the ranking's page (whole words are the top tier
-  and every room outside the window is older), in either case of 3. Then group by group: its
+  and every room outside the walk is older), in either case of 3. The walk is shorter than the
+  window: it pays off for a common name (it stops as soon as the page is full) and is wasted
+  work for every other query, whose page the groups below rank anyway. Then group by group: its
   matches in the window first (the trigram bitmap ANDed with the window's `rooms_by_activity`
-  range, so only the window's matches are read); more than CONTACT_MAX_MATCHES there settles 3;
-  else every match, at most CONTACT_MAX_MATCHES + 1 read. Rows read are bounded by those numbers;
-  what still grows with the data set is the trigram bitmap itself (index postings, no heap).
+  range, or that range walked, so only the window's rooms are read); then, for a substring group
+  the index can look up with at most CONTACT_MAX_MATCHES matches in the window, the organization's
+  matches, at most CONTACT_MAX_MATCHES + 1 read. Rows read are bounded by those numbers; what still
+  grows with the data set is the trigram bitmap itself (index postings, no heap).
 - by conversation: `messages.text_tsv` (to_tsvector('simple', text), GIN) with every word of
   the query — split by the same text-search parser as the messages, so "INV-2041" finds
   "INV-2041" — as a prefix (`'inv':* & '-2041':*`); one hit per room (its latest matching
@@ -68,7 +78,9 @@ from projections.text import has_words, name_query, phone_query
 
 MAX_OFFSET = 10_000
 CONTACT_WINDOW = 5_000  # newest rooms of the organization: whole words looked for first; a common group ranked there
-CONTACT_MAX_MATCHES = 500  # a contact group with at most this many matches (the viewer's) is ranked in full
+CONTACT_MAX_MATCHES = 500  # a substring group the organization has at most this many matches of is ranked in full
+TRIGRAM = 3  # characters a LIKE pattern needs for the trigram index to look it up
+WHOLE_WORD_WALK = 1_000  # newest rooms of the organization walked for whole-word matches first (a shortcut)
 CONTACT_GROUPS = ("substring", "similar")  # ranked one after the other: every substring match first
 RECENT_WINDOW = 5_000  # newest messages of the organization looked at first
 ROOMS_FIRST_LIMIT = 5_000  # at most this many filtered rooms: search them room by room
@@ -178,6 +190,15 @@ def contact_group_terms(q: str, group: str) -> tuple[str, list[Any], str, list[A
     raise ValueError(f"unknown contact search group {group!r}")
 
 
+def ranked_in_full(q: str, group: str) -> bool:
+    """Whether a group may be ranked over all its matches (rule 3): the substring group of a query
+    whose every pattern (name, phone digits) the trigram index can look up."""
+    if group != "substring":
+        return False
+    name, digits = _contact_terms(q)
+    return all(len(p) >= TRIGRAM for p in (name, digits) if p)
+
+
 def contact_window_edge_sql(org_id: str, window: int) -> tuple[str, list[Any]]:
     """(updated_at, id) of the organization's `window`-th newest room: the oldest of its newest
     `window` rooms (none when it has fewer). An index-only scan of `rooms_by_activity`."""
@@ -194,13 +215,15 @@ def contact_group_sql(
     """The first `limit` rooms of one group of the contact ranking, best first, each with
     `_matches`: how many rooms were ranked.
 
-    - `cap`: every match the viewer sees (from the trigram GIN indexes), but at most cap + 1 of
-      them read, in no particular order: `_matches` == cap + 1 means the group has more than `cap`
-      matches and this is not its ranking;
+    - `cap`: the organization's matches (from the trigram GIN indexes, whoever may see them), at
+      most cap + 1 of them read, in no particular order, and the first `limit` of those the viewer
+      sees, ranked; `_matches` is how many were read: cap + 1 means the group has more than `cap`
+      matches and this is not its ranking. Always at least one row: one whose columns are null
+      when the viewer sees none of them (its `_matches` still says how many there were);
     - `since` (updated_at, id), from `contact_window_edge_sql`: the matches among the rooms at or
       after that position in activity order (the organization's newest CONTACT_WINDOW rooms), as
-      the ranking of a group with more than CONTACT_MAX_MATCHES matches. The planner may AND the
-      trigram index's bitmap with a range of `rooms_by_activity`: only the window's matches read;
+      the ranking of a group not ranked in full (rule 3). The planner may AND the trigram index's
+      bitmap with a range of `rooms_by_activity`, or walk that range: only the window's rooms read;
     - neither: every match (unbounded: the reference the bounded forms are tested against).
     None when the query cannot match the group.
     """
@@ -214,12 +237,23 @@ def contact_group_sql(
     if since is not None:
         where += " AND r.updated_at >= %s AND (r.updated_at, r.id) >= (%s, %s)"
         where_params += [since[0], since[0], since[1]]
-    source = f"(SELECT * FROM rooms r WHERE {where}{' LIMIT %s' if cap is not None else ''}) r"
+    order = " ORDER BY _score DESC, r.updated_at DESC, r.id DESC LIMIT %s"
+    if cap is None:
+        sql = (f"SELECT r.*, now() AS _now, {score} AS _score, count(*) OVER () AS _matches"
+               f" FROM (SELECT * FROM rooms r WHERE {where}) r{order}")
+        return sql, [*score_params, *where_params, limit]
+    # The LIMIT is outside the CTE that finds the matches: with it inside, the planner expects
+    # cap + 1 matches early in a sequential scan of the rooms and reads the table instead of the
+    # trigram index (720 ms over 1M rooms for a name that matched none of the viewer's rooms). A
+    # CTE is planned for all its rows and read only as far as the LIMIT pulls it.
     sql = (
-        f"SELECT r.*, now() AS _now, {score} AS _score, count(*) OVER () AS _matches FROM {source}"
-        " ORDER BY _score DESC, r.updated_at DESC, r.id DESC LIMIT %s"
+        f"WITH every_match AS MATERIALIZED (SELECT * FROM rooms r WHERE r.org_id = %s AND {match}),"
+        " capped AS (SELECT * FROM every_match LIMIT %s),"
+        f" ranked AS (SELECT r.*, {score} AS _score FROM capped r WHERE {seen}{order})"
+        " SELECT r.*, now() AS _now, (SELECT count(*) FROM capped) AS _matches FROM (SELECT 1) one"
+        " LEFT JOIN ranked r ON true ORDER BY r._score DESC, r.updated_at DESC, r.id DESC"
     )
-    return sql, [*score_params, *where_params, *([cap + 1] if cap is not None else []), limit]
+    return sql, [actor.org_id, *match_params, cap + 1, *score_params, *seen_params, limit]
 
 
 def contact_whole_word_sql(
@@ -228,9 +262,9 @@ def contact_whole_word_sql(
     """The first rows of the contact ranking when its top tier fills them: rooms whose
     name or handle holds the query as whole word(s) (score 4, the highest any row gets), newest
     first, among the organization's newest `window` rooms (read in activity order, so a common
-    name costs a short walk instead of ranking every match). Exact when it returns `limit` rows:
-    every room outside the window is older than every room in it, so none ranks before them. None
-    when the query has no words."""
+    name costs a short walk instead of ranking every match). Exact when it returns `limit` rows,
+    whatever `window` is: every room outside it is older than every room in it, so none ranks
+    before them. None when the query has no words."""
     name = name_query(q) if has_words(q) else ""
     if not name:
         return None
@@ -413,23 +447,25 @@ class RoomSearch(ReadModelReader):
     def _contact_group(
         self, actor: Actor, filt: RoomFilter, q: str, group: str, limit: int, since: tuple[Any, Any] | None
     ) -> list[dict[str, Any]]:
-        """The first `limit` rooms of one contact group: all its matches ranked when there are at
-        most CONTACT_MAX_MATCHES, else its matches among the newest CONTACT_WINDOW rooms (`since`;
-        None: the organization has no more rooms than that, all of them are the window)."""
+        """The first `limit` rooms of one contact group, ranked as rule 3 of the module docstring
+        says: among the newest CONTACT_WINDOW rooms (`since`; None: the organization has no more
+        rooms than that, all of them are the window), or over all its matches."""
         newest = contact_group_sql(actor, filt, q, group, limit=limit, since=since)
         if newest is None:
             return []
         rows = self._fetch(*newest)  # the window first: bounded, and enough when it holds many matches
-        if since is None or (rows and int(rows[0]["_matches"]) > CONTACT_MAX_MATCHES):
+        if since is None or not ranked_in_full(q, group) or (rows and int(rows[0]["_matches"]) > CONTACT_MAX_MATCHES):
             return rows
         full = contact_group_sql(actor, filt, q, group, limit=limit, cap=CONTACT_MAX_MATCHES)
         assert full is not None
         every = self._fetch(*full)
-        return every if not every or int(every[0]["_matches"]) <= CONTACT_MAX_MATCHES else rows
+        if int(every[0]["_matches"]) > CONTACT_MAX_MATCHES:
+            return rows
+        return [r for r in every if r["id"] is not None]
 
     def by_contact(self, actor: Actor, filt: RoomFilter, q: str, *, limit: int, cursor: str | None) -> dict[str, Any]:
         offset = _offset(cursor)
-        top = contact_whole_word_sql(actor, filt, q, limit=limit + 1, offset=offset, window=CONTACT_WINDOW)
+        top = contact_whole_word_sql(actor, filt, q, limit=limit + 1, offset=offset, window=WHOLE_WORD_WALK)
         rows = self._fetch(*top) if top is not None else []
         if len(rows) <= limit:  # the top tier of the newest rooms does not fill the page: rank group by group
             wanted = offset + limit + 1

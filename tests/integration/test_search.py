@@ -71,6 +71,15 @@ def test_a_given_phone_number_is_searchable_on_other_channels(inbox: Inbox, peop
     assert ids(inbox.search("+62 813 9999 0000")) == [people["rina"]]
 
 
+def test_a_number_finds_what_holds_it_never_similar_numbers(inbox: Inbox) -> None:
+    """Digits are a phone or an order number: one digit off is another customer, not a typo."""
+    shop = inbox.inbound("instagram", "igsid-5", name="Toko 20417", handle="@toko20417")["room_id"]
+    inbox.project()
+    assert ids(inbox.search("20417")) == ids(inbox.search("toko 2041")) == [shop]
+    assert ids(inbox.search("20471")) == ids(inbox.search("02417")) == []
+    assert ids(inbox.search("toko 20471")) == [shop]  # with letters: a typo of a name
+
+
 @pytest.mark.parametrize("q", ["@agustina.shop", "agustina.shop", "AGUSTINA.SH"])
 def test_handles_are_searchable_with_or_without_at_sign(inbox: Inbox, people: dict[str, str], q: str) -> None:
     assert set(ids(inbox.search(q))) == {people["agus"], people["comment"]}

@@ -180,7 +180,7 @@ def contact_group_terms(q: str, group: str) -> tuple[str, list[Any], str, list[A
             score_params.append(phone)
         return "(" + " OR ".join(substring) + ")", substring_params, score, score_params
     if group == "similar":
-        if not name:
+        if not any(c.isalpha() for c in name):  # a number (a phone, an order): similar digits are no match
             return None
         # Similar at the session's word-similarity threshold, and not in the substring group
         # (coalesce: a room without phone digits is no phone match).

@@ -11,11 +11,11 @@ from psycopg.rows import dict_row
 
 from domain.staff import Actor, Role
 from inbox.config import Settings
-from inbox.adapters.postgres import conninfo, use_search_path
+from inbox.adapters.postgres import conninfo, sync_pool, use_search_path
 from inbox.adapters.read_models.queries import RoomFilter
 from inbox.adapters.read_models.search import (
-    CONTACT_GROUPS, CONTACT_WINDOW, contact_group_sql, contact_window_edge_sql, conversation_search_sql,
-    rare_matches_sql,
+    CONTACT_GROUPS, CONTACT_WINDOW, RoomSearch, contact_group_sql, contact_window_edge_sql,
+    conversation_search_sql, rare_matches_sql,
 )
 from tests.integration.inbox_helpers import Inbox, running_inbox
 
@@ -422,10 +422,46 @@ def test_a_rare_word_is_read_whole_up_to_RARE_MATCHES_matches_beyond_only_the_ne
     for i in range(12):
         busy = inbox.inbound("whatsapp_cloud", "628100000002", text=f"garansi {i}")["room_id"]
     inbox.project()
+    analyze_messages(inbox.settings)  # the store's size, as the window's rate is extrapolated to it: 13 matches
 
     found = ids(inbox.search("garansi", by="conversation"))
 
     assert found == ([busy, old] if bound == 13 else [busy])
+
+
+def test_a_word_whose_recent_rate_is_over_twice_RARE_MATCHES_in_the_store_is_not_read_from_the_index(
+    inbox: Inbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reading it whole would stop at RARE_MATCHES + 1 rows and give up: it is walked at once."""
+    monkeypatch.setattr("inbox.adapters.read_models.search.ROOMS_FIRST_LIMIT", 0)
+    monkeypatch.setattr("inbox.adapters.read_models.search.RECENT_WINDOW", 3)
+    monkeypatch.setattr("inbox.adapters.read_models.search.WALK_WINDOW", 5)
+    monkeypatch.setattr("inbox.adapters.read_models.search.RARE_MATCHES", 6)  # 13 matches > 2 * 6
+    for i in range(13):
+        busy = inbox.inbound("whatsapp_cloud", "628100000002", text=f"garansi {i}")["room_id"]
+    inbox.project()
+    analyze_messages(inbox.settings)
+    ran: list[str] = []
+
+    class Traced(RoomSearch):
+        def _fetch(self, sql: str, params: Any) -> list[dict[str, Any]]:
+            ran.append(sql)
+            return super()._fetch(sql, params)
+
+    pool = sync_pool(inbox.settings, max_size=1)
+    try:
+        found = Traced(pool).by_conversation(Actor("admin1", "org1", Role.ADMIN), RoomFilter(), "garansi",
+                                             limit=20, cursor=None)
+    finally:
+        pool.close()
+
+    assert ids(found["items"]) == [busy]
+    assert ran and not any("every_match" in sql for sql in ran)  # rare_matches_sql's CTE
+
+
+def analyze_messages(settings: Settings) -> None:
+    with psycopg.connect(conninfo(settings), autocommit=True) as conn:
+        conn.execute("ANALYZE messages")
 
 
 def test_a_code_is_found_by_its_rarest_word_among_many_messages_with_the_other(

@@ -441,6 +441,20 @@ def test_a_word_whose_recent_rate_is_over_twice_RARE_MATCHES_in_the_store_is_not
         busy = inbox.inbound("whatsapp_cloud", "628100000002", text=f"garansi {i}")["room_id"]
     inbox.project()
     analyze_messages(inbox.settings)
+
+    found, ran = traced_search(inbox.settings, "by_conversation", "garansi")
+
+    assert ids(found) == [busy]
+    assert ran and not any("every_match" in sql for sql in ran)  # rare_matches_sql's CTE
+
+
+def analyze_messages(settings: Settings) -> None:
+    with psycopg.connect(conninfo(settings), autocommit=True) as conn:
+        conn.execute("ANALYZE messages")
+
+
+def traced_search(settings: Settings, how: str, q: str) -> tuple[list[dict[str, Any]], list[str]]:
+    """An admin's first page of RoomSearch.`how` for `q`, and the SQL of each query it ran."""
     ran: list[str] = []
 
     class Traced(RoomSearch):
@@ -448,20 +462,31 @@ def test_a_word_whose_recent_rate_is_over_twice_RARE_MATCHES_in_the_store_is_not
             ran.append(sql)
             return super()._fetch(sql, params)
 
-    pool = sync_pool(inbox.settings, max_size=1)
+    pool = sync_pool(settings, max_size=1)
     try:
-        found = Traced(pool).by_conversation(Actor("admin1", "org1", Role.ADMIN), RoomFilter(), "garansi",
-                                             limit=20, cursor=None)
+        page = getattr(Traced(pool), how)(Actor("admin1", "org1", Role.ADMIN), RoomFilter(), q, limit=20, cursor=None)
     finally:
         pool.close()
-
-    assert ids(found["items"]) == [busy]
-    assert ran and not any("every_match" in sql for sql in ran)  # rare_matches_sql's CTE
+    return page["items"], ran
 
 
-def analyze_messages(settings: Settings) -> None:
-    with psycopg.connect(conninfo(settings), autocommit=True) as conn:
-        conn.execute("ANALYZE messages")
+@pytest.mark.parametrize("newest_matches, counted", [(2, False), (1, True)])
+def test_a_name_whose_share_of_the_newest_rooms_extrapolates_over_twice_the_bound_is_not_counted_in_full(
+    inbox: Inbox, monkeypatch: pytest.MonkeyPatch, newest_matches: int, counted: bool
+) -> None:
+    """Counting its matches would read CONTACT_MAX_MATCHES + 1 rows and give up: the window's
+    ranking is kept at once. 2 of the newest 2 rooms of 6: ~6 in all, over 2 * 2; 1 of 2: ~3."""
+    monkeypatch.setattr("inbox.adapters.read_models.search.CONTACT_WINDOW", 2)
+    monkeypatch.setattr("inbox.adapters.read_models.search.CONTACT_MAX_MATCHES", 2)
+    for i in range(6 - newest_matches):
+        inbox.inbound("whatsapp_cloud", f"6287{i}", name=f"Siti {i}")
+    newest = [inbox.inbound("whatsapp_cloud", f"6288{i}", name=f"Wibowo {i}")["room_id"] for i in range(newest_matches)]
+    inbox.project()
+
+    found, ran = traced_search(inbox.settings, "by_contact", "wibow")
+
+    assert ids(found) == newest[::-1]
+    assert any("every_match" in sql for sql in ran) == counted  # contact_group_sql's capped count
 
 
 def test_a_code_is_found_by_its_rarest_word_among_many_messages_with_the_other(

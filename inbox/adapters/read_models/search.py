@@ -12,7 +12,9 @@
      rooms (those the viewer sees under the tab/status filter), except the substring group of a
      query the trigram index can look up (every pattern of at least 3 characters) whose matches in
      the whole organization, whoever may see them, are at most CONTACT_MAX_MATCHES: that group is
-     ranked over all of them the viewer sees. So no search reads more than CONTACT_WINDOW rooms
+     ranked over all of them the viewer sees. Unless the window's share, extrapolated to all the
+     organization's rooms (`likely_matches`), says over twice that: then it is not even counted
+     (a first name in 1% of a million rooms: 501 rows read for nothing). So no search reads more than CONTACT_WINDOW rooms
      or CONTACT_MAX_MATCHES + 1 matches, whatever the data set's size, the viewer's role or the
      query. What it gives up: rooms older than the newest CONTACT_WINDOW are not found by a typo
      (the similar group), by one or two characters, or by a name more than CONTACT_MAX_MATCHES
@@ -75,7 +77,7 @@ from typing import Any
 
 from domain.errors import InvalidCommand
 from domain.staff import Actor
-from domain.visibility import counter_keys, sql_predicate
+from domain.visibility import ALL, counter_keys, sql_predicate
 from inbox.adapters.read_models.queries import (
     ReadModelReader, RoomFilter, decode_cursor, encode_cursor, filter_clauses, room_json,
 )
@@ -206,10 +208,12 @@ def ranked_in_full(q: str, group: str) -> bool:
 
 def contact_window_edge_sql(org_id: str, window: int) -> tuple[str, list[Any]]:
     """(updated_at, id) of the organization's `window`-th newest room: the oldest of its newest
-    `window` rooms (none when it has fewer). An index-only scan of `rooms_by_activity`."""
+    `window` rooms (none when it has fewer), an index-only scan of `rooms_by_activity`; and `rooms`,
+    how many rooms the organization has (its counters)."""
     return (
-        "SELECT updated_at, id FROM rooms WHERE org_id = %s ORDER BY updated_at DESC, id DESC OFFSET %s LIMIT 1",
-        [org_id, window - 1],
+        "SELECT updated_at, id, (SELECT coalesce(sum(rooms), 0) FROM counters WHERE org_id = %s AND assignee = %s)"
+        " AS rooms FROM rooms WHERE org_id = %s ORDER BY updated_at DESC, id DESC OFFSET %s LIMIT 1",
+        [org_id, ALL, org_id, window - 1],
     )
 
 
@@ -353,10 +357,11 @@ def recent_matches_sql(org_id: str, tsquery: str, terms: Sequence[str], *, windo
 
 
 def likely_matches(recent: int, seen: int, stored: int, *, window: int) -> float:
-    """A term's matches in the store, from its `recent` matches among the `seen` newest messages:
-    exact when those were all of them (fewer than `window`), else in proportion. `stored` is the
-    planner's estimate of the messages table (every organization's: an over-estimate, which only
-    makes a term look less rare; -1 or 0 when never analysed: the window's rate is all there is)."""
+    """Matches in the whole store (or organization), from `recent` matches among the `seen` newest
+    rows (messages, rooms): exact when those were all of them (fewer than `window`), else in
+    proportion to `stored`, how many rows there are in all. For messages that is the planner's
+    estimate of the table (every organization's: an over-estimate, which only makes a term look
+    less rare; -1 or 0 when never analysed: the window's rate is all there is)."""
     if seen < window:
         return float(recent)
     return recent * max(stored, seen) / seen
@@ -462,7 +467,8 @@ class RoomSearch(ReadModelReader):
             matches *= 4
 
     def _contact_group(
-        self, actor: Actor, filt: RoomFilter, q: str, group: str, limit: int, since: tuple[Any, Any] | None
+        self, actor: Actor, filt: RoomFilter, q: str, group: str, limit: int, since: tuple[Any, Any] | None,
+        org_rooms: int,
     ) -> list[dict[str, Any]]:
         """The first `limit` rooms of one contact group, ranked as rule 3 of the module docstring
         says: among the newest CONTACT_WINDOW rooms (`since`; None: the organization has no more
@@ -471,7 +477,11 @@ class RoomSearch(ReadModelReader):
         if newest is None:
             return []
         rows = self._fetch(*newest)  # the window first: bounded, and enough when it holds many matches
-        if since is None or not ranked_in_full(q, group) or (rows and int(rows[0]["_matches"]) > CONTACT_MAX_MATCHES):
+        if since is None or not ranked_in_full(q, group):
+            return rows
+        in_window = int(rows[0]["_matches"]) if rows else 0  # the viewer's: at most the organization's
+        if in_window > CONTACT_MAX_MATCHES or likely_matches(
+                in_window, CONTACT_WINDOW, org_rooms, window=CONTACT_WINDOW) > 2 * CONTACT_MAX_MATCHES:
             return rows
         full = contact_group_sql(actor, filt, q, group, limit=limit, cap=CONTACT_MAX_MATCHES)
         assert full is not None
@@ -488,11 +498,12 @@ class RoomSearch(ReadModelReader):
             wanted = offset + limit + 1
             edge = self._fetch(*contact_window_edge_sql(actor.org_id, CONTACT_WINDOW))
             since = (edge[0]["updated_at"], edge[0]["id"]) if edge else None
+            org_rooms = int(edge[0]["rooms"]) if edge else 0
             ranked: list[dict[str, Any]] = []
             for group in CONTACT_GROUPS:
                 if len(ranked) >= wanted:
                     break
-                ranked += self._contact_group(actor, filt, q, group, wanted - len(ranked), since)
+                ranked += self._contact_group(actor, filt, q, group, wanted - len(ranked), since, org_rooms)
             rows = ranked[offset:]
         page = rows[:limit]
         return {"items": [room_json(r, r["_now"]) for r in page], "next_cursor": _next_cursor(rows, limit, offset)}

@@ -13,16 +13,17 @@
      query the trigram index can look up (every pattern of at least 3 characters) whose matches in
      the whole organization, whoever may see them, are at most CONTACT_MAX_MATCHES: that group is
      ranked over all of them the viewer sees. Unless the window's share, extrapolated to all the
-     organization's rooms (`likely_matches`), says over twice that: then it is not even counted
-     (a first name in 1% of a million rooms: 501 rows read for nothing). So no search reads more than CONTACT_WINDOW rooms
-     or CONTACT_MAX_MATCHES + 1 matches, whatever the data set's size, the viewer's role or the
-     query. What it gives up: rooms older than the newest CONTACT_WINDOW are not found by a typo
-     (the similar group), by one or two characters, or by a name more than CONTACT_MAX_MATCHES
-     rooms of the organization hold, however well they match, and such a group ends (no further
-     page) where the window's matches end. Why each bound: similarity is a lossy trigram lookup
-     (a typo of a short name had 157 matches among 25,000 candidates read, 123 ms, over 1M rooms);
-     fewer than 3 characters have no trigram (a whole scan of the rooms, ~800 ms); and the
-     viewer's own matches among many more of the organization's would all be read to count them.
+     organization's rooms (`likely_matches`), says over twice that: then they are not even
+     counted (a first name in 1% of a million rooms: 501 rows read for nothing). So no search
+     reads more than CONTACT_WINDOW rooms or CONTACT_MAX_MATCHES + 1 matches, whatever the data
+     set's size, the viewer's role or the query. What it gives up: rooms older than the newest
+     CONTACT_WINDOW are not found by a typo (the similar group), by one or two characters, or by
+     a name more than CONTACT_MAX_MATCHES rooms of the organization hold, however well they
+     match, and such a group ends (no further page) where the window's matches end. Why each
+     bound: similarity is a lossy trigram lookup (a typo of a short name had 157 matches among
+     25,000 candidates read, 123 ms, over 1M rooms); fewer than 3 characters have no trigram (a
+     whole scan of the rooms, ~800 ms); and the viewer's own matches among many more of the
+     organization's would all be read to count them.
   Shortcut: the newest WHOLE_WORD_WALK rooms are read in activity order for whole-word matches
   first; when those fill the page it is exactly the ranking's page (whole words are the top tier
   and every room outside the walk is older), in either case of 3. The walk is shorter than the
@@ -30,9 +31,10 @@
   work for every other query, whose page the groups below rank anyway. Then group by group: its
   matches in the window first (the trigram bitmap ANDed with the window's `rooms_by_activity`
   range, or that range walked, so only the window's rooms are read); then, for a substring group
-  the index can look up with at most CONTACT_MAX_MATCHES matches in the window, the organization's
-  matches, at most CONTACT_MAX_MATCHES + 1 read. Rows read are bounded by those numbers; what still
-  grows with the data set is the trigram bitmap itself (index postings, no heap).
+  the index can look up, with at most CONTACT_MAX_MATCHES matches in the window and not likely
+  more than twice that in all, the organization's matches, at most CONTACT_MAX_MATCHES + 1 read.
+  Rows read are bounded by those numbers; what still grows with the data set is the trigram
+  bitmap itself (index postings, no heap).
 - by conversation: `messages.text_tsv` (to_tsvector('simple', text), GIN) with every word of
   the query — split by the same text-search parser as the messages, so "INV-2041" finds
   "INV-2041" — as a prefix (`'inv':* & '-2041':*`); one hit per room (its latest matching
@@ -84,7 +86,7 @@ from inbox.adapters.read_models.queries import (
 from projections.text import has_words, name_query, phone_query
 
 MAX_OFFSET = 10_000
-CONTACT_WINDOW = 5_000  # newest rooms of the organization: whole words looked for first; a common group ranked there
+CONTACT_WINDOW = 5_000  # newest rooms of the organization: where a contact group is ranked, unless in full (rule 3)
 CONTACT_MAX_MATCHES = 500  # a substring group the organization has at most this many matches of is ranked in full
 TRIGRAM = 3  # characters a LIKE pattern needs for the trigram index to look it up
 WHOLE_WORD_WALK = 1_000  # newest rooms of the organization walked for whole-word matches first (a shortcut)
@@ -349,8 +351,9 @@ def recent_matches_sql(org_id: str, tsquery: str, terms: Sequence[str], *, windo
     many messages the window held (`seen`) and the store holds (`stored`, the planner's estimate)."""
     each = ", ".join("count(*) FILTER (WHERE m.text_tsv @@ to_tsquery('simple', %s))" for _ in terms)
     return (
-        f"SELECT count(*) FILTER (WHERE m.text_tsv @@ to_tsquery('simple', %s)) AS n, ARRAY[{each}]::bigint[] AS per_term,"
-        " count(*) AS seen, (SELECT reltuples::bigint FROM pg_class WHERE oid = 'messages'::regclass) AS stored"
+        f"SELECT count(*) FILTER (WHERE m.text_tsv @@ to_tsquery('simple', %s)) AS n,"
+        f" ARRAY[{each}]::bigint[] AS per_term, count(*) AS seen,"
+        " (SELECT reltuples::bigint FROM pg_class WHERE oid = 'messages'::regclass) AS stored"
         " FROM (SELECT text_tsv FROM messages WHERE org_id = %s ORDER BY recorded_at DESC, id DESC LIMIT %s) m",
         [tsquery, *terms, org_id, window],
     )
@@ -520,8 +523,8 @@ class RoomSearch(ReadModelReader):
             per_term = [int(n) for n in recent["per_term"]]
             term = rarest_term(terms, per_term)
             in_window = per_term[terms.index(term)]
-            may_be_rare = likely_matches(
-                in_window, int(recent["seen"]), int(recent["stored"] or 0), window=RECENT_WINDOW) <= 2 * RARE_MATCHES
+            seen, stored = int(recent["seen"]), int(recent["stored"] or 0)
+            may_be_rare = likely_matches(in_window, seen, stored, window=RECENT_WINDOW) <= 2 * RARE_MATCHES
             rare_first = may_be_rare and in_window < COMMON_MATCHES
             exact = self._rare_hits(actor, filt, tsquery, term, wanted) if rare_first else None
             if exact is not None:  # every match of the rarest term read: exact

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -192,13 +193,21 @@ class Pipeline:
         self.processes.stop_all()
 
     def wait_for_api(self, timeout: float = 60) -> None:
+        """Until this pipeline's own `inbox api` answers on its port. The port came from
+        `free_port` and tests run side by side: another test's API can hold it (ours then fails to
+        bind), and its /healthz must not pass for ours."""
+        port = self.settings.http_port
+
         def up() -> bool:
+            pid = self.processes.pid("api")
+            if pid is None or not listens_on(pid, port):
+                return False
             try:
                 return self.http.get("/healthz", timeout=1).status_code == 200
             except httpx.HTTPError:
                 return False
 
-        wait_until(up, timeout=timeout, what="API /healthz")
+        wait_until(up, timeout=timeout, what=f"this pipeline's API listening on {port} and /healthz")
 
     def wait_until_projected(self, timeout: float = 120) -> None:
         """Projections caught up with everything in the event store."""
@@ -288,6 +297,29 @@ def write_expired_rooms(settings: Settings, org: str, n: int, *, account: str, p
             event_store.save(*batch)
     finally:
         event_store.close()
+
+
+def listens_on(pid: int, port: int) -> bool:
+    """Whether process `pid` holds a listening TCP socket on `port` (Linux: /proc; elsewhere, assumed)."""
+    tables = [Path("/proc/net/tcp"), Path("/proc/net/tcp6")]
+    if not tables[0].exists():
+        return True
+    inodes = set()
+    for table in tables:
+        for line in table.read_text().splitlines()[1:] if table.exists() else []:
+            fields = line.split()  # sl local_address rem_address st ... inode
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                inodes.add(fields[9])
+    try:
+        fds = list(Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:  # gone
+        return False
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            link = os.readlink(fd)
+            if link.startswith("socket:[") and link[8:-1] in inodes:
+                return True
+    return False
 
 
 def http_settings(settings: Settings) -> Settings:

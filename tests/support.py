@@ -199,13 +199,13 @@ class Pipeline:
         port = self.settings.http_port
 
         def up() -> bool:
-            pid = self.processes.pid("api")
-            if pid is None or not listens_on(pid, port):
-                return False
             try:
-                return self.http.get("/healthz", timeout=1).status_code == 200
+                if self.http.get("/healthz", timeout=1).status_code != 200:
+                    return False
             except httpx.HTTPError:
                 return False
+            pid = self.processes.pid("api")  # someone answers: is it ours? (read from /proc once it does)
+            return pid is not None and listens_on(pid, port)
 
         wait_until(up, timeout=timeout, what=f"this pipeline's API listening on {port} and /healthz")
 
@@ -304,9 +304,12 @@ def listens_on(pid: int, port: int) -> bool:
     tables = [Path("/proc/net/tcp"), Path("/proc/net/tcp6")]
     if not tables[0].exists():
         return True
+    local = f":{port:04X} "  # the local address's port, as /proc/net/tcp writes it
     inodes = set()
     for table in tables:
         for line in table.read_text().splitlines()[1:] if table.exists() else []:
+            if local not in line:  # most lines, cheaply: a busy test machine has thousands
+                continue
             fields = line.split()  # sl local_address rem_address st ... inode
             if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
                 inodes.add(fields[9])

@@ -212,10 +212,11 @@ def contact_window_edge_sql(org_id: str, window: int) -> tuple[str, list[Any]]:
     """(updated_at, id) of the organization's `window`-th newest room: the oldest of its newest
     `window` rooms (none when it has fewer), an index-only scan of `rooms_by_activity`; and `rooms`,
     how many rooms the organization has (its counters)."""
+    rooms, rooms_params = _room_count_sql(org_id, [ALL], RoomFilter())
     return (
-        "SELECT updated_at, id, (SELECT coalesce(sum(rooms), 0) FROM counters WHERE org_id = %s AND assignee = %s)"
-        " AS rooms FROM rooms WHERE org_id = %s ORDER BY updated_at DESC, id DESC OFFSET %s LIMIT 1",
-        [org_id, ALL, org_id, window - 1],
+        f"SELECT updated_at, id, ({rooms}) AS rooms FROM rooms WHERE org_id = %s"
+        " ORDER BY updated_at DESC, id DESC OFFSET %s LIMIT 1",
+        [*rooms_params, org_id, window - 1],
     )
 
 
@@ -407,9 +408,14 @@ def rare_matches_sql(
 
 def filtered_room_count_sql(actor: Actor, filt: RoomFilter) -> tuple[str, list[Any]]:
     """How many rooms the viewer sees under a tab/status filter: a lookup of the counters."""
-    mine = counter_keys(actor)
+    return _room_count_sql(actor.org_id, counter_keys(actor), filt)
+
+
+def _room_count_sql(org_id: str, keys: Sequence[str], filt: RoomFilter) -> tuple[str, list[Any]]:
+    """The rooms of the organization under a tab/status filter that the counter keys `keys` see
+    (`ALL`: every room), as `n`; also usable as a scalar subquery."""
     sql = "SELECT coalesce(sum(rooms), 0) AS n FROM counters WHERE org_id = %s AND assignee = ANY(%s)"
-    params: list[Any] = [actor.org_id, mine]
+    params: list[Any] = [org_id, list(keys)]
     if filt.tab:
         sql += " AND tab = %s"
         params.append(filt.tab)

@@ -139,7 +139,8 @@ async def read_changes(
     `conn` is in autocommit mode (the snapshot's BEGIN and COMMIT are statements of the pipeline).
     """
     viewers = list(viewers)
-    params = {"after": _BEYOND if after is None else min(after, _BEYOND), "limit": limit, "orgs": list({a.org_id for a in viewers}),
+    params = {"after": _BEYOND if after is None else min(after, _BEYOND), "limit": limit,
+              "orgs": list({a.org_id for a in viewers}),
               "keys": list({ALL, *(k for a in viewers for k in counter_key(a)[1])})}
     # BEGIN and COMMIT as statements: conn.transaction() in a pipeline syncs at its exit and again
     # after COMMIT, each a round trip more. One Sync, at the pipeline's exit, fills every cursor.

@@ -9,13 +9,14 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
+from bench.dataset import TracedSearch
 from domain.staff import Actor, Role
 from inbox.config import Settings
-from inbox.adapters.postgres import conninfo, sync_pool, use_search_path
+from inbox.adapters.postgres import configure_read_session, conninfo, use_search_path
 from inbox.adapters.read_models.queries import RoomFilter
 from inbox.adapters.read_models.search import (
-    CONTACT_GROUPS, CONTACT_WINDOW, RoomSearch, contact_group_sql, contact_window_edge_sql,
-    conversation_search_sql, rare_matches_sql,
+    CONTACT_GROUPS, CONTACT_WINDOW, contact_group_sql, contact_window_edge_sql, conversation_search_sql,
+    rare_matches_sql,
 )
 from tests.integration.inbox_helpers import Inbox, running_inbox
 
@@ -454,20 +455,13 @@ def analyze_messages(settings: Settings) -> None:
 
 
 def traced_search(settings: Settings, how: str, q: str) -> tuple[list[dict[str, Any]], list[str]]:
-    """An admin's first page of RoomSearch.`how` for `q`, and the SQL of each query it ran."""
-    ran: list[str] = []
-
-    class Traced(RoomSearch):
-        def _fetch(self, sql: str, params: Any) -> list[dict[str, Any]]:
-            ran.append(sql)
-            return super()._fetch(sql, params)
-
-    pool = sync_pool(settings, max_size=1)
-    try:
-        page = getattr(Traced(pool), how)(Actor("admin1", "org1", Role.ADMIN), RoomFilter(), q, limit=20, cursor=None)
-    finally:
-        pool.close()
-    return page["items"], ran
+    """An admin's first page of RoomSearch.`how` for `q`, and the SQL of each query it ran (the
+    query benchmark's tracing search, on a session set up as the API's read pool's)."""
+    with psycopg.connect(conninfo(settings), autocommit=True) as conn:
+        configure_read_session(conn, settings.db_schema)
+        search = TracedSearch(conn)
+        page = getattr(search, how)(Actor("admin1", "org1", Role.ADMIN), RoomFilter(), q, limit=20, cursor=None)
+    return page["items"], [sql for sql, _ in search.ran]
 
 
 @pytest.mark.parametrize("newest_matches, counted", [(2, False), (1, True)])

@@ -308,6 +308,10 @@ class ChangeHub:
                         break
                     page = await self._read(self._reader_pool, self._read_position, actors=list(actors),
                                             all_counters=False)
+                    if page.expired:  # we fell behind the pruning: streams that get `reset` need every
+                        # viewer's counters at the log's end, not only those of organizations that changed
+                        page = await self._read(self._reader_pool, self._read_position, actors=list(actors),
+                                                all_counters=True)
                     if page.upto > self._read_position:
                         await self._hand_over(page)
                         self._read_position = page.upto

@@ -202,6 +202,45 @@ def test_a_resume_point_older_than_the_retention_gets_reset(settings: Settings, 
         p.stop_all()
 
 
+def test_an_api_process_frozen_past_the_retention_resets_its_open_streams_when_it_wakes(
+        settings: Settings, tmp_path: Path) -> None:
+    """The hub's own reader falls behind the pruning: its streams cannot be served the pruned
+    changes, so each gets `reset` (reason `expired`), then follows the log from its end."""
+    p = start_pipeline(settings, tmp_path, stream_retention_s=1.0)
+    (tmp_path / "writer").mkdir()
+    writer = Pipeline(http_settings(p.settings), tmp_path / "writer")  # takes the writes while `p`'s API sleeps
+    writer.start("api")
+    try:
+        writer.wait_for_api()
+        customers = Customers(writer)
+        frozen = stream(p, role="admin")
+        customers.write("c1", "before the freeze")
+        frozen.wait_for(has_message("before the freeze"), what="the message")
+        seen = int(frozen.last_id or 0)
+        api = p.processes.running["api"]
+        api.send(signal.SIGSTOP)
+        try:
+            customers.write("c1", "while frozen")  # pruned before the API wakes: it never sees it
+            customers.write("c2", "also while frozen")
+            wait_until(lambda: query(p.settings, "SELECT pruned_upto FROM room_changes_horizon")[0][0] > seen + 1,
+                       timeout=60, what="the worker to prune past the frozen stream's position")
+        finally:
+            api.send(signal.SIGCONT)
+        reset = frozen.wait_for(lambda evs: next((e for e in evs if e.name == "reset"), None), what="the reset")
+        assert reset.data["reason"] == "expired"
+        after = frozen.snapshot()[frozen.snapshot().index(reset):]
+        assert not [e for e in after if e.name == "message" and "frozen" in e.data["text"]]
+        counters = frozen.wait_for(lambda evs: next((e for e in evs[evs.index(reset):] if e.name == "counters"), None),
+                                   what="counters after the reset")
+        assert int(counters.id or 0) > seen
+        customers.write("c3", "after waking")
+        frozen.wait_for(has_message("after waking"), what="news after the reset")
+        assert frozen.error is None
+    finally:
+        writer.stop_all()
+        p.stop_all()
+
+
 def test_two_api_processes_both_deliver(pipeline: Pipeline, tmp_path: Path) -> None:
     (tmp_path / "second").mkdir()
     second = Pipeline(http_settings(pipeline.settings), tmp_path / "second")

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import random
+import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -15,8 +18,8 @@ from inbox.config import Settings
 from inbox.adapters.postgres import configure_read_session, conninfo, use_search_path
 from inbox.adapters.read_models.queries import RoomFilter
 from inbox.adapters.read_models.search import (
-    CONTACT_GROUPS, CONTACT_WINDOW, contact_group_sql, contact_window_edge_sql, conversation_search_sql,
-    rare_matches_sql,
+    CONTACT_GROUPS, CONTACT_WINDOW, ROOMS_FIRST_CHUNK, contact_group_sql, contact_window_edge_sql,
+    conversation_search_sql, rare_matches_sql,
 )
 from tests.integration.inbox_helpers import Inbox, running_inbox
 
@@ -498,3 +501,77 @@ def test_a_code_is_found_by_its_rarest_word_among_many_messages_with_the_other(
 
     assert hit["id"] == people["budi"]
     assert "<mark>INV</mark>-<mark>2041</mark>" in hit["match"]["snippet"]
+
+
+def _rooms_with_histories(settings: Settings, histories: list[tuple[datetime, list[tuple[datetime, str]]]]) -> None:
+    """Resolved rooms of org1 with the given activity and messages (recorded_at, text), straight into the read models."""
+    rooms, messages = [], []
+    for updated_at, history in histories:
+        room = uuid.uuid4()
+        rooms.append((room, f"c{len(rooms)}", updated_at))
+        messages += [(uuid.uuid4(), room, seq, at, text) for seq, (at, text) in enumerate(history, start=2)]
+    with psycopg.connect(conninfo(settings), autocommit=True) as conn:
+        use_search_path(conn, settings.db_schema)
+        with conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO rooms (id, org_id, tab, channel, channel_account_id, channel_account, contact_id,"
+                " status, awaiting_reply, opened_at, updated_at, version)"
+                " VALUES (%s, 'org1', 'messages', 'whatsapp_cloud', gen_random_uuid(), 'x', %s, 'resolved', false,"
+                " %s, %s, 1)", [(room, contact, updated_at, updated_at) for room, contact, updated_at in rooms])
+            cur.executemany(
+                "INSERT INTO messages (id, room_id, org_id, seq, direction, text, sent_at, recorded_at)"
+                " VALUES (%s, %s, 'org1', %s, 'inbound', %s, %s, %s)",
+                [(mid, room, seq, text, at, at) for mid, room, seq, at, text in messages])
+        conn.execute("ANALYZE rooms")
+        conn.execute("ANALYZE messages")
+
+
+def test_room_by_room_ranks_exactly_whatever_the_chunks_and_the_ties(
+    db_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rooms read in activity order stop once no room left can rank; the page is still the exact
+    ranking (latest match newest first, then the message id), with coarse clocks making ties."""
+    rng = random.Random(12)
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    histories = []
+    for _ in range(300):
+        times = sorted(start + timedelta(seconds=rng.randint(0, 300)) for _ in range(rng.randint(1, 6)))
+        history = [(at, "ada promo?" if rng.random() < 0.3 else "halo kak") for at in times]
+        histories.append((times[-1], history))  # the room's activity is its newest message's time
+    _rooms_with_histories(db_settings, histories)
+    with psycopg.connect(conninfo(db_settings), autocommit=True) as conn:
+        configure_read_session(conn, db_settings.db_schema)
+        latest: dict[str, tuple[datetime, uuid.UUID]] = {}
+        for room, mid, at in conn.execute(
+                "SELECT room_id, id, recorded_at FROM messages WHERE text LIKE '%promo%'").fetchall():
+            latest[str(room)] = max(latest.get(str(room), (at, mid)), (at, mid))
+        ranking = [(room, str(mid)) for room, (_, mid) in sorted(latest.items(), key=lambda kv: kv[1], reverse=True)]
+        assert len(ranking) > 60
+        admin = Actor("admin1", "org1", Role.ADMIN)
+        for chunk in (1, 7, 50):
+            monkeypatch.setattr("inbox.adapters.read_models.search.ROOMS_FIRST_CHUNK", chunk)
+            for wanted in (1, 2, 21, 61):
+                found = TracedSearch(conn)._rooms_first(admin, RoomFilter(status="resolved"), "'promo':*", wanted)
+                assert list(found.items()) == ranking[:wanted], (chunk, wanted)
+
+
+def test_room_by_room_reads_only_the_rooms_that_can_rank_for_a_common_word(db_settings: Settings) -> None:
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    _rooms_with_histories(db_settings, [  # 1,000 rooms, each last saying "promo"
+        (start + timedelta(minutes=i), [(start + timedelta(minutes=i), "ada promo?")]) for i in range(1000)])
+    with psycopg.connect(conninfo(db_settings)) as conn:  # one transaction: its own table statistics
+        configure_read_session(conn, db_settings.db_schema)
+        before = rooms_read(conn, db_settings.db_schema)
+        admin = Actor("admin1", "org1", Role.ADMIN)
+        TracedSearch(conn)._rooms_first(admin, RoomFilter(status="resolved"), "'promo':*", 21)
+        assert rooms_read(conn, db_settings.db_schema) - before <= 2 * ROOMS_FIRST_CHUNK + 1  # not all 1,000
+
+
+def rooms_read(conn: psycopg.Connection[Any], schema: str) -> int:
+    """Rows of `rooms` read so far in this transaction: by sequential scans and from its indexes."""
+    row = conn.execute(
+        "SELECT t.seq_tup_read + (SELECT coalesce(sum(pg_stat_get_xact_tuples_returned(i.indexrelid)), 0)"
+        " FROM pg_index i WHERE i.indrelid = t.relid)"  # an index's idx_tup_read, in this transaction
+        " FROM pg_stat_xact_user_tables t WHERE t.relname = 'rooms' AND t.schemaname = %s", (schema,)).fetchone()
+    assert row is not None
+    return int(row[0])

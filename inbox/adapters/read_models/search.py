@@ -49,8 +49,10 @@
      index — the other terms rechecked on those rows — provided it has at most RARE_MATCHES of
      them (at most that many rows read, then sorted newest first): exact;
   3. otherwise, if the tab/status filter leaves few rooms for the viewer (an exact number from
-     the maintained counters), rooms first: each such room's latest matching message, walking
-     its messages newest first (`messages_by_recorded`): exact;
+     the maintained counters), rooms first: the rooms in activity order, each with its latest
+     matching message (its messages walked newest first, `messages_by_recorded`), until the
+     rooms left are older than the page's oldest hit (a room has no message newer than its
+     activity): exact, and a common word stops after a few dozen rooms;
   4. otherwise the newest WALK_WINDOW messages walked newest first, stopping as soon as enough
      rooms are found; if they hold too few and 2 did not run, 2 now (exact when the term has at
      most RARE_MATCHES matches), unless the extrapolation says the term has more than
@@ -93,6 +95,7 @@ WHOLE_WORD_WALK = 1_000  # newest rooms of the organization walked for whole-wor
 CONTACT_GROUPS = ("substring", "similar")  # ranked one after the other: every substring match first
 RECENT_WINDOW = 5_000  # newest messages of the organization looked at first
 ROOMS_FIRST_LIMIT = 5_000  # at most this many filtered rooms: search them room by room
+ROOMS_FIRST_CHUNK = 50  # rooms read in activity order at first (then 4 times more each time) when room by room
 COMMON_MATCHES = 50  # this many matches among the recent window (1%): a common word, walk on
 WALK_WINDOW = 200_000  # how far back the walk for a common word goes (it stops when it has enough)
 # Candidate matches one query looks at, at most, whatever the cursor: bounded work. A room whose
@@ -332,18 +335,25 @@ def conversation_search_sql(
     return sql, [*source_params, *seen_params, matches]
 
 
-def rooms_first_sql(actor: Actor, filt: RoomFilter, tsquery: str, *, rooms: int) -> tuple[str, list[Any]]:
-    """The `rooms` rooms (visible, filtered) whose latest matching message is newest, with it."""
+def rooms_first_sql(actor: Actor, filt: RoomFilter, tsquery: str, *, after: tuple[Any, Any] | None,
+                    rooms: int) -> tuple[str, list[Any]]:
+    """The next `rooms` rooms (visible, filtered) in activity order after `after` (updated_at, id),
+    each with its latest matching message (`message_id`, `recorded_at`; NULL when none matches)."""
     where, seen_params = _seen_by(actor, filt)
+    keyset, keyset_params = "", []
+    if after is not None:
+        keyset, keyset_params = " AND r.updated_at <= %s AND (r.updated_at, r.id) < (%s, %s::uuid)", [after[0], *after]
     sql = (
-        "SELECT r.id AS room_id, m.id AS message_id FROM rooms r CROSS JOIN LATERAL ("
+        "SELECT r.id AS room_id, r.updated_at, m.id AS message_id, m.recorded_at FROM ("
+        f" SELECT r.id, r.updated_at FROM rooms r WHERE {where}{keyset}"
+        " ORDER BY r.updated_at DESC, r.id DESC LIMIT %s) r LEFT JOIN LATERAL ("
         " SELECT m.id, m.recorded_at FROM messages m WHERE m.room_id = r.id"
         # IS TRUE: not an index condition, so each room's few messages are read by room_id and
         # filtered, never through the GIN index (per room, that collected every posting of 'inv':*)
         " AND (m.text_tsv @@ to_tsquery('simple', %s)) IS TRUE ORDER BY m.recorded_at DESC, m.id DESC LIMIT 1) m"
-        f" WHERE {where} ORDER BY m.recorded_at DESC, m.id DESC LIMIT %s"
+        " ON true ORDER BY r.updated_at DESC, r.id DESC"
     )
-    return sql, [tsquery, *seen_params, rooms]
+    return sql, [*seen_params, *keyset_params, rooms, tsquery]
 
 
 def recent_matches_sql(org_id: str, tsquery: str, terms: Sequence[str], *, window: int) -> tuple[str, list[Any]]:
@@ -517,6 +527,31 @@ class RoomSearch(ReadModelReader):
         page = rows[:limit]
         return {"items": [room_json(r, r["_now"]) for r in page], "next_cursor": _next_cursor(rows, limit, offset)}
 
+    def _rooms_first(self, actor: Actor, filt: RoomFilter, tsquery: str, wanted: int) -> dict[str, str]:
+        """The `wanted` rooms whose latest match is newest (room id → message id, in rank order),
+        reading rooms in activity order, each with its latest match, until no room left can rank:
+        a room's activity (`updated_at`) is its newest message's recorded time, so none of its
+        matches is newer. Exact, ties included (a room left out has only matches older than the
+        last one kept). A common word stops after a few dozen rooms of thousands; a rare one reads
+        them all, in a few growing chunks. Each chunk is its own snapshot, as each query of a
+        search is: a room that gets a message between two of them can be missed by this page."""
+        best: list[tuple[Any, str, str]] = []  # (recorded_at, message id, room id), newest first
+        after: tuple[Any, Any] | None = None
+        chunk = max(2 * wanted, ROOMS_FIRST_CHUNK)
+        while True:
+            rows = self._fetch(*rooms_first_sql(actor, filt, tsquery, after=after, rooms=chunk))
+            best += [(r["recorded_at"], str(r["message_id"]), str(r["room_id"])) for r in rows
+                     if r["message_id"] is not None]
+            best.sort(reverse=True)  # as the search orders hits: recorded_at DESC, id DESC (uuid text
+            del best[wanted:]        # orders as the uuid's bytes)
+            if len(rows) < chunk:
+                break  # every room read
+            after = (rows[-1]["updated_at"], rows[-1]["room_id"])
+            if len(best) == wanted and best[-1][0] > after[0]:
+                break  # every room left has only older matches
+            chunk *= 4
+        return {room: message for _, message, room in best}
+
     def by_conversation(
         self, actor: Actor, filt: RoomFilter, q: str, *, limit: int, cursor: str | None
     ) -> dict[str, Any]:
@@ -536,8 +571,7 @@ class RoomSearch(ReadModelReader):
             if exact is not None:  # every match of the rarest term read: exact
                 hits = exact
             elif int(self._fetch(*filtered_room_count_sql(actor, filt))[0]["n"]) <= ROOMS_FIRST_LIMIT:
-                rows = self._fetch(*rooms_first_sql(actor, filt, tsquery, rooms=wanted))
-                hits = {str(r["room_id"]): str(r["message_id"]) for r in rows}
+                hits = self._rooms_first(actor, filt, tsquery, wanted)
             else:
                 hits = self._hits(actor, filt, tsquery, wanted, window=WALK_WINDOW)
                 if len(hits) < wanted and may_be_rare and not rare_first:

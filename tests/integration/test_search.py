@@ -302,6 +302,7 @@ def test_matches_older_than_the_recent_window_are_found(inbox: Inbox, people: di
     # GIN bitmap; a walk that finds enough; a walk that does not (then the bitmap); the rooms one by one
     for rooms_first, common, walk in ((0, 1000, 0), (0, 0, 1000), (0, 0, 5), (1000, 1000, 0)):
         monkeypatch.setattr("inbox.adapters.read_models.search.ROOMS_FIRST_LIMIT", rooms_first)
+        monkeypatch.setattr("inbox.adapters.read_models.search.ROOMS_FIRST_PROBE", rooms_first)
         monkeypatch.setattr("inbox.adapters.read_models.search.COMMON_MATCHES", common)
         monkeypatch.setattr("inbox.adapters.read_models.search.WALK_WINDOW", walk)
         assert ids(inbox.search("surabaya", by="conversation")) == [people["siti"]]
@@ -399,6 +400,7 @@ def test_conversation_search_looks_at_a_bounded_number_of_candidate_matches(
     """Bounded work whatever the query: beyond MAX_MATCHES candidates a walk stops looking."""
     monkeypatch.setattr("inbox.adapters.read_models.search.MAX_MATCHES", 10)
     monkeypatch.setattr("inbox.adapters.read_models.search.ROOMS_FIRST_LIMIT", 0)  # the candidate walk, not room by room
+    monkeypatch.setattr("inbox.adapters.read_models.search.ROOMS_FIRST_PROBE", 0)
     monkeypatch.setattr("inbox.adapters.read_models.search.COMMON_MATCHES", 1)  # "promo" is common: walked
     monkeypatch.setattr("inbox.adapters.read_models.search.RARE_MATCHES", 5)  # and too common to read whole
     old = inbox.inbound("whatsapp_cloud", "628100000001", text="promo lama")["room_id"]
@@ -418,6 +420,7 @@ def test_a_rare_word_is_read_whole_up_to_RARE_MATCHES_matches_beyond_only_the_ne
     """At most RARE_MATCHES matches: all of them, so the oldest room is found; one more: only the
     newest WALK_WINDOW messages are searched."""
     monkeypatch.setattr("inbox.adapters.read_models.search.ROOMS_FIRST_LIMIT", 0)
+    monkeypatch.setattr("inbox.adapters.read_models.search.ROOMS_FIRST_PROBE", 0)
     monkeypatch.setattr("inbox.adapters.read_models.search.RECENT_WINDOW", 3)
     monkeypatch.setattr("inbox.adapters.read_models.search.WALK_WINDOW", 5)
     monkeypatch.setattr("inbox.adapters.read_models.search.RARE_MATCHES", bound)
@@ -438,6 +441,7 @@ def test_a_word_whose_recent_rate_is_over_twice_RARE_MATCHES_in_the_store_is_not
 ) -> None:
     """Reading it whole would stop at RARE_MATCHES + 1 rows and give up: it is walked at once."""
     monkeypatch.setattr("inbox.adapters.read_models.search.ROOMS_FIRST_LIMIT", 0)
+    monkeypatch.setattr("inbox.adapters.read_models.search.ROOMS_FIRST_PROBE", 0)
     monkeypatch.setattr("inbox.adapters.read_models.search.RECENT_WINDOW", 3)
     monkeypatch.setattr("inbox.adapters.read_models.search.WALK_WINDOW", 5)
     monkeypatch.setattr("inbox.adapters.read_models.search.RARE_MATCHES", 6)  # 13 matches > 2 * 6
@@ -490,6 +494,7 @@ def test_a_code_is_found_by_its_rarest_word_among_many_messages_with_the_other(
     inbox: Inbox, people: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr("inbox.adapters.read_models.search.ROOMS_FIRST_LIMIT", 0)
+    monkeypatch.setattr("inbox.adapters.read_models.search.ROOMS_FIRST_PROBE", 0)
     monkeypatch.setattr("inbox.adapters.read_models.search.RECENT_WINDOW", 3)
     monkeypatch.setattr("inbox.adapters.read_models.search.WALK_WINDOW", 3)
     monkeypatch.setattr("inbox.adapters.read_models.search.RARE_MATCHES", 3)  # "inv" has more: not read whole
@@ -551,8 +556,12 @@ def test_room_by_room_ranks_exactly_whatever_the_chunks_and_the_ties(
         for chunk in (1, 7, 50):
             monkeypatch.setattr("inbox.adapters.read_models.search.ROOMS_FIRST_CHUNK", chunk)
             for wanted in (1, 2, 21, 61):
-                found = TracedSearch(conn)._rooms_first(admin, RoomFilter(status="resolved"), "'promo':*", wanted)
-                assert list(found.items()) == ranking[:wanted], (chunk, wanted)
+                search = TracedSearch(conn)
+                found = search._rooms_first(admin, RoomFilter(status="resolved"), "'promo':*", wanted, budget=301)
+                assert found is not None and list(found.items()) == ranking[:wanted], (chunk, wanted)
+                # With fewer rooms allowed than it takes, it says so rather than answer inexactly
+                assert search._rooms_first(admin, RoomFilter(status="resolved"), "'promo':*", wanted,
+                                           budget=wanted) is None, (chunk, wanted)
 
 
 def test_room_by_room_reads_only_the_rooms_that_can_rank_for_a_common_word(db_settings: Settings) -> None:
@@ -563,7 +572,8 @@ def test_room_by_room_reads_only_the_rooms_that_can_rank_for_a_common_word(db_se
         configure_read_session(conn, db_settings.db_schema)
         before = rooms_read(conn, db_settings.db_schema)
         admin = Actor("admin1", "org1", Role.ADMIN)
-        TracedSearch(conn)._rooms_first(admin, RoomFilter(status="resolved"), "'promo':*", 21)
+        assert TracedSearch(conn)._rooms_first(admin, RoomFilter(status="resolved"), "'promo':*", 21,
+                                               budget=1001) is not None
         assert rooms_read(conn, db_settings.db_schema) - before <= 2 * ROOMS_FIRST_CHUNK + 1  # not all 1,000
 
 

@@ -48,17 +48,20 @@
      (`likely_matches`), are not over 2 * RARE_MATCHES, every message holding it from the GIN
      index — the other terms rechecked on those rows — provided it has at most RARE_MATCHES of
      them (at most that many rows read, then sorted newest first): exact;
-  3. otherwise, if the tab/status filter leaves few rooms for the viewer (an exact number from
-     the maintained counters), rooms first: the rooms in activity order, each with its latest
-     matching message (its messages walked newest first, `messages_by_recorded`), until the
-     rooms left are older than the page's oldest hit (a room has no message newer than its
-     activity): exact, and a common word stops after a few dozen rooms;
-  4. otherwise the newest WALK_WINDOW messages walked newest first, stopping as soon as enough
-     rooms are found; if they hold too few and 2 did not run, 2 now (exact when the term has at
-     most RARE_MATCHES matches), unless the extrapolation says the term has more than
-     2 * RARE_MATCHES. What that gives up: a query whose rarest term has more than RARE_MATCHES
-     matches (or looks so: a rate in the window over twice RARE_MATCHES in the whole store) and
-     whose newest WALK_WINDOW messages hold too few rooms does not find the older ones (before,
+  3. otherwise room by room: the viewer's rooms under the tab/status filter in activity order,
+     each with its latest matching message (its messages walked newest first,
+     `messages_by_recorded`), until the rooms left are older than the page's oldest hit (a room
+     has no message newer than its activity): exact. All of them when the filter leaves few
+     (ROOMS_FIRST_LIMIT, an exact number from the maintained counters), else at most
+     ROOMS_FIRST_PROBE. A common word stops after a few dozen rooms, a word in 0.2% of the
+     messages after ~800 (1M rooms, a filter leaving 27,000);
+  4. otherwise (the probe did not end) the newest WALK_WINDOW messages walked newest first,
+     stopping as soon as enough rooms are found; if they hold too few and 2 did not run, 2 now
+     (exact when the term has at most RARE_MATCHES matches), unless the extrapolation says the
+     term has more than 2 * RARE_MATCHES. What that gives up: a query whose rarest term has more
+     than RARE_MATCHES matches (or looks so: a rate in the window over twice RARE_MATCHES in the
+     whole store), that the probe of 3 does not settle, and whose newest WALK_WINDOW messages
+     hold too few rooms does not find the older ones (before,
      every match was read from the GIN index: ~18,000 rows for a word in 0.2% of 10M messages,
      and every posting of every word under a common prefix such as 'inv':*). The extrapolation
      spares a word that is rare but not that rare (0.2% of 10M messages) a read of the index
@@ -95,6 +98,7 @@ WHOLE_WORD_WALK = 1_000  # newest rooms of the organization walked for whole-wor
 CONTACT_GROUPS = ("substring", "similar")  # ranked one after the other: every substring match first
 RECENT_WINDOW = 5_000  # newest messages of the organization looked at first
 ROOMS_FIRST_LIMIT = 5_000  # at most this many filtered rooms: search them room by room
+ROOMS_FIRST_PROBE = 2_000  # with more filtered rooms, room by room still reads this many before the walk
 ROOMS_FIRST_CHUNK = 50  # rooms read in activity order at first (then 4 times more each time) when room by room
 COMMON_MATCHES = 50  # this many matches among the recent window (1%): a common word, walk on
 WALK_WINDOW = 200_000  # how far back the walk for a common word goes (it stops when it has enough)
@@ -527,19 +531,23 @@ class RoomSearch(ReadModelReader):
         page = rows[:limit]
         return {"items": [room_json(r, r["_now"]) for r in page], "next_cursor": _next_cursor(rows, limit, offset)}
 
-    def _rooms_first(self, actor: Actor, filt: RoomFilter, tsquery: str, wanted: int) -> dict[str, str]:
+    def _rooms_first(self, actor: Actor, filt: RoomFilter, tsquery: str, wanted: int, *,
+                     budget: int) -> dict[str, str] | None:
         """The `wanted` rooms whose latest match is newest (room id → message id, in rank order),
         reading rooms in activity order, each with its latest match, until no room left can rank:
         a room's activity (`updated_at`) is its newest message's recorded time, so none of its
         matches is newer. Exact, ties included (a room left out has only matches older than the
-        last one kept). A common word stops after a few dozen rooms of thousands; a rare one reads
-        them all, in a few growing chunks. Each chunk is its own snapshot, as each query of a
-        search is: a room that gets a message between two of them can be missed by this page."""
+        last one kept). A common word stops after a few dozen rooms of thousands; a rarer one
+        reads more, in growing chunks, up to `budget` rooms: None when rooms beyond it could still
+        rank. Each chunk is its own snapshot, as each query of a search is: a room that gets a
+        message between two of them can be missed by this page."""
         best: list[tuple[Any, str, str]] = []  # (recorded_at, message id, room id), newest first
         after: tuple[Any, Any] | None = None
-        chunk = max(2 * wanted, ROOMS_FIRST_CHUNK)
-        while True:
+        chunk, read = max(2 * wanted, ROOMS_FIRST_CHUNK), 0
+        while read < budget:
+            chunk = min(chunk, budget - read)
             rows = self._fetch(*rooms_first_sql(actor, filt, tsquery, after=after, rooms=chunk))
+            read += len(rows)
             best += [(r["recorded_at"], str(r["message_id"]), str(r["room_id"])) for r in rows
                      if r["message_id"] is not None]
             best.sort(reverse=True)  # as the search orders hits: recorded_at DESC, id DESC (uuid text
@@ -550,7 +558,15 @@ class RoomSearch(ReadModelReader):
             if len(best) == wanted and best[-1][0] > after[0]:
                 break  # every room left has only older matches
             chunk *= 4
+        else:
+            return None
         return {room: message for _, message, room in best}
+
+    def _room_by_room_budget(self, actor: Actor, filt: RoomFilter) -> int:
+        """Rooms to read one by one at most: all when the filter leaves few (the counters say how
+        many; one more, to see the end), else a probe that a common or not too rare word ends."""
+        rooms = int(self._fetch(*filtered_room_count_sql(actor, filt))[0]["n"])
+        return rooms + 1 if rooms <= ROOMS_FIRST_LIMIT else ROOMS_FIRST_PROBE
 
     def by_conversation(
         self, actor: Actor, filt: RoomFilter, q: str, *, limit: int, cursor: str | None
@@ -570,8 +586,9 @@ class RoomSearch(ReadModelReader):
             exact = self._rare_hits(actor, filt, tsquery, term, wanted) if rare_first else None
             if exact is not None:  # every match of the rarest term read: exact
                 hits = exact
-            elif int(self._fetch(*filtered_room_count_sql(actor, filt))[0]["n"]) <= ROOMS_FIRST_LIMIT:
-                hits = self._rooms_first(actor, filt, tsquery, wanted)
+            elif (by_room := self._rooms_first(actor, filt, tsquery, wanted,
+                                               budget=self._room_by_room_budget(actor, filt))) is not None:
+                hits = by_room
             else:
                 hits = self._hits(actor, filt, tsquery, wanted, window=WALK_WINDOW)
                 if len(hits) < wanted and may_be_rare and not rare_first:

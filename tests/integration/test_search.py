@@ -18,7 +18,7 @@ from inbox.config import Settings
 from inbox.adapters.postgres import configure_read_session, conninfo, use_search_path
 from inbox.adapters.read_models.queries import RoomFilter
 from inbox.adapters.read_models.search import (
-    CONTACT_GROUPS, CONTACT_WINDOW, ROOMS_FIRST_CHUNK, contact_group_sql, contact_window_edge_sql,
+    CONTACT_GROUPS, CONTACT_WINDOW, ROOMS_FIRST_CHUNK, ROOMS_FIRST_PROBE, contact_group_sql, contact_window_edge_sql,
     conversation_search_sql, rare_matches_sql,
 )
 from tests.integration.inbox_helpers import Inbox, running_inbox
@@ -509,7 +509,8 @@ def test_a_code_is_found_by_its_rarest_word_among_many_messages_with_the_other(
 
 
 def _rooms_with_histories(settings: Settings, histories: list[tuple[datetime, list[tuple[datetime, str]]]]) -> None:
-    """Resolved rooms of org1 with the given activity and messages (recorded_at, text), straight into the read models."""
+    """Resolved rooms of org1 with the given activity and messages (recorded_at, text), straight
+    into the read models."""
     rooms, messages = [], []
     for updated_at, history in histories:
         room = uuid.uuid4()
@@ -585,3 +586,18 @@ def rooms_read(conn: psycopg.Connection[Any], schema: str) -> int:
         " FROM pg_stat_xact_user_tables t WHERE t.relname = 'rooms' AND t.schemaname = %s", (schema,)).fetchone()
     assert row is not None
     return int(row[0])
+
+
+def test_room_by_room_probes_a_broad_filter_only_when_it_leaves_a_minority_of_the_rooms(
+    inbox: Inbox, people: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("inbox.adapters.read_models.search.ROOMS_FIRST_LIMIT", 0)  # every filter is broad here
+    admin = Actor("admin1", "org1", Role.ADMIN)
+    with psycopg.connect(conninfo(inbox.settings), autocommit=True) as conn:
+        configure_read_session(conn, inbox.settings.db_schema)
+        search = TracedSearch(conn)
+        assert search._room_by_room_budget(admin, RoomFilter(tab="comments")) == ROOMS_FIRST_PROBE  # 1 room of 5
+        assert search._room_by_room_budget(admin, RoomFilter(tab="messages")) == 0  # 4 of 5: the walk
+        assert search._room_by_room_budget(admin, RoomFilter()) == 0
+        monkeypatch.setattr("inbox.adapters.read_models.search.ROOMS_FIRST_LIMIT", 5000)
+        assert search._room_by_room_budget(admin, RoomFilter(tab="messages")) == 5  # few: all of them, and one more

@@ -53,8 +53,10 @@
      `messages_by_recorded`), until the rooms left are older than the page's oldest hit (a room
      has no message newer than its activity): exact. All of them when the filter leaves few
      (ROOMS_FIRST_LIMIT, an exact number from the maintained counters), else at most
-     ROOMS_FIRST_PROBE. A common word stops after a few dozen rooms, a word in 0.2% of the
-     messages after ~800 (1M rooms, a filter leaving 27,000);
+     ROOMS_FIRST_PROBE when the filter leaves at most a fifth of the organization's rooms (with
+     more, the walk below passes over few matches and is faster). A common word stops after a
+     few dozen rooms, a word in 0.2% of the messages after ~800 (1M rooms, a filter leaving
+     27,000);
   4. otherwise (the probe did not end) the newest WALK_WINDOW messages walked newest first,
      stopping as soon as enough rooms are found; if they hold too few and 2 did not run, 2 now
      (exact when the term has at most RARE_MATCHES matches), unless the extrapolation says the
@@ -98,7 +100,8 @@ WHOLE_WORD_WALK = 1_000  # newest rooms of the organization walked for whole-wor
 CONTACT_GROUPS = ("substring", "similar")  # ranked one after the other: every substring match first
 RECENT_WINDOW = 5_000  # newest messages of the organization looked at first
 ROOMS_FIRST_LIMIT = 5_000  # at most this many filtered rooms: search them room by room
-ROOMS_FIRST_PROBE = 2_000  # with more filtered rooms, room by room still reads this many before the walk
+ROOMS_FIRST_PROBE = 2_000  # with more filtered rooms, room by room still reads this many before the walk,
+ROOMS_FIRST_PROBE_SHARE = 5  # when they are at most a fifth of the organization's rooms
 ROOMS_FIRST_CHUNK = 50  # rooms read in activity order at first (then 4 times more each time) when room by room
 COMMON_MATCHES = 50  # this many matches among the recent window (1%): a common word, walk on
 WALK_WINDOW = 200_000  # how far back the walk for a common word goes (it stops when it has enough)
@@ -421,8 +424,11 @@ def rare_matches_sql(
 
 
 def filtered_room_count_sql(actor: Actor, filt: RoomFilter) -> tuple[str, list[Any]]:
-    """How many rooms the viewer sees under a tab/status filter: a lookup of the counters."""
-    return _room_count_sql(actor.org_id, counter_keys(actor), filt)
+    """How many rooms the viewer sees under a tab/status filter (`n`), and the organization has
+    (`org`): lookups of the counters."""
+    seen, seen_params = _room_count_sql(actor.org_id, counter_keys(actor), filt)
+    org, org_params = _room_count_sql(actor.org_id, [ALL], RoomFilter())
+    return f"SELECT ({seen}) AS n, ({org}) AS org", [*seen_params, *org_params]
 
 
 def _room_count_sql(org_id: str, keys: Sequence[str], filt: RoomFilter) -> tuple[str, list[Any]]:
@@ -564,9 +570,14 @@ class RoomSearch(ReadModelReader):
 
     def _room_by_room_budget(self, actor: Actor, filt: RoomFilter) -> int:
         """Rooms to read one by one at most: all when the filter leaves few (the counters say how
-        many; one more, to see the end), else a probe that a common or not too rare word ends."""
-        rooms = int(self._fetch(*filtered_room_count_sql(actor, filt))[0]["n"])
-        return rooms + 1 if rooms <= ROOMS_FIRST_LIMIT else ROOMS_FIRST_PROBE
+        many; one more, to see the end); a probe that a common or not too rare word ends when it
+        leaves a minority of the organization's rooms (the walk would pass over most of the
+        matches it reads); else none (the walk stops as soon as the newest matches fill the page)."""
+        counts = self._fetch(*filtered_room_count_sql(actor, filt))[0]
+        rooms, org = int(counts["n"]), int(counts["org"])
+        if rooms <= ROOMS_FIRST_LIMIT:
+            return rooms + 1
+        return ROOMS_FIRST_PROBE if rooms * ROOMS_FIRST_PROBE_SHARE <= org else 0
 
     def by_conversation(
         self, actor: Actor, filt: RoomFilter, q: str, *, limit: int, cursor: str | None

@@ -228,8 +228,8 @@ def test_an_api_process_frozen_past_the_retention_resets_its_open_streams_when_i
             api.send(signal.SIGCONT)
         reset = frozen.wait_for(lambda evs: next((e for e in evs if e.name == "reset"), None), what="the reset")
         assert reset.data["reason"] == "expired"
-        after = frozen.snapshot()[frozen.snapshot().index(reset):]
-        assert not [e for e in after if e.name == "message" and "frozen" in e.data["text"]]
+        events = frozen.snapshot()
+        assert not [e for e in events[events.index(reset):] if e.name == "message" and "frozen" in e.data["text"]]
         counters = frozen.wait_for(lambda evs: next((e for e in evs[evs.index(reset):] if e.name == "counters"), None),
                                    what="counters after the reset")
         assert int(counters.id or 0) > seen

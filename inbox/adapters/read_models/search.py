@@ -100,7 +100,7 @@ WHOLE_WORD_WALK = 1_000  # newest rooms of the organization walked for whole-wor
 CONTACT_GROUPS = ("substring", "similar")  # ranked one after the other: every substring match first
 RECENT_WINDOW = 5_000  # newest messages of the organization looked at first
 ROOMS_FIRST_LIMIT = 5_000  # at most this many filtered rooms: search them room by room
-ROOMS_FIRST_PROBE = 2_000  # with more filtered rooms, room by room still reads this many before the walk,
+ROOMS_FIRST_PROBE = 2_000  # with more filtered rooms, room by room still reads this many before the walk
 ROOMS_FIRST_PROBE_SHARE = 5  # when they are at most a fifth of the organization's rooms
 ROOMS_FIRST_CHUNK = 50  # rooms read in activity order at first (then 4 times more each time) when room by room
 COMMON_MATCHES = 50  # this many matches among the recent window (1%): a common word, walk on
@@ -571,7 +571,7 @@ class RoomSearch(ReadModelReader):
     def _room_by_room_budget(self, actor: Actor, filt: RoomFilter) -> int:
         """Rooms to read one by one at most: all when the filter leaves few (the counters say how
         many; one more, to see the end); a probe that a common or not too rare word ends when it
-        leaves a minority of the organization's rooms (the walk would pass over most of the
+        leaves at most a fifth of the organization's rooms (the walk would pass over most of the
         matches it reads); else none (the walk stops as soon as the newest matches fill the page)."""
         counts = self._fetch(*filtered_room_count_sql(actor, filt))[0]
         rooms, org = int(counts["n"]), int(counts["org"])

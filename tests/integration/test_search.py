@@ -336,6 +336,13 @@ def test_snippets_are_html_escaped_around_the_marks(inbox: Inbox) -> None:
 
 
 # ---- index-backed --------------------------------------------------------------------------------
+def no_room_by_room(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Conversation search without its room-by-room phase (neither for few rooms nor as a probe):
+    the walk and the rare-term read answer."""
+    monkeypatch.setattr("inbox.adapters.read_models.search.ROOMS_FIRST_LIMIT", 0)
+    monkeypatch.setattr("inbox.adapters.read_models.search.ROOMS_FIRST_PROBE", 0)
+
+
 def add_crowd(settings: Settings, rooms: int, messages: int) -> None:
     """Many other rooms and messages of the same organization, so the planner's choices are realistic."""
     with psycopg.connect(conninfo(settings), autocommit=True) as conn:
@@ -399,8 +406,7 @@ def test_conversation_search_looks_at_a_bounded_number_of_candidate_matches(
 ) -> None:
     """Bounded work whatever the query: beyond MAX_MATCHES candidates a walk stops looking."""
     monkeypatch.setattr("inbox.adapters.read_models.search.MAX_MATCHES", 10)
-    monkeypatch.setattr("inbox.adapters.read_models.search.ROOMS_FIRST_LIMIT", 0)  # the candidate walk, not room by room
-    monkeypatch.setattr("inbox.adapters.read_models.search.ROOMS_FIRST_PROBE", 0)
+    no_room_by_room(monkeypatch)  # the candidate walk
     monkeypatch.setattr("inbox.adapters.read_models.search.COMMON_MATCHES", 1)  # "promo" is common: walked
     monkeypatch.setattr("inbox.adapters.read_models.search.RARE_MATCHES", 5)  # and too common to read whole
     old = inbox.inbound("whatsapp_cloud", "628100000001", text="promo lama")["room_id"]
@@ -419,8 +425,7 @@ def test_a_rare_word_is_read_whole_up_to_RARE_MATCHES_matches_beyond_only_the_ne
 ) -> None:
     """At most RARE_MATCHES matches: all of them, so the oldest room is found; one more: only the
     newest WALK_WINDOW messages are searched."""
-    monkeypatch.setattr("inbox.adapters.read_models.search.ROOMS_FIRST_LIMIT", 0)
-    monkeypatch.setattr("inbox.adapters.read_models.search.ROOMS_FIRST_PROBE", 0)
+    no_room_by_room(monkeypatch)
     monkeypatch.setattr("inbox.adapters.read_models.search.RECENT_WINDOW", 3)
     monkeypatch.setattr("inbox.adapters.read_models.search.WALK_WINDOW", 5)
     monkeypatch.setattr("inbox.adapters.read_models.search.RARE_MATCHES", bound)
@@ -440,8 +445,7 @@ def test_a_word_whose_recent_rate_is_over_twice_RARE_MATCHES_in_the_store_is_not
     inbox: Inbox, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Reading it whole would stop at RARE_MATCHES + 1 rows and give up: it is walked at once."""
-    monkeypatch.setattr("inbox.adapters.read_models.search.ROOMS_FIRST_LIMIT", 0)
-    monkeypatch.setattr("inbox.adapters.read_models.search.ROOMS_FIRST_PROBE", 0)
+    no_room_by_room(monkeypatch)
     monkeypatch.setattr("inbox.adapters.read_models.search.RECENT_WINDOW", 3)
     monkeypatch.setattr("inbox.adapters.read_models.search.WALK_WINDOW", 5)
     monkeypatch.setattr("inbox.adapters.read_models.search.RARE_MATCHES", 6)  # 13 matches > 2 * 6
@@ -493,8 +497,7 @@ def test_a_name_whose_share_of_the_newest_rooms_extrapolates_over_twice_the_boun
 def test_a_code_is_found_by_its_rarest_word_among_many_messages_with_the_other(
     inbox: Inbox, people: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("inbox.adapters.read_models.search.ROOMS_FIRST_LIMIT", 0)
-    monkeypatch.setattr("inbox.adapters.read_models.search.ROOMS_FIRST_PROBE", 0)
+    no_room_by_room(monkeypatch)
     monkeypatch.setattr("inbox.adapters.read_models.search.RECENT_WINDOW", 3)
     monkeypatch.setattr("inbox.adapters.read_models.search.WALK_WINDOW", 3)
     monkeypatch.setattr("inbox.adapters.read_models.search.RARE_MATCHES", 3)  # "inv" has more: not read whole
@@ -588,7 +591,7 @@ def rooms_read(conn: psycopg.Connection[Any], schema: str) -> int:
     return int(row[0])
 
 
-def test_room_by_room_probes_a_broad_filter_only_when_it_leaves_a_minority_of_the_rooms(
+def test_room_by_room_probes_a_broad_filter_only_when_it_leaves_at_most_a_fifth_of_the_rooms(
     inbox: Inbox, people: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr("inbox.adapters.read_models.search.ROOMS_FIRST_LIMIT", 0)  # every filter is broad here

@@ -63,9 +63,9 @@
      term has more than 2 * RARE_MATCHES. What that gives up: a query whose rarest term has more
      than RARE_MATCHES matches (or looks so: a rate in the window over twice RARE_MATCHES in the
      whole store), that the probe of 3 does not settle, and whose newest WALK_WINDOW messages
-     hold too few rooms does not find the older ones (before,
-     every match was read from the GIN index: ~18,000 rows for a word in 0.2% of 10M messages,
-     and every posting of every word under a common prefix such as 'inv':*). The extrapolation
+     hold too few rooms does not find the older ones (before, every match was read from the GIN
+     index: ~18,000 rows for a word in 0.2% of 10M messages, and every posting of every word
+     under a common prefix such as 'inv':*). The extrapolation
      spares a word that is rare but not that rare (0.2% of 10M messages) a read of the index
      that only finds it has too many matches (2,001 rows read for nothing, 35-70 ms there).
   Visibility and filters are checked per candidate message with a primary-key probe of `rooms`.
@@ -222,7 +222,7 @@ def contact_window_edge_sql(org_id: str, window: int) -> tuple[str, list[Any]]:
     """(updated_at, id) of the organization's `window`-th newest room: the oldest of its newest
     `window` rooms (none when it has fewer), an index-only scan of `rooms_by_activity`; and `rooms`,
     how many rooms the organization has (its counters)."""
-    rooms, rooms_params = _room_count_sql(org_id, [ALL], RoomFilter())
+    rooms, rooms_params = _org_room_count_sql(org_id)
     return (
         f"SELECT updated_at, id, ({rooms}) AS rooms FROM rooms WHERE org_id = %s"
         " ORDER BY updated_at DESC, id DESC OFFSET %s LIMIT 1",
@@ -427,8 +427,13 @@ def filtered_room_count_sql(actor: Actor, filt: RoomFilter) -> tuple[str, list[A
     """How many rooms the viewer sees under a tab/status filter (`n`), and the organization has
     (`org`): lookups of the counters."""
     seen, seen_params = _room_count_sql(actor.org_id, counter_keys(actor), filt)
-    org, org_params = _room_count_sql(actor.org_id, [ALL], RoomFilter())
+    org, org_params = _org_room_count_sql(actor.org_id)
     return f"SELECT ({seen}) AS n, ({org}) AS org", [*seen_params, *org_params]
+
+
+def _org_room_count_sql(org_id: str) -> tuple[str, list[Any]]:
+    """Every room of the organization, as `n` (its counters' ALL key, no filter)."""
+    return _room_count_sql(org_id, [ALL], RoomFilter())
 
 
 def _room_count_sql(org_id: str, keys: Sequence[str], filt: RoomFilter) -> tuple[str, list[Any]]:

@@ -207,7 +207,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--api-processes", type=int, choices=(1, 2), default=1,
                    help="2: then start a second `inbox api` on the same port (SO_REUSEPORT) and run the batched"
                         " phase again with new messages")
-    p.add_argument("--profile", type=Path, help="py-spy record of the API during the batched phase (raw format)")
+    p.add_argument("--profile", type=Path, help="py-spy record of the API during one phase (raw format)")
+    p.add_argument("--profile-phase", choices=("single", "batched", "redelivery"), default="batched",
+                   help="the phase --profile records (default batched)")
     p.add_argument("--json", type=Path, help="also write the figures as JSON to this path")
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     return p.parse_args(argv)
@@ -250,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
                     start_second_api(pipeline)
                 meter = CpuMeter(standard_groups(infra, pipeline))
                 meter.start()
-                with profiled(pipeline.pid("api") if name == "batched" else None, args.profile):
+                with profiled(pipeline.pid("api") if name == args.profile_phase else None, args.profile):
                     result = asyncio.run(run_phase(name, pipeline.base_url, secret, bodies, args.clients))
                 cpu = meter.stop()
                 results.append(result)

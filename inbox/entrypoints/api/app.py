@@ -12,7 +12,10 @@ from starlette.types import Receive, Scope, Send
 
 from inbox.entrypoints.api import errors
 from inbox.entrypoints.api.fast_ingest import PATH as INGEST_PATH
-from inbox.entrypoints.api.fast_ingest import FastIngest, error_responder
+from inbox.entrypoints.api.fast_ingest import FastIngest
+from inbox.entrypoints.api.fast_path import error_responder
+from inbox.entrypoints.api.fast_webhooks import PATH as WEBHOOKS_PATH
+from inbox.entrypoints.api.fast_webhooks import FastWebhooks
 from inbox.entrypoints.api.limits import BodySizeLimit
 from inbox.entrypoints.api.observe import RequestMetrics
 from inbox.entrypoints.api.routers import (
@@ -26,15 +29,20 @@ THREAD_TOKENS = 200
 
 
 class InboxAPI(FastAPI):
-    """The FastAPI application, with the hot ingest path answered before its middleware and router."""
+    """The FastAPI application, with the hot ingest paths (the ingest API, Meta's webhooks)
+    answered before its middleware and router."""
 
     fast_ingest: FastIngest | None = None
+    fast_webhooks: FastWebhooks | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (self.fast_ingest is not None and scope["type"] == "http" and scope["path"] == INGEST_PATH
-                and scope["method"] == "POST"):
-            await self.fast_ingest(scope, receive, send)
-            return
+        if scope["type"] == "http" and scope["method"] == "POST":
+            if self.fast_ingest is not None and scope["path"] == INGEST_PATH:
+                await self.fast_ingest(scope, receive, send)
+                return
+            if self.fast_webhooks is not None and scope["path"] == WEBHOOKS_PATH:
+                await self.fast_webhooks(scope, receive, send)
+                return
         if scope["type"] == "http" and scope["path"] == stream.PATH:
             scope[stream.SERVER_SEND] = send  # its events skip the middlewares' send wrappers (routers/stream.py)
         await super().__call__(scope, receive, send)
@@ -69,5 +77,7 @@ def create_api(container: Container) -> FastAPI:
 
     api.add_middleware(RequestMetrics, metrics=container.metrics)
     api.add_middleware(BodySizeLimit, max_bytes=container.settings.max_body_bytes)
-    api.fast_ingest = FastIngest(container, api.regular, error_responder(api.exception_handlers))
+    respond_to_error = error_responder(api.exception_handlers)
+    api.fast_ingest = FastIngest(container, api.regular, respond_to_error)
+    api.fast_webhooks = FastWebhooks(container, api.regular, respond_to_error)
     return api

@@ -19,27 +19,25 @@ exception handlers. Request metrics are recorded as the `RequestMetrics` middlew
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
 from pydantic import ValidationError
-from starlette.requests import Request
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from domain.channels import Channel
 from domain.staff import Role
 from inbox.adapters.auth import InvalidToken, verify_token
 from inbox.bootstrap import Container
+from inbox.entrypoints.api.fast_path import (
+    ASGIHandler, ErrorResponder, declared_too_long, observe, read_body, replay, send_json,
+)
 from inbox.entrypoints.api.schemas import RecordInboundMessage
 from inbox.usecases.ingest import InboundMessage
 
 PATH = "/v1/inbound-messages"
 ROUTE = PATH  # the route label of the request metrics (the route's path)
 _INGESTING = (Role.INTEGRATION, Role.ADMIN)
-
-ASGIHandler = Callable[[Scope, Receive, Send], Awaitable[None]]
-ErrorResponder = Callable[[Scope, Exception], Awaitable[Any]]
 
 
 class FastIngest:
@@ -57,31 +55,15 @@ class FastIngest:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
-        authorization = content_type = None
-        for name, value in scope["headers"]:
-            if name == b"authorization":
-                authorization = value
-            elif name == b"content-type":
-                content_type = value
-            elif name == b"content-length" and value.isdigit() and int(value) > self._max_bytes:
-                await self.fallback(scope, receive, send)  # 413 from the size limit
-                return
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":  # the client went away
-                return
-            chunk = message.get("body", b"")
-            chunks.append(chunk)
-            size += len(chunk)
-            if size > self._max_bytes or not message.get("more_body", False):
-                break
-        body = b"".join(chunks)
-        more = size > self._max_bytes and bool(message.get("more_body", False))
-        request = self._parse(authorization, content_type, body) if size <= self._max_bytes else None
+        if declared_too_long(scope, self._max_bytes):
+            await self.fallback(scope, receive, send)  # 413 from the size limit
+            return
+        read = await read_body(receive, self._max_bytes)
+        if read is None:  # the client went away
+            return
+        request = None if read.too_long else self._parse(scope["headers"], read.body)
         if request is None:
-            await self.fallback(scope, _replay(body, more, receive), send)
+            await self.fallback(scope, replay(read, receive), send)
             return
         account, msg = request
         status = 500
@@ -93,18 +75,22 @@ class FastIngest:
             await response(scope, receive, send)
         else:
             self.container.metrics.inbound_messages.labels("duplicate" if result.duplicate else "recorded").inc()
-            payload = orjson.dumps({"room_id": result.room_id, "version": result.version,
-                                    "message_id": result.message_id, "duplicate": result.duplicate})
             status = 202
-            await send({"type": "http.response.start", "status": 202, "headers": [
-                (b"content-length", str(len(payload)).encode()), (b"content-type", b"application/json"),
-            ]})
-            await send({"type": "http.response.body", "body": payload})
+            await send_json(send, 202, orjson.dumps({
+                "room_id": result.room_id, "version": result.version,
+                "message_id": result.message_id, "duplicate": result.duplicate,
+            }))
         finally:
-            self.container.metrics.requests.labels("POST", ROUTE, str(status)).observe(time.perf_counter() - started)
+            observe(self.container.metrics, "POST", ROUTE, status, started)
 
-    def _parse(self, authorization: bytes | None, content_type: bytes | None, body: bytes) -> Any:
+    def _parse(self, headers: list[tuple[bytes, bytes]], body: bytes) -> Any:
         """(account, message) for a request the route would accept as is; None for anything else."""
+        authorization = content_type = None
+        for name, value in headers:
+            if name == b"authorization":
+                authorization = value
+            elif name == b"content-type":
+                content_type = value
         if authorization is None or not _is_json(content_type) or not body:
             return None
         scheme, _, token = authorization.decode("latin-1").partition(" ")
@@ -138,30 +124,3 @@ def _is_json(content_type: bytes | None) -> bool:
         return True
     kind = content_type.split(b";", 1)[0].strip().lower()
     return kind == b"application/json" or (kind.startswith(b"application/") and kind.endswith(b"+json"))
-
-
-def _replay(body: bytes, more: bool, receive: Receive) -> Receive:
-    """A `receive` that first gives back the body already read, then reads on."""
-    replayed = False
-
-    async def again() -> Message:
-        nonlocal replayed
-        if not replayed:
-            replayed = True
-            return {"type": "http.request", "body": body, "more_body": more}
-        return await receive()
-
-    return again
-
-
-def error_responder(exception_handlers: dict[Any, Callable[..., Any]]) -> ErrorResponder:
-    """Answer an exception as the application's exception handlers would (most specific class first)."""
-
-    async def respond(scope: Scope, exc: Exception) -> Any:
-        for kind in type(exc).__mro__:
-            handler = exception_handlers.get(kind)
-            if handler is not None:
-                return await handler(Request(scope), exc)
-        raise exc
-
-    return respond

@@ -20,8 +20,21 @@ from inbox.usecases.meta_webhooks import BadPayload, BadSignature, MetaWebhooks
 router = APIRouter(prefix="/webhooks", tags=["webhooks"])
 
 
-def _webhooks(container: Container) -> MetaWebhooks:
+def meta_webhooks(container: Container) -> MetaWebhooks:
     return MetaWebhooks(container.settings, container.accounts, container.inbound, container.metrics)
+
+
+# What refuses a POST before or while it is recorded, as the route answers it (the fast path too,
+# inbox/entrypoints/api/fast_webhooks.py); any other error is the application's exception handlers'.
+REFUSALS = (BadSignature, BadPayload, TimeoutError)
+
+
+def refusal(e: BadSignature | BadPayload | TimeoutError) -> HTTPException:
+    if isinstance(e, BadSignature):
+        return HTTPException(401, str(e))
+    if isinstance(e, BadPayload):
+        return HTTPException(400, str(e))
+    return HTTPException(503, "recording took too long; Meta will retry", headers={"Retry-After": str(RETRY_AFTER_S)})
 
 
 @router.get("/meta", response_class=PlainTextResponse)
@@ -32,7 +45,7 @@ def verify_meta_subscription(
     challenge: Annotated[str | None, Query(alias="hub.challenge")] = None,
 ) -> PlainTextResponse:
     """Meta's verification handshake: echo `hub.challenge` when the verify token matches, else 403."""
-    answer = _webhooks(container).verify_subscription(mode, token, challenge)
+    answer = meta_webhooks(container).verify_subscription(mode, token, challenge)
     if answer is None:
         raise HTTPException(403, "webhook verification failed")
     return PlainTextResponse(answer)
@@ -43,15 +56,8 @@ async def receive_meta_webhook(request: Request, container: ContainerDep) -> dic
     """Verify the signature, record the POST's valid facts together (refused ones are counted), then answer 200."""
     body = await request.body()
     header = request.headers.get("x-hub-signature-256")
-    hooks = _webhooks(container)
     try:
-        outcome = await hooks.receive_async(body, header, received_at=datetime.now(UTC))
-    except BadSignature as e:
-        raise HTTPException(401, str(e)) from None
-    except BadPayload as e:
-        raise HTTPException(400, str(e)) from None
-    except TimeoutError:
-        raise HTTPException(
-            503, "recording took too long; Meta will retry", headers={"Retry-After": str(RETRY_AFTER_S)}
-        ) from None
+        outcome = await meta_webhooks(container).receive_async(body, header, received_at=datetime.now(UTC))
+    except REFUSALS as e:
+        raise refusal(e) from None
     return outcome.as_dict()

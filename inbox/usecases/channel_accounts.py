@@ -41,6 +41,11 @@ APP_SECRET_TTL = 5.0  # seconds an account's app secret is cached (other process
 APP_SECRET_CACHE_SIZE = 10_000
 
 
+class NotCached(Exception):
+    """The answer needs a read of the store, and the caller asked for answers from the caches only
+    (`cached_only`: a caller on an event loop, which must not wait on the database)."""
+
+
 class ChannelAccounts:
     """Registers accounts and finds them by the channel's external id (cached: accounts are immutable)."""
 
@@ -106,9 +111,10 @@ class ChannelAccounts:
         check_optional_text(app_secret, "app_secret", MAX_SECRET)
         return app_secret or None
 
-    def app_secret(self, account: AccountInfo) -> str | None:
+    def app_secret(self, account: AccountInfo, *, cached_only: bool = False) -> str | None:
         """The account's own Meta app secret, or None (its webhooks are signed by the global app).
-        Cached for APP_SECRET_TTL seconds; without credentials configured, no account has one."""
+        Cached for APP_SECRET_TTL seconds; without credentials configured, no account has one.
+        `cached_only`: raise NotCached rather than read the store."""
         if self._credentials is None:
             return None
         now = time.monotonic()
@@ -116,6 +122,8 @@ class ChannelAccounts:
             cached = self._secrets.get(account.id)
         if cached is not None and cached[1] > now:
             return cached[0]
+        if cached_only:
+            raise NotCached(account.id)
         secret = self._credentials.app_secret(account.id)
         with self._lock:
             if len(self._secrets) >= APP_SECRET_CACHE_SIZE:
@@ -197,10 +205,12 @@ class ChannelAccounts:
         with self._lock:
             return self._cache.get(channel_account_id_for(channel.value, external_id))
 
-    def find(self, channel: Channel, external_id: str, *, cache_missing: bool = False) -> AccountInfo | None:
+    def find(
+        self, channel: Channel, external_id: str, *, cache_missing: bool = False, cached_only: bool = False
+    ) -> AccountInfo | None:
         """The account, or None. `cache_missing`: remember a miss for MISSING_TTL seconds (for
         look-ups an unauthenticated caller can trigger; another process's new account may then
-        stay unseen that long)."""
+        stay unseen that long). `cached_only`: raise NotCached rather than read the store."""
         account_id = channel_account_id_for(channel.value, external_id.encode("utf-8", "replace").decode())
         now = time.monotonic()
         with self._lock:
@@ -210,6 +220,8 @@ class ChannelAccounts:
             return cached
         if cache_missing and missing_until > now:
             return None
+        if cached_only:
+            raise NotCached(str(account_id))
         try:
             account: ChannelAccount = self._store.get(account_id)
         except NotFound:

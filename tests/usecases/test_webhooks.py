@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -12,11 +13,12 @@ from typing import Any
 import pytest
 
 from domain import limits
+from inbox.adapters.memory_store import MemoryEventStore
 from inbox.adapters.metrics import Metrics
 from inbox.config import Settings
 from inbox.usecases.channel_accounts import AccountInfo, ChannelAccounts
 from inbox.usecases.ingest import InboundCommitter
-from inbox.usecases.meta_webhooks import BadSignature, MetaWebhooks, WebhookOutcome, signature
+from inbox.usecases.meta_webhooks import INLINE_BODY_BYTES, BadSignature, MetaWebhooks, WebhookOutcome, signature
 
 SECRET = "app-secret"
 FIXTURE = json.loads((Path(__file__).parent.parent / "fixtures" / "meta" / "wa_text.json").read_text())
@@ -109,3 +111,61 @@ def test_after_a_rotation_of_the_accounts_app_secret_only_posts_signed_with_the_
     with pytest.raises(BadSignature):
         receive(webhooks, second, signature("tenant-old-secret", second))
     assert receive(webhooks, second, signature("tenant-new-secret", second)).recorded == 1
+
+
+# ---- where a POST is prepared: on the event loop when it needs no read of the store -------------
+class PreparedOn:
+    """Records, for each POST a MetaWebhooks prepared, whether that ran on the event loop's thread."""
+
+    def __init__(self, webhooks: MetaWebhooks, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.on_loop: list[bool] = []
+        real = webhooks.prepare
+
+        def spy(*args: Any, **kwargs: Any) -> Any:
+            prepared = real(*args, **kwargs)
+            self.on_loop.append(threading.current_thread() is threading.main_thread())
+            return prepared
+
+        monkeypatch.setattr(webhooks, "prepare", spy)
+
+
+def test_a_small_post_is_prepared_on_the_event_loop_once_its_account_is_cached(
+    store: MemoryEventStore, committer: InboundCommitter, account: AccountInfo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cold = ChannelAccounts(store)  # a process that has not looked the account up yet
+    webhooks = MetaWebhooks(Settings(meta_app_secret=SECRET, meta_verify_token="verify"), cold, committer, Metrics())
+    prepared = PreparedOn(webhooks, monkeypatch)
+
+    for mid in ("wamid.c1", "wamid.c2"):
+        body = payload(mid)
+        assert receive(webhooks, body, signature(SECRET, body)).recorded == 1
+
+    assert prepared.on_loop == [False, True]  # the first read the account in a thread, the second did not
+
+
+def test_a_large_post_is_prepared_in_a_thread(webhooks: MetaWebhooks, monkeypatch: pytest.MonkeyPatch) -> None:
+    small = payload("wamid.s1")
+    receive(webhooks, small, signature(SECRET, small))  # the account is cached
+    prepared = PreparedOn(webhooks, monkeypatch)
+    large = payload(*(f"wamid.l{i}" for i in range(40)))
+    assert len(large) > INLINE_BODY_BYTES
+
+    assert receive(webhooks, large, signature(SECRET, large)).recorded == 40
+
+    assert prepared.on_loop == [False]
+
+
+def test_a_post_prepared_again_in_a_thread_counts_its_repairs_once(
+    store: MemoryEventStore, committer: InboundCommitter, account: AccountInfo
+) -> None:
+    metrics = Metrics()
+    webhooks = MetaWebhooks(Settings(meta_app_secret=SECRET, meta_verify_token="verify"), ChannelAccounts(store),
+                            committer, metrics)
+    body = json.loads(payload("wamid.t1"))
+    body["entry"][0]["changes"][0]["value"]["messages"][0]["timestamp"] = "99999999999"  # the year 5138
+    raw = json.dumps(body).encode()
+
+    outcome = receive(webhooks, raw, signature(SECRET, raw))  # the account was not cached: tried on the loop first
+
+    assert (outcome.recorded, outcome.repaired) == (1, 1)
+    assert metrics.webhook_repairs.labels("sent_at", "time_out_of_range")._value.get() == 1  # noqa: SLF001

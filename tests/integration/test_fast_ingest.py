@@ -9,58 +9,19 @@ from typing import Any
 
 import orjson
 import pytest
-from fastapi.testclient import TestClient
 
 from inbox.adapters.auth import mint_token
-from inbox.bootstrap import Container
 from inbox.config import Settings
-from inbox.entrypoints.api.app import InboxAPI, create_api
+from tests.integration.fast_paths import FastAndRegular, fast_and_regular
 from tests.support import auth
 
 pytestmark = pytest.mark.integration
 
 
-class Clients:
-    """One application; `regular` sends the same requests with the fast path switched off (FastAPI's route)."""
-
-    def __init__(self, api: InboxAPI, client: TestClient) -> None:
-        self.api = api
-        self.client = client
-        self.fast_ingest = api.fast_ingest
-        assert self.fast_ingest is not None
-        self.handed_over = 0  # requests the fast path handed to FastAPI's route
-        fallback = self.fast_ingest.fallback
-
-        async def counted(scope: Any, receive: Any, send: Any) -> None:
-            self.handed_over += 1
-            await fallback(scope, receive, send)
-
-        self.fast_ingest.fallback = counted
-
-    def fast(self, **kwargs: Any) -> Any:
-        self.api.fast_ingest = self.fast_ingest
-        return self.client.post("/v1/inbound-messages", **kwargs)
-
-    def regular(self, **kwargs: Any) -> Any:
-        self.api.fast_ingest = None
-        try:
-            return self.client.post("/v1/inbound-messages", **kwargs)
-        finally:
-            self.api.fast_ingest = self.fast_ingest
-
-
 @pytest.fixture
-def apps(db_settings: Settings) -> Iterator[Clients]:
-    container = Container.build(db_settings)
-    api = create_api(container)
-    assert isinstance(api, InboxAPI)
-    with TestClient(api) as client:
-        admin = auth(db_settings, role="admin", user="admin1")
-        r = client.post("/v1/channel-accounts", headers=admin,
-                        json={"channel": "whatsapp_cloud", "external_id": "1234567890", "name": "Sales"})
-        assert r.status_code == 201, r.text
-        yield Clients(api, client)
-    container.close()
+def apps(db_settings: Settings) -> Iterator[FastAndRegular]:
+    with fast_and_regular(db_settings, "fast_ingest", "/v1/inbound-messages", "1234567890") as apps:
+        yield apps
 
 
 def body(mid: str, **changes: Any) -> dict[str, Any]:
@@ -118,7 +79,7 @@ def requests(settings: Settings) -> list[tuple[str, dict[str, str], bytes]]:
     ]
 
 
-def test_every_refusal_is_the_routes_own(apps: Clients, db_settings: Settings) -> None:
+def test_every_refusal_is_the_routes_own(apps: FastAndRegular, db_settings: Settings) -> None:
     for name, headers, content in requests(db_settings):
         a = apps.fast(headers=headers, content=content)
         b = apps.regular(headers=headers, content=content)
@@ -128,7 +89,7 @@ def test_every_refusal_is_the_routes_own(apps: Clients, db_settings: Settings) -
 
 
 def test_accepted_and_duplicate_answers_are_the_routes_own(
-    apps: Clients, db_settings: Settings
+    apps: FastAndRegular, db_settings: Settings
 ) -> None:
     headers = auth(db_settings, role="integration", user="bridge")
     observed = apps.api.state.container.metrics.requests.labels("POST", "/v1/inbound-messages", "202")
@@ -148,7 +109,7 @@ def test_accepted_and_duplicate_answers_are_the_routes_own(
 
 
 def test_an_unavailable_store_is_a_503_with_retry_after(
-    apps: Clients, db_settings: Settings
+    apps: FastAndRegular, db_settings: Settings
 ) -> None:
     container = apps.api.state.container
     headers = auth(db_settings, role="integration", user="bridge")

@@ -8,60 +8,20 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from fastapi.testclient import TestClient
 
 from channels.meta.signature import signature
-from inbox.bootstrap import Container
 from inbox.config import DEV_META_APP_SECRET, Settings
-from inbox.entrypoints.api.app import InboxAPI, create_api
+from tests.integration.fast_paths import FastAndRegular, fast_and_regular
 from tests.integration.test_webhooks import FIXTURES, WA_ACCOUNT
-from tests.support import auth
 
 pytestmark = pytest.mark.integration
 PATH = "/webhooks/meta"
 
 
-class Clients:
-    """One application; `regular` sends the same requests with the fast path switched off (FastAPI's route)."""
-
-    def __init__(self, api: InboxAPI, client: TestClient) -> None:
-        self.api = api
-        self.client = client
-        self.fast_webhooks = api.fast_webhooks
-        assert self.fast_webhooks is not None
-        self.handed_over = 0  # requests the fast path handed to FastAPI's route
-        fallback = self.fast_webhooks.fallback
-
-        async def counted(scope: Any, receive: Any, send: Any) -> None:
-            self.handed_over += 1
-            await fallback(scope, receive, send)
-
-        self.fast_webhooks.fallback = counted
-
-    def fast(self, content: bytes, headers: dict[str, str]) -> Any:
-        self.api.fast_webhooks = self.fast_webhooks
-        return self.client.post(PATH, content=content, headers=headers)
-
-    def regular(self, content: bytes, headers: dict[str, str]) -> Any:
-        self.api.fast_webhooks = None
-        try:
-            return self.client.post(PATH, content=content, headers=headers)
-        finally:
-            self.api.fast_webhooks = self.fast_webhooks
-
-
 @pytest.fixture
-def apps(db_settings: Settings) -> Iterator[Clients]:
-    container = Container.build(db_settings)
-    api = create_api(container)
-    assert isinstance(api, InboxAPI)
-    with TestClient(api) as client:
-        admin = auth(db_settings, role="admin", user="admin1")
-        r = client.post("/v1/channel-accounts", headers=admin,
-                        json={"channel": "whatsapp_cloud", "external_id": WA_ACCOUNT, "name": "Sales"})
-        assert r.status_code == 201, r.text
-        yield Clients(api, client)
-    container.close()
+def apps(db_settings: Settings) -> Iterator[FastAndRegular]:
+    with fast_and_regular(db_settings, "fast_webhooks", PATH, WA_ACCOUNT) as apps:
+        yield apps
 
 
 def text_message(mid: str) -> bytes:
@@ -89,38 +49,39 @@ def refusals(settings: Settings) -> list[tuple[str, bytes, dict[str, str]]]:
     ]
 
 
-def test_every_refusal_is_the_routes_own(apps: Clients, db_settings: Settings) -> None:
+def test_every_refusal_is_the_routes_own(apps: FastAndRegular, db_settings: Settings) -> None:
     for name, content, headers in refusals(db_settings):
-        a = apps.fast(content, headers)
-        b = apps.regular(content, headers)
+        a = apps.fast(content=content, headers=headers)
+        b = apps.regular(content=content, headers=headers)
         assert a.status_code in (400, 401, 413), name
         assert (a.status_code, a.json()) == (b.status_code, b.json()), name
     assert apps.handed_over == 1  # only the body over the size limit: its 413 is the size limit's
 
 
-def test_recorded_duplicate_and_unknown_account_answers_are_the_routes_own(apps: Clients) -> None:
+def test_recorded_duplicate_and_unknown_account_answers_are_the_routes_own(apps: FastAndRegular) -> None:
     metrics = apps.api.state.container.metrics
     observed = metrics.requests.labels("POST", PATH, "200")
     before = observed._sum.get()  # noqa: SLF001 - the histogram's running sum of seconds
     body = text_message("wamid.ok1")
 
-    first = apps.fast(body, signed(body))
+    first = apps.fast(content=body, headers=signed(body))
 
     assert first.status_code == 200 and first.json()["recorded"] == 1
     assert observed._sum.get() > before  # noqa: SLF001 - recorded in the request metrics
-    again = apps.regular(body, signed(body))
+    again = apps.regular(content=body, headers=signed(body))
     assert again.status_code == 200 and again.json() == {**first.json(), "recorded": 0, "duplicates": 1}
-    assert apps.fast(body, signed(body)).json() == again.json()
+    assert apps.fast(content=body, headers=signed(body)).json() == again.json()
     unknown = body.replace(WA_ACCOUNT.encode(), b"999999999")
-    a, b = apps.fast(unknown, signed(unknown)), apps.regular(unknown, signed(unknown))
+    a = apps.fast(content=unknown, headers=signed(unknown))
+    b = apps.regular(content=unknown, headers=signed(unknown))
     assert a.status_code == b.status_code == 200 and a.json() == b.json() and a.json()["unknown_accounts"] == 1
     assert apps.handed_over == 0
 
 
-def test_an_unavailable_store_and_a_slow_commit_are_503_with_retry_after(apps: Clients) -> None:
+def test_an_unavailable_store_and_a_slow_commit_are_503_with_retry_after(apps: FastAndRegular) -> None:
     inbound = apps.api.state.container.inbound
     body = text_message("wamid.w1")
-    assert apps.fast(body, signed(body)).status_code == 200  # the account is cached
+    assert apps.fast(content=body, headers=signed(body)).status_code == 200  # the account is cached
 
     def full(*_: Any, **__: Any) -> Any:
         from inbox.usecases.results import Unavailable
@@ -133,6 +94,7 @@ def test_an_unavailable_store_and_a_slow_commit_are_503_with_retry_after(apps: C
     for broken in (full, slow):
         inbound.submit_group_async = broken  # what the committer reports when full, or past its timeout
         body = text_message(f"wamid.{broken.__name__}")
-        a, b = apps.fast(body, signed(body)), apps.regular(body, signed(body))
+        a = apps.fast(content=body, headers=signed(body))
+        b = apps.regular(content=body, headers=signed(body))
         assert a.status_code == b.status_code == 503, broken.__name__
         assert a.json() == b.json() and a.headers["retry-after"] == b.headers["retry-after"], broken.__name__

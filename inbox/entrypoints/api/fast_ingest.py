@@ -30,7 +30,7 @@ from domain.staff import Role
 from inbox.adapters.auth import InvalidToken, verify_token
 from inbox.bootstrap import Container
 from inbox.entrypoints.api.fast_path import (
-    ASGIHandler, ErrorResponder, declared_too_long, observe, read_body, replay, send_json,
+    ASGIHandler, ErrorResponder, body_within_limit, observe, replay, send_json,
 )
 from inbox.entrypoints.api.schemas import RecordInboundMessage
 from inbox.usecases.ingest import InboundMessage
@@ -55,13 +55,10 @@ class FastIngest:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
-        if declared_too_long(scope, self._max_bytes):
-            await self.fallback(scope, receive, send)  # 413 from the size limit
+        read = await body_within_limit(scope, receive, send, self._max_bytes, self.fallback)
+        if read is None:
             return
-        read = await read_body(receive, self._max_bytes)
-        if read is None:  # the client went away
-            return
-        request = None if read.too_long else self._parse(scope["headers"], read.body)
+        request = self._parse(scope["headers"], read.body)
         if request is None:
             await self.fallback(scope, replay(read, receive), send)
             return

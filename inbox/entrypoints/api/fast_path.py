@@ -21,23 +21,21 @@ ErrorResponder = Callable[[Scope, Exception], Awaitable[Any]]
 
 @dataclass(frozen=True)
 class ReadBody:
-    """A request's body as far as it was read: all of it, or the first `max_bytes`+ bytes of a longer one."""
+    """A request's body as far as it was read."""
 
     body: bytes
-    more: bool  # the client has more to send (only when `too_long`)
-    too_long: bool
+    more: bool = False  # the client has more to send (a body read only up to the size limit)
 
 
-def declared_too_long(scope: Scope, max_bytes: int) -> bool:
-    """The request's Content-Length is over the limit (the size limit answers it 413 unread)."""
+async def body_within_limit(
+    scope: Scope, receive: Receive, send: Send, max_bytes: int, fallback: ASGIHandler
+) -> ReadBody | None:
+    """The whole body; None once nothing is left to answer: a body over the limit was handed to
+    `fallback` (the regular route, whose size limit answers 413), or the client went away."""
     for name, value in scope["headers"]:
         if name == b"content-length" and value.isdigit() and int(value) > max_bytes:
-            return True
-    return False
-
-
-async def read_body(receive: Receive, max_bytes: int) -> ReadBody | None:
-    """The body, read until its end or until it passes `max_bytes`; None when the client went away."""
+            await fallback(scope, receive, send)
+            return None
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -48,9 +46,11 @@ async def read_body(receive: Receive, max_bytes: int) -> ReadBody | None:
         chunks.append(chunk)
         size += len(chunk)
         if size > max_bytes:
-            return ReadBody(b"".join(chunks), bool(message.get("more_body", False)), True)
+            read = ReadBody(b"".join(chunks), bool(message.get("more_body", False)))
+            await fallback(scope, replay(read, receive), send)
+            return None
         if not message.get("more_body", False):
-            return ReadBody(b"".join(chunks), False, False)
+            return ReadBody(b"".join(chunks))
 
 
 def replay(read: ReadBody, receive: Receive) -> Receive:

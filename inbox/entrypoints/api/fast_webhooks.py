@@ -20,9 +20,7 @@ import orjson
 from starlette.types import Receive, Scope, Send
 
 from inbox.bootstrap import Container
-from inbox.entrypoints.api.fast_path import (
-    ASGIHandler, ErrorResponder, declared_too_long, observe, read_body, replay, send_json,
-)
+from inbox.entrypoints.api.fast_path import ASGIHandler, ErrorResponder, body_within_limit, observe, send_json
 from inbox.entrypoints.api.routers.webhooks import REFUSALS, meta_webhooks, refusal
 
 PATH = "/webhooks/meta"
@@ -39,14 +37,8 @@ class FastWebhooks:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
-        if declared_too_long(scope, self._max_bytes):
-            await self.fallback(scope, receive, send)  # 413 from the size limit
-            return
-        read = await read_body(receive, self._max_bytes)
-        if read is None:  # the client went away
-            return
-        if read.too_long:
-            await self.fallback(scope, replay(read, receive), send)
+        read = await body_within_limit(scope, receive, send, self._max_bytes, self.fallback)
+        if read is None:
             return
         header = next((value.decode("latin-1") for name, value in scope["headers"]
                        if name == b"x-hub-signature-256"), None)

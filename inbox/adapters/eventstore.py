@@ -693,12 +693,14 @@ class EventStore(AggregateStore):
         with _library_errors():
             yield held
 
+    # The read's lists go in binary (%b), as the inserts' do: psycopg writes a list as a text array
+    # literal in Python, value by value, about 8x slower (2 ms for the keys of a batch of 250).
     @functools.cached_property
     def _dedup_sql(self) -> str:
         return (
             "SELECT d.channel_account_id::text AS a, d.channel_message_id AS m, d.room_id::text AS r,"
             " d.message_id::text AS mid, d.room_version AS v"
-            f" FROM {self.app.table('inbound_dedup')} d JOIN unnest(%s::uuid[], %s::text[]) AS k(a, m)"
+            f" FROM {self.app.table('inbound_dedup')} d JOIN unnest(%b::uuid[], %b::text[]) AS k(a, m)"
             " ON d.channel_account_id = k.a AND d.channel_message_id = k.m"
         )
 
@@ -706,7 +708,7 @@ class EventStore(AggregateStore):
     def _statuses_sql(self) -> str:
         return (
             "SELECT s.channel_account_id::text AS a, s.status_key AS k"
-            f" FROM {self.app.table('delivery_statuses')} s JOIN unnest(%s::uuid[], %s::text[]) AS q(a, k)"
+            f" FROM {self.app.table('delivery_statuses')} s JOIN unnest(%b::uuid[], %b::text[]) AS q(a, k)"
             " ON s.channel_account_id = q.a AND s.status_key = q.k"
         )
 
@@ -717,10 +719,10 @@ class EventStore(AggregateStore):
         snapshots = self.app.table(self.app.snapshots.recorder.events_table_name)  # type: ignore[union-attr]
         return (
             "WITH s AS (SELECT DISTINCT ON (originator_id) originator_id, originator_version, topic, state"
-            f" FROM {snapshots} WHERE originator_id = ANY(%s::uuid[])"
+            f" FROM {snapshots} WHERE originator_id = ANY(%b::uuid[])"
             " ORDER BY originator_id, originator_version DESC),"
             " k AS (SELECT k.id, greatest(k.v, coalesce(s.originator_version, 0)) AS v"
-            " FROM unnest(%s::uuid[], %s::bigint[]) AS k(id, v) LEFT JOIN s ON s.originator_id = k.id)"
+            " FROM unnest(%b::uuid[], %b::bigint[]) AS k(id, v) LEFT JOIN s ON s.originator_id = k.id)"
             " SELECT originator_id, originator_version, topic, state FROM ("
             " SELECT 0 AS part, originator_id, originator_version, topic, state FROM s"
             " UNION ALL"
@@ -738,7 +740,7 @@ class EventStore(AggregateStore):
         with self.app.connection() as conn:
             rows = conn.execute(
                 f"SELECT originator_id, originator_version, topic, state FROM {self.app.table(EVENTS_TABLE)}"
-                " WHERE originator_id = ANY(%s::uuid[]) ORDER BY originator_id, originator_version",
+                " WHERE originator_id = ANY(%b::uuid[]) ORDER BY originator_id, originator_version",
                 (room_ids,),
             ).fetchall()
         events: dict[str, list[Any]] = {}

@@ -107,11 +107,13 @@ _READ_ROOMS = (
     f"SELECT room_id FROM ({_PAGE.format('room_id')}) c WHERE room_id IS NOT NULL))"
 )
 _READ_MESSAGES = f"SELECT * FROM messages WHERE id = ANY(ARRAY(SELECT unnest(message_ids) FROM ({_PAGE.format('message_ids')}) c))"
-_COUNTER_ROWS = "SELECT org_id, tab, status, assignee, rooms, awaiting FROM counters WHERE assignee = ANY(%(keys)s) AND "
-_READ_COUNTERS = _COUNTER_ROWS + "org_id = ANY(%(orgs)s)"
+# The lists go in binary (%b): psycopg writes a list as a text array literal in Python, character
+# by character (0.7 ms for the keys of 180 agents), and in binary about 8x faster.
+_COUNTER_ROWS = "SELECT org_id, tab, status, assignee, rooms, awaiting FROM counters WHERE assignee = ANY(%(keys)b) AND "
+_READ_COUNTERS = _COUNTER_ROWS + "org_id = ANY(%(orgs)b)"
 _READ_COUNTERS_OF_PAGE = (  # only the organizations the page changes
     _COUNTER_ROWS + f"org_id = ANY(ARRAY(SELECT DISTINCT org_id FROM ({_PAGE.format('org_id')}) c"
-    " WHERE org_id = ANY(%(orgs)s)))"
+    " WHERE org_id = ANY(%(orgs)b)))"
 )
 
 

@@ -504,9 +504,10 @@ def run_freshness_phase(
         say(f"  POST → 202: {fmt_latency(s['post_to_202'])}")
         say(f"  202 → its change-log row's transaction start (negative: the 202 left the API after the worker"
             f" began projecting it): {fmt_latency(s['to_change_log'])}")
+        # NaN when the scenario delivers no more per message than the baseline (e.g. --streams 1)
+        extra = s["deliveries"] / s["sent"] - base["deliveries"] / base["sent"] if s["sent"] and base["sent"] else 0.0
         s["api_fanout_us_per_delivery"] = 1e6 * (
-            s["api_cpu_s"] / s["sent"] - base["api_cpu_s"] / base["sent"]) / (
-            s["deliveries"] / s["sent"] - base["deliveries"] / base["sent"]) if s["sent"] and base["sent"] else math.nan
+            s["api_cpu_s"] / s["sent"] - base["api_cpu_s"] / base["sent"]) / extra if extra else math.nan
         say(f"  API CPU: {s['api_cpu_s']:.2f} s = {s['api_cpu_ms_per_message']:.3f} ms per inbound message"
             f" ({base['api_cpu_ms_per_message']:.3f} with one stream), {s['api_cpu_us_per_delivery']:.1f} µs per"
             f" delivered event; fan-out alone: {s['api_fanout_us_per_delivery']:.1f} µs per extra delivered event")

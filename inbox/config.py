@@ -45,6 +45,12 @@ class Settings:
     # Bind the API's port with SO_REUSEPORT: several `inbox api` processes on one port share its
     # connections (the kernel spreads new connections over them; Linux).
     http_reuse_port: bool = False
+    # Seconds an idle keep-alive connection is kept open (uvicorn's default is 5). Longer than the
+    # idle timeout of the proxies in front (AWS ALB and nginx: 60 s), so the proxy closes first: a
+    # server that closes a connection the proxy is reusing at that moment drops the request (502),
+    # and a server that stalls past a short timeout can close a connection whose next request
+    # already arrived.
+    http_keep_alive_s: int = 75
     jwt_secret: str | None = None
     meta_app_secret: str | None = None
     meta_verify_token: str | None = None
@@ -108,6 +114,9 @@ class Settings:
             except ValueError as e:
                 raise ConfigError(f"{name} must be a number, got {raw!r}") from e
 
+        keep_alive = get_int("INBOX_HTTP_KEEP_ALIVE_S", 75)
+        if keep_alive < 1:
+            raise ConfigError(f"INBOX_HTTP_KEEP_ALIVE_S must be at least 1 (seconds), got {keep_alive}")
         return cls(
             database_url=get("INBOX_DATABASE_URL"),
             db_schema=get("INBOX_DB_SCHEMA") or "public",
@@ -117,6 +126,7 @@ class Settings:
             http_host=get("INBOX_HTTP_HOST") or "127.0.0.1",
             http_port=get_int("INBOX_HTTP_PORT", 8000),
             http_reuse_port=(get("INBOX_HTTP_REUSE_PORT") or "0").lower() in ("1", "true", "yes", "y"),
+            http_keep_alive_s=keep_alive,
             jwt_secret=get("INBOX_JWT_SECRET"),
             meta_app_secret=get("INBOX_META_APP_SECRET"),
             meta_verify_token=get("INBOX_META_VERIFY_TOKEN"),
@@ -151,6 +161,7 @@ class Settings:
             "INBOX_HTTP_HOST": self.http_host,
             "INBOX_HTTP_PORT": str(self.http_port),
             "INBOX_HTTP_REUSE_PORT": "1" if self.http_reuse_port else "0",
+            "INBOX_HTTP_KEEP_ALIVE_S": str(self.http_keep_alive_s),
             "INBOX_JWT_SECRET": self.jwt_secret,
             "INBOX_META_APP_SECRET": self.meta_app_secret,
             "INBOX_META_VERIFY_TOKEN": self.meta_verify_token,

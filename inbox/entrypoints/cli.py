@@ -82,6 +82,7 @@ def cmd_api(args: argparse.Namespace) -> int:
         server = Server(uvicorn.Config(
             api, host=settings.http_host, port=settings.http_port,
             log_level="info" if verbose else "warning", access_log=verbose, timeout_graceful_shutdown=10,
+            timeout_keep_alive=settings.http_keep_alive_s,
         ))
         server.run(sockets=[_reuse_port_socket(settings.http_host, settings.http_port)]
                    if settings.http_reuse_port else None)

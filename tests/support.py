@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -26,7 +28,6 @@ from domain.staff import Actor, Role
 from inbox.adapters.auth import mint_token
 from inbox.config import Settings
 from inbox.adapters.postgres import conninfo
-from inbox.adapters.embedded import free_port
 from inbox.bootstrap import open_event_log, open_event_store
 from inbox.adapters.eventstore import EventStore
 from inbox.usecases.channel_accounts import ChannelAccounts
@@ -194,7 +195,7 @@ class Pipeline:
 
     def wait_for_api(self, timeout: float = 60) -> None:
         """Until this pipeline's own `inbox api` answers on its port. The port came from
-        `free_port` and tests run side by side: another test's API can hold it (ours then fails to
+        `free_test_port` and tests run side by side: another test's API can hold it (ours then fails to
         bind), and its /healthz must not pass for ours."""
         port = self.settings.http_port
 
@@ -325,7 +326,32 @@ def listens_on(pid: int, port: int) -> bool:
     return False
 
 
+# Ports for the API processes tests start: below Linux's ephemeral range (32768-60999), in a block
+# of this xdist worker's own. A port picked in the ephemeral range (bind to 0) and bound later by a
+# child process can be taken meanwhile as the local port of any outgoing connection of the suite's
+# (PostgreSQL, the broker, HTTP clients): the API then fails to bind ("address already in use").
+_PORT_BLOCK = 1000
+_FIRST_TEST_PORT = 20_000
+_next_port = itertools.count()
+
+
+def free_test_port() -> int:
+    """A port nothing listens on now, from this worker's block, never the same twice in a row."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")  # gw0, gw1, ...; unset without xdist
+    index = int(worker[2:]) + 1 if worker.startswith("gw") and worker[2:].isdigit() else 0
+    start = _FIRST_TEST_PORT + index % 12 * _PORT_BLOCK  # blocks from 20000 to 31999
+    for _ in range(_PORT_BLOCK):
+        port = start + next(_next_port) % _PORT_BLOCK
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError(f"no free port in {start}-{start + _PORT_BLOCK - 1}")
+
+
 def http_settings(settings: Settings) -> Settings:
     from dataclasses import replace
 
-    return replace(settings, http_port=free_port())
+    return replace(settings, http_port=free_test_port())

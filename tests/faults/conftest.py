@@ -16,11 +16,10 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from inbox.config import Settings
-from inbox.adapters.embedded import free_port
 from inbox.adapters.secrets import generate_key
 from tests.faults.harness import FIGURES_PROPERTY, Figures, register_account
 from tests.graph_standin.server import GraphStandin
-from tests.support import Pipeline
+from tests.support import Pipeline, free_test_port
 
 # Short enough that a held lock outlasts it within a few seconds of test time.
 INBOUND_TIMEOUT_S = 2.0
@@ -45,7 +44,7 @@ def fault_settings(settings: Settings) -> Settings:
     """A free HTTP port, a short inbound timeout, and an application_name naming this test's connections."""
     params = conninfo_to_dict(settings.database_url or "")
     url = make_conninfo(**{**params, "application_name": f"inbox-{settings.db_schema}"})
-    return replace(settings, http_port=free_port(), inbound_timeout_s=INBOUND_TIMEOUT_S, database_url=url)
+    return replace(settings, http_port=free_test_port(), inbound_timeout_s=INBOUND_TIMEOUT_S, database_url=url)
 
 
 def start_pipeline(p: Pipeline) -> Pipeline:

@@ -30,7 +30,7 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from inbox.adapters.embedded import EmbeddedBroker, EmbeddedPostgres, free_port
+from inbox.adapters.embedded import EmbeddedBroker, EmbeddedPostgres
 from inbox.adapters.secrets import generate_key
 from inbox.bootstrap import replay
 from inbox.config import Settings
@@ -38,7 +38,7 @@ from tests.faults.conftest import fault_settings
 from tests.faults.harness import own_postgres as harness_own_postgres
 from tests.faults.harness import Figures, terminate_backends
 from tests.graph_standin.server import GraphStandin
-from tests.support import Pipeline, auth, query, store_totals, wait_until
+from tests.support import Pipeline, auth, free_test_port, query, store_totals, wait_until
 
 pytestmark = pytest.mark.faults
 
@@ -274,7 +274,7 @@ async def _retrying_stream(o: Outbound, rooms: list[str], *, seconds: float, tag
 
 @pytest.fixture
 def own_broker(settings: Settings, tmp_path: Path) -> Iterator[tuple[EmbeddedBroker, Settings]]:
-    broker = EmbeddedBroker(port=free_port(), log_path=tmp_path / "tansu.log").start()
+    broker = EmbeddedBroker(port=free_test_port(), log_path=tmp_path / "tansu.log").start()
     try:
         yield broker, _settings(replace(settings, kafka_bootstrap=broker.bootstrap))
     finally:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from inbox.config import Settings
-from inbox.adapters.embedded import EmbeddedBroker, free_port
+from inbox.adapters.embedded import EmbeddedBroker
 from tests.faults.conftest import fault_settings
 from tests.faults.harness import (
     Figures,
@@ -22,7 +22,7 @@ from tests.faults.harness import (
     first_accepted_after,
     steady_load,
 )
-from tests.support import Pipeline, query, wait_until
+from tests.support import Pipeline, free_test_port, query, wait_until
 
 pytestmark = pytest.mark.faults
 
@@ -56,7 +56,7 @@ def test_kill_9_of_the_api_mid_load_loses_no_accepted_message(
 @pytest.fixture
 def own_broker(settings: Settings, tmp_path: Path) -> Iterator[tuple[EmbeddedBroker, Settings]]:
     """A broker of this test alone, on a fixed port it can be restarted on."""
-    broker = EmbeddedBroker(port=free_port(), log_path=tmp_path / "tansu.log").start()
+    broker = EmbeddedBroker(port=free_test_port(), log_path=tmp_path / "tansu.log").start()
     try:
         yield broker, fault_settings(replace(settings, kafka_bootstrap=broker.bootstrap))
     finally:

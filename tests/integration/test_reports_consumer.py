@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from inbox.adapters.embedded import EmbeddedBroker, free_port
+from inbox.adapters.embedded import EmbeddedBroker
 from inbox.adapters.kafka import reports
 from inbox.adapters.kafka.reports import ReportsConsumer
 from inbox.adapters.kafka.relay import ensure_topic
 from inbox.config import Settings
-from tests.support import query
+from tests.support import free_test_port, query
 
 pytestmark = pytest.mark.integration
 
@@ -34,7 +34,7 @@ def test_the_reports_consumer_keeps_running_while_the_broker_is_down(
     on (heartbeats included) and checks again, it does not exit."""
     monkeypatch.setattr(reports, "PARTITION_CHECK_S", 0.2)
     monkeypatch.setattr(reports, "PARTITION_RETRY_S", 0.2)
-    broker = EmbeddedBroker(port=free_port(), log_path=tmp_path / "tansu.log").start()
+    broker = EmbeddedBroker(port=free_test_port(), log_path=tmp_path / "tansu.log").start()
     own = replace(settings, kafka_bootstrap=broker.bootstrap)
 
     async def run() -> None:

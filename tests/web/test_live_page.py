@@ -25,7 +25,6 @@ from fastapi.responses import StreamingResponse
 from fastapi.staticfiles import StaticFiles
 
 from domain.staff import Actor, Role
-from inbox.adapters.embedded import free_port
 from inbox.adapters.read_models.queries import InboxQueries
 from inbox.bootstrap import Container
 from inbox.config import Settings
@@ -33,7 +32,7 @@ from inbox.entrypoints.api import errors
 from inbox.entrypoints.api.deps import ViewerDep
 from inbox.entrypoints.api.routers import channel_accounts, inbound
 from inbox.entrypoints.web import routes as web
-from tests.support import auth, project_all, token, wait_until
+from tests.support import auth, free_test_port, project_all, token, wait_until
 from tests.web.browser import chromium, expect
 
 pytestmark = pytest.mark.integration
@@ -103,7 +102,7 @@ def served(db_settings: Settings) -> Iterator[tuple[str, ScriptedStream, Contain
     app.include_router(web.router)
     app.mount("/static", StaticFiles(directory=web.STATIC_DIR), name="static")
     app.add_api_route("/v1/stream", stream.serve, methods=["GET"])
-    port = free_port()
+    port = free_test_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

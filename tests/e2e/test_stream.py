@@ -27,10 +27,16 @@ ACCOUNT = {"org1": "pn-1", "org2": "pn-2"}
 
 
 def start_pipeline(settings: Settings, tmp_path: Path, **overrides: Any) -> Pipeline:
+    """worker, relay and api, the API answering; stopped again when it does not come up (the
+    caller's fixture never gets them to stop: left running, they would load the rest of the run)."""
     p = Pipeline(replace(http_settings(settings), **overrides), tmp_path)
-    for name in ("worker", "relay", "api"):
-        p.start(name)
-    p.wait_for_api()
+    try:
+        for name in ("worker", "relay", "api"):
+            p.start(name)
+        p.wait_for_api()
+    except BaseException:
+        p.stop_all()
+        raise
     return p
 
 

@@ -48,12 +48,17 @@ def fault_settings(settings: Settings) -> Settings:
 
 
 def start_pipeline(p: Pipeline) -> Pipeline:
-    """worker, relay and api processes; returns once the API answers and the test account exists."""
-    p.start("worker")
-    p.start("relay")
-    p.start("api")
-    p.wait_for_api()
-    register_account(p)
+    """worker, relay and api processes; returns once the API answers and the test account exists.
+    Stopped again when they do not come up, so a failed start leaves nothing running."""
+    try:
+        p.start("worker")
+        p.start("relay")
+        p.start("api")
+        p.wait_for_api()
+        register_account(p)
+    except BaseException:
+        p.stop_all()
+        raise
     return p
 
 

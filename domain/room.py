@@ -63,6 +63,8 @@ MAX_REPLY_TARGETS = 100
 # channel message id if it is an inbound message.
 # Replies still pending, sent or delivered are all kept (a later status needs them).
 MAX_SETTLED_DELIVERIES = 100
+# The only parts of a room's state changed in place (dicts of plain values): `Room.__copy__`.
+_STATE_CHANGED_IN_PLACE = ("deliveries", "delivery_ids", "settled_deliveries", "inbound_ids")
 
 
 class RoomIsResolved(Conflict):
@@ -644,6 +646,20 @@ class Room(Aggregate):
     def trigger_event(self, event_class: type[Any], **kwargs: Any) -> None:
         """Every event after RoomOpened is stamped with the room's org."""
         super().trigger_event(event_class, org_id=self.org_id, **kwargs)
+
+    def __copy__(self) -> Room:
+        """An independent copy: events applied to either leave the other as it is.
+
+        A room's state is plain values (replaced, never changed in place) and the dicts of
+        `_STATE_CHANGED_IN_PLACE` (of plain values), so copying those dicts is enough; much
+        cheaper than folding the room again from the store."""
+        twin = object.__new__(type(self))
+        state = dict(self.__dict__)
+        for name in _STATE_CHANGED_IN_PLACE:
+            state[name] = dict(state[name])
+        state["_pending_events"] = list(state["_pending_events"])
+        twin.__dict__.update(state)
+        return twin
 
     # ---- queries on state -----------------------------------------------------------------
     def reply_window(self) -> ReplyWindow:

@@ -301,3 +301,33 @@ def test_rooms_for_update_reads_snapshots_and_later_events_like_the_repository(
         assert rooms[long_room].version == 74 and rooms[short_room].version == 4
     finally:
         cold.close()
+
+
+@pytest.mark.parametrize("handed_back", [True, False], ids=["cached-after-a-save", "cached-as-read"])
+def test_a_save_that_lost_a_race_leaves_the_cached_room_as_it_was_lent(
+    db_settings: Settings, container: Container, account: AccountInfo, handed_back: bool
+) -> None:
+    """The store lends a copy of the room it keeps: what an attempt decided on it and failed to
+    save is not in the room the next attempt gets, and what was written meanwhile is."""
+    from eventsourcing.persistence import IntegrityError
+
+    room_id = UUID(container.inbound.submit(account, message("628999", "wamid.l1")).room_id)
+    store = EventStore(container.event_store)
+    read = store.rooms_for_update([room_id])  # read at version 2
+    if handed_back:
+        store.cache(read)
+        lent = store.rooms_for_update([room_id])[room_id]
+    else:
+        lent = read[room_id]
+    lent.receive(channel_message_id="wamid.lost", text="decided, never saved", sent_at=datetime.now(UTC))
+    other = Container.build(db_settings)  # a second API process writes the room meanwhile
+    try:
+        other.inbound.submit(account, message("628999", "wamid.l2", text="from elsewhere"))
+    finally:
+        other.close()
+    with pytest.raises(IntegrityError):
+        store.save(lent)
+    again = store.rooms_for_update([room_id])[room_id]
+    assert again == container.event_store.repository.get(room_id)
+    assert again.version == 3 and again.message_count == 2
+    assert "wamid.lost" not in again.inbound_ids.values()

@@ -100,3 +100,48 @@ def test_delivery_state_survives_replay() -> None:
         replayed = e.mutate(replayed)
     assert replayed is not None
     assert replayed.delivery_status("m1") == "sent" and replayed.message_for_channel_id("wamid.1") == "m1"
+
+
+# ---- copies (the write side lends a copy of a cached room to each attempt) --------------------------
+def busy_room() -> Room:
+    """A room whose every part of state is in use: messages, replies in each delivery state."""
+    r = room()
+    for i in range(3):
+        r.reply(AGENT, message_id=f"m{i}", text=f"reply {i}", sent_at=T0 + timedelta(minutes=i))
+        r.record_delivery_accepted(message_id=f"m{i}", channel_message_id=f"wamid.m{i}", at=T0 + timedelta(minutes=i))
+    r.record_delivery_status(channel_message_id="wamid.m0", status="read", at=T0 + timedelta(minutes=5))
+    r.collect_events()
+    return r
+
+
+def state_of(r: Room) -> dict[str, object]:
+    return {k: (dict(v) if isinstance(v, dict) else list(v) if isinstance(v, list) else v) for k, v in vars(r).items()}
+
+
+def test_events_applied_to_a_copy_of_a_room_leave_the_room_as_it_was_and_the_reverse() -> None:
+    import copy
+
+    original = busy_room()
+    before = state_of(original)
+    twin = copy.copy(original)
+    assert state_of(twin) == before
+    twin.receive(channel_message_id="in-2", text="lagi", sent_at=T0 + timedelta(minutes=6))
+    twin.reply(AGENT, message_id="m9", text="ok", sent_at=T0 + timedelta(minutes=7))
+    twin.record_delivery_accepted(message_id="m9", channel_message_id="wamid.m9", at=T0 + timedelta(minutes=7))
+    twin.record_delivery_status(channel_message_id="wamid.m1", status="read", at=T0 + timedelta(minutes=8))
+    twin.resolve(AGENT)
+    assert state_of(original) == before
+    assert original.collect_events() == []
+    assert twin.message_count == before["message_count"] + 2 and twin.status == "resolved"
+    twin_before = state_of(twin)
+    original.receive(channel_message_id="in-3", text="x", sent_at=T0 + timedelta(minutes=9))
+    assert state_of(twin) == twin_before
+
+
+def test_every_container_in_a_rooms_state_is_one_a_copy_duplicates() -> None:
+    """A new dict or list in the state must be copied by `Room.__copy__` too (or be replaced, never changed)."""
+    from domain.room import _STATE_CHANGED_IN_PLACE
+
+    r = busy_room()
+    containers = {k for k, v in vars(r).items() if isinstance(v, dict | list | set)}
+    assert containers == {*_STATE_CHANGED_IN_PLACE, "_pending_events"}

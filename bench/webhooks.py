@@ -208,7 +208,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="2: then start a second `inbox api` on the same port (SO_REUSEPORT) and run the batched"
                         " phase again with new messages")
     p.add_argument("--profile", type=Path, help="py-spy record of the API during one phase (raw format)")
-    p.add_argument("--profile-phase", choices=("single", "batched", "redelivery"), default="batched",
+    p.add_argument("--profile-phase", choices=("single", "batched", "redelivery", "batched2"), default="batched",
                    help="the phase --profile records (default batched)")
     p.add_argument("--json", type=Path, help="also write the figures as JSON to this path")
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs)")

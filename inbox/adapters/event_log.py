@@ -220,8 +220,10 @@ class WireEventLog:
         The stored state is parsed with orjson and revived as the library's decoder hook does
         (every {"_type_", "_data_"} object through its registered transcoding), upcast by the
         event class's own `upcast_v*` methods, then turned into a wire event by `to_wire`'s rules.
-        A state orjson reads differently from the stdlib (NaN, integers over 64 bits, lone
-        surrogates) goes through the library (`tests/integration/test_projections.py` compares).
+        A state orjson refuses (NaN, lone surrogates) goes through the library
+        (`tests/integration/test_projections.py` compares). orjson would read an integer beyond 64
+        bits as a float without an error; the domain never writes one (`domain.limits.check_json`
+        refuses them in every free-form field of an event).
         """
         try:
             state = _revive(orjson.loads(row.state), transcoder.names)

@@ -727,19 +727,27 @@ class EventStore(AggregateStore):
     @functools.cached_property
     def _rooms_sql(self) -> str:
         """Latest snapshots of the rooms not cached (1st parameter), then every asked room's events
-        after its known version: the cached one (3rd parameter, 0 for none) or its snapshot's."""
+        after its known version: the cached one (3rd parameter, 0 for none) or its snapshot's.
+
+        Room by room (LATERAL, kept apart by LIMIT / OFFSET 0), so each is an index lookup whatever
+        the statistics say. As a plain join, the planner took a table without statistics (no
+        ANALYZE yet: a new store, or autovacuum off) for ~200 rows a room and scanned the whole
+        events table instead: 14 ms a batch on a bench's store, 2.1 s on 12 M events.
+        """
         snapshots = self.app.table(self.app.snapshots.recorder.events_table_name)  # type: ignore[union-attr]
         return (
-            "WITH s AS (SELECT DISTINCT ON (originator_id) originator_id, originator_version, topic, state"
-            f" FROM {snapshots} WHERE originator_id = ANY(%b::uuid[])"
-            " ORDER BY originator_id, originator_version DESC),"
+            "WITH s AS (SELECT s.originator_id, s.originator_version, s.topic, s.state"
+            " FROM unnest(%b::uuid[]) AS m(id) CROSS JOIN LATERAL ("
+            f" SELECT originator_id, originator_version, topic, state FROM {snapshots}"
+            " WHERE originator_id = m.id ORDER BY originator_version DESC LIMIT 1) s),"
             " k AS (SELECT k.id, greatest(k.v, coalesce(s.originator_version, 0)) AS v"
             " FROM unnest(%b::uuid[], %b::bigint[]) AS k(id, v) LEFT JOIN s ON s.originator_id = k.id)"
             " SELECT originator_id, originator_version, topic, state FROM ("
             " SELECT 0 AS part, originator_id, originator_version, topic, state FROM s"
             " UNION ALL"
-            " SELECT 1, e.originator_id, e.originator_version, e.topic, e.state"
-            f" FROM k JOIN {self.app.table(EVENTS_TABLE)} e ON e.originator_id = k.id AND e.originator_version > k.v"
+            " SELECT 1, e.originator_id, e.originator_version, e.topic, e.state FROM k CROSS JOIN LATERAL ("
+            f" SELECT originator_id, originator_version, topic, state FROM {self.app.table(EVENTS_TABLE)}"
+            " WHERE originator_id = k.id AND originator_version > k.v OFFSET 0) e"
             ") rows ORDER BY originator_id, part, originator_version"
         )
 

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from typing import Any
 from uuid import UUID
 
 import pytest
@@ -15,7 +18,7 @@ from domain.errors import AlreadyExists, Conflict, NotAllowed, NotFound
 from domain.room import Room
 from domain.staff import Actor, Role
 from inbox.config import Settings
-from inbox.adapters.eventstore import EventStore
+from inbox.adapters.eventstore import EVENTS_TABLE, EventStore
 from inbox.bootstrap import Container
 from inbox.usecases.channel_accounts import AccountInfo
 from inbox.usecases.ingest import InboundMessage
@@ -331,3 +334,32 @@ def test_a_save_that_lost_a_race_leaves_the_cached_room_as_it_was_lent(
     assert again == container.event_store.repository.get(room_id)
     assert again.version == 3 and again.message_count == 2
     assert "wamid.lost" not in again.inbound_ids.values()
+
+
+def test_the_batch_read_of_rooms_looks_each_room_up_by_its_key_even_without_statistics(
+    container: Container,
+) -> None:
+    """A store not analyzed yet (new, or autovacuum off) must not turn a batch's read of a few
+    rooms into a scan of every event: as a plain join it did (the planner's default guess is ~200
+    distinct rooms), 14 ms a batch on a bench's store and 2.1 s on 12 M events."""
+    store = EventStore(container.event_store)
+    events = store.app.table(EVENTS_TABLE)
+    with store.app.connection() as conn:
+        conn.execute(
+            f"INSERT INTO {events} (originator_id, originator_version, topic, state)"
+            " SELECT md5(r::text)::uuid, v, 'domain.room:Room.MessageReceived', '\\x7b7d'::bytea"
+            " FROM generate_series(1, 4000) r, generate_series(1, 25) v"
+        )
+        conn.commit()
+        wanted = [UUID(bytes=bytes(16)), *(UUID(hex=f"{i:032x}") for i in range(1, 9))]
+        plan = conn.execute(
+            "EXPLAIN (FORMAT JSON) " + store._rooms_sql, (wanted, wanted, [0] * len(wanted))).fetchone()["QUERY PLAN"]
+
+    def nodes(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        yield node
+        for child in node.get("Plans", ()):
+            yield from nodes(child)
+
+    root = (json.loads(plan) if isinstance(plan, str) else plan)[0]["Plan"]
+    scans = {n["Node Type"] for n in nodes(root) if n.get("Relation Name") == EVENTS_TABLE}
+    assert scans and "Seq Scan" not in scans, scans

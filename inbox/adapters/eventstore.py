@@ -730,9 +730,10 @@ class EventStore(AggregateStore):
         after its known version: the cached one (3rd parameter, 0 for none) or its snapshot's.
 
         Room by room (LATERAL, kept apart by LIMIT / OFFSET 0), so each is an index lookup whatever
-        the statistics say. As a plain join, the planner took a table without statistics (no
-        ANALYZE yet: a new store, or autovacuum off) for ~200 rows a room and scanned the whole
-        events table instead: 14 ms a batch on a bench's store, 2.1 s on 12 M events.
+        the statistics say. As a plain join, on a table without statistics (no ANALYZE yet: a new
+        store, or autovacuum off) the planner guessed ~200 distinct rooms, so a large share of the
+        table per room, and scanned the whole events table instead: 14 ms a batch on a bench's
+        store, 2.1 s on 12 M events.
         """
         snapshots = self.app.table(self.app.snapshots.recorder.events_table_name)  # type: ignore[union-attr]
         return (

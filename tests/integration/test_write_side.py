@@ -12,6 +12,7 @@ from typing import Any
 from uuid import UUID
 
 import pytest
+from eventsourcing.persistence import IntegrityError
 
 from domain.channels import Channel
 from domain.errors import AlreadyExists, Conflict, NotAllowed, NotFound
@@ -312,8 +313,6 @@ def test_a_save_that_lost_a_race_leaves_the_cached_room_as_it_was_lent(
 ) -> None:
     """The store lends a copy of the room it keeps: what an attempt decided on it and failed to
     save is not in the room the next attempt gets, and what was written meanwhile is."""
-    from eventsourcing.persistence import IntegrityError
-
     room_id = UUID(container.inbound.submit(account, message("628999", "wamid.l1")).room_id)
     store = EventStore(container.event_store)
     read = store.rooms_for_update([room_id])  # read at version 2

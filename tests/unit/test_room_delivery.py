@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from domain.channels import Channel
 from domain.errors import InvalidCommand
-from domain.room import Room, WindowClosed
+from domain.room import _STATE_CHANGED_IN_PLACE, Room, WindowClosed
 from domain.staff import Actor, Role
 
 T0 = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
@@ -119,8 +120,6 @@ def state_of(r: Room) -> dict[str, object]:
 
 
 def test_events_applied_to_a_copy_of_a_room_leave_the_room_as_it_was_and_the_reverse() -> None:
-    import copy
-
     original = busy_room()
     before = state_of(original)
     twin = copy.copy(original)
@@ -140,8 +139,6 @@ def test_events_applied_to_a_copy_of_a_room_leave_the_room_as_it_was_and_the_rev
 
 def test_every_container_in_a_rooms_state_is_one_a_copy_duplicates() -> None:
     """A new dict or list in the state must be copied by `Room.__copy__` too (or be replaced, never changed)."""
-    from domain.room import _STATE_CHANGED_IN_PLACE
-
     r = busy_room()
     containers = {k for k, v in vars(r).items() if isinstance(v, dict | list | set)}
     assert containers == {*_STATE_CHANGED_IN_PLACE, "_pending_events"}

@@ -101,9 +101,6 @@ class MemoryEventStore(AggregateStore):
                 pass
         return rooms
 
-    def rooms_folded(self, seen: Sequence[tuple[str, int]]) -> dict[str, Room]:
-        return {}  # nothing cheaper in bulk: the caller loads each room with `get`
-
     def can_write(self) -> bool:
         return self.writable
 

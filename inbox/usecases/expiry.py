@@ -93,10 +93,10 @@ class ExpiredRooms:
         return result
 
     def _resolve_chunk(self, actor: Actor, cutoff: datetime, seen: list[tuple[str, int]]) -> int:
-        loaded = self._store.rooms_folded(seen)
+        loaded = self._store.rooms_for_update(UUID(room_id) for room_id, _ in seen)
         rooms = [
             room for room_id, version in seen
-            if (room := self._decide(actor, cutoff, room_id, version, loaded.get(room_id)))
+            if (room := self._decide(actor, cutoff, room_id, version, loaded.get(UUID(room_id))))
         ]
         if not rooms:
             return 0

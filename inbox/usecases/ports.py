@@ -128,10 +128,6 @@ class EventStore(Protocol):
         back with `cache`). Up to date when read; a write by someone else after that makes `save`
         raise IntegrityError."""
 
-    def rooms_folded(self, seen: Sequence[tuple[str, int]]) -> dict[str, Room]:
-        """Several rooms at once, for bulk work: (room id, version the caller saw) → room. Rooms
-        the store cannot load cheaply in bulk may be missing: the caller loads those with `get`."""
-
     def parked_echoes(self, limit: int) -> list[ParkedEcho]:
         """The oldest parked echoes, at most `limit`."""
 

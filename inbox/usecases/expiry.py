@@ -102,9 +102,13 @@ class ExpiredRooms:
             return 0
         try:
             self._store.save(*rooms)
-            return len(rooms)
         except IntegrityError:
             log.info("a chunk of %s expired rooms raced with other writes; resolving one at a time", len(rooms))
+        else:
+            # Recorded state now, for the committer's next batch of these rooms: the read cached
+            # them as they were, and a stale cached room costs the next inbound batch a re-decision.
+            self._store.cache({room.id: room for room in rooms})
+            return len(rooms)
         done = 0
         for room_id, version in seen:
             room = self._decide(actor, cutoff, room_id, version)
@@ -114,6 +118,7 @@ class ExpiredRooms:
                 self._store.save(room)
             except IntegrityError:
                 continue  # changed between load and save: it is not the room the query saw
+            self._store.cache({room.id: room})
             done += 1
         return done
 

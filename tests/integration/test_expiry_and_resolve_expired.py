@@ -152,3 +152,18 @@ def test_resolve_expired_works_through_more_rooms_than_one_chunk(inbox: Inbox) -
     result = service.resolve_expired(Actor("admin1", "org1", Role.ADMIN), include_unassigned=True)
 
     assert (result.resolved, result.skipped) == (7, 0)
+
+
+def test_the_resolved_rooms_are_cached_as_recorded_for_the_next_inbound_batch(
+    inbox: Inbox, expiring: dict[str, str]
+) -> None:
+    """The chunk's read caches its rooms in the process's write cache; once resolved, the cache
+    holds them as saved, not as read (the next inbound message's optimistic write would fail)."""
+    store = inbox.container.expired._store
+    assert isinstance(store, EventStore)
+
+    assert inbox.post("/v1/rooms/resolve-expired", spv(inbox), {"channels": ["whatsapp_cloud"]}).json()["resolved"] == 1
+
+    room_id = UUID(expiring["wa_assigned"])
+    cached = store._rooms[room_id]
+    assert cached.status == "resolved" and cached.version == inbox.container.event_store.repository.get(room_id).version

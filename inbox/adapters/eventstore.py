@@ -26,7 +26,7 @@ from uuid import UUID
 
 import orjson
 
-from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent, project_aggregate
+from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
 from eventsourcing.domain import BaseAggregate
 from eventsourcing.persistence import (
     DatabaseError,
@@ -478,18 +478,20 @@ class InboxApplication(Application):
         return recordings
 
     def _take_snapshots(self, processing_event: ProcessingEvent[UUID]) -> None:
-        """The library's snapshots (every `snapshotting_intervals` events), taken from the saved
-        aggregate itself when it is at the snapshot's version, and written together.
+        """The library's snapshots (when an aggregate's events reach a multiple of
+        `snapshotting_intervals`), taken from the saved aggregate itself, and written together.
 
-        The library reads each aggregate back from the store (its snapshot and events: a query
-        and a decode of up to SNAPSHOT_INTERVAL events) and writes each snapshot in a transaction
-        of its own: a tenth of the inbound committer's time. The aggregate just saved is that
-        state already (its events are the stored ones), so its snapshot is the same; only when
-        it has moved past the snapshot's version in this save (two events of one room, across
-        the interval), the library's way is taken."""
+        The library reads each aggregate back from the store at the multiple's version (its
+        snapshot and events: a query and a decode of up to SNAPSHOT_INTERVAL events) and writes
+        each snapshot in a transaction of its own: a tenth of the inbound committer's time. The
+        aggregate just saved is recorded state already (its events are the stored ones), so it is
+        snapshotted as it is, at its own version: past the multiple when this save carried it
+        across (several events of one room in a batch). A snapshot is valid at any version
+        (readers fold the events after it), so this only moves it a few events later."""
         if not self.snapshots or not self.snapshotting_intervals:
             return
         taken = []
+        crossed: set[UUID] = set()
         for event in processing_event.events:
             aggregate = processing_event.aggregates.get(event.originator_id)
             if aggregate is None:
@@ -497,12 +499,13 @@ class InboxApplication(Application):
             interval = self.snapshotting_intervals.get(type(aggregate))
             if interval is None or event.originator_version % interval != 0:
                 continue
-            if aggregate.version == event.originator_version and type(aggregate) not in self.snapshotting_projectors:
+            if type(aggregate) in self.snapshotting_projectors:  # the library's way: folded by that projector
+                self.take_snapshot(event.originator_id, version=event.originator_version,
+                                   projector_func=self.snapshotting_projectors[type(aggregate)])
+            elif event.originator_id not in crossed:  # one snapshot a save, however many multiples it crossed
+                crossed.add(event.originator_id)
                 snapshot_class = getattr(type(aggregate), "Snapshot", type(self).snapshot_class)
                 taken.append(snapshot_class.take(aggregate))
-            else:
-                self.take_snapshot(event.originator_id, version=event.originator_version,
-                                   projector_func=self.snapshotting_projectors.get(type(aggregate), project_aggregate))
         if taken:
             self.snapshots.put(taken)
 

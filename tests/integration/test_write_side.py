@@ -271,6 +271,39 @@ def test_a_snapshot_is_the_state_the_rooms_events_fold_to_at_its_version(
         assert list(ours.items()) == list(theirs.items())
 
 
+def test_a_save_that_carries_a_room_across_the_snapshot_interval_snapshots_it_as_saved(
+    db_settings: Settings, container: Container, account: AccountInfo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Several events of one room in one save (a batch of webhooks) can step over the multiple
+    of the interval: the room is snapshotted as saved, at its own version, not read back from
+    the store at the multiple (a query, a fold and a transaction per snapshot in the committer)."""
+    room_id = UUID(container.inbound.submit(account, message("62802", "wamid.c0")).room_id)
+    for i in range(1, 48):
+        container.inbound.submit(account, message("62802", f"wamid.c{i}"))
+    app = container.event_store
+    room = app.repository.get(room_id)
+    assert room.version == 49
+    for i in range(48, 51):
+        room.receive(channel_message_id=f"wamid.c{i}", text=f"text {i}", sent_at=datetime.now(UTC))
+
+    def read_back(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("the snapshot was read back from the store")
+
+    monkeypatch.setattr(app, "take_snapshot", read_back)
+    app.save(room)
+
+    stored = query(db_settings, "SELECT originator_version, state FROM inbox_snapshots WHERE originator_id = %s",
+                   (room_id,))
+    assert [version for version, _ in stored] == [52]
+    folded = None
+    for event in app.events.get(room_id):
+        folded = event.mutate(folded)
+    ours, theirs = (app.mapper.transcoder.decode(bytes(s)) for s in (
+        stored[0][1], app.mapper.to_stored_event(Room.Snapshot.take(folded)).state))
+    ours.pop("timestamp"), theirs.pop("timestamp")
+    assert ours == theirs
+
+
 def test_a_cached_room_written_meanwhile_elsewhere_is_brought_up_to_date(
     db_settings: Settings, container: Container, account: AccountInfo
 ) -> None:

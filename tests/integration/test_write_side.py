@@ -368,14 +368,19 @@ def test_a_save_that_lost_a_race_leaves_the_cached_room_as_it_was_lent(
     assert "wamid.lost" not in again.inbound_ids.values()
 
 
-def _fill_without_statistics(conn: Any, events: str) -> None:
-    """100,000 events of 4,000 rooms, committed and never analyzed (as a new store, or autovacuum off)."""
-    conn.execute(
-        f"INSERT INTO {events} (originator_id, originator_version, topic, state)"
-        " SELECT md5(r::text)::uuid, v, 'domain.room:Room.MessageReceived', '\\x7b7d'::bytea"
-        " FROM generate_series(1, 4000) r, generate_series(1, 25) v"
-    )
-    conn.commit()
+def _batch_read_plan_without_statistics(store: EventStore, wanted: list[UUID]) -> dict[str, Any]:
+    """The plan (EXPLAIN, JSON) of the batch read of `wanted` rooms on a store of 100,000 events of
+    4,000 rooms, committed and never analyzed (as a new store, or autovacuum off)."""
+    with store.app.connection() as conn:
+        conn.execute(
+            f"INSERT INTO {store.app.table(EVENTS_TABLE)} (originator_id, originator_version, topic, state)"
+            " SELECT md5(r::text)::uuid, v, 'domain.room:Room.MessageReceived', '\\x7b7d'::bytea"
+            " FROM generate_series(1, 4000) r, generate_series(1, 25) v"
+        )
+        conn.commit()
+        plan = conn.execute(
+            "EXPLAIN (FORMAT JSON) " + store._rooms_sql, (wanted, wanted, [0] * len(wanted))).fetchone()["QUERY PLAN"]
+    return (json.loads(plan) if isinstance(plan, str) else plan)[0]
 
 
 def test_the_batch_read_of_rooms_looks_each_room_up_by_its_key_even_without_statistics(
@@ -384,20 +389,15 @@ def test_the_batch_read_of_rooms_looks_each_room_up_by_its_key_even_without_stat
     """A store not analyzed yet (new, or autovacuum off) must not turn a batch's read of a few
     rooms into a scan of every event: as a plain join it did (the planner's default guess is ~200
     distinct rooms), 14 ms a batch on a bench's store and 2.1 s on 12 M events."""
-    store = EventStore(container.event_store)
-    with store.app.connection() as conn:
-        _fill_without_statistics(conn, store.app.table(EVENTS_TABLE))
-        wanted = [UUID(bytes=bytes(16)), *(UUID(hex=f"{i:032x}") for i in range(1, 9))]
-        plan = conn.execute(
-            "EXPLAIN (FORMAT JSON) " + store._rooms_sql, (wanted, wanted, [0] * len(wanted))).fetchone()["QUERY PLAN"]
+    wanted = [UUID(bytes=bytes(16)), *(UUID(hex=f"{i:032x}") for i in range(1, 9))]
+    plan = _batch_read_plan_without_statistics(EventStore(container.event_store), wanted)
 
     def nodes(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
         yield node
         for child in node.get("Plans", ()):
             yield from nodes(child)
 
-    root = (json.loads(plan) if isinstance(plan, str) else plan)[0]["Plan"]
-    scans = {n["Node Type"] for n in nodes(root) if n.get("Relation Name") == EVENTS_TABLE}
+    scans = {n["Node Type"] for n in nodes(plan["Plan"]) if n.get("Relation Name") == EVENTS_TABLE}
     assert scans and "Seq Scan" not in scans, scans
 
 
@@ -406,12 +406,7 @@ def test_a_large_batch_read_of_rooms_is_not_compiled_first(container: Container)
     cost (~170 events a room), past `jit_above_cost`: compiling it took 130 ms for a read that
     runs in 3 ms ("resolve all expired", which reads its chunks of 500 rooms so, ran at a third
     of its speed in the bench). The write side's sessions do not compile."""
-    store = EventStore(container.event_store)
-    with store.app.connection() as conn:
-        _fill_without_statistics(conn, store.app.table(EVENTS_TABLE))
-        wanted = [UUID(hex=f"{i:032x}") for i in range(500)]
-        plan = conn.execute(
-            "EXPLAIN (FORMAT JSON) " + store._rooms_sql, (wanted, wanted, [0] * len(wanted))).fetchone()["QUERY PLAN"]
-    plan = (json.loads(plan) if isinstance(plan, str) else plan)[0]
+    wanted = [UUID(hex=f"{i:032x}") for i in range(500)]
+    plan = _batch_read_plan_without_statistics(EventStore(container.event_store), wanted)
     assert plan["Plan"]["Total Cost"] > 100_000, "the test's read no longer looks expensive to the planner"
     assert "JIT" not in plan, plan["JIT"]

@@ -181,10 +181,10 @@ class InboxRecorder(PostgresApplicationRecorder):
 
     def __init__(self, datastore: Any, *, events_table_name: str = "stored_events") -> None:
         # Before the first connection is made (the base class connects to register types).
-        # The pool's kwargs override the same keys of its conninfo: keep the URL's own options.
         # No JIT: the write side's statements take milliseconds, but on a store without statistics
         # the read of a batch's rooms is estimated at ~170 events a room, and compiling a read of
         # 500 rooms took 130 ms for 3 ms of work (the read side's sessions turn it off too).
+        # The pool's kwargs override the same keys of its conninfo: keep the URL's own options.
         given = conninfo_to_dict(datastore.pool.conninfo).get("options")
         ours = f"-c statement_timeout={WRITE_STATEMENT_TIMEOUT_MS} -c jit=off"
         datastore.pool.kwargs["options"] = f"{given} {ours}" if given else ours

@@ -36,6 +36,7 @@ from eventsourcing.persistence import (
     InterfaceError,
     InternalError,
     JSONTranscoder,
+    MapperDeserialisationError,
     NotSupportedError,
     OperationalError,
     PersistenceError,
@@ -44,6 +45,7 @@ from eventsourcing.persistence import (
     StoredEvent,
 )
 from eventsourcing.postgres import PostgresAggregateRecorder, PostgresApplicationRecorder, PostgresFactory
+from eventsourcing.utils import TopicError
 import psycopg
 from psycopg import errors as pg_errors
 from psycopg import pq
@@ -58,6 +60,7 @@ from domain.errors import NotFound
 from domain.room import Room
 from inbox.config import Settings
 from inbox.adapters.postgres import eventsourcing_env
+from inbox.usecases.results import RoomUnreadable
 from inbox.usecases.ports import BatchState, DeadlinePassed, DedupKey, DeliveryStatusRecord, ParkedEcho, RecordedFact
 
 logger = logging.getLogger(__name__)
@@ -533,6 +536,20 @@ class AggregateStore:
             return self.app.repository.get(aggregate_id)
         except AggregateNotFoundError:
             raise NotFound(f"aggregate {aggregate_id} not found") from None
+        except UNREADABLE_EVENT as e:
+            raise RoomUnreadable(aggregate_id, None, _reason(e)) from e
+
+
+# What decoding a stored event and folding it into its aggregate raise when the row is not one this
+# code can read: an unknown topic (a class removed or renamed), state that is not the transcoder's
+# JSON, or state without the fields the event's `apply` reads.
+UNREADABLE_EVENT: tuple[type[Exception], ...] = (
+    TopicError, MapperDeserialisationError, AttributeError, KeyError, TypeError, ValueError)
+
+
+def _reason(e: Exception) -> str:
+    cause = e.__cause__ if isinstance(e, MapperDeserialisationError) and e.__cause__ else e
+    return f"{type(cause).__name__}: {cause}"[:200]
 
 
 # Rooms kept by `EventStore.rooms_for_update` between batches (per process; the library's own
@@ -667,8 +684,11 @@ class EventStore(AggregateStore):
         folded: set[UUID] = set()
         for r in results.pop(0) if wanted else ():
             room_id = r["originator_id"]
-            event = decode(StoredEvent(room_id, r["originator_version"], r["topic"], bytes(r["state"])))
-            rooms[room_id] = event.mutate(rooms.get(room_id))  # a snapshot comes first and starts from None
+            try:
+                event = decode(StoredEvent(room_id, r["originator_version"], r["topic"], bytes(r["state"])))
+                rooms[room_id] = event.mutate(rooms.get(room_id))  # a snapshot comes first and starts from None
+            except UNREADABLE_EVENT as e:
+                raise RoomUnreadable(room_id, r["originator_version"], _reason(e)) from e
             folded.add(room_id)
         rooms = {room_id: room for room_id, room in rooms.items() if isinstance(room, Room)}
         # What was read is recorded state: keep a copy of it for the next read.

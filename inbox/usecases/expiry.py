@@ -5,8 +5,9 @@ in chunks, and resolves each with reason `expired` — but only if the room has 
 the query saw it: the projection's version is the expected version, so a room that received a
 new inbound message (or any other event) meanwhile is skipped, never resolved. Each chunk's
 rooms are saved in one short transaction; if that transaction loses a race, the chunk is redone
-one room at a time so one changed room does not hold back the others. Repeating the call
-resolves nothing more.
+one room at a time so one changed room does not hold back the others. A room whose recorded
+events cannot be read (`RoomUnreadable`) is left as it is and named in the answer; the chunk's
+other rooms are then read one at a time and resolved. Repeating the call resolves nothing more.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 from uuid import UUID
@@ -26,6 +27,7 @@ from domain.errors import DomainError, NotFound
 from domain.room import ASSIGNED, UNASSIGNED, Room, check_may_resolve_expired
 from domain.staff import Actor
 from inbox.usecases.ports import EventStore
+from inbox.usecases.results import RoomUnreadable
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,7 @@ class ResolveExpiredResult:
     resolved: int
     skipped: int  # expired per the projection, but changed since (or no longer expired): left alone
     seconds: float
+    unreadable: list[str] = field(default_factory=list)  # rooms whose events cannot be read: left alone
 
 
 class ExpiredRooms:
@@ -73,6 +76,7 @@ class ExpiredRooms:
         started = time.perf_counter()
         cutoff = self._clock()
         resolved = skipped = 0
+        unreadable: list[str] = []
         after: tuple[datetime, str] | None = None
         while expiring:
             chunk = self._find(
@@ -82,18 +86,27 @@ class ExpiredRooms:
             if not chunk:
                 break
             after = (chunk[-1]["expires_at"], str(chunk[-1]["id"]))
-            done = self._resolve_chunk(actor, cutoff, [(str(c["id"]), int(c["version"])) for c in chunk])
+            unread_before = len(unreadable)
+            done = self._resolve_chunk(actor, cutoff, [(str(c["id"]), int(c["version"])) for c in chunk], unreadable)
             resolved += done
-            skipped += len(chunk) - done
-        result = ResolveExpiredResult(resolved, skipped, time.perf_counter() - started)
+            skipped += len(chunk) - done - (len(unreadable) - unread_before)
+        result = ResolveExpiredResult(resolved, skipped, time.perf_counter() - started, unreadable)
         log.info(
-            "org %s: resolved %s expired rooms (%s skipped as changed) in %.2fs",
-            actor.org_id, result.resolved, result.skipped, result.seconds,
+            "org %s: resolved %s expired rooms (%s skipped as changed, %s unreadable) in %.2fs",
+            actor.org_id, result.resolved, result.skipped, len(unreadable), result.seconds,
         )
         return result
 
-    def _resolve_chunk(self, actor: Actor, cutoff: datetime, seen: list[tuple[str, int]]) -> int:
-        loaded = self._store.rooms_for_update(UUID(room_id) for room_id, _ in seen)
+    def _resolve_chunk(
+        self, actor: Actor, cutoff: datetime, seen: list[tuple[str, int]], unreadable: list[str]
+    ) -> int:
+        """Resolves what it can of one chunk; returns how many, adds the rooms it cannot read to `unreadable`."""
+        try:
+            loaded = self._store.rooms_for_update(UUID(room_id) for room_id, _ in seen)
+        except RoomUnreadable as e:
+            log.error("a chunk of %s expired rooms holds an unreadable room (%s); resolving one at a time",
+                      len(seen), e)
+            return self._resolve_one_by_one(actor, cutoff, seen, unreadable)
         rooms = [
             room for room_id, version in seen
             if (room := self._decide(actor, cutoff, room_id, version, loaded.get(UUID(room_id))))
@@ -109,9 +122,19 @@ class ExpiredRooms:
             # them as they were, and a stale cached room costs the next inbound batch a re-decision.
             self._store.cache({room.id: room for room in rooms})
             return len(rooms)
+        return self._resolve_one_by_one(actor, cutoff, seen, unreadable)
+
+    def _resolve_one_by_one(
+        self, actor: Actor, cutoff: datetime, seen: list[tuple[str, int]], unreadable: list[str]
+    ) -> int:
         done = 0
         for room_id, version in seen:
-            room = self._decide(actor, cutoff, room_id, version)
+            try:
+                room = self._decide(actor, cutoff, room_id, version)
+            except RoomUnreadable as e:
+                log.error("expired room left as it is: %s", e)
+                unreadable.append(room_id)
+                continue
             if room is None:
                 continue
             try:

@@ -84,7 +84,8 @@ class EventStore(Protocol):
     statuses written in the same transaction as the events."""
 
     def get(self, aggregate_id: UUID) -> Any:
-        """The aggregate; `domain.errors.NotFound` when there is none."""
+        """The aggregate; `domain.errors.NotFound` when there is none, `results.RoomUnreadable` when a
+        room's stored events cannot be decoded (every read of rooms below says so the same way)."""
 
     def save(
         self, *aggregates: Any, dedup_keys: Sequence[DedupKey] = (),

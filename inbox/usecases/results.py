@@ -44,3 +44,16 @@ class Unavailable(Exception):
     """The write side cannot record now (database locked, slow or down; queue full): HTTP 503."""
 
     retry_after = 5
+
+
+class RoomUnreadable(Unavailable):
+    """A room's recorded events cannot be read back (a corrupt row, or an event type this code does
+    not know, e.g. after a deploy was rolled back): nothing can be decided on the room until an
+    operator mends the row. Answered like `Unavailable` (503 + Retry-After), so the sender retries
+    and its retry is recorded once the room reads again; every other room is unaffected."""
+
+    def __init__(self, room_id: object, version: int | None, reason: str) -> None:
+        event = f"its stored event {version}" if version is not None else "one of its stored events"
+        super().__init__(f"room {room_id} cannot be read: {event} is unreadable ({reason});"
+                         " nothing is recorded on it until an operator mends it; retry later")
+        self.room_id, self.version = str(room_id), version

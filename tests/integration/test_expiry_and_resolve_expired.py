@@ -72,7 +72,7 @@ def test_resolve_expired_resolves_assigned_expired_rooms_of_the_channels_only(in
                                                                              expiring: dict[str, str]) -> None:
     r = inbox.post("/v1/rooms/resolve-expired", spv(inbox), {"channels": ["whatsapp_cloud"]})
 
-    assert r.status_code == 200 and r.json() == {"resolved": 1, "skipped": 0}
+    assert r.status_code == 200 and r.json() == {"resolved": 1, "skipped": 0, "unreadable": []}
     inbox.project()
     assert set(inbox.room_ids(status="resolved")) == {expiring["wa_assigned"]}
     resolved = last_event(inbox, expiring["wa_assigned"])
@@ -96,9 +96,9 @@ def test_resolve_expired_is_safe_to_repeat(inbox: Inbox, expiring: dict[str, str
     body = {"channels": ["whatsapp_cloud", "instagram", "facebook_messenger"], "include_unassigned": True}
     assert inbox.post("/v1/rooms/resolve-expired", spv(inbox), body).json()["resolved"] == 4
     # Even before the projection catches up, a repeat finds the rooms changed and leaves them.
-    assert inbox.post("/v1/rooms/resolve-expired", spv(inbox), body).json() == {"resolved": 0, "skipped": 4}
+    assert inbox.post("/v1/rooms/resolve-expired", spv(inbox), body).json() == {"resolved": 0, "skipped": 4, "unreadable": []}
     inbox.project()
-    assert inbox.post("/v1/rooms/resolve-expired", spv(inbox), body).json() == {"resolved": 0, "skipped": 0}
+    assert inbox.post("/v1/rooms/resolve-expired", spv(inbox), body).json() == {"resolved": 0, "skipped": 0, "unreadable": []}
 
 
 def test_resolve_expired_skips_a_room_that_received_a_message_after_the_query_saw_it(
@@ -110,7 +110,7 @@ def test_resolve_expired_skips_a_room_that_received_a_message_after_the_query_sa
 
     r = inbox.post("/v1/rooms/resolve-expired", spv(inbox), {"channels": ["whatsapp_cloud"]})
 
-    assert r.json() == {"resolved": 0, "skipped": 1}
+    assert r.json() == {"resolved": 0, "skipped": 1, "unreadable": []}
     inbox.project()
     room = inbox.get(f"/v1/rooms/{expiring['wa_assigned']}")
     assert (room["status"], room["awaiting_reply"]) == ("assigned", True)

@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 from inbox.config import DEV_META_APP_SECRET, DEV_META_VERIFY_TOKEN, Settings
 from inbox.bootstrap import Container
 from channels.meta.signature import signature
-from tests.support import auth, project_all, query
+from tests.support import auth, execute, project_all, query
 
 pytestmark = pytest.mark.integration
 
@@ -293,6 +293,29 @@ def test_a_batch_with_one_malformed_entry_records_nothing(client: TestClient, db
     assert "entry[2].changes[0].value.messages[0].timestamp" in r.json()["detail"]
     assert room_events(db_settings) == 0
     assert query(db_settings, "SELECT count(*) FROM delivery_statuses")[0][0] == 0
+
+
+def test_a_batch_with_a_fact_for_a_room_that_cannot_be_read_is_503_and_recorded_whole_once_mended(
+    client: TestClient, db_settings: Settings, accounts: None,
+) -> None:
+    """All or none, also when a room's stored events cannot be read (tests/integration/test_unreadable_rooms.py):
+    Meta retries the 503 and the retry is recorded once the row is mended."""
+    assert post(client, fixture("wa_image.json")).status_code == 200
+    [(room, version)] = query(db_settings, "SELECT originator_id::text, max(originator_version) + 1 FROM inbox_events"
+                                           " WHERE topic LIKE 'domain.room:%%' GROUP BY originator_id")
+    execute(db_settings, "INSERT INTO inbox_events (originator_id, originator_version, topic, state)"
+                         " VALUES (%s, %s, 'domain.room:Room.MessageReceived', %s)", (room, version, b"\xff"))
+    before = room_events(db_settings)
+
+    r = post(client, batched())
+
+    assert r.status_code == 503 and room in r.json()["detail"] and "Retry-After" in r.headers
+    assert room_events(db_settings) == before
+    assert query(db_settings, "SELECT count(*) FROM delivery_statuses")[0][0] == 0
+
+    execute(db_settings, "DELETE FROM inbox_events WHERE originator_id = %s AND originator_version = %s", (room, version))
+    r = post(client, batched())
+    assert r.status_code == 200 and r.json()["recorded"] == 2  # the text and the status; the image is a duplicate
 
 
 def test_a_thousand_entries_in_one_post(client: TestClient, db_settings: Settings, accounts: None) -> None:

@@ -213,6 +213,9 @@ class RoomPage(BaseModel):
 class ExpiredResolved(BaseModel):
     resolved: int
     skipped: int = Field(description="expired rooms left alone because they changed after the query saw them")
+    unreadable: list[str] = Field(
+        description="expired rooms left alone because their recorded events cannot be read (a corrupt or unknown"
+                    " stored event; logged for the operators): resolved by a repeat once mended")
 
 
 class SearchMatch(BaseModel):

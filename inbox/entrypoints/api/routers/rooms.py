@@ -55,7 +55,7 @@ def resolve_expired_rooms(body: ResolveExpired, actor: StaffDep, container: Cont
     result = container.expired.resolve_expired(
         actor, channels=body.channels, include_unassigned=body.include_unassigned
     )
-    return ExpiredResolved(resolved=result.resolved, skipped=result.skipped)
+    return ExpiredResolved(resolved=result.resolved, skipped=result.skipped, unreadable=result.unreadable)
 
 
 @router.get("/{room_id}", response_model=RoomOut)

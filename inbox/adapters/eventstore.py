@@ -60,8 +60,8 @@ from domain.errors import NotFound
 from domain.room import Room
 from inbox.config import Settings
 from inbox.adapters.postgres import eventsourcing_env
-from inbox.usecases.results import RoomUnreadable
 from inbox.usecases.ports import BatchState, DeadlinePassed, DedupKey, DeliveryStatusRecord, ParkedEcho, RecordedFact
+from inbox.usecases.results import HistoryUnreadable
 
 logger = logging.getLogger(__name__)
 
@@ -537,7 +537,7 @@ class AggregateStore:
         except AggregateNotFoundError:
             raise NotFound(f"aggregate {aggregate_id} not found") from None
         except UNREADABLE_EVENT as e:
-            raise RoomUnreadable(aggregate_id, None, _reason(e)) from e
+            raise HistoryUnreadable(aggregate_id, None, _reason(e)) from e
 
 
 # What decoding a stored event and folding it into its aggregate raise when the row is not one this
@@ -688,7 +688,7 @@ class EventStore(AggregateStore):
                 event = decode(StoredEvent(room_id, r["originator_version"], r["topic"], bytes(r["state"])))
                 rooms[room_id] = event.mutate(rooms.get(room_id))  # a snapshot comes first and starts from None
             except UNREADABLE_EVENT as e:
-                raise RoomUnreadable(room_id, r["originator_version"], _reason(e)) from e
+                raise HistoryUnreadable(room_id, r["originator_version"], _reason(e)) from e
             folded.add(room_id)
         rooms = {room_id: room for room_id, room in rooms.items() if isinstance(room, Room)}
         # What was read is recorded state: keep a copy of it for the next read.

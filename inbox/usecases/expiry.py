@@ -6,7 +6,7 @@ the query saw it: the projection's version is the expected version, so a room th
 new inbound message (or any other event) meanwhile is skipped, never resolved. Each chunk's
 rooms are saved in one short transaction; if that transaction loses a race, the chunk is redone
 one room at a time so one changed room does not hold back the others. A room whose recorded
-events cannot be read (`RoomUnreadable`) is left as it is and named in the answer; the chunk's
+events cannot be read (`HistoryUnreadable`) is left as it is and named in the answer; the chunk's
 other rooms are then read one at a time and resolved. Repeating the call resolves nothing more.
 """
 
@@ -27,7 +27,7 @@ from domain.errors import DomainError, NotFound
 from domain.room import ASSIGNED, UNASSIGNED, Room, check_may_resolve_expired
 from domain.staff import Actor
 from inbox.usecases.ports import EventStore
-from inbox.usecases.results import RoomUnreadable
+from inbox.usecases.results import HistoryUnreadable
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ class ExpiredRooms:
         """Resolves what it can of one chunk; returns how many, adds the rooms it cannot read to `unreadable`."""
         try:
             loaded = self._store.rooms_for_update(UUID(room_id) for room_id, _ in seen)
-        except RoomUnreadable as e:
+        except HistoryUnreadable as e:
             log.error("a chunk of %s expired rooms holds an unreadable room (%s); resolving one at a time",
                       len(seen), e)
             return self._resolve_one_by_one(actor, cutoff, seen, unreadable)
@@ -131,7 +131,7 @@ class ExpiredRooms:
         for room_id, version in seen:
             try:
                 room = self._decide(actor, cutoff, room_id, version)
-            except RoomUnreadable as e:
+            except HistoryUnreadable as e:
                 log.error("expired room left as it is: %s", e)
                 unreadable.append(room_id)
                 continue

@@ -39,7 +39,7 @@ from domain.room import SENT, Room, check_contact, check_content, room_id_for
 from inbox.usecases.channel_accounts import AccountInfo
 from inbox.usecases.echoes import park, should_park
 from inbox.usecases.ports import DeadlinePassed, DedupKey, DeliveryStatusRecord, EventStore, ParkedEcho, RecordedFact
-from inbox.usecases.results import FactOutcome, FactResult, InboundResult, RoomUnreadable, Unavailable
+from inbox.usecases.results import FactOutcome, FactResult, HistoryUnreadable, InboundResult, Unavailable
 
 __all__ = ["BatchDecision", "CheckedFacts", "InboundCommitter", "InboundMessage", "check_each", "validate_fact"]
 
@@ -323,7 +323,7 @@ class InboundCommitter:
                     for pending in batch:
                         self._commit([pending])
                     return
-                if isinstance(e, RoomUnreadable):  # the store's data, not a bug here: no traceback
+                if isinstance(e, HistoryUnreadable):  # the store's data, not a bug here: no traceback
                     log.error("inbound group not recorded: %s", e)
                 else:
                     log.exception("inbound group failed")

@@ -84,7 +84,7 @@ class EventStore(Protocol):
     statuses written in the same transaction as the events."""
 
     def get(self, aggregate_id: UUID) -> Any:
-        """The aggregate; `domain.errors.NotFound` when there is none, `results.RoomUnreadable` when a
+        """The aggregate; `domain.errors.NotFound` when there is none, `results.HistoryUnreadable` when a
         room's stored events cannot be decoded (every read of rooms below says so the same way)."""
 
     def save(

@@ -46,14 +46,15 @@ class Unavailable(Exception):
     retry_after = 5
 
 
-class RoomUnreadable(Unavailable):
-    """A room's recorded events cannot be read back (a corrupt row, or an event type this code does
-    not know, e.g. after a deploy was rolled back): nothing can be decided on the room until an
-    operator mends the row. Answered like `Unavailable` (503 + Retry-After), so the sender retries
-    and its retry is recorded once the room reads again; every other room is unaffected."""
+class HistoryUnreadable(Unavailable):
+    """An aggregate's recorded events cannot be read back (a corrupt row, or an event type this code
+    does not know, e.g. after a deploy was rolled back): nothing can be decided on that room (or
+    channel account) until an operator mends the row. Answered like `Unavailable` (503 +
+    Retry-After), so the sender retries and its retry is recorded once it reads again; every other
+    room is unaffected."""
 
-    def __init__(self, room_id: object, version: int | None, reason: str) -> None:
+    def __init__(self, aggregate_id: object, version: int | None, reason: str) -> None:
         event = f"its stored event {version}" if version is not None else "one of its stored events"
-        super().__init__(f"room {room_id} cannot be read: {event} is unreadable ({reason});"
+        super().__init__(f"the history of {aggregate_id} cannot be read: {event} is unreadable ({reason});"
                          " nothing is recorded on it until an operator mends it; retry later")
-        self.room_id, self.version = str(room_id), version
+        self.aggregate_id, self.version = str(aggregate_id), version

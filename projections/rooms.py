@@ -243,5 +243,9 @@ def _iso(delivery: dict[str, Any] | None) -> dict[str, Any] | None:
     return delivery
 
 
-def _ts(value: str | datetime) -> datetime:
+def as_datetime(value: str | datetime) -> datetime:
+    """An event's time: ISO text as on the wire, or the datetime a replay's reader left it as."""
     return value if isinstance(value, datetime) else datetime.fromisoformat(value)
+
+
+_ts = as_datetime

@@ -79,12 +79,18 @@ def _room_event(topic: str) -> tuple[str, int, bool]:
     return spec
 
 
-def _lean_wire(row: tuple[int, str, int, str, bytes]) -> dict[str, Any] | None:
+def _lean_wire(row: tuple[int, str, int, str, bytes], *, folding: bool = False) -> dict[str, Any] | None:
     """`to_wire(decode(row))` straight from the stored JSON, for the common case: a state at its
     class's current version whose transcoded values are top-level datetimes and UUIDs. Anything
     else (an older class version to upcast, a transcoded value nested in a list or dict, a decimal,
     a state orjson reads differently from the stdlib) returns None: the caller takes `_fast_wire`,
     the library's rules. Equal to the library decode + `to_wire` (tests/integration/test_event_log.py).
+
+    `folding`: for a reader that folds the events at once (the replay), two things it does not
+    need are left undone: the times (`occurred_at` and the data's) stay the datetimes they were
+    parsed into instead of ISO text (the projections take either, `projections.rooms.as_datetime`;
+    each time would otherwise be formatted here and parsed again by each fold), and there is no
+    "id" (a hash per event; only a dead letter needs it, `writer.wire_id` computes it then).
     """
     _, room_id, version, topic, raw = row
     kind, class_version, org_in_data = _room_event(topic)
@@ -108,7 +114,8 @@ def _lean_wire(row: tuple[int, str, int, str, bytes]) -> dict[str, Any] | None:
                 return None
             name = value["_type_"]
             if name == "datetime_iso":
-                state[key] = datetime.fromisoformat(value["_data_"]).isoformat()
+                at = datetime.fromisoformat(value["_data_"])
+                state[key] = at if folding else at.isoformat()
             elif name == "uuid_hex":
                 state[key] = str(UUID(value["_data_"]))
             else:
@@ -116,6 +123,10 @@ def _lean_wire(row: tuple[int, str, int, str, bytes]) -> dict[str, Any] | None:
             transcoded += 1
     if raw.count(b'"_type_"') != transcoded:  # one nested deeper: the library revives it into an object
         return None
+    occurred = datetime.fromisoformat(timestamp["_data_"])
+    if folding:
+        return {"type": kind, "schema_version": SCHEMA_VERSION, "org_id": org_id, "room_id": room_id,
+                "version": version, "occurred_at": occurred, "data": state}
     return {
         "id": event_id(room_id, version),
         "type": kind,
@@ -123,7 +134,7 @@ def _lean_wire(row: tuple[int, str, int, str, bytes]) -> dict[str, Any] | None:
         "org_id": org_id,
         "room_id": room_id,
         "version": version,
-        "occurred_at": datetime.fromisoformat(timestamp["_data_"]).isoformat(),
+        "occurred_at": occurred.isoformat(),
         "data": state,
     }
 
@@ -143,7 +154,7 @@ class WireEventLog:
 
     def read(
         self, after: int, limit: int, unreadable: list[Unreadable] | None = None, *,
-        stop: int | None = None, share: tuple[int, int] | None = None,
+        stop: int | None = None, share: tuple[int, int] | None = None, folding: bool = False,
     ) -> tuple[LogPage, int]:
         """Notifications with id > after, at most `limit`; returns (page, number of rows read).
 
@@ -156,6 +167,10 @@ class WireEventLog:
         decoded, or its room has no `RoomOpened`) is left out of the page and appended there, so
         the caller records it and goes on; without it, the error propagates. Transient database
         errors always propagate.
+
+        `folding`: for a reader that folds the events itself: their times may be datetimes rather
+        than ISO text, and they may have no "id" (`_lean_wire`); never for events that leave the
+        process.
         """
         recorder = self._event_store.recorder
         if not hasattr(recorder, "select_notification_rows"):  # not the PostgreSQL store
@@ -179,7 +194,7 @@ class WireEventLog:
         lean = self._lean_decoding()
         for row in room_rows:
             try:
-                event = _lean_wire(row) if lean else None
+                event = _lean_wire(row, folding=folding) if lean else None
                 events.append((row[0], event if event is not None else self._wire(row)))
             except Exception as e:
                 if unreadable is None or is_transient(e):

@@ -206,6 +206,28 @@ def test_replay_dead_letters_an_event_it_cannot_apply_and_finishes(
     assert counters_table(db_settings) == recount(db_settings)
 
 
+@pytest.mark.parametrize("shares", [1, 2])
+def test_replay_dead_letters_an_event_its_fold_refuses_exactly_as_a_worker_does(
+    db_settings: Settings, container: Container, shares: int,
+) -> None:
+    """The replay's reader leaves out what a fold does not need (the event id, ISO text for times:
+    `event_log._lean_wire(folding=True)`); a dead letter still stores the whole wire event."""
+    room = store_conversation(container, ["one"])
+    orphan = str(uuid.uuid4())  # a message with no RoomOpened before it: both folds refuse it
+    execute(db_settings, "INSERT INTO inbox_events (originator_id, originator_version, topic, state)"
+                         " SELECT %s, 1, topic, state FROM inbox_events WHERE originator_id = %s AND originator_version = 2",
+            (orphan, room))
+    letters = "SELECT event_id, event, room_id, version, event_type FROM {} ORDER BY id"
+    project_all(db_settings)  # the projection worker's writer (not the reports consumer)
+    [live] = query(db_settings, letters.format("projection_dead_letters"))
+
+    asyncio.run(replay(db_settings, page_size=2, shares=shares))
+
+    assert query(db_settings, letters.format("projection_dead_letters")) == [live]
+    assert query(db_settings, letters.format("report_dead_letters")) == [live]
+    assert live[0] == event_id(orphan, 1)
+
+
 def test_retry_after_the_fix_applies_the_event_and_resolves_its_dead_letter(
     db_settings: Settings, container: Container,
 ) -> None:

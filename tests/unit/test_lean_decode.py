@@ -6,6 +6,7 @@ transcodings it does not know."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -15,6 +16,7 @@ from eventsourcing.persistence import StoredEvent
 
 from inbox.adapters.event_log import _lean_wire
 from inbox.adapters.wire import EVENT_TYPE_NAMES, to_wire
+from projections.rooms import as_datetime
 from tests.unit.test_event_schemas import domain_events
 
 Row = tuple[int, str, int, str, bytes]
@@ -49,6 +51,18 @@ def test_every_event_type_at_its_current_version_decodes_as_the_library_does(app
     assert lean == [library(app, s) for s in stored]
     # The same JSON too, key order included (the relay publishes these bytes).
     assert [orjson.dumps(e) for e in lean] == [orjson.dumps(library(app, s)) for s in stored]
+
+
+def test_for_a_fold_it_leaves_out_the_id_and_keeps_the_times_as_the_datetimes_they_stand_for(app: Application) -> None:
+    for s in stored_rows(app):
+        wire = library(app, s)
+        folding = _lean_wire(row(s), folding=True)
+        assert folding is not None and "id" not in folding
+        assert isinstance(folding["occurred_at"], datetime)
+        as_text = {k: v.isoformat() if isinstance(v, datetime) else v for k, v in folding.items()}
+        as_text["data"] = {k: v.isoformat() if isinstance(v, datetime) else v for k, v in folding["data"].items()}
+        assert {"id": wire["id"], **as_text} == wire
+        assert as_datetime(folding["occurred_at"]) == as_datetime(wire["occurred_at"])  # what a fold reads
 
 
 def test_older_class_versions_are_left_to_the_library_upcasts(app: Application) -> None:

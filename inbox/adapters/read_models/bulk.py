@@ -56,7 +56,7 @@ from inbox.adapters.read_models import writer
 from inbox.adapters.wire import event_id
 from inbox.config import Settings
 from projections.counters import deltas
-from projections.rooms import MessageChange, MessageRow
+from projections.rooms import MessageChange, MessageRow, as_datetime
 
 log = logging.getLogger(__name__)
 
@@ -256,11 +256,11 @@ def fold_share(
             position = 0
             while position < stop:
                 unreadable: list[Unreadable] = []
-                page, _ = reader.read(position, page_size, unreadable, stop=stop, share=share)
+                page, _ = reader.read(position, page_size, unreadable, stop=stop, share=share, folding=True)
                 position = page.last_id
                 events = [e for _, e in page.events]
                 if until is not None:
-                    events = [e for e in events if datetime.fromisoformat(e["occurred_at"]) <= until]
+                    events = [e for e in events if as_datetime(e["occurred_at"]) <= until]
                 send(fold.add(events, position, unreadable))
             send(fold.end())
     except Exception as e:

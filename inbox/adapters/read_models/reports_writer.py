@@ -22,7 +22,7 @@ import orjson
 from psycopg import AsyncConnection
 
 from inbox.adapters.postgres import is_transient
-from inbox.adapters.read_models.writer import dead_letter_row
+from inbox.adapters.read_models.writer import dead_letter_row, wire_id
 from projections.reports import COUNT_FIELDS, BacklogChange, Count, Cycle, ReportRoom, apply
 
 log = logging.getLogger(__name__)
@@ -152,7 +152,7 @@ def _step(state: ReportRoom | None, event: dict[str, Any]) -> _Step:
 
 
 def _refused(state: ReportRoom | None, event: dict[str, Any], error: BaseException) -> _Step:
-    log.error("reports: dead-lettering event %s (%s v%s): %s: %s", event.get("id"), event.get("type"),
+    log.error("reports: dead-lettering event %s (%s v%s): %s: %s", wire_id(event), event.get("type"),
               event.get("version"), type(error).__name__, next(iter(str(error).splitlines()), ""))
     after = replace(state, version=event["version"]) if state is not None else None
     return _Step(event, state, after, dead_letter=dead_letter_row(event, f"{type(error).__name__}: {error}"))

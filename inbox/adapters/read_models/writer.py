@@ -22,6 +22,7 @@ from psycopg.pq import TransactionStatus
 from psycopg_pool import AsyncConnectionPool
 
 from inbox.adapters.postgres import is_transient
+from inbox.adapters.wire import event_id
 from projections.counters import deltas
 from projections.rooms import MessageChange, MessageRow, RoomView, apply, message_change
 
@@ -350,13 +351,23 @@ def _apply_one(view: RoomView | None, event: dict[str, Any]) -> _Step:
 
 def _refused(view: RoomView | None, event: dict[str, Any], error: BaseException) -> _Step:
     log.error("dead-lettering event %s (%s v%s): %s: %s",  # first line: the details may quote message text
-              event.get("id"), event.get("type"), event.get("version"), type(error).__name__, _first_line(error))
+              wire_id(event), event.get("type"), event.get("version"), type(error).__name__, _first_line(error))
     after = replace(view, version=event["version"]) if view is not None else None
     return _Step(event, view, after, [], dead_letter_row(event, f"{type(error).__name__}: {error}"))
 
 
+def wire_id(event: dict[str, Any]) -> Any:
+    """The event's "id", computed (`wire.event_id`) when a folding reader left it out (`event_log._lean_wire`)."""
+    if "id" in event:
+        return event["id"]
+    room_id, version = event.get("room_id"), event.get("version")
+    return event_id(room_id, version) if isinstance(room_id, str) and type(version) is int else None
+
+
 def dead_letter_row(event: dict[str, Any], reason: str) -> tuple[Any, ...]:
     """A row of `projection_dead_letters` (event_id, reason, event, room_id, version, event_type) for a decoded event (text without NUL, so it always stores)."""
+    if "id" not in event and (id_ := wire_id(event)) is not None:
+        event = {"id": id_, **event}  # stored as the wire event it is
     try:
         raw = orjson.dumps(event)
     except Exception:

@@ -241,6 +241,30 @@ def test_replay_folding_rooms_in_two_processes_rebuilds_the_same_projections(
     assert progress and progress[-1][0] == progress[-1][1]
 
 
+def keys_and_indexes(settings: Settings) -> list[tuple[Any, ...]]:
+    """Every index and constraint of the schema's tables, as PostgreSQL states them."""
+    return query(settings, "SELECT tablename, indexname, indexdef FROM pg_indexes WHERE schemaname = %s"
+                           " ORDER BY 1, 2", (settings.db_schema,)) + query(settings,
+        "SELECT t.relname, c.conname, pg_get_constraintdef(c.oid) FROM pg_constraint c"
+        " JOIN pg_class t ON t.oid = c.conrelid JOIN pg_namespace n ON n.oid = t.relnamespace"
+        " WHERE n.nspname = %s ORDER BY 1, 2", (settings.db_schema,))
+
+
+@pytest.mark.parametrize("shares", [1, 2])
+def test_replay_leaves_every_index_and_key_of_the_rebuilt_tables_as_the_migration_made_them(
+    db_settings: Settings, container: Container, shares: int,
+) -> None:
+    """The bulk load drops the unique keys of the tables it COPYs and builds every index after
+    loading (`bulk.KEYS_BUILT_AFTER`, `schema.read_model_ddl`): all of them are back after the switch."""
+    populate(container, rooms=5, seed=4)
+    migrated = keys_and_indexes(db_settings)
+    assert {"rooms_pkey", "messages_pkey", "report_rooms_pkey", "report_cycles_pkey"} <= {r[1] for r in migrated}
+
+    asyncio.run(replay(db_settings, page_size=40, shares=shares))
+
+    assert keys_and_indexes(db_settings) == migrated
+
+
 def test_replay_of_a_message_id_stored_twice_keeps_the_first_as_the_writer_does(
     db_settings: Settings, container: Container, caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -14,8 +14,8 @@ room to each final room) and report counts to be added up.
 
 Writing (`BulkLoad`, on the replay's connection, in its transaction): each share's pages in their
 order — the COPY data, the gaps and dead letters as the writer inserts them — and the shares' ends;
-then the history's unique indexes (dropped while loading: a random id makes every COPYed row a
-random index insert), the pages' message changes in their order by the writer's own statement,
+then the unique indexes of the history, rooms and report states (dropped while loading: a random
+id makes every COPYed row a random index insert), the pages' message changes in their order by the writer's own statement,
 and the counters and report counts summed over the shares. Rooms are disjoint across shares, so
 the order between shares does not matter.
 
@@ -61,6 +61,11 @@ from projections.rooms import MessageChange, MessageRow, as_datetime
 log = logging.getLogger(__name__)
 
 OpenReader = Callable[[Settings], WireEventLog]
+
+
+# The tables whose rows are all COPYed (the history as it is read, the rooms and report states at
+# the end); counters and report counts are added up, upserted on their keys, so keep them.
+KEYS_BUILT_AFTER = ("messages", "rooms", "report_rooms", "report_cycles", "report_backlog")
 
 
 class BulkRefused(Exception):
@@ -304,7 +309,7 @@ class BulkLoad:
         self.page_size, self.until = page_size, until
         self.events = 0
         self.rooms = 0
-        self._restore: list[sql.Composable] = []  # the unique indexes of the history, built after loading
+        self._restore: list[sql.Composable] = []  # the unique indexes of KEYS_BUILT_AFTER, built after loading
         self._changes: list[list[tuple[Any, ...]]] = []  # each page's message changes, applied after loading
 
     async def run(self, stop: int, on_page: Callable[[int], None]) -> None:
@@ -378,22 +383,26 @@ class BulkLoad:
                 await asyncio.to_thread(thread.join)
 
     async def _drop_unique_indexes(self) -> None:
-        """The history's unique indexes go while it is loaded, and are built once after (`_restore_`):
-        a random id per row makes each COPYed row a random index insert. A duplicate then fails the
-        build, which sends the load through the writer like any refusal."""
-        cur = await self.conn.execute(
-            "SELECT c.conname, pg_get_constraintdef(c.oid) FROM pg_constraint c"
-            " WHERE c.conrelid = 'messages'::regclass AND c.contype IN ('p', 'u')")
-        for name, definition in await cur.fetchall():
-            await self.conn.execute(sql.SQL("ALTER TABLE messages DROP CONSTRAINT {}").format(sql.Identifier(name)))
-            self._restore.append(sql.SQL("ALTER TABLE messages ADD CONSTRAINT {} {}").format(
-                sql.Identifier(name), sql.SQL(definition)))
-        cur = await self.conn.execute(
-            "SELECT i.relname, pg_get_indexdef(i.oid) FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid"
-            " WHERE x.indrelid = 'messages'::regclass AND x.indisunique")
-        for name, definition in await cur.fetchall():
-            await self.conn.execute(sql.SQL("DROP INDEX {}").format(sql.Identifier(name)))
-            self._restore.append(sql.SQL(definition))
+        """The unique indexes of the tables COPY fills (`KEYS_BUILT_AFTER`) go while they are loaded,
+        and are built once after (`_restore_`): a random id per row makes each COPYed row a random
+        index insert (on 1,000,000 rooms: 2.5 s with the key, 1.5 s without it and building it
+        after). A duplicate then fails the build, which sends the load through the writer like any
+        refusal."""
+        for table in KEYS_BUILT_AFTER:
+            cur = await self.conn.execute(
+                "SELECT c.conname, pg_get_constraintdef(c.oid) FROM pg_constraint c"
+                " WHERE c.conrelid = %s::regclass AND c.contype IN ('p', 'u')", (table,))
+            for name, definition in await cur.fetchall():
+                await self.conn.execute(sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(
+                    sql.Identifier(table), sql.Identifier(name)))
+                self._restore.append(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(
+                    sql.Identifier(table), sql.Identifier(name), sql.SQL(definition)))
+            cur = await self.conn.execute(
+                "SELECT i.relname, pg_get_indexdef(i.oid) FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid"
+                " WHERE x.indrelid = %s::regclass AND x.indisunique", (table,))
+            for name, definition in await cur.fetchall():
+                await self.conn.execute(sql.SQL("DROP INDEX {}").format(sql.Identifier(name)))
+                self._restore.append(sql.SQL(definition))
 
     async def _restore_unique_indexes(self) -> None:
         for statement in self._restore:

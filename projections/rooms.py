@@ -108,14 +108,14 @@ class UnknownEvent(ValueError):
 def apply(view: RoomView | None, event: dict[str, Any]) -> tuple[RoomView, MessageRow | None]:
     kind = event["type"]
     data = event["data"]
-    at = _ts(event["occurred_at"])
+    at = as_datetime(event["occurred_at"])
     if kind == "RoomOpened":
         return _opened(event, data, at), None
     if view is None:
         raise ValueError(f"{kind} v{event['version']} for room {event['room_id']} before RoomOpened")
     # The two message events (most of a room's history) change the view with one copy each.
     if kind == "MessageReceived":
-        sent_at = _ts(data["sent_at"])
+        sent_at = as_datetime(data["sent_at"])
         last_inbound = sent_at if view.last_inbound_at is None else max(view.last_inbound_at, sent_at)
         message = MessageRow(
             id=data["message_id"], room_id=view.id, org_id=view.org_id, seq=event["version"],
@@ -139,7 +139,7 @@ def apply(view: RoomView | None, event: dict[str, Any]) -> tuple[RoomView, Messa
     if kind == "MessageSent":
         message = MessageRow(
             id=data["message_id"], room_id=view.id, org_id=view.org_id, seq=event["version"],
-            direction="outbound", text=data["text"], sent_at=_ts(data["sent_at"]),
+            direction="outbound", text=data["text"], sent_at=as_datetime(data["sent_at"]),
             sender_id=data["sender_id"], sender_name=data.get("sender_name"),
             sender_role=data["sender_role"], channel_message_id=data.get("channel_message_id"),
             recorded_at=at, kind=data.get("kind") or "text", attachments=tuple(data.get("attachments") or ()),
@@ -174,9 +174,9 @@ def message_change(event: dict[str, Any]) -> MessageChange | None:
     """The change an event makes to an existing history row (edits and removals), if any."""
     data = event["data"]
     if event["type"] == "MessageEdited":
-        return MessageChange(data["message_id"], text=data["text"], edited_at=_ts(data["edited_at"]))
+        return MessageChange(data["message_id"], text=data["text"], edited_at=as_datetime(data["edited_at"]))
     if event["type"] == "MessageRemoved":
-        return MessageChange(data["message_id"], removed_at=_ts(data["removed_at"]))
+        return MessageChange(data["message_id"], removed_at=as_datetime(data["removed_at"]))
     if event["type"] in DELIVERY_EVENTS:
         status, at_field = DELIVERY_EVENTS[event["type"]]
         if event["type"] == "ReplyDeliveryFailed":
@@ -187,7 +187,7 @@ def message_change(event: dict[str, Any]) -> MessageChange | None:
             error = data.get("error")
         return MessageChange(
             data["message_id"], channel_message_id=data.get("channel_message_id"),
-            delivery_status=status or data["status"], delivery_at=_ts(data[at_field]), delivery_error=error,
+            delivery_status=status or data["status"], delivery_at=as_datetime(data[at_field]), delivery_error=error,
         )
     return None
 
@@ -246,6 +246,3 @@ def _iso(delivery: dict[str, Any] | None) -> dict[str, Any] | None:
 def as_datetime(value: str | datetime) -> datetime:
     """An event's time: ISO text as on the wire, or the datetime a replay's reader left it as."""
     return value if isinstance(value, datetime) else datetime.fromisoformat(value)
-
-
-_ts = as_datetime

@@ -75,7 +75,7 @@ class ExpiredRooms:
         statuses = [ASSIGNED, UNASSIGNED] if include_unassigned else [ASSIGNED]
         started = time.perf_counter()
         cutoff = self._clock()
-        resolved = skipped = 0
+        found = resolved = 0
         unreadable: list[str] = []
         after: tuple[datetime, str] | None = None
         while expiring:
@@ -86,10 +86,10 @@ class ExpiredRooms:
             if not chunk:
                 break
             after = (chunk[-1]["expires_at"], str(chunk[-1]["id"]))
-            unread_before = len(unreadable)
-            done = self._resolve_chunk(actor, cutoff, [(str(c["id"]), int(c["version"])) for c in chunk], unreadable)
-            resolved += done
-            skipped += len(chunk) - done - (len(unreadable) - unread_before)
+            found += len(chunk)
+            seen = [(str(c["id"]), int(c["version"])) for c in chunk]
+            resolved += self._resolve_chunk(actor, cutoff, seen, unreadable)
+        skipped = found - resolved - len(unreadable)
         result = ResolveExpiredResult(resolved, skipped, time.perf_counter() - started, unreadable)
         log.info(
             "org %s: resolved %s expired rooms (%s skipped as changed, %s unreadable) in %.2fs",

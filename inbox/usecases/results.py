@@ -57,4 +57,3 @@ class HistoryUnreadable(Unavailable):
         event = f"its stored event {version}" if version is not None else "one of its stored events"
         super().__init__(f"the history of {aggregate_id} cannot be read: {event} is unreadable ({reason});"
                          " nothing is recorded on it until an operator mends it; retry later")
-        self.aggregate_id, self.version = str(aggregate_id), version

@@ -16,8 +16,8 @@ Writing (`BulkLoad`, on the replay's connection, in its transaction): each share
 order — the COPY data, the gaps and dead letters as the writer inserts them — and the shares' ends;
 then the unique indexes of the history, rooms and report states (dropped while loading: a random
 id makes every COPYed row a random index insert), the pages' message changes in their order by
-the writer's own statement, and the counters and report counts summed over the shares. Rooms are disjoint across shares, so
-the order between shares does not matter.
+the writer's own statement, and the counters and report counts summed over the shares. Rooms
+are disjoint across shares, so the order between shares does not matter.
 
 The writer isolates what the database refuses (a CHECK constraint, a NUL in a text, a duplicate
 message id) and dead-letters it event by event. A COPY or an index build cannot: if the database

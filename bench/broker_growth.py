@@ -19,23 +19,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import time
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from bench.procs import CpuMeter
 from inbox.adapters.embedded import EmbeddedBroker
 from inbox.adapters.kafka.faust_transport import FETCH_MAX_WAIT_MS
 
 TOPIC, PARTITIONS = "growth", 4
 PAYLOAD = b"x" * 300  # about one wire event
-
-
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def fill(producer: AIOKafkaProducer, start: int, stop: int) -> None:
@@ -56,8 +50,9 @@ async def trickle_cost(bootstrap: str, pid: int, producer: AIOKafkaProducer, rat
         await consumer.seek_to_end(*partitions)
         await consumer.getmany(timeout_ms=200)
         sent = 0
-        began, cpu0 = time.perf_counter(), cpu_seconds(pid)
-        end = began + seconds
+        meter = CpuMeter(lambda: {"broker": [pid]})
+        meter.start()
+        end = time.perf_counter() + seconds
 
         async def produce() -> None:
             nonlocal sent
@@ -70,7 +65,9 @@ async def trickle_cost(bootstrap: str, pid: int, producer: AIOKafkaProducer, rat
         while time.perf_counter() < end:
             await consumer.getmany(timeout_ms=100)
         await task
-        return (cpu_seconds(pid) - cpu0) / (time.perf_counter() - began), sent
+        usage = meter.stop()
+        assert usage is not None, "psutil is needed to measure the broker's CPU"
+        return usage.by_group["broker"] / usage.wall_s, sent
     finally:
         await consumer.stop()
 

@@ -15,6 +15,9 @@ import pytest
 
 from domain.room import Room
 from tests.integration.inbox_helpers import OLD, Inbox, spv
+from tests.integration.test_dead_letters import (
+    store_unreadable_event as store_unreadable_row,
+)
 from tests.support import execute, query
 
 pytestmark = pytest.mark.integration
@@ -23,8 +26,7 @@ pytestmark = pytest.mark.integration
 def store_unreadable_event(inbox: Inbox, room_id: str) -> int:
     """The room's next event, stored as a row the code cannot decode; returns its version."""
     version = len(list(inbox.container.event_store.events.get(UUID(room_id)))) + 1
-    execute(inbox.settings, "INSERT INTO inbox_events (originator_id, originator_version, topic, state)"
-                            " VALUES (%s, %s, 'domain.room:Room.MessageReceived', %s)", (room_id, version, b"\xffnot json"))
+    store_unreadable_row(inbox.settings, room_id, version)
     return version
 
 

@@ -17,6 +17,7 @@ from fastapi.testclient import TestClient
 from inbox.config import DEV_META_APP_SECRET, DEV_META_VERIFY_TOKEN, Settings
 from inbox.bootstrap import Container
 from channels.meta.signature import signature
+from tests.integration.test_dead_letters import store_unreadable_event
 from tests.support import auth, execute, project_all, query
 
 pytestmark = pytest.mark.integration
@@ -303,8 +304,7 @@ def test_a_batch_with_a_fact_for_a_room_that_cannot_be_read_is_503_and_recorded_
     assert post(client, fixture("wa_image.json")).status_code == 200
     [(room, version)] = query(db_settings, "SELECT originator_id::text, max(originator_version) + 1 FROM inbox_events"
                                            " WHERE topic LIKE 'domain.room:%%' GROUP BY originator_id")
-    execute(db_settings, "INSERT INTO inbox_events (originator_id, originator_version, topic, state)"
-                         " VALUES (%s, %s, 'domain.room:Room.MessageReceived', %s)", (room, version, b"\xff"))
+    store_unreadable_event(db_settings, room, version)
     before = room_events(db_settings)
 
     r = post(client, batched())

@@ -200,9 +200,22 @@ def create_faust_app(settings: Settings, runtime: ProjectorRuntime) -> faust.App
     return faust_app
 
 
+def build_worker(faust_app: faust.App, loglevel: str = "info") -> faust.Worker:
+    """The Faust worker that runs `faust_app`, without Faust's terminal spinner.
+
+    At WARNING and above, Faust keeps its spinner and, to turn it on every log record, sets the
+    root logger to DEBUG: every debug call of aiokafka, Faust and mode (several per Kafka request)
+    then built a record that the handlers threw away, about a twentieth of a busy worker's profile
+    at INBOX_LOG_LEVEL=WARNING (what `inbox dev` and the bench set). A service has no terminal.
+    """
+    worker = faust.Worker(faust_app, loglevel=loglevel, quiet=True)
+    worker.spinner = None
+    return worker
+
+
 def run_worker(faust_app: faust.App, loglevel: str = "info", *, built: Callable[[], None] | None = None) -> None:
     """Run the app until stopped; `built` is called once the worker is built, before it starts."""
-    worker = faust.Worker(faust_app, loglevel=loglevel, quiet=True)
+    worker = build_worker(faust_app, loglevel)
     if built is not None:
         built()
     worker.execute_from_commandline()

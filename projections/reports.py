@@ -26,6 +26,7 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 from projections.frozen import replace
+from projections.times import as_datetime
 
 NOBODY = "-"
 STAFF_ROLES = frozenset({"admin", "supervisor", "agent"})
@@ -99,7 +100,7 @@ KNOWN = frozenset({
 def apply(state: ReportRoom | None, event: dict[str, Any]) -> tuple[ReportRoom, Changes]:
     kind = event["type"]
     data = event["data"]
-    at = _ts(event["occurred_at"])
+    at = as_datetime(event["occurred_at"])
     version = event["version"]
     if kind not in KNOWN:
         raise UnknownEvent(f"unknown event type {kind!r}")
@@ -161,7 +162,3 @@ def day_of(at: datetime) -> date:
 
 def _seconds(start: datetime, end: datetime) -> float:
     return (end - start).total_seconds()
-
-
-def _ts(value: str | datetime) -> datetime:
-    return value if isinstance(value, datetime) else datetime.fromisoformat(value)

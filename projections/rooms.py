@@ -13,6 +13,7 @@ from typing import Any
 from domain.channels import Channel
 from projections.frozen import replace
 from projections.text import phone_digits, search_name
+from projections.times import as_datetime
 
 
 @dataclass(frozen=True)
@@ -243,6 +244,3 @@ def _iso(delivery: dict[str, Any] | None) -> dict[str, Any] | None:
     return delivery
 
 
-def as_datetime(value: str | datetime) -> datetime:
-    """An event's time: ISO text as on the wire, or the datetime a replay's reader left it as."""
-    return value if isinstance(value, datetime) else datetime.fromisoformat(value)

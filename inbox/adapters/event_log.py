@@ -88,7 +88,7 @@ def _lean_wire(row: tuple[int, str, int, str, bytes], *, folding: bool = False) 
 
     `folding`: for a reader that folds the events at once (the replay), two things it does not
     need are left undone: the times (`occurred_at` and the data's) stay the datetimes they were
-    parsed into instead of ISO text (the projections take either, `projections.rooms.as_datetime`;
+    parsed into instead of ISO text (the projections take either, `projections.times.as_datetime`;
     each time would otherwise be formatted here and parsed again by each fold), and there is no
     "id" (a hash per event; only a dead letter needs it, `writer.wire_id` computes it then).
     """

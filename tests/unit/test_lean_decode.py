@@ -16,7 +16,7 @@ from eventsourcing.persistence import StoredEvent
 
 from inbox.adapters.event_log import _lean_wire
 from inbox.adapters.wire import EVENT_TYPE_NAMES, to_wire
-from projections.rooms import as_datetime
+from projections.times import as_datetime
 from tests.unit.test_event_schemas import domain_events
 
 Row = tuple[int, str, int, str, bytes]

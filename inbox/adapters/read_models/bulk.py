@@ -56,7 +56,8 @@ from inbox.adapters.read_models import writer
 from inbox.adapters.wire import event_id
 from inbox.config import Settings
 from projections.counters import deltas
-from projections.rooms import MessageChange, MessageRow, as_datetime
+from projections.rooms import MessageChange, MessageRow
+from projections.times import as_datetime
 
 log = logging.getLogger(__name__)
 

@@ -242,5 +242,3 @@ def _iso(delivery: dict[str, Any] | None) -> dict[str, Any] | None:
     if delivery is not None and isinstance(delivery.get("at"), datetime):
         delivery = dict(delivery, at=delivery["at"].isoformat())
     return delivery
-
-

@@ -23,7 +23,7 @@ from tests.support import counters_table, query, recount, wait_until
 
 pytestmark = pytest.mark.integration
 
-ROOMS, MESSAGES = 300, 3000
+ROOMS, MESSAGES = 150, 1500
 
 # The replay as `inbox replay` runs it, folding in two processes (a log this small would be folded
 # in a thread), held at its first page's progress report, in the middle of the load: its
@@ -81,7 +81,8 @@ def first_line(proc: subprocess.Popen[str], timeout: float) -> str:
 def test_a_replay_killed_mid_load_leaves_the_live_read_models_and_nothing_behind(
     db_settings: Settings,
 ) -> None:
-    build(db_settings, ROOMS, MESSAGES)  # enough pages that neither fold process can hand over all of its own
+    # ~1,800 events: each fold process has ~90 pages, ~300 KB to hand over, more than a pipe holds (64 KB).
+    build(db_settings, ROOMS, MESSAGES)
     events = all_events(db_settings)
     apply(db_settings, [events[i:i + 500] for i in range(0, len(events), 500)])
     live = snapshot(db_settings)
@@ -122,7 +123,7 @@ def _replay_or_none(settings: Settings) -> bool:
     from inbox.config import ConfigError
 
     try:
-        asyncio.run(replay(settings, page_size=10, shares=2))
+        asyncio.run(replay(settings))
     except ConfigError:  # the killed session's lock is not released yet
         return False
     return True

@@ -10,8 +10,8 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -113,12 +113,19 @@ class CpuUsage:
 
 
 class CpuMeter:
-    """CPU seconds per group of processes over a window (psutil; absent → no figures)."""
+    """CPU seconds per group of processes over a window (psutil; absent → no figures).
+
+    A process of a group that ends inside the window (a PostgreSQL backend whose connection was
+    closed) counts with the CPU it used in the window, taken from its parent's reaped-children
+    time; before, it vanished from the group and its CPU showed as "other", processes outside
+    the benchmark (0.5–0.6 cores in the replay and command phases: "these figures are disturbed").
+    """
 
     def __init__(self, groups: Callable[[], dict[str, list[int]]], *, no_children: tuple[str, ...] = ("bench",)) -> None:
         self._no_children = no_children
         self._groups = groups
         self._start: dict[str, dict[int, float]] = {}
+        self._reaped0: dict[str, float] = {}
         self._t0 = 0.0
         self._busy0 = 0.0
 
@@ -127,10 +134,14 @@ class CpuMeter:
         t = psutil.cpu_times()
         return sum(t) - t.idle - getattr(t, "iowait", 0.0)
 
-    def _sample(self) -> dict[str, dict[int, float]]:
+    def _sample(self) -> tuple[dict[str, dict[int, float]], dict[str, float]]:
+        """CPU seconds of each process of each group, and of each group's children that ended and
+        were reaped (e.g. PostgreSQL backends of connections closed meanwhile)."""
         out: dict[str, dict[int, float]] = {}
+        reaped: dict[str, float] = {}
         for group, pids in self._groups().items():
             seen: dict[int, float] = {}
+            ended = 0.0
             for pid in pids:
                 try:
                     proc = psutil.Process(pid)
@@ -138,30 +149,40 @@ class CpuMeter:
                 except psutil.Error:
                     continue
                 for p in family:
+                    if p.pid in seen:  # listed itself and as a child (every `postgres` process is listed)
+                        continue
                     try:
                         c = p.cpu_times()
-                        seen[p.pid] = c.user + c.system
                     except psutil.Error:
-                        pass
+                        continue
+                    seen[p.pid] = c.user + c.system
+                    if group not in self._no_children:  # the bench's children are groups of their own
+                        ended += c.children_user + c.children_system
             out[group] = seen
-        return out
+            reaped[group] = ended
+        return out, reaped
 
     def start(self) -> None:
         if psutil is None:
             return
-        self._start = self._sample()
+        self._start, self._reaped0 = self._sample()
         self._t0 = time.perf_counter()
         self._busy0 = self._busy()
 
     def stop(self) -> CpuUsage | None:
         if psutil is None or not self._t0:
             return None
-        end = self._sample()
+        end, reaped = self._sample()
         wall = time.perf_counter() - self._t0
         usage = CpuUsage(wall_s=wall, ncpu=psutil.cpu_count() or 1, machine_busy_s=self._busy() - self._busy0)
         for group, pids in end.items():
             before = self._start.get(group, {})
-            usage.by_group[group] = sum(max(0.0, v - before.get(pid, 0.0)) for pid, v in pids.items())
+            running = sum(max(0.0, v - before.get(pid, 0.0)) for pid, v in pids.items())
+            # A process that ended meanwhile is gone from `end`; its parent, having reaped it, counts
+            # its whole life as children's time: take off what it had used before the window.
+            ended = reaped.get(group, 0.0) - self._reaped0.get(group, 0.0)
+            ended -= sum(v for pid, v in before.items() if pid not in pids)
+            usage.by_group[group] = running + max(0.0, ended)
         return usage
 
 

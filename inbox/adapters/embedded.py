@@ -13,15 +13,21 @@ import os
 import socket
 import subprocess
 import time
+from collections.abc import Collection
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def free_port(avoid: Collection[int] = ()) -> int:
+    """A loopback port free right now, none of `avoid` (ports promised to something that has not
+    bound them yet: the kernel hands a port it just released out again)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in avoid:
+            return port
 
 
 def wait_for_port(port: int, timeout: float = 15.0) -> None:
@@ -36,8 +42,8 @@ def wait_for_port(port: int, timeout: float = 15.0) -> None:
 class EmbeddedBroker:
     """A Tansu broker process; `bootstrap` is host:port for Kafka clients."""
 
-    def __init__(self, port: int | None = None, log_path: Path | None = None) -> None:
-        self.port = port or free_port()
+    def __init__(self, port: int | None = None, log_path: Path | None = None, *, avoid: Collection[int] = ()) -> None:
+        self.port = port or free_port(avoid)
         self.bootstrap = f"127.0.0.1:{self.port}"
         self._log_path = log_path
         self._proc: subprocess.Popen[bytes] | None = None

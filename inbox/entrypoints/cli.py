@@ -395,7 +395,9 @@ def cmd_dev(args: argparse.Namespace) -> int:
     with _embedded_database(settings) as settings:
         try:
             if not settings.kafka_bootstrap:
-                broker = EmbeddedBroker(log_path=settings.data_dir / "broker.log").start()
+                # Not on the API's port, which nothing listens on yet (seen: a free port picked for
+                # INBOX_HTTP_PORT came back as the broker's, and the API then could not bind it).
+                broker = EmbeddedBroker(log_path=settings.data_dir / "broker.log", avoid={settings.http_port}).start()
                 settings = replace(settings, kafka_bootstrap=broker.bootstrap)
                 print(f"started embedded Tansu broker on {broker.bootstrap}", file=sys.stderr)
             migrate(settings)

@@ -53,12 +53,13 @@ class DevRun:
 
     def wait_ready(self) -> None:
         def ready() -> bool:
+            assert self.proc.poll() is None, f"inbox dev exited:\n{self.output()[-3000:]}"
             try:
                 return self.http.get("/readyz", timeout=2).status_code == 200
             except httpx.HTTPError:
                 return False
 
-        wait_until(ready, timeout=120, interval=0.5, what=f"/readyz; output:\n{self.output()[-3000:]}")
+        wait_until(ready, timeout=120, interval=0.5, what="/readyz")
 
     def stop(self) -> int:
         self.http.close()

@@ -42,8 +42,8 @@ def wait_for_port(port: int, timeout: float = 15.0) -> None:
 class EmbeddedBroker:
     """A Tansu broker process; `bootstrap` is host:port for Kafka clients."""
 
-    def __init__(self, port: int | None = None, log_path: Path | None = None, *, avoid: Collection[int] = ()) -> None:
-        self.port = port or free_port(avoid)
+    def __init__(self, port: int | None = None, log_path: Path | None = None) -> None:
+        self.port = port or free_port()
         self.bootstrap = f"127.0.0.1:{self.port}"
         self._log_path = log_path
         self._proc: subprocess.Popen[bytes] | None = None

@@ -380,7 +380,7 @@ def _quiet_dev_logs() -> dict[str, str]:
 def cmd_dev(args: argparse.Namespace) -> int:
     from inbox.adapters.auth import mint_token
     from inbox.adapters.schema import migrate
-    from inbox.adapters.embedded import EmbeddedBroker
+    from inbox.adapters.embedded import EmbeddedBroker, free_port
     from inbox.entrypoints.processes import Processes
 
     log_env = {_DEV_VERBOSE: "1"} if args.verbose else _quiet_dev_logs()
@@ -397,7 +397,8 @@ def cmd_dev(args: argparse.Namespace) -> int:
             if not settings.kafka_bootstrap:
                 # Not on the API's port, which nothing listens on yet (seen: a free port picked for
                 # INBOX_HTTP_PORT came back as the broker's, and the API then could not bind it).
-                broker = EmbeddedBroker(log_path=settings.data_dir / "broker.log", avoid={settings.http_port}).start()
+                port = free_port(avoid={settings.http_port})
+                broker = EmbeddedBroker(port, log_path=settings.data_dir / "broker.log").start()
                 settings = replace(settings, kafka_bootstrap=broker.bootstrap)
                 print(f"started embedded Tansu broker on {broker.bootstrap}", file=sys.stderr)
             migrate(settings)
